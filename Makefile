@@ -1,0 +1,30 @@
+# Two-command quick start: `make demo` and `make test` (both create .venv on first use).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned here because this machine serves exactly these wheels; override for another CUDA/CPU build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint bench clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -r requirements.txt pytest ruff
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m fsvfm.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

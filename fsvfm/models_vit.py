@@ -1,0 +1,58 @@
+"""Downstream ViT classifiers (timm ``VisionTransformer``) with the original's factory names.
+
+``global_pool=True`` (default): features = ``fc_norm(mean of patch tokens)`` (cls excluded);
+``global_pool=False``: features = ``norm(tokens)[:, 0]``. Logits = ``head(features)``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer as _TimmViT
+
+_SIZES: dict[str, dict] = {
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=12),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+class VisionTransformer(_TimmViT):
+    """timm ViT taking the original's boolean ``global_pool`` keyword."""
+
+    def __init__(self, global_pool: bool | str = True, **kwargs) -> None:
+        if isinstance(global_pool, bool):
+            global_pool = "avg" if global_pool else "token"
+        kwargs.setdefault("norm_layer", partial(nn.LayerNorm, eps=1e-6))
+        kwargs.setdefault("qkv_bias", True)
+        kwargs.setdefault("mlp_ratio", 4)
+        super().__init__(global_pool=global_pool, **kwargs)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> pooled, normalised feature [N, D] (the input of ``head``)."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+
+def create_model(model_name: str, **kwargs) -> VisionTransformer:
+    """Build a classifier by name; keywords: ``num_classes``, ``drop_path_rate``, ``global_pool``, ..."""
+    if model_name not in _SIZES:
+        raise ValueError(f"unknown classifier {model_name!r}; choose from {sorted(_SIZES)}")
+    return VisionTransformer(**{**_SIZES[model_name], **kwargs})
+
+
+def vit_small_patch16(**kwargs) -> VisionTransformer:
+    return create_model("vit_small_patch16", **kwargs)
+
+
+def vit_base_patch16(**kwargs) -> VisionTransformer:
+    return create_model("vit_base_patch16", **kwargs)
+
+
+def vit_large_patch16(**kwargs) -> VisionTransformer:
+    return create_model("vit_large_patch16", **kwargs)
+
+
+def vit_huge_patch14(**kwargs) -> VisionTransformer:
+    return create_model("vit_huge_patch14", **kwargs)

@@ -1,0 +1,134 @@
+"""Checkpoint I/O, in one place.
+
+File format (compatible with the released weights): a dict with ``model`` (state dict),
+``optimizer``, ``epoch`` (0-based), ``scaler`` and ``args``. Released files pickle ``args`` as an
+``argparse.Namespace``; new files store a plain dict plus ``model_name`` (and ``norm_stats`` for
+fine-tuned models) so a checkpoint says how to rebuild its model and normalise its inputs.
+
+Loading always uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` allowlisted, so
+a file that pickles anything else (code, arbitrary classes) is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from fsvfm.util.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unsafe, malformed or does not fit the model."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely. Raises ``CheckpointError`` naming the file on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it pickles objects other than tensors, containers and "
+            f"argparse.Namespace, which could run code on load ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) prefixes, repeatedly."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def model_state_from(checkpoint: Mapping[str, Any], path: str | os.PathLike = "<memory>") -> dict:
+    """The un-prefixed model state dict of a loaded checkpoint (``model`` key, or the dict itself)."""
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no model state dict (expected a 'model' entry of tensors)")
+    return strip_prefixes(state)
+
+
+def args_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The run arguments stored in a checkpoint as a plain dict (Namespace in released files)."""
+    args = checkpoint.get("args")
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Tensor], *,
+                    optimizer: torch.optim.Optimizer | None = None, epoch: int | None = None,
+                    scaler: Any = None, args: argparse.Namespace | Mapping | None = None,
+                    model_name: str | None = None, **extra: Any) -> Path:
+    """Atomically write a checkpoint (temp file, then ``os.replace``). Call it on rank 0 only."""
+    args_map = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    payload: dict[str, Any] = {
+        "model": strip_prefixes(model_state),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "args": _plain(args_map),
+        "model_name": model_name or args_map.get("model"),
+    }
+    payload.update({k: _plain(v) for k, v in extra.items()})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    logger.info("Saved checkpoint %s", path)
+    return path
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
+                       strict: bool = True, source: str | os.PathLike = "<state dict>"):
+    """Load weights, explaining a mismatch by key and shape (the file is named in the message).
+
+    With ``strict=False`` shape mismatches still raise; returns torch's (missing, unexpected) result.
+    """
+    own = model.state_dict()
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if bad_shapes or (strict and (missing or unexpected)):
+        lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
+        if bad_shapes:
+            lines.append(f"  {len(bad_shapes)} shape mismatch(es): " + "; ".join(bad_shapes[:5]))
+        if strict and missing:
+            lines.append(f"  {len(missing)} missing key(s): " + ", ".join(missing[:8]))
+        if strict and unexpected:
+            lines.append(f"  {len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+        raise CheckpointError("\n".join(lines))
+    return model.load_state_dict(state_dict, strict=strict)

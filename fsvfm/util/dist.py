@@ -1,0 +1,159 @@
+"""Distributed set-up in one place: rank/world size from torchrun / torch.distributed.launch /
+SLURM / OpenMPI environments, NCCL on CUDA, gloo on CPU, DDP wrap exactly once."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``None``/``'auto'`` -> CUDA when present, else CPU; a CUDA request without CUDA is an error."""
+    if name in (None, "", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Set ``args.distributed, rank, world_size, gpu, dist_backend`` and initialise the process group.
+
+    Also resolves ``args.device`` (per-process CUDA device when distributed on GPUs).
+    """
+    env = os.environ
+    if getattr(args, "dist_on_itp", False):
+        args.rank = int(env["OMPI_COMM_WORLD_RANK"])
+        args.world_size = int(env["OMPI_COMM_WORLD_SIZE"])
+        args.gpu = int(env["OMPI_COMM_WORLD_LOCAL_RANK"])
+        args.dist_url = f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+        env.update(LOCAL_RANK=str(args.gpu), RANK=str(args.rank), WORLD_SIZE=str(args.world_size))
+    elif "RANK" in env and "WORLD_SIZE" in env:
+        args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        args.gpu = int(env.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        args.rank = int(env["SLURM_PROCID"])
+        args.world_size = int(env["SLURM_NTASKS"])
+        args.gpu = int(env.get("SLURM_LOCALID", 0))
+    else:
+        args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, 0
+        args.device = str(resolve_device(getattr(args, "device", None)))
+        return
+    args.distributed = True
+    device = resolve_device(getattr(args, "device", None))
+    if device.type == "cuda":
+        torch.cuda.set_device(args.gpu)
+        device = torch.device("cuda", args.gpu)
+    args.device = str(device)
+    args.dist_backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=args.dist_backend, init_method=getattr(args, "dist_url", "env://"),
+                            world_size=args.world_size, rank=args.rank,
+                            timeout=datetime.timedelta(minutes=30))
+    dist.barrier()
+    logger.info("distributed init: rank %d/%d, backend %s, device %s", args.rank, args.world_size,
+                args.dist_backend, args.device)
+
+
+def cleanup() -> None:
+    if is_dist_avail_and_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: torch.nn.Module, args: argparse.Namespace,
+               find_unused_parameters: bool = False) -> torch.nn.Module:
+    """Wrap in DDP exactly once when distributed; otherwise return the model unchanged."""
+    if not getattr(args, "distributed", False):
+        return model
+    device_ids = [args.gpu] if str(args.device).startswith("cuda") else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                     find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def all_reduce_mean(value: float | torch.Tensor, device: torch.device | str = "cpu") -> float:
+    """Mean of a scalar over ranks (identity in a single process)."""
+    if get_world_size() == 1:
+        return float(value)
+    t = torch.as_tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / get_world_size()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (identity in a single process); returns ``t``."""
+    if get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-rank tensor along dim 0 over ranks; ranks may hold different lengths."""
+    world = get_world_size()
+    if world == 1:
+        return t
+    size = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    max_len = int(max(s.item() for s in sizes))
+    padded = torch.zeros((max_len, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    chunks = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(chunks, padded)
+    return torch.cat([c[: int(s.item())] for c, s in zip(chunks, sizes)], dim=0)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Gather a picklable object from every rank (list in rank order)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Send a picklable object from rank ``src`` to all ranks."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

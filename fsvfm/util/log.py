@@ -1,0 +1,38 @@
+"""Rank-aware logging to the console and ``log_detail.txt`` (never replaces ``sys.stdout``)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+_FORMAT = "[%(asctime)s] %(message)s"
+_DATEFMT = "%H:%M:%S"
+
+
+def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0,
+                  filename: str = "log_detail.txt", level: int = logging.INFO) -> logging.Logger:
+    """Configure the root logger once per process.
+
+    Rank 0 logs INFO to stderr and, when ``output_dir`` is given, appends to
+    ``output_dir/filename``. Other ranks log only warnings and errors to stderr, so a failure on
+    any rank stays visible. Calling it again replaces the handlers it installed earlier.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_fsvfm", False):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter(_FORMAT, _DATEFMT)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    console._fsvfm = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    if output_dir is not None and rank == 0:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(output_dir) / filename, mode="a", encoding="utf-8")
+        fh.setFormatter(fmt)
+        fh._fsvfm = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+    return root

@@ -1,0 +1,36 @@
+"""Learning-rate and momentum schedules (per iteration, fractional epochs)."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import torch
+
+
+def lr_at(epoch: float, args: argparse.Namespace) -> float:
+    """Linear warm-up from 0 over ``warmup_epochs``, then half-cosine from ``lr`` to ``min_lr``."""
+    if epoch < args.warmup_epochs:
+        return args.lr * epoch / args.warmup_epochs
+    span = max(args.epochs - args.warmup_epochs, 1e-12)
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / span))
+
+
+def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, args: argparse.Namespace) -> float:
+    """Set every group's lr to ``lr_at(epoch) * group.get('lr_scale', 1)``; return the base lr."""
+    lr = lr_at(epoch, args)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
+                     warmup_epochs: int = 0, start_warmup_value: float = 0.0,
+                     warmup_steps: int = -1) -> np.ndarray:
+    """Per-iteration values: optional linear warm-up, then ``final + (base-final)/2 * (1 + cos(pi i/n))``."""
+    warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
+    n = epochs * niter_per_ep - warmup_iters
+    iters = np.arange(n)
+    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(n, 1)))
+    return np.concatenate((warmup, schedule))

@@ -1,0 +1,199 @@
+"""Training-loop utilities shared by every engine: metric meters, AMP, gradient scaling, seeding."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import random
+import time
+from collections import defaultdict, deque
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from fsvfm.util import dist
+
+logger = logging.getLogger(__name__)
+
+
+class SmoothedValue:
+    """Windowed median/average plus global average of a scalar series."""
+
+    def __init__(self, window_size: int = 20, fmt: str = "{median:.4f} ({global_avg:.4f})") -> None:
+        self.deque: deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """Sum ``count`` and ``total`` over ranks (the window stays local)."""
+        if dist.get_world_size() == 1:
+            return
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=_collective_device())
+        dist.all_reduce_sum(t)
+        self.count, self.total = int(t[0].item()), float(t[1].item())
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.deque)) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return float(np.mean(self.deque)) if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def max(self) -> float:
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
+                               max=self.max, value=self.value)
+
+
+def _collective_device() -> torch.device:
+    import torch.distributed as tdist
+    backend = tdist.get_backend() if dist.is_dist_avail_and_initialized() else "gloo"
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+class MetricLogger:
+    """Named ``SmoothedValue`` meters with a progress-logging iterator."""
+
+    def __init__(self, delimiter: str = "  ") -> None:
+        self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(float(v))
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def __getattr__(self, attr: str) -> SmoothedValue:
+        meters = self.__dict__.get("meters", {})
+        if attr in meters:
+            return meters[attr]
+        raise AttributeError(attr)
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def global_averages(self) -> dict[str, float]:
+        return {k: m.global_avg for k, m in self.meters.items()}
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = "") -> Iterator:
+        """Yield from ``iterable``, logging progress, ETA and meters every ``print_freq`` steps."""
+        n = len(iterable)  # type: ignore[arg-type]
+        width = len(str(n))
+        start = end = time.time()
+        iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == n - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n - i - 1)))
+                mem = ""
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    mem = f"  max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}MB"
+                logger.info("%s [%*d/%d]  eta: %s  %s  time: %s  data: %s%s", header, width, i, n, eta,
+                            self, iter_time, data_time, mem)
+            end = time.time()
+        total = time.time() - start
+        logger.info("%s Total time: %s (%.4f s / it)", header, datetime.timedelta(seconds=int(total)),
+                    total / max(n, 1))
+
+
+# ----------------------------------------------------------------------------------- precision
+AMP_CHOICES = ("fp16", "bf16", "none")
+
+
+def resolve_amp(amp: str | None, device: torch.device | str) -> str:
+    """Default: fp16 on CUDA, none elsewhere. fp16 on CPU is refused (no CPU fp16 autocast)."""
+    device_type = torch.device(device).type
+    if amp in (None, "", "auto"):
+        return "fp16" if device_type == "cuda" else "none"
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
+    if amp == "fp16" and device_type != "cuda":
+        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
+    return amp
+
+
+def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for fp16/bf16, a no-op context for ``none``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+class NativeScalerWithGradNormCount:
+    """Backward with optional fp16 loss scaling; on update steps: unscale, clip, step, return the norm."""
+
+    state_dict_key = "amp_scaler"
+
+    def __init__(self, device: torch.device | str = "cuda", enabled: bool = True) -> None:
+        self._scaler = torch.amp.GradScaler(torch.device(device).type, enabled=enabled)
+
+    def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_grad: float | None = None,
+                 parameters: Iterable[torch.nn.Parameter] | None = None, create_graph: bool = False,
+                 update_grad: bool = True) -> torch.Tensor | None:
+        self._scaler.scale(loss).backward(create_graph=create_graph)
+        if not update_grad:
+            return None
+        self._scaler.unscale_(optimizer)
+        params = [p for p in (parameters or []) if p.grad is not None]
+        if clip_grad is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        else:
+            norm = get_grad_norm_(params)
+        self._scaler.step(optimizer)
+        self._scaler.update()
+        return norm
+
+    def state_dict(self) -> dict:
+        return self._scaler.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._scaler.load_state_dict(state_dict)
+
+
+def get_grad_norm_(parameters: Iterable[torch.nn.Parameter], norm_type: float = 2.0) -> torch.Tensor:
+    """Global norm of the gradients (norm of per-parameter norms)."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]),
+                                    norm_type)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the original left Python's ``random`` unseeded)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
