@@ -132,3 +132,13 @@ def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Te
             lines.append(f"  {len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
         raise CheckpointError("\n".join(lines))
     return model.load_state_dict(state_dict, strict=strict)
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike, prefix: str = "checkpoint-") -> Path | None:
+    """The ``{prefix}{epoch}.pth`` in ``output_dir`` with the highest integer epoch, or None."""
+    best: tuple[int, Path] | None = None
+    for p in Path(output_dir).glob(f"{prefix}*.pth"):
+        tag = p.stem[len(prefix):]
+        if tag.isdigit() and (best is None or int(tag) > best[0]):
+            best = (int(tag), p)
+    return best[1] if best else None

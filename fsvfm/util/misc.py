@@ -197,3 +197,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def append_json_line(path, record: dict) -> None:
+    """Append one JSON object as a line (``log.txt``); flushed immediately."""
+    import json
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
