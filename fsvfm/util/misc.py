@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import random
 import time
@@ -201,7 +202,6 @@ def seed_everything(seed: int) -> None:
 
 def append_json_line(path, record: dict) -> None:
     """Append one JSON object as a line (``log.txt``); flushed immediately."""
-    import json
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
