@@ -1,0 +1,29 @@
+"""Shared test fixtures: tiny model configurations and the workspace's shared/ folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# A pre-training network small enough for CPU tests (widths must divide by the head counts).
+TINY_FSFM = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, rep_decoder_embed_dim=48,
+                 rep_decoder_depth=1, rep_decoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                 decoder_num_heads=2, projection_size=16, projection_hidden_size=64)
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not present")
+    return SHARED
