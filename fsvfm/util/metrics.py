@@ -1,0 +1,113 @@
+"""Binary detection metrics (spec 5.3 / 8.7), computed once on the full set of predictions.
+
+Conventions: label 1 = real = positive class; ``scores`` = P(real); ACC/AUC in percent, EER as a
+fraction in [0, 1]. Video level: frames are grouped by video name in first-seen order, the video
+score is the mean frame score, the video label that of its first frame, the decision ``score >= 0.5``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable
+
+import numpy as np
+from scipy.interpolate import interp1d
+from scipy.optimize import brentq
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
+
+
+class OneClassError(ValueError):
+    """AUC/EER are undefined because the labels contain a single class."""
+
+
+def _check_binary(labels: np.ndarray, what: str) -> None:
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise OneClassError(f"{what} is undefined: all {len(labels)} labels are {present.tolist()} "
+                            "(need both fake=0 and real=1 samples in the evaluated set)")
+
+
+def frame_level_acc(labels: Sequence[int], preds: Sequence[int]) -> float:
+    return float(accuracy_score(labels, preds) * 100)
+
+
+def frame_level_balanced_acc(labels: Sequence[int], preds: Sequence[int]) -> float:
+    return float(balanced_accuracy_score(labels, preds) * 100)
+
+
+def frame_level_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    labels = np.asarray(labels)
+    _check_binary(labels, "AUC")
+    return float(roc_auc_score(labels, np.asarray(scores)) * 100)
+
+
+def frame_level_eer(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """FPR where FPR = FNR: Brent root of ``1 - x - TPR(x)`` on [0, 1], TPR linearly interpolated."""
+    labels = np.asarray(labels)
+    _check_binary(labels, "EER")
+    fpr, tpr, _ = roc_curve(labels, np.asarray(scores), pos_label=1)
+    tpr_at = interp1d(fpr, tpr)
+    return float(brentq(lambda x: 1.0 - x - tpr_at(x), 0.0, 1.0))
+
+
+def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequence[str],
+                               frame_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group frames by video (first-seen order) -> (video labels, mean scores, ``score >= 0.5``)."""
+    if not len(frame_labels) == len(video_names) == len(frame_scores):
+        raise ValueError(f"length mismatch: {len(frame_labels)} labels, {len(video_names)} names, "
+                         f"{len(frame_scores)} scores")
+    order: dict[str, int] = {}
+    first_label: list[int] = []
+    sums: list[float] = []
+    counts: list[int] = []
+    for label, name, score in zip(frame_labels, video_names, frame_scores):
+        if name not in order:
+            order[name] = len(order)
+            first_label.append(int(label))
+            sums.append(0.0)
+            counts.append(0)
+        sums[order[name]] += float(score)
+        counts[order[name]] += 1
+    scores = np.asarray(sums) / np.asarray(counts)
+    return np.asarray(first_label), scores, (scores >= 0.5).astype(int)
+
+
+video_level_acc = frame_level_acc
+video_level_balanced_acc = frame_level_balanced_acc
+video_level_auc = frame_level_auc
+video_level_eer = frame_level_eer
+
+
+def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the ROC curve with real (1) as the positive class."""
+    _check_binary(np.asarray(labels), "ROC")
+    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores), pos_label=1)
+    return fpr, tpr
+
+
+def binary_metrics(labels: Sequence[int], scores: Sequence[float], preds: Sequence[int]) -> dict[str, float]:
+    """ACC, balanced ACC, AUC (percent) and EER (fraction) of one set of per-sample predictions."""
+    return {"acc": frame_level_acc(labels, preds), "balanced_acc": frame_level_balanced_acc(labels, preds),
+            "auc": frame_level_auc(labels, scores), "eer": frame_level_eer(labels, scores)}
+
+
+def video_metrics(labels: Sequence[int], scores: Sequence[float], video_names: Sequence[str]) -> dict[str, float]:
+    """Video-level balanced ACC, AUC, EER (video plain ACC is reported too, for completeness)."""
+    v_labels, v_scores, v_preds = get_video_level_label_pred(labels, video_names, scores)
+    return {"num_videos": len(v_labels), **binary_metrics(v_labels, v_scores, v_preds)}
+
+
+def image_level(labels, scores, preds, video_names) -> dict[str, dict[str, float]]:
+    """Image-level metrics only (DiFF, custom lists)."""
+    return {"frame": binary_metrics(labels, scores, preds)}
+
+
+def frame_and_video_level(labels, scores, preds, video_names) -> dict[str, dict[str, float]]:
+    """Frame-level and video-level metrics (DfD)."""
+    return {"frame": binary_metrics(labels, scores, preds), "video": video_metrics(labels, scores, video_names)}
+
+
+# Metric modes by name: ``fn(labels, scores, preds, video_names) -> {level: {metric: value}}``.
+METRIC_MODES: dict[str, Callable[..., dict[str, dict[str, float]]]] = {
+    "image": image_level,
+    "video": frame_and_video_level,
+}

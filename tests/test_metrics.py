@@ -1,0 +1,74 @@
+"""Metric functions against hand-computed cases (spec 5.3)."""
+import numpy as np
+import pytest
+
+from fsvfm.util import metrics as M
+
+
+def test_auc_and_balanced_acc_hand_computed():
+    labels = [0, 0, 1, 1]
+    scores = [0.2, 0.5, 0.5, 0.9]
+    # pairs (fake, real): (.2,.5) win, (.2,.9) win, (.5,.5) tie = 1/2, (.5,.9) win -> 3.5 / 4
+    assert M.frame_level_auc(labels, scores) == pytest.approx(87.5)
+    preds = [0, 1, 0, 1]  # fake recall 1/2, real recall 1/2
+    assert M.frame_level_acc(labels, preds) == pytest.approx(50.0)
+    assert M.frame_level_balanced_acc([0, 0, 0, 1], [0, 0, 0, 0]) == pytest.approx(50.0)
+    assert M.frame_level_acc([0, 0, 0, 1], [0, 0, 0, 0]) == pytest.approx(75.0)
+    assert M.frame_level_balanced_acc([0, 0, 0, 1, 1], [0, 1, 0, 1, 0]) == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+
+
+@pytest.mark.parametrize("labels,scores,eer", [
+    # ROC (0,0)-(0,.5)-(.5,1)-(1,1): TPR = .5 + x on [0,.5]; 1 - x = .5 + x -> x = .25
+    ([0, 0, 1, 1], [0.2, 0.5, 0.5, 0.9], 0.25),
+    # perfect separation
+    ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.0),
+    # fully reversed
+    ([0, 0, 1, 1], [0.8, 0.9, 0.1, 0.2], 1.0),
+    # one overlap: ROC (0,0)-(0,.75)-(.25,.75)-(.25,1)-(1,1): root at x = .25
+    ([0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9], 0.25),
+    # all tied: ROC is the diagonal, 1 - x = x
+    ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5),
+])
+def test_brent_eer(labels, scores, eer):
+    assert M.frame_level_eer(labels, scores) == pytest.approx(eer, abs=1e-9)
+
+
+def test_video_grouping_first_seen_order_and_mean():
+    names = ["b", "a", "b", "a", "c"]
+    labels = [1, 0, 1, 0, 1]
+    scores = [0.9, 0.2, 0.5, 0.4, 0.45]
+    v_labels, v_scores, v_preds = M.get_video_level_label_pred(labels, names, scores)
+    assert v_labels.tolist() == [1, 0, 1]
+    np.testing.assert_allclose(v_scores, [0.7, 0.3, 0.45])
+    assert v_preds.tolist() == [1, 0, 0]
+    out = M.video_metrics(labels, scores, names)
+    assert out["num_videos"] == 3
+    assert out["balanced_acc"] == pytest.approx(100 * (1 + 0.5) / 2)
+    assert out["auc"] == pytest.approx(100.0)
+
+
+def test_video_label_is_first_frame_label():
+    v_labels, _, _ = M.get_video_level_label_pred([0, 1], ["v", "v"], [0.1, 0.9])
+    assert v_labels.tolist() == [0]
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="length mismatch"):
+        M.get_video_level_label_pred([0, 1], ["a"], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("fn", [M.frame_level_auc, M.frame_level_eer, M.roc_points])
+def test_one_class_is_a_clear_error(fn):
+    with pytest.raises(M.OneClassError, match=r"all 3 labels are \[1\]"):
+        fn([1, 1, 1], [0.1, 0.5, 0.9])
+
+
+def test_metric_modes():
+    labels, scores, preds = [0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], [0, 1, 0, 1]
+    names = ["f1", "f1", "r1", "r2"]
+    image = M.METRIC_MODES["image"](labels, scores, preds, names)
+    assert set(image) == {"frame"}
+    assert image["frame"]["auc"] == pytest.approx(75.0)
+    both = M.METRIC_MODES["video"](labels, scores, preds, names)
+    assert set(both) == {"frame", "video"} and both["video"]["num_videos"] == 3
+    assert both["video"]["auc"] == pytest.approx(100.0)  # f1: 0.35 < r1 0.4 < r2 0.9
