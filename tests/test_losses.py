@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from fsvfm.util.loss_contrastive import (BYOLLoss, InfoNCELoss, MOCOV3Loss, RealAnchorConLoss, SimSiamLoss,
-                                         SupConLoss, build_cl_loss)
+from fsvfm.util.loss_contrastive import (
+    BYOLLoss,
+    InfoNCELoss,
+    MOCOV3Loss,
+    RealAnchorConLoss,
+    SimSiamLoss,
+    SupConLoss,
+    build_cl_loss,
+)
 
 P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 Z = torch.tensor([[1.0, 0.0], [1.0, 0.0]])

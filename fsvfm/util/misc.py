@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections import defaultdict, deque
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
