@@ -1,0 +1,1 @@
+"""DfD and DiFF preprocessing config (yacs); the scripts load ``default.py`` by file path."""

@@ -1,0 +1,73 @@
+"""Defaults of the DfD / DiFF preprocessing (spec 1.4.1).
+
+Relative paths are relative to ``datasets/finetune/preprocess/`` (the folder above this file),
+whatever the working directory. ``DERIVED`` keys follow their base keys when those are changed.
+"""
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.face_scale = 1.3
+_C.face_size = 224
+_C.img_format = ".png"
+
+_C.finetune_data_path_dfd = "../../finetune_datasets/deepfakes_detection/"
+_C.FF_train_split = "../../data/FaceForensics/dataset/splits/train.json"
+_C.FF_val_split = "../../data/FaceForensics/dataset/splits/val.json"
+_C.FF_test_split = "../../data/FaceForensics/dataset/splits/test.json"
+_C.FF_real_path = "../../data/FaceForensics/original_sequences/youtube/"
+_C.FF_fake_path = "../../data/FaceForensics/manipulated_sequences/"
+_C.FF_manipulation_list = ["DeepFakes", "Face2Face", "FaceSwap", "NeuralTextures"]
+_C.FF_split_face_ds = "../../data/FaceForensics/facial_images_split/"
+_C.FF_compression = "c23"
+_C.FF_num_frames = 32
+
+_C.DFD_real = "../../data/FaceForensics/original_sequences/actors/"
+_C.DFD_fake = "../../data/FaceForensics/manipulated_sequences/DeepFakeDetection/"
+_C.DFD_split_face_ds = "../../data/FaceForensics/facial_images_split/"
+_C.DFD_compression = "raw"
+_C.DFD_num_frames = 32
+
+_C.CelebDFv1_path = "../../data/Celeb-DF/"
+_C.CelebDFv1_num_frames = 32
+_C.CelebDFv2_path = "../../data/Celeb-DF-v2/"
+_C.CelebDFv2_num_frames = 32
+_C.CelebDF_plusplus_path = "../../data/Celeb-DF++/"
+_C.CelebDF_plusplus_num_frames = 32
+_C.DFDC_path = "../../data/DFDC/test/"
+_C.DFDC_num_frames = 32
+_C.DFDC_P_path = "../../data/DFDCP/"
+_C.DFDC_P_num_frames = 32
+_C.DFIW_path = "../../data/deepfake_in_the_wild/"
+
+_C.finetune_data_path_diff = "../../finetune_datasets/diffusion_facial_forgery_detection/"
+_C.DiFF_path = "../../data/DiFF/"
+
+
+def _frames(n) -> str:
+    return "all_frames" if n is None else f"{n}_frames"
+
+
+def _dfd(sub: str):
+    return ("finetune_data_path_dfd", lambda c: c.finetune_data_path_dfd + sub)
+
+
+DERIVED = {
+    "FF_all_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
+                                                                 f"{_frames(c.FF_num_frames)}/DS_FF++_all_cls/"),
+    "FF_each_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
+                                                                  f"{_frames(c.FF_num_frames)}/DS_FF++_each_cls/"),
+    "DFD_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
+                                                              f"{_frames(c.DFD_num_frames)}/DS_DFD_binary_cls/"),
+    "CelebDFv1_split_face_ds": _dfd("Celeb-DF/"),
+    "CelebDFv2_split_face_ds": _dfd("Celeb-DF-v2/"),
+    "CelebDF_plusplus_split_face_ds": _dfd("Celeb-DF++/"),
+    "DFDC_split_face_ds": _dfd("DFDC/"),
+    "DFDC_P_split_face_ds": _dfd("DFDCP/"),
+    "DFIW_split_face_ds": _dfd("deepfake_in_the_wild/"),
+    "DiFF_real_path": ("DiFF_path", lambda c: c.DiFF_path + "DiFF_real/"),
+    "DiFF_split_face_ds": ("finetune_data_path_diff", lambda c: c.finetune_data_path_diff + "DiFF/"),
+}
+for _key, (_, _fn) in DERIVED.items():
+    _C[_key] = _fn(_C)
+
+cfg = _C

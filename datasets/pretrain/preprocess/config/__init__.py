@@ -1,0 +1,1 @@
+"""Pre-training preprocessing config (yacs); the scripts load ``default.py`` by file path."""

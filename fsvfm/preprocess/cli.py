@@ -1,0 +1,122 @@
+"""Command lines of the thin entry scripts under ``datasets/*/preprocess/`` (one parent parser)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from fsvfm.preprocess.config import load_config
+from fsvfm.preprocess.faces import FACE_SELECT
+from fsvfm.preprocess.finetune_layouts import FINETUNE_DATASETS
+from fsvfm.preprocess.jobs import Options
+from fsvfm.preprocess.layouts import (
+    PARSE_SOURCES,
+    custom_stages,
+    parse_jobs,
+    parse_stages,
+    pretrain_stages,
+    run_name_for,
+)
+from fsvfm.preprocess.parsing import BACKENDS
+from fsvfm.preprocess.runner import Summary, run_stages
+from fsvfm.util.log import setup_logging
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_DATASETS = ("VF2", "YTF", "FF++_o")
+
+
+def common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--config", default=None, help="yacs YAML merged over config/default.py")
+    g.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
+    g.add_argument("--src", default=None, help="custom mode: folder of images or videos")
+    g.add_argument("--dst", default=None, help="custom mode: output folder")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    g.add_argument("--log_dir", default=None,
+                   help="summary and failures list (default: datasets/preprocess_logs, or --dst in custom mode)")
+    g.add_argument("--face_select", choices=FACE_SELECT, default="first",
+                   help="first = dlib's highest-scoring detection (original), or the largest box")
+    g.add_argument("--upsample", type=int, default=1, help="dlib HOG upsampling count")
+    g.add_argument("--align", action="store_true", help="5-point aligned face_size crops instead of native")
+    g.add_argument("--num_frames", default=None,
+                   help="custom mode: frames per video (int or 'all'; default FF_num_frames)")
+    return p
+
+
+def parse_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("face parsing")
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="facer (FaRL, needs weights) | landmarks (offline) | auto (facer if available)")
+    g.add_argument("--facer_model_dir", default=None, help="folder holding the FACER weight files")
+    g.add_argument("--device", default=None, help="facer device (default cuda if available)")
+    g.add_argument("--save_vis", action="store_true", help="also write vis_parsing_maps/ (cfg.save_vis_ps)")
+    g.add_argument("--crop", action="store_true", help="custom mode: crop faces from photos first")
+    return p
+
+
+def _options(cfg, args, save_vis: bool = False) -> Options:
+    return Options(face_scale=cfg.face_scale, face_size=cfg.face_size, img_format=cfg.img_format,
+                   upsample=args.upsample, face_select=args.face_select, align=args.align,
+                   backend=getattr(args, "backend", "landmarks"),
+                   facer_model_dir=getattr(args, "facer_model_dir", None),
+                   device=getattr(args, "device", None), save_vis=save_vis)
+
+
+def _num_frames(value, default):
+    if value is None:
+        return default
+    return None if str(value).lower() in ("all", "none") else int(value)
+
+
+def _log_dir(args, default_file: Path) -> Path:
+    if args.log_dir:
+        return Path(args.log_dir)
+    if args.dataset == "custom":
+        return Path(args.dst)
+    return (Path(default_file).resolve().parent.parent / "../../preprocess_logs").resolve()
+
+
+def _setup(parser: argparse.ArgumentParser, argv, default_file):
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.dataset == "custom" and not (args.src and args.dst):
+        parser.error("--dataset custom needs --src and --dst")
+    cfg = load_config(default_file, args.config, args.opts)
+    return args, cfg
+
+
+def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> Summary:
+    """``datasets/{pretrain,finetune}/preprocess/dataset_preprocess.py``: crop faces of a data set."""
+    names = PRETRAIN_DATASETS if task == "pretrain" else tuple(FINETUNE_DATASETS)
+    parser = argparse.ArgumentParser(description=f"{task} face extraction", parents=[common_parser()])
+    parser.add_argument("--dataset", choices=(*names, "custom"),
+                        **({"default": "VF2"} if task == "pretrain" else {"required": True}))
+    args, cfg = _setup(parser, argv, default_file)
+    summary = Summary()
+    if args.dataset == "custom":
+        stages = custom_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames))
+    elif task == "pretrain":
+        stages = pretrain_stages(cfg, args.dataset, summary)
+    else:
+        stages = FINETUNE_DATASETS[args.dataset](cfg, summary)
+    return run_stages(stages, _options(cfg, args), args.workers, _log_dir(args, default_file),
+                      run_name_for(args.dataset), summary)
+
+
+def main_face_parse(default_file: str | Path, argv=None) -> Summary:
+    """``datasets/pretrain/preprocess/face_parse.py``: face crops -> ``images/`` + ``parsing_maps/``."""
+    parser = argparse.ArgumentParser(description="face parsing -> pre-training data set",
+                                     parents=[common_parser(), parse_parser()])
+    parser.add_argument("--dataset", choices=(*PARSE_SOURCES, "custom"), required=True)
+    args, cfg = _setup(parser, argv, default_file)
+    if args.dataset == "custom":
+        stages = [("custom parse", lambda: parse_jobs([args.src], args.dst, crop=args.crop))]
+    else:
+        stages = parse_stages(cfg, args.dataset)
+    opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
+    return run_stages(stages, opts, args.workers, _log_dir(args, default_file),
+                      "face_parse_" + run_name_for(args.dataset), Summary())

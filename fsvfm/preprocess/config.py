@@ -1,0 +1,85 @@
+"""yacs configs of the preprocessing scripts: defaults file + ``--config FILE`` + ``--opts KEY VALUE``.
+
+Relative paths are resolved where they were written, never against the working directory:
+defaults against the script folder (the parent of ``config/``, as the original's paths assume),
+a ``--config`` file's values against that file's folder, ``--opts`` values against the current
+directory (they are typed on a command line). Derived keys (``DERIVED`` in the defaults file) are
+recomputed from their base keys unless they were overridden themselves, so changing
+``FF_num_frames`` also moves the folders derived from it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+from yacs.config import CfgNode
+
+
+def import_file(path: str | Path, name: str = "preprocess_default_config") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load config module {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """Absolute, normalised ``value`` relative to ``base``; a trailing ``/`` is kept (naming rules
+    use ``os.path.dirname`` of the configured string)."""
+    if os.path.isabs(value):
+        return value
+    out = os.path.normpath(str(base / value))
+    return out + "/" if value.endswith("/") else out
+
+
+def _resolve(value, base: Path):
+    if isinstance(value, str) and "/" in value:
+        return resolve_path(value, base)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and "/" in v for v in value):
+        return [resolve_path(v, base) for v in value]
+    return value
+
+
+def _merge_opts(cfg: CfgNode, opts: list[str], origin: dict, cwd: Path) -> None:
+    if len(opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got {opts}")
+    rest = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key not in cfg:
+            raise KeyError(f"unknown config key {key!r}")
+        if value in ("None", "none", "all") and (cfg[key] is None or key.endswith("num_frames")):
+            cfg[key] = None              # yacs refuses int -> None; frame counts accept "all frames"
+        else:
+            rest += [key, value]
+        origin[key] = cwd
+    cfg.merge_from_list(rest)
+
+
+def load_config(default_file: str | Path, config_file: str | Path | None = None,
+                opts: list[str] | None = None) -> CfgNode:
+    """Defaults (module attribute ``cfg``), merged with ``config_file`` and ``opts``, paths resolved."""
+    default_file = Path(default_file).resolve()
+    module = import_file(default_file)
+    cfg: CfgNode = module.cfg.clone()
+    defaults = module.cfg.clone()
+    derived: dict = getattr(module, "DERIVED", {})
+    base = default_file.parent.parent
+    origin = {k: base for k in cfg}
+    if config_file:
+        config_file = Path(config_file).resolve()
+        with open(config_file, encoding="utf-8") as f:
+            other = CfgNode.load_cfg(f)
+        cfg.merge_from_other_cfg(other)
+        origin.update({k: config_file.parent for k in other})
+    _merge_opts(cfg, list(opts or []), origin, Path.cwd())
+    for key, (base_key, fn) in derived.items():
+        if origin[key] is base and cfg[key] == defaults[key]:
+            cfg[key] = fn(cfg)
+            origin[key] = origin[base_key]
+    for key in cfg:
+        cfg[key] = _resolve(cfg[key], origin[key])
+    return cfg
+

@@ -1,0 +1,151 @@
+"""dlib face detection, the square x1.3 box, unaligned and aligned crops (spec 1.1).
+
+Images are NumPy arrays: ``rgb`` means HxWx3 uint8 in RGB order, ``bgr`` the OpenCV order.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# ArcFace 112x112 five-point template (left eye, right eye, nose tip, left and right mouth corner,
+# in image coordinates); the original shifts it by +8 in x before scaling it to the output size.
+ARCFACE_TEMPLATE_112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                                 [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
+FACE_SELECT = ("first", "largest")
+
+
+def landmark_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
+    """Path of a dlib model shipped by ``face-recognition-models``.
+
+    The package is located without importing it: its ``__init__`` needs ``pkg_resources``, which
+    recent setuptools no longer ship.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package face-recognition-models is not installed "
+                                "(pip install face-recognition-models)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib model missing: {path}")
+    return path
+
+
+def square_box(rect: tuple[int, int, int, int], width: int, height: int,
+               scale: float = 1.3) -> tuple[int, int, int]:
+    """The original's enlarged square box: ``(x1, y1, size)`` of the crop ``[y1:y1+size, x1:x1+size]``.
+
+    ``rect`` is dlib's (left, top, right, bottom). Overflow on the left/top shifts the box (size kept),
+    overflow on the right/bottom shrinks it, so the crop is always square.
+    """
+    left, top, right, bottom = rect
+    size = int(max(right - left, bottom - top) * scale)
+    cx, cy = (left + right) // 2, (top + bottom) // 2
+    x1 = max(int(cx - size // 2), 0)
+    y1 = max(int(cy - size // 2), 0)
+    size = min(width - x1, size)
+    size = min(height - y1, size)
+    return x1, y1, size
+
+
+def rect_tuple(rect: dlib.rectangle) -> tuple[int, int, int, int]:
+    return rect.left(), rect.top(), rect.right(), rect.bottom()
+
+
+def five_points(pts: np.ndarray) -> np.ndarray:
+    """(5, 2) eye centres, nose tip and mouth corners from dlib's (68, 2) landmarks, template order."""
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+def alignment_matrix(points: np.ndarray, out_size: int) -> np.ndarray:
+    """2x3 similarity transform taking ``points`` (5, 2) onto the shifted, rescaled template."""
+    template = (ARCFACE_TEMPLATE_112 + np.array([8.0, 0.0])) * (out_size / 112.0)
+    matrix, _ = cv2.estimateAffinePartial2D(points.astype(np.float32), template.astype(np.float32),
+                                            method=cv2.LMEDS)
+    if matrix is None:
+        raise ValueError("degenerate landmarks: no similarity transform")
+    return matrix
+
+
+@dataclass
+class Face:
+    """One detected face: dlib rectangle (left, top, right, bottom) and detector score."""
+    rect: tuple[int, int, int, int]
+    score: float
+
+
+class FaceCropper:
+    """Detect the face of a frame and cut the enlarged square crop (or an aligned one).
+
+    Models are created once per instance; make one instance per worker process.
+    """
+
+    def __init__(self, face_scale: float = 1.3, upsample: int = 1, face_select: str = "first",
+                 align: bool = False, face_size: int = 224, verify_aligned: bool = True):
+        if face_select not in FACE_SELECT:
+            raise ValueError(f"face_select must be one of {FACE_SELECT}, got {face_select!r}")
+        self.face_scale, self.upsample, self.face_select = face_scale, upsample, face_select
+        self.align, self.face_size, self.verify_aligned = align, face_size, verify_aligned
+        self.detector = dlib.get_frontal_face_detector()
+        self._predictor: dlib.shape_predictor | None = None
+
+    @property
+    def predictor(self) -> dlib.shape_predictor:
+        if self._predictor is None:
+            self._predictor = dlib.shape_predictor(str(landmark_model_path()))
+        return self._predictor
+
+    def detect(self, rgb: np.ndarray, upsample: int | None = None) -> list[Face]:
+        """All faces in dlib's order (highest score first)."""
+        rects, scores, _ = self.detector.run(rgb, self.upsample if upsample is None else upsample, 0.0)
+        return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
+
+    def select(self, faces: list[Face]) -> Face | None:
+        if not faces:
+            return None
+        if self.face_select == "largest":
+            return max(faces, key=lambda f: (f.rect[2] - f.rect[0]) * (f.rect[3] - f.rect[1]))
+        return faces[0]
+
+    def landmarks(self, rgb: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
+        """(68, 2) landmark coordinates inside ``rect``."""
+        shape = self.predictor(rgb, dlib.rectangle(*rect))
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+    def crop(self, bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """Return ``(crop_bgr, face_rect_in_crop)`` or None when no face is kept.
+
+        Unaligned: native-size square crop. Aligned: ``face_size`` square warped onto the template,
+        kept only if dlib finds a face in it again (as the original intended).
+        """
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        face = self.select(self.detect(rgb))
+        if face is None:
+            return None
+        if self.align:
+            return self._aligned(bgr, rgb, face)
+        x1, y1, size = square_box(face.rect, bgr.shape[1], bgr.shape[0], self.face_scale)
+        if size <= 0:
+            return None
+        left, top, right, bottom = face.rect
+        return bgr[y1:y1 + size, x1:x1 + size].copy(), (left - x1, top - y1, right - x1, bottom - y1)
+
+    def _aligned(self, bgr: np.ndarray, rgb: np.ndarray, face: Face):
+        pts = self.landmarks(rgb, face.rect)
+        matrix = alignment_matrix(five_points(pts), self.face_size)
+        out = cv2.warpAffine(bgr, matrix, (self.face_size, self.face_size), flags=cv2.INTER_CUBIC)
+        corners = np.array([[face.rect[0], face.rect[1], 1], [face.rect[2], face.rect[3], 1]], float)
+        rect = tuple(int(v) for v in (corners @ matrix.T).round().ravel())
+        if self.verify_aligned:
+            again = self.detect(np.ascontiguousarray(out[:, :, ::-1]), upsample=1)
+            if not again:
+                return None
+            rect = self.select(again).rect
+        return out, rect

@@ -1,0 +1,176 @@
+"""Units of work and the per-process worker that runs them.
+
+A ``Job`` is small and picklable; a ``Worker`` holds the models (created lazily, once per process)
+and turns a job into an ``Outcome``: counts per status plus the failed items. Every output is
+written to a temporary name and renamed, and a job whose outputs exist is skipped, so an
+interrupted run resumes where it stopped. Bad inputs are counted, never raised.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from fsvfm.preprocess.faces import FaceCropper
+from fsvfm.preprocess.parsing import build_parser, output_paths, save_parsed, to_parser_input
+from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
+from fsvfm.util.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("done", "skipped", "no_face", "unreadable", "error")
+KINDS = ("crop_image", "crop_video", "copy", "parse", "crop_parse")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings shared by all jobs of a run (picklable: sent once to each worker)."""
+    face_scale: float = 1.3
+    face_size: int = 224
+    img_format: str = ".png"
+    upsample: int = 1
+    face_select: str = "first"
+    align: bool = False
+    backend: str = "landmarks"
+    facer_model_dir: str | None = None
+    device: str | None = None
+    save_vis: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    """``kind`` in KINDS; ``dst`` is a tuple of output files (crop_image, copy) or one folder
+    (crop_video, parse, crop_parse); ``name`` is the video name or the output stem."""
+    kind: str
+    src: str
+    dst: tuple[str, ...]
+    name: str = ""
+    num_frames: int | None = None
+
+
+@dataclass
+class Outcome:
+    counts: Counter = field(default_factory=Counter)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, status: str, item: str = "", reason: str = "") -> None:
+        self.counts[status] += 1
+        if status not in ("done", "skipped"):
+            self.failures.append((status, item, reason))
+
+
+def write_image(path: str | Path, bgr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, bgr):
+            raise OSError(f"cv2.imwrite failed for {path}")
+
+
+class Worker:
+    def __init__(self, opts: Options):
+        self.opts = opts
+        self._cropper: FaceCropper | None = None
+        self._parser = None
+
+    @property
+    def cropper(self) -> FaceCropper:
+        if self._cropper is None:
+            o = self.opts
+            self._cropper = FaceCropper(o.face_scale, o.upsample, o.face_select, o.align, o.face_size)
+        return self._cropper
+
+    @property
+    def parser(self):
+        if self._parser is None:
+            o = self.opts
+            self._parser = build_parser(o.backend, o.facer_model_dir, o.device, o.upsample, o.face_select)
+        return self._parser
+
+    def run(self, job: Job) -> Outcome:
+        out = Outcome()
+        try:
+            getattr(self, f"_{job.kind}")(job, out)
+        except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run
+            logger.debug("job failed: %s", job, exc_info=True)
+            out.add("error", job.src, f"{type(e).__name__}: {e}")
+        return out
+
+    def _crop_image(self, job: Job, out: Outcome) -> None:
+        todo = [d for d in job.dst if not Path(d).exists()]
+        if not todo:
+            return out.add("skipped")
+        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
+        if bgr is None:
+            return out.add("unreadable", job.src, "not an image")
+        res = self.cropper.crop(bgr)
+        if res is None:
+            return out.add("no_face", job.src)
+        for d in todo:
+            write_image(d, res[0])
+        out.add("done")
+
+    def _crop_video(self, job: Job, out: Outcome) -> None:
+        n = frame_count(job.src)
+        if n < 0:
+            return out.add("unreadable", job.src, "cannot open video")
+        dst_dir = Path(job.dst[0])
+        paths = {i: dst_dir / frame_name(job.name, i, self.opts.img_format)
+                 for i in unique_indices(n, job.num_frames)}
+        todo = [i for i, p in paths.items() if not p.exists()]
+        out.counts["skipped"] += len(paths) - len(todo)
+        for idx, frame in read_frames(job.src, todo):
+            item = f"{job.src}#{idx}"
+            if frame is None:
+                out.add("unreadable", item, "frame not decodable")
+                continue
+            res = self.cropper.crop(frame)
+            if res is None:
+                out.add("no_face", item)
+                continue
+            write_image(paths[idx], res[0])
+            out.add("done")
+
+    def _copy(self, job: Job, out: Outcome) -> None:
+        if Path(job.dst[0]).exists():
+            return out.add("skipped")
+        if not Path(job.src).is_file():
+            return out.add("unreadable", job.src, "missing")
+        with atomic_path(job.dst[0]) as tmp:
+            shutil.copyfile(job.src, tmp)
+        out.add("done")
+
+    def _parse(self, job: Job, out: Outcome) -> None:
+        if output_paths(job.dst[0], job.name)[0].exists():
+            return out.add("skipped")
+        try:
+            with Image.open(job.src) as im:
+                image = im.convert("RGB").resize((self.opts.face_size,) * 2, Image.BICUBIC)
+        except (OSError, ValueError) as e:
+            return out.add("unreadable", job.src, f"{type(e).__name__}: {e}")
+        self._parse_and_save(job, out, image, None)
+
+    def _crop_parse(self, job: Job, out: Outcome) -> None:
+        if output_paths(job.dst[0], job.name)[0].exists():
+            return out.add("skipped")
+        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
+        if bgr is None:
+            return out.add("unreadable", job.src, "not an image")
+        res = self.cropper.crop(bgr)
+        if res is None:
+            return out.add("no_face", job.src)
+        crop, rect = res
+        scale = self.opts.face_size / crop.shape[0]
+        image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), self.opts.face_size)
+        self._parse_and_save(job, out, image, tuple(int(round(v * scale)) for v in rect))
+
+    def _parse_and_save(self, job: Job, out: Outcome, image: Image.Image, rect) -> None:
+        label_map = self.parser.parse(np.asarray(image), rect)
+        if label_map is None:
+            return out.add("no_face", job.src, f"no face found by the {self.parser.name} parser")
+        save_parsed(job.dst[0], job.name, image, label_map, self.opts.save_vis)
+        out.add("done")

@@ -1,0 +1,71 @@
+"""One interface over the parsing backends, and the pre-training data set writer (spec 1.3, 2.3).
+
+A backend has ``name`` and ``parse(rgb, rect=None) -> (H, W) uint8 LaPa map | None``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from fsvfm.preprocess.labels import colorize
+from fsvfm.preprocess.parse_facer import FacerParser, facer_available
+from fsvfm.preprocess.parse_landmarks import LandmarkParser
+from fsvfm.util.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "facer", "landmarks")
+IMAGE_DIR, MAP_DIR, VIS_DIR = "images", "parsing_maps", "vis_parsing_maps"
+
+
+def resolve_backend(backend: str = "auto", model_dir: str | Path | None = None) -> str:
+    """``auto`` -> ``facer`` when pyfacer and its weights are present, else ``landmarks``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "facer" if facer_available(model_dir) else "landmarks"
+    return backend
+
+
+def build_parser(backend: str = "auto", model_dir: str | Path | None = None, device: str | None = None,
+                 upsample: int = 1, face_select: str = "first"):
+    name = resolve_backend(backend, model_dir)
+    if name == "facer":
+        return FacerParser(model_dir=model_dir, device=device)
+    return LandmarkParser(upsample=upsample, face_select=face_select)
+
+
+def to_parser_input(rgb: np.ndarray, face_size: int = 224) -> Image.Image:
+    """Resize to ``face_size`` square with bicubic resampling, as the original (PIL)."""
+    return Image.fromarray(rgb).resize((face_size, face_size), Image.BICUBIC)
+
+
+def output_paths(out_root: str | Path, stem: str) -> tuple[Path, Path]:
+    root = Path(out_root)
+    return root / IMAGE_DIR / f"{stem}.png", root / MAP_DIR / f"{stem}.npy"
+
+
+def save_parsed(out_root: str | Path, stem: str, image: Image.Image, label_map: np.ndarray,
+                save_vis: bool = False) -> None:
+    """Write ``images/{stem}.png`` and ``parsing_maps/{stem}.npy`` (int8, (1, H, W)); map first, so an
+    interrupted run never leaves an image without its map (the image marks the item as done)."""
+    img_path, map_path = output_paths(out_root, stem)
+    with atomic_path(map_path) as tmp:
+        np.save(tmp, label_map.astype(np.int8)[None])
+    if save_vis:
+        save_visualisation(Path(out_root) / VIS_DIR, stem, np.asarray(image.convert("RGB")), label_map)
+    with atomic_path(img_path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def save_visualisation(vis_dir: Path, stem: str, rgb: np.ndarray, label_map: np.ndarray) -> None:
+    """``{stem}.png`` colour map and ``{stem}_with_pm.png`` overlay 0.6 image + 0.6 colours (BGR)."""
+    colours = colorize(label_map)
+    overlay = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.6, colours, 0.6, 0)
+    for name, img in ((f"{stem}.png", colours), (f"{stem}_with_pm.png", overlay)):
+        with atomic_path(vis_dir / name) as tmp:
+            cv2.imwrite(tmp, img)
