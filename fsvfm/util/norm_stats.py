@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from fsvfm.util.fileio import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 STATS_FILENAME = "pretrain_ds_mean_std.txt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,3 +44,53 @@ def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
 def write_mean_std(path: str | os.PathLike, mean: list[float], std: list[float]) -> None:
     """Write a one-line statistics file atomically (replacing any earlier one)."""
     atomic_write_text(path, json.dumps({"mean": [float(m) for m in mean], "std": [float(s) for s in std]}) + "\n")
+
+
+def stats_from_mapping(obj: object, source: str) -> tuple[list[float], list[float]]:
+    """Validate a ``{'mean': [3], 'std': [3]}`` mapping (e.g. a checkpoint's ``norm_stats``)."""
+    try:
+        mean = [float(v) for v in obj["mean"]]  # type: ignore[index]
+        std = [float(v) for v in obj["std"]]  # type: ignore[index]
+    except (KeyError, TypeError, ValueError) as e:
+        raise StatsFileError(f"{source}: expected {{'mean': [...], 'std': [...]}}, got {obj!r:.80}") from e
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise StatsFileError(f"{source}: need 3 means and 3 positive stds, got {mean} / {std}")
+    return mean, std
+
+
+def resolve_mean_std(*, imagenet: bool = False, embedded: object = None,
+                     files: Sequence[str | os.PathLike] = (),
+                     fallback: tuple[Sequence[float], Sequence[float]] = (VGGFACE2_MEAN, VGGFACE2_STD),
+                     fallback_name: str = "VGGFace2") -> tuple[list[float], list[float], str]:
+    """Normalisation statistics, first match wins (spec 4.4, without the silent fallback).
+
+    Order: ImageNet when ``imagenet``; ``embedded`` (a checkpoint's ``norm_stats``) when not None;
+    the first readable file of ``files``; otherwise ``fallback`` with a warning naming every file
+    that was tried and the values used. Returns ``(mean, std, source)``.
+    """
+    if imagenet:
+        return list(IMAGENET_MEAN), list(IMAGENET_STD), "ImageNet (--normalize_from_IMN)"
+    if embedded is not None:
+        mean, std = stats_from_mapping(embedded, "checkpoint norm_stats")
+        return mean, std, "checkpoint norm_stats"
+    problems = []
+    for f in files:
+        try:
+            mean, std = read_mean_std(f)
+            return mean, std, str(f)
+        except StatsFileError as e:
+            problems.append(str(e))
+    mean, std = [float(v) for v in fallback[0]], [float(v) for v in fallback[1]]
+    logger.warning("No usable normalisation statistics (%s); using the %s statistics mean=%s std=%s",
+                   "; ".join(problems) or "no file given", fallback_name, mean, std)
+    return mean, std, f"{fallback_name} fallback"
+
+
+def copy_mean_std(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Copy a statistics file when ``src`` exists and ``dst`` does not; True when copied."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() or not src.is_file():
+        return False
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dst, src.read_text(encoding="utf-8"))
+    return True
