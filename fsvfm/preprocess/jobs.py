@@ -122,7 +122,8 @@ class Worker:
         paths = {i: dst_dir / frame_name(job.name, i, self.opts.img_format)
                  for i in unique_indices(n, job.num_frames)}
         todo = [i for i, p in paths.items() if not p.exists()]
-        out.counts["skipped"] += len(paths) - len(todo)
+        if len(todo) < len(paths):
+            out.counts["skipped"] += len(paths) - len(todo)
         for idx, frame in read_frames(job.src, todo):
             item = f"{job.src}#{idx}"
             if frame is None:

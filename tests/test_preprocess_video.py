@@ -1,0 +1,64 @@
+"""Frame sampling on short real-face videos: indices, names, dedupe, unreadable inputs, resume."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fsvfm.preprocess.jobs import Job, Options, Worker
+from fsvfm.preprocess.video import frame_count, frame_name, read_frames, sample_indices, unique_indices
+from tests.preprocess_helpers import frames, tree, write_video
+
+
+def test_sample_indices_match_linspace_truncation():
+    assert sample_indices(10, 4) == [0, 3, 6, 9]             # linspace 0, 3, 6, 9
+    assert sample_indices(300, 3) == [0, 149, 299]           # 149.5 truncates to 149
+    assert sample_indices(10, None) == list(range(10))
+    assert sample_indices(3, 5) == [0, 0, 1, 1, 2]           # the original's repeats
+    assert unique_indices(3, 5) == [0, 1, 2]                 # written once each (D9)
+    assert sample_indices(0, 32) == [] and sample_indices(5, 1) == [0]
+    assert frame_name("000_003", 127) == "000_003_frame_127.png"
+
+
+def test_video_frame_indices_and_names(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", n_frames=10)
+    assert frame_count(str(video)) == 10
+    got = list(read_frames(str(video), [9, 0, 4, 12]))
+    assert [i for i, _ in got] == [0, 4, 9, 12]
+    assert all(f is not None and f.shape == (200, 200, 3) for _, f in got[:3]) and got[3][1] is None
+    # frame 4 is the face rolled by 4 pixels: decoding order is exact
+    assert abs(float(got[1][1][:, 4:].mean()) - float(got[0][1][:, :-4].mean())) < 2.0
+
+    worker = Worker(Options())
+    out = worker.run(Job("crop_video", str(video), (str(tmp_path / "out"),), "clip", 4))
+    assert dict(out.counts) == {"done": 4}
+    assert tree(tmp_path / "out") == frames("clip", [0, 3, 6, 9])
+    # second run: everything skipped; deleting one frame re-creates only that one
+    assert dict(worker.run(Job("crop_video", str(video), (str(tmp_path / "out"),), "clip", 4)).counts) == \
+        {"skipped": 4}
+    (tmp_path / "out" / "clip_frame_6.png").unlink()
+    again = worker.run(Job("crop_video", str(video), (str(tmp_path / "out"),), "clip", 4))
+    assert dict(again.counts) == {"skipped": 3, "done": 1}
+
+
+def test_short_video_dedupes_and_all_frames(tmp_path):
+    video = write_video(tmp_path / "short.mp4", n_frames=3)
+    worker = Worker(Options())
+    out = worker.run(Job("crop_video", str(video), (str(tmp_path / "a"),), "short", 32))
+    assert dict(out.counts) == {"done": 3}
+    assert tree(tmp_path / "a") == frames("short", [0, 1, 2])
+    out = worker.run(Job("crop_video", str(video), (str(tmp_path / "b"),), "short", None))
+    assert dict(out.counts) == {"done": 3}
+
+
+def test_unreadable_video_and_faceless_frames_are_counted(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all")
+    worker = Worker(Options())
+    out = worker.run(Job("crop_video", str(bad), (str(tmp_path / "o"),), "bad", 4))
+    assert dict(out.counts) == {"unreadable": 1} and out.failures[0][:2] == ("unreadable", str(bad))
+    blank = write_video(tmp_path / "blank.mp4", 5, np.full((120, 120, 3), 128, np.uint8))
+    out = worker.run(Job("crop_video", str(blank), (str(tmp_path / "o"),), "blank", 2))
+    assert dict(out.counts) == {"no_face": 2}
+    assert [f[1] for f in out.failures] == [f"{blank}#0", f"{blank}#4"]
+    assert not Path(tmp_path / "o").exists() or tree(tmp_path / "o") == set()
