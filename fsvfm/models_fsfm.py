@@ -166,11 +166,13 @@ class _FSFMBackbone(nn.Module):
                         mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the visible patches. Returns latent [N, 1+K, D] and ids_restore [N, L].
 
-        Unmasked patches (``img_mask == 0``) are kept, ``K = int(L * (1 - mask_ratio))``.
+        Unmasked patches (``img_mask == 0``) are kept, ``K = L - round(L * mask_ratio)``: the same
+        count as the CRFR-P collate masks (``fsvfm.util.crfrp.num_masked_patches``; the original's
+        ``int(L * (1 - r))`` disagreed with its collate for fractional ``r * L``, spec 9.1 P8).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         n, length, d = x.shape
-        len_keep = int(length * (1 - mask_ratio))
+        len_keep = length - round(length * mask_ratio)
         if img_mask is None or len_keep == length:
             # Keeping every token: the shuffle is a no-op for a permutation-equivariant encoder.
             ids_restore = torch.arange(length, device=x.device).expand(n, -1)
