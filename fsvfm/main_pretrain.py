@@ -1,0 +1,262 @@
+"""FS-VFM self-supervised pre-training (spec section 3).
+
+    python fsvfm/main_pretrain.py --pretrain_data_path DATA ...            # one process
+    torchrun --nproc_per_node=N fsvfm/main_pretrain.py ...                  # DDP (NCCL / gloo on CPU)
+    python -m torch.distributed.launch --nproc_per_node=N fsvfm/main_pretrain.py ...
+    python -m fsvfm.main_pretrain ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fsvfm.engine_pretrain import EMATarget, train_one_epoch
+from fsvfm.models_fsfm import create_model, vit_target_network
+from fsvfm.util import dist
+from fsvfm.util.args import (
+    default_output_dir,
+    distributed_parser,
+    input_parser,
+    optimization_parser,
+    run_parser,
+    set_effective_lr,
+)
+from fsvfm.util.checkpoint import (
+    CheckpointError,
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    model_state_from,
+    save_checkpoint,
+)
+from fsvfm.util.crfrp import CRFRPCollate
+from fsvfm.util.log import setup_logging
+from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
+from fsvfm.util.lr_sched import cosine_scheduler
+from fsvfm.util.misc import NativeScalerWithGradNormCount, append_json_line, resolve_amp, seed_everything
+from fsvfm.util.pretrain_data import (
+    PretrainTransform,
+    build_pretrain_dataset,
+    dataset_image_paths,
+    resolve_pretrain_mean_std,
+)
+
+logger = logging.getLogger("fsvfm.main_pretrain")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parents = [input_parser("fsfm_vit_base_patch16"),
+               optimization_parser(epochs=400, warmup_epochs=40, min_lr=0.0, blr=1e-3),
+               run_parser(), distributed_parser()]
+    parser = argparse.ArgumentParser("FS-VFM pre-training", parents=parents)
+    g = parser.add_argument_group("pre-training")
+    g.add_argument("--patch_size", default=None, type=int,
+                   help="patch size of the CRFR-P masks (default: the model's, 16; 14 for huge)")
+    g.add_argument("--mask_ratio", default=0.75, type=float, help="fraction of patches masked")
+    g.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalised pixel targets")
+    g.add_argument("--weight_sfr", default=0.007, type=float, help="weight of the facial-region loss")
+    g.add_argument("--cl_loss", default="SimSiam", choices=CL_LOSSES, help="contrastive loss")
+    g.add_argument("--cl_sample", default="all", choices=("all", "positive"), help="InfoNCE logits")
+    g.add_argument("--weight_cl", default=0.1, type=float, help="weight of the contrastive loss")
+    g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
+    g.add_argument("--clip_grad", default=1.0, type=float, help="global gradient-norm clip on update steps")
+    g.add_argument("--pretrain_data_path", dest="data_path", action="append", default=None,
+                   help="data root with images/ and parsing_maps/ (repeat for several data sets)")
+    g.add_argument("--resume_target_network", default="",
+                   help="target checkpoint for --resume (default: the checkpoint-te-* next to it)")
+    g.add_argument("--print_freq", default=20, type=int, help="progress log every N iterations")
+    g.add_argument("--model_overrides", default="",
+                   help='JSON dict of model constructor overrides, e.g. \'{"depth": 2}\' (tests, ablations)')
+    return parser
+
+
+# ------------------------------------------------------------------------------------- set-up
+def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Online network and a target network that starts as an exact copy of it (spec 3.5)."""
+    overrides = json.loads(args.model_overrides) if args.model_overrides else {}
+    kwargs = {"img_size": args.input_size, **overrides}
+    model = create_model(args.model, norm_pix_loss=args.norm_pix_loss, **kwargs)
+    target = vit_target_network(args.model, **kwargs)
+    if args.patch_size is None:
+        args.patch_size = model.patch_size
+    elif args.patch_size != model.patch_size:
+        raise ValueError(f"--patch_size {args.patch_size} does not match {args.model} (patch {model.patch_size})")
+    missing, _ = target.load_state_dict(model.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"target parameters without an online counterpart: {missing}")
+    target.requires_grad_(False)
+    return model.to(device), target.to(device)
+
+
+def build_loader(args: argparse.Namespace, dataset: Dataset) -> DataLoader:
+    """Shuffled DistributedSampler (also for one process), drop_last, CRFR-P collate."""
+    sampler = DistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                 shuffle=True, seed=args.seed)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+                        pin_memory=args.pin_mem and args.device.startswith("cuda"), drop_last=True,
+                        collate_fn=CRFRPCollate(args.input_size, args.patch_size, args.mask_ratio),
+                        persistent_workers=args.num_workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} samples give no full batch of {args.batch_size} on each of "
+                         f"{dist.get_world_size()} process(es); lower --batch_size")
+    return loader
+
+
+def resume_paths(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """Online and target checkpoints to resume from (``--resume`` or ``--auto_resume``), or None."""
+    if args.resume:
+        online = Path(args.resume)
+    elif args.auto_resume:
+        online = find_latest_checkpoint(args.output_dir, "checkpoint-")
+        if online is None:
+            logger.info("--auto_resume: no checkpoint in %s, starting from scratch", args.output_dir)
+            return None
+    elif args.resume_target_network:
+        raise ValueError("--resume_target_network needs --resume (the online checkpoint)")
+    else:
+        return None
+    target = Path(args.resume_target_network) if args.resume_target_network else \
+        online.with_name(online.name.replace("checkpoint-", "checkpoint-te-", 1))
+    if not target.is_file():
+        raise CheckpointError(f"no target-network checkpoint for {online}: {target} does not exist; "
+                              "give it with --resume_target_network")
+    return online, target
+
+
+def resume(args: argparse.Namespace, model: torch.nn.Module, target: torch.nn.Module,
+           optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount) -> float:
+    """Load online/target weights, optimizer, scaler and epoch; returns the best loss so far.
+
+    The optimizer state is taken from the online file, or from the target file when only that
+    one has it (released files hold it in both; ours only in the online one, spec 9.1 P15).
+    """
+    paths = resume_paths(args)
+    if paths is None:
+        return math.inf
+    online_ckpt, target_ckpt = (load_checkpoint(p) for p in paths)
+    load_model_weights(model, model_state_from(online_ckpt, paths[0]), strict=True, source=paths[0])
+    load_model_weights(target, model_state_from(target_ckpt, paths[1]), strict=True, source=paths[1])
+    state = online_ckpt if online_ckpt.get("optimizer") else target_ckpt
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+        loss_scaler.load_state_dict(state.get("scaler") or {})
+    else:
+        logger.warning("%s holds no optimizer state; the optimizer starts afresh", paths[0])
+    if online_ckpt.get("epoch") is not None:
+        args.start_epoch = int(online_ckpt["epoch"]) + 1
+    logger.info("resumed from %s and %s; continuing at epoch %d", paths[0], paths[1], args.start_epoch)
+    return float(online_ckpt.get("min_pretrain_loss", math.inf))
+
+
+def save_pair(args: argparse.Namespace, tag: str | int, epoch: int, model: torch.nn.Module,
+              target: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              loss_scaler: NativeScalerWithGradNormCount, best_loss: float) -> None:
+    """``checkpoint-{tag}.pth`` (online + optimizer) and ``checkpoint-te-{tag}.pth`` (target), rank 0."""
+    if not dist.is_main_process():
+        return
+    out = Path(args.output_dir)
+    common = {"epoch": epoch, "scaler": loss_scaler, "args": args, "model_name": args.model,
+              "min_pretrain_loss": best_loss}
+    save_checkpoint(out / f"checkpoint-{tag}.pth", model.state_dict(), optimizer=optimizer, **common)
+    save_checkpoint(out / f"checkpoint-te-{tag}.pth", target.state_dict(), network="target", **common)
+
+
+def check_replicas_identical(model: torch.nn.Module, name: str) -> None:
+    """Compare per-parameter checksums across ranks (DDP must keep replicas bit-identical)."""
+    if dist.get_world_size() == 1:
+        return
+    sums = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().abs().sum()])
+                        for p in model.parameters()]).flatten()
+    gathered = dist.all_gather_cat(sums[None])
+    if not bool((gathered == gathered[0]).all()):
+        raise RuntimeError(f"{name} weights differ between ranks")
+    logger.info("%s weights identical on all %d ranks", name, dist.get_world_size())
+
+
+# ------------------------------------------------------------------------------------- main
+def main(args: argparse.Namespace) -> dict[str, float]:
+    """Run pre-training; returns the last epoch's statistics."""
+    dist.init_distributed_mode(args)
+    default_output_dir(args, "pretrain")
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    setup_logging(args.output_dir, dist.get_rank())
+    try:
+        return _train(args)
+    finally:
+        dist.cleanup()
+
+
+def _train(args: argparse.Namespace) -> dict[str, float]:
+    logger.info("job dir: %s", Path(__file__).resolve().parent)
+    logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
+    device = torch.device(args.device)
+    args.amp = resolve_amp(args.amp, device)
+    seed_everything(args.seed + dist.get_rank())
+    torch.backends.cudnn.benchmark = True
+    args.data_path = args.data_path or []
+
+    model, target = build_networks(args, device)
+    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
+    mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
+                                          args.normalize_from_IMN, args.batch_size, args.num_workers, device)
+    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
+    for ds in getattr(dataset, "datasets", [dataset]):
+        ds.transform = transform
+    loader = build_loader(args, dataset)
+
+    model_ddp = dist.wrap_model(model, args)
+    eff_batch = set_effective_lr(args, dist.get_world_size())
+    logger.info("model %s: %.1fM trainable parameters; effective batch %d, lr %.3e (blr %.3e)", args.model,
+                sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, eff_batch, args.lr, args.blr)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
+    loss_scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
+    best_loss = resume(args, model, target, optimizer, loss_scaler)
+    ema = EMATarget(model, target)
+    momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
+    cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
+    log_writer = _summary_writer(args.output_dir)
+
+    stats: dict[str, float] = {}
+    for epoch in range(args.start_epoch, args.epochs):
+        loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(model_ddp, target, ema, loader, optimizer, loss_scaler, cl_loss_fn,
+                                momentum_schedule, epoch, device, args, log_writer)
+        best_loss = _end_of_epoch(args, epoch, stats, best_loss, model, target, optimizer, loss_scaler)
+    check_replicas_identical(model, "online")
+    if log_writer is not None:
+        log_writer.close()
+    return stats
+
+
+def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float], best_loss: float,
+                  model: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  loss_scaler: NativeScalerWithGradNormCount) -> float:
+    """Best-loss and periodic checkpoints, then the ``log.txt`` line; returns the best loss."""
+    loss = stats.get("loss", math.nan)
+    if epoch > 0 and loss < best_loss:
+        best_loss = loss
+        save_pair(args, "min_pretrain_loss", epoch, model, target, optimizer, loss_scaler, best_loss)
+    if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
+        save_pair(args, epoch, epoch, model, target, optimizer, loss_scaler, best_loss)
+    if dist.is_main_process():
+        record = {f"train_{k}": v for k, v in stats.items()}
+        append_json_line(Path(args.output_dir) / "log.txt", {**record, "epoch": epoch})
+    return best_loss
+
+
+def _summary_writer(output_dir: str):
+    if not dist.is_main_process():
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=output_dir)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
