@@ -75,7 +75,7 @@ class FacerParser:
         """
         import torch
         with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(self.device)
+            image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].to(self.device)
             faces = self.detector(image)
             if faces["scores"].numel() == 0:
                 return None
