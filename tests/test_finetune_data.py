@@ -177,3 +177,13 @@ def test_build_finetune_datasets(tmp_path):
 def test_indexed_dataset():
     ds = fd.IndexedDataset([(torch.zeros(1), 1, "v")] * 3)
     assert len(ds) == 3 and ds[2][1:] == (1, 2)
+
+
+def test_randaugment_posterize_zero_bits_is_black_not_a_crash():
+    train = fd.build_transform(True, _aug_args(True, size=32), ns.IMAGENET_MEAN, ns.IMAGENET_STD)
+    ops = [op for op in train.transforms[2].ops if op.name.startswith("Posterize")]
+    assert ops
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert ops[0].aug_fn(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert ops[0].aug_fn(img, 8) is img
+    assert ops[0].aug_fn(img, 1).getpixel((0, 0)) == (128, 0, 0)

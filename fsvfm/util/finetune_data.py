@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 from torchvision import datasets, transforms
@@ -183,13 +183,32 @@ def build_transform(is_train: bool, args: argparse.Namespace, mean: Sequence[flo
             transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.ToTensor(), transforms.Normalize(mean, std)])
     if is_train:
-        return create_transform(
+        return _posterize_zero_bits_compat(create_transform(
             input_size=size, is_training=True, color_jitter=args.color_jitter, auto_augment=args.aa,
             interpolation=getattr(args, "train_interpolation", "bicubic"), re_prob=args.reprob,
-            re_mode=args.remode, re_count=args.recount, mean=mean, std=std)
+            re_mode=args.remode, re_count=args.recount, mean=mean, std=std))
     crop_pct = 224 / 256 if size <= 224 else 1.0
     return create_transform(input_size=size, is_training=False, interpolation="bicubic",
                             crop_pct=crop_pct, mean=mean, std=std)
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """Keeping 0 bits gives a black image, as with the Pillow 9 of the original environment
+    (Pillow >= 10 raises for 0 bits, which 'rand-m9-mstd0.5-inc1' reaches when its noisy magnitude hits 10)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_zero_bits_compat(transform: Callable) -> Callable:
+    """Route every timm RandAugment/AutoAugment posterize op of ``transform`` through ``_posterize``."""
+    for t in getattr(transform, "transforms", ()):
+        for op in getattr(t, "ops", ()):
+            if getattr(op, "name", "").startswith("Posterize"):
+                op.aug_fn = _posterize
+    return transform
 
 
 # ------------------------------------------------------------------------------------ data sets

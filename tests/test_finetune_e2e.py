@@ -1,0 +1,190 @@
+"""Fine-tune a tiny ViT from a pre-training checkpoint, then test it (in-process, CPU)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsvfm import main_finetune_DfD, models_fsfm, testing
+from fsvfm.finetune_setup import load_pretrained_encoder
+from fsvfm.main_test_DfD import DFD_TEST_SETS
+from fsvfm.models_vit import create_model
+from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
+from tests.conftest import TINY_FSFM, TINY_VIT
+from tests.test_finetune_data import make_split_tree, write_image
+
+MODEL_KWARGS = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})
+PRETRAIN_STATS = ([0.45, 0.4, 0.35], [0.25, 0.2, 0.22])
+
+
+def write_pretrain_checkpoint(folder: Path, legacy: bool = False) -> Path:
+    """A checkpoint as main_pretrain writes it (shared save function + stats file), or the
+    released legacy layout (Namespace args, plain torch.save)."""
+    torch.manual_seed(1)
+    net = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    path = folder / "checkpoint-1.pth"
+    folder.mkdir(parents=True, exist_ok=True)
+    if legacy:
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "scaler": {},
+                    "args": argparse.Namespace(model="fsfm_vit_small_patch16", mask_ratio=0.75)}, path)
+    else:
+        save_checkpoint(path, net.state_dict(), optimizer=opt, epoch=1, args={"model": "fsfm_vit_small_patch16"},
+                        model_name="fsfm_vit_small_patch16")
+    write_mean_std(folder / STATS_FILENAME, *PRETRAIN_STATS)
+    return path
+
+
+def tiny_classifier(**kw):
+    return create_model("vit_small_patch16", num_classes=2, **{**TINY_VIT, **kw})
+
+
+def finetune_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--finetune", str(pretrained), "--finetune_data_path", str(data), "--output_dir", str(out),
+            "--model", "vit_small_patch16", "--input_size", "32", "--model_kwargs", MODEL_KWARGS,
+            "--batch_size", "4", "--epochs", "2", "--warmup_epochs", "1", "--blr", "5e-3",
+            "--num_workers", "0", "--device", "cpu", "--apply_simple_augment", "--mixup", "0.8",
+            "--cutmix", "1.0", "--layer_decay", "0.65", "--print_freq", "50", *extra]
+
+
+def eval_argv(resume: Path, out: Path, *extra: str) -> list[str]:
+    return ["--eval", "--resume", str(resume), "--output_dir", str(out), "--input_size", "32",
+            "--batch_size", "5", "--num_workers", "0", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = make_split_tree(root / "data", "train", videos=2, frames=3)
+    make_split_tree(data, "val", videos=2, frames=2)
+    return root, write_pretrain_checkpoint(root / "pretrain"), data
+
+
+def test_pretrained_encoder_missing_and_ignored_keys(workspace, tmp_path):
+    _, ckpt, _ = workspace
+    model = tiny_classifier()
+    info = load_pretrained_encoder(model, ckpt)
+    assert info["missing"] == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert {"norm.weight", "norm.bias", "mask_token", "decoder_embed.weight"} <= set(info["ignored"])
+    assert not any(k.startswith(("blocks.", "patch_embed.")) for k in info["ignored"])
+    assert 0 < model.head.weight.std() < 1e-4 and torch.all(model.head.bias == 0)
+    sd = load_checkpoint(ckpt)["model"]
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, sd["blocks.1.mlp.fc2.weight"])
+
+    info = load_pretrained_encoder(tiny_classifier(global_pool=False), ckpt)
+    assert info["missing"] == ["head.bias", "head.weight"] and "norm.weight" not in info["ignored"]
+
+    bigger = tiny_classifier(img_size=48)  # 6x6 grid vs the checkpoint's 4x4: pos_embed interpolated
+    load_pretrained_encoder(bigger, ckpt)
+    assert bigger.pos_embed.shape == (1, 37, 48)
+
+    legacy = write_pretrain_checkpoint(tmp_path / "legacy", legacy=True)
+    assert load_pretrained_encoder(tiny_classifier(), legacy)["missing"][-1] == "head.weight"
+
+    partial = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="blocks.1"):
+        load_pretrained_encoder(tiny_classifier(), tmp_path / "partial.pth")
+
+
+def _make_test_root(root: Path) -> Path:
+    for key in ("Celeb-DF-v1", "DFDC"):
+        folder = next(t.folder for t in DFD_TEST_SETS if t.name == key)
+        make_split_tree(root / folder, "test", videos=2, frames=2, classes=("fake", "real"))
+    return root
+
+
+def test_finetune_then_test(workspace):
+    root, ckpt, data = workspace
+    out = root / "run"
+    result = main_finetune_DfD.cli(finetune_argv(ckpt, data, out))
+    for name in ("checkpoint-min_val_loss.pth", "checkpoint-1.pth", "log.txt", "log_detail.txt", STATS_FILENAME):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert read_mean_std(out / STATS_FILENAME) == read_mean_std(ckpt.parent / STATS_FILENAME)
+    records = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert {"train_lr", "train_loss", "val_loss", "val_auc", "epoch", "n_parameters"} <= set(records[0])
+    assert result["min_val_loss"] == pytest.approx(min(r["val_loss"] for r in records))
+    saved = load_checkpoint(out / "checkpoint-1.pth")
+    assert saved["epoch"] == 1 and saved["model_name"] == "vit_small_patch16"
+    assert saved["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
+    assert "head.weight" in saved["model"]
+
+    test_root = _make_test_root(root / "tests_root")
+    test_out = out / "experiments_test"
+    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
+                                                                "--test_root", str(test_root)))
+    assert list(report["results"]) == ["Celeb-DF-v1", "DFDC"]
+    assert report["norm_stats"]["source"] == "checkpoint norm_stats" and report["model"] == "vit_small_patch16"
+    for name, res in report["results"].items():
+        assert res["num_images"] == 8 and res["video"]["num_videos"] == 4
+        for level in ("frame", "video"):
+            assert 0 <= res[level]["auc"] <= 100 and 0 <= res[level]["eer"] <= 1
+            assert 0 <= res[level]["balanced_acc"] <= 100
+        assert (test_out / f"roc_{name}.png").stat().st_size > 1000
+        rows = (test_out / f"scores_{name}.csv").read_text().splitlines()
+        assert rows[0] == "video,label,score_real,pred,num_frames" and len(rows) == 5
+    text = (test_out / "test_results.txt").read_text()
+    assert text.count("FRAME-LEVEL") == 2 and text.count("VIDEO-LEVEL") == 2 and "Testing time" in text
+    assert json.loads((test_out / "test_results.json").read_text())["results"].keys() == report["results"].keys()
+
+    # auto-resume continues after the last saved epoch
+    main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "3", "--auto_resume"))
+    records = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+
+
+def test_test_sets_selection(tmp_path):
+    root = _make_test_root(tmp_path)
+    assert [t.name for t in testing.select_test_sets(DFD_TEST_SETS, str(root), None)] == ["Celeb-DF-v1", "DFDC"]
+    with pytest.raises(FileNotFoundError, match="WDF"):
+        testing.select_test_sets(DFD_TEST_SETS, str(root), ["DFDC", "WDF"])
+    with pytest.raises(ValueError, match="unknown test set"):
+        testing.select_test_sets(DFD_TEST_SETS, str(root), ["nope"])
+
+
+def test_split_files_finetune_and_list_test(workspace, tmp_path):
+    root, ckpt, data = workspace
+    for split in ("train", "val"):
+        lines = [f"{p.relative_to(data)}, {0 if 'fake' in p.parent.name else 1}"
+                 for p in sorted((data / split).rglob("*.png"))]
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    argv = finetune_argv(ckpt, data, out, "--epochs", "1", "--train_split", str(tmp_path / "train.txt"),
+                         "--val_split", str(tmp_path / "val.txt"), "--dataset_abs_path", str(data),
+                         "--delimiter_in_spilt", ", ")
+    argv.remove("--finetune_data_path")
+    argv.remove(str(data))
+    main_finetune_DfD.cli(argv)
+    # --test_split list mode without --dataset_abs_path (F1): absolute paths, image-level metrics
+    abs_lines = [f"{data / line.split(', ')[0]},{line.split(', ')[1]}"
+                 for line in (tmp_path / "val.txt").read_text().splitlines()]
+    (tmp_path / "list.txt").write_text("\n".join(abs_lines) + "\n")
+    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(
+        out / "checkpoint-0.pth", tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
+        "--delimiter_in_split", ","))
+    assert report["metric_mode"] == "image" and report["results"]["list"]["num_images"] == 8
+    assert "video" not in report["results"]["list"]
+
+
+def test_missing_data_reported_before_training(workspace, tmp_path):
+    _, ckpt, _ = workspace
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main_finetune_DfD.cli(finetune_argv(ckpt, tmp_path / "nowhere", tmp_path / "out"))
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_stats_fallback_warns(workspace, tmp_path, caplog):
+    _, ckpt, data = workspace
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "ckpt.pth").write_bytes(ckpt.read_bytes())  # no statistics file next to it
+    write_image(tmp_path / "unused.png", True, 0)
+    with caplog.at_level("WARNING"):
+        main_finetune_DfD.cli(finetune_argv(bare / "ckpt.pth", data, tmp_path / "out", "--epochs", "1"))
+    assert "VGGFace2" in caplog.text and str(bare / STATS_FILENAME) in caplog.text
