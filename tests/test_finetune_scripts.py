@@ -1,0 +1,88 @@
+"""The run_DfD-*/run_DiFF-* scripts: the table of spec 4.12, overrides, and one real tiny run."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_finetune_data import make_split_tree
+from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+ROWS = {  # script: (model, pre-trained file, blr, layer decay, weight decay, output tag, test program)
+    "run_DfD-ViT-S.sh": ("vit_small_patch16", "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "2e-4", "0.65", "0.03",
+                         "ViT-S_VF2_600e/FT_on_FF++_c23_32frames", "main_test_DfD.py"),
+    "run_DfD-ViT-B.sh": ("vit_base_patch16", "FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth", "2e-4", "0.6", "0.03",
+                         "ViT-B_VF2_600e/FT_on_FF++_c23_32frames", "main_test_DfD.py"),
+    "run_DfD-ViT-L.sh": ("vit_large_patch16", "FS-VFM_ViT-L_VF2_600e/checkpoint-599.pth", "5e-5", "0.90", "0.01",
+                         "ViT-L_VF2_600e/FT_on_FF++_c23_32frames", "main_test_DfD.py"),
+    "run_DiFF-ViT-S.sh": ("vit_small_patch16", "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "5e-5", "0.95", "0.05",
+                          "ViT-S_VF2_600e/FT_on_FF++_DF_c23_32frames", "main_test_DiFF.py"),
+    "run_DiFF-ViT-B.sh": ("vit_base_patch16", "FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth", "5e-5", "0.90", "0.03",
+                          "ViT-B_VF2_600e/FT_on_FF++_DF_c23_32frames", "main_test_DiFF.py"),
+    "run_DiFF-ViT-L.sh": ("vit_large_patch16", "FS-VFM_ViT-L_VF2_600e/checkpoint-599.pth", "5e-5", "0.90", "0.05",
+                          "ViT-L_VF2_600e/FT_on_FF++_DF_c23_32frames", "main_test_DiFF.py"),
+    "run_DiFF-ViT-B_400e_FSFM.sh": ("vit_base_patch16", "VF2_ViT-B/checkpoint-400.pth", "1e-4", "0.90", "0.03",
+                                    "ViT-B_VF2_400e/FT_on_FF++_DF_c23_32frames", "main_test_DiFF.py"),
+}
+
+
+def _dry_run(script: str, cwd: Path, **env: str) -> list[dict[str, str]]:
+    out = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "DRY_RUN": "1", **env}, check=True).stdout
+    commands = []
+    for line in out.strip().splitlines():
+        words = shlex.split(line)
+        flags = {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else "")
+                 for i, w in enumerate(words) if w.startswith("--")}
+        commands.append({"program": words[1], **flags})
+    return commands
+
+
+@pytest.mark.parametrize("script", sorted(ROWS))
+def test_script_settings(script, tmp_path):
+    model, ckpt, blr, ld, wd, tag, test_program = ROWS[script]
+    ft, test = _dry_run(script, tmp_path)  # any working directory
+    assert ft["program"] == "fsvfm/main_finetune_DfD.py" and test["program"] == f"fsvfm/{test_program}"
+    assert ft["--model"] == test["--model"] == model
+    assert ft["--finetune"] == f"checkpoint/pretrained_models/{ckpt}"
+    assert (ft["--blr"], ft["--layer_decay"], ft["--weight_decay"]) == (blr, ld, wd)
+    assert (ft["--batch_size"], ft["--epochs"], ft["--mixup"], ft["--cutmix"]) == ("32", "10", "0.8", "1.0")
+    assert {"--apply_simple_augment", "--dist_eval"} <= set(ft)
+    assert ft["--output_dir"] == f"checkpoint/finetuned_models/{tag}"
+    assert ("DS_FF++_all_cls/c23" if "DfD" in script else "DS_FF++_each_cls/c23/DeepFakes") in ft["--finetune_data_path"]
+    assert test["--resume"] == f"checkpoint/finetuned_models/{tag}/checkpoint-min_val_loss.pth"
+    assert "--apply_simple_augment" not in test  # the released numbers used the full resize
+
+
+def test_script_overrides(tmp_path):
+    ft, test = _dry_run("run_DfD-ViT-S.sh", tmp_path, BLR="1e-3", OUTPUT_ROOT="/x", DATA_ROOT="/d",
+                        TEST_EXTRA_ARGS="--device cpu")
+    assert ft["--blr"] == "1e-3" and ft["--output_dir"].startswith("/x/ViT-S_VF2_600e")
+    assert ft["--finetune_data_path"].startswith("/d/") and test["--test_root"] == "/d" and test["--device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_script_runs_tiny_end_to_end(tmp_path):
+    ckpt = write_pretrain_checkpoint(tmp_path / "pretrain")
+    data = make_split_tree(tmp_path / "data", "train", videos=2, frames=2)
+    make_split_tree(data, "val", videos=1, frames=2)
+    folder = tmp_path / "tests" / "deepfakes_detection" / "DFDC" / "32_frames"
+    make_split_tree(folder, "test", videos=2, frames=2, classes=("fake", "real"))
+    out = tmp_path / "out"
+    env = {**os.environ, "PRETRAINED": str(ckpt), "FINETUNE_DATA_PATH": str(data), "OUTPUT_DIR": str(out),
+           "TEST_ROOT": str(tmp_path / "tests"), "NPROC_PER_NODE": "1", "BATCH_SIZE": "4", "EPOCHS": "1",
+           "PYTHON": sys.executable, "TEST_EXTRA_ARGS": "--device cpu --input_size 32 --num_workers 0"}
+    flags = ["--device", "cpu", "--input_size", "32", "--model_kwargs", MODEL_KWARGS, "--num_workers", "0",
+             "--warmup_epochs", "1"]
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_DfD-ViT-S.sh"), *flags], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "experiments_test" / "test_results.json").read_text())
+    assert list(report["results"]) == ["DFDC"] and report["results"]["DFDC"]["num_images"] == 8
