@@ -195,6 +195,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 def _train(args: argparse.Namespace) -> dict[str, float]:
     logger.info("job dir: %s", Path(__file__).resolve().parent)
+    logger.info("processes: %d (backend %s), device %s", dist.get_world_size(),
+                getattr(args, "dist_backend", "none"), args.device)
     logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)

@@ -1,0 +1,138 @@
+"""Pre-training data: parsing-map data set, joint transforms, data-set statistics (spec 3.2, 3.11)."""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME
+from fsvfm.util.pretrain_data import (
+    FaceParsingDataset,
+    PretrainTransform,
+    build_pretrain_dataset,
+    compute_mean_std,
+    dataset_image_paths,
+    resolve_pretrain_mean_std,
+)
+from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_synthetic_pretrain_dataset(tmp_path / "ds", 6, size=32, seed=0)
+
+
+def test_synthetic_layout(root):
+    stems = sorted(p.stem for p in (root / "images").glob("*.png"))
+    assert len(stems) == 6
+    m = np.load(root / "parsing_maps" / f"{stems[0]}.npy")
+    assert m.dtype == np.int8 and m.shape == (1, 32, 32) and set(np.unique(m)) <= set(range(11))
+    assert Image.open(root / "images" / f"{stems[0]}.png").mode == "RGB"
+
+
+def test_items_keep_uint8_maps_and_accept_both_map_formats(root):
+    stem = sorted(p.stem for p in (root / "parsing_maps").glob("*.npy"))[1]
+    original = np.load(root / "parsing_maps" / f"{stem}.npy")
+    np.save(root / "parsing_maps" / f"{stem}.npy", original[0].astype(np.uint8))  # (H, W) uint8
+    ds = FaceParsingDataset(root, PretrainTransform(32))
+    a, b = ds[0], ds[1]
+    for item in (a, b):
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        assert item["parsing_map"].shape == (1, 32, 32) and item["parsing_map"].dtype == torch.uint8
+        assert item["num_skipped"] == 0
+    np.testing.assert_array_equal(b["parsing_map"][0].numpy(), original[0])
+
+
+def test_resize_is_nearest_for_maps(root):
+    ds = FaceParsingDataset(root, PretrainTransform(input_size=48))
+    item = ds[0]
+    assert item["image"].shape == (3, 48, 48) and item["parsing_map"].shape == (1, 48, 48)
+    src = set(np.unique(np.load(ds.samples[0][1])).tolist())
+    assert set(item["parsing_map"].unique().tolist()) <= src
+
+
+def test_bad_files_are_skipped_and_counted(root, caplog):
+    stems = sorted(p.stem for p in (root / "images").glob("*.png"))
+    (root / "parsing_maps" / f"{stems[5]}.npy").unlink()                      # missing map
+    (root / "images" / f"{stems[1]}.png").write_bytes(b"not a png")           # unreadable image
+    np.save(root / "parsing_maps" / f"{stems[2]}.npy", np.zeros((1, 16, 16), np.int8))  # mis-shaped map
+    with caplog.at_level(logging.WARNING):
+        ds = FaceParsingDataset(root, PretrainTransform(32))
+        assert len(ds) == 5 and ds.num_missing_maps == 1
+        item = ds[1]
+    assert item["num_skipped"] == 2  # indices 1 and 2 are bad, index 3 is returned
+    text = caplog.text
+    assert f"{stems[5]}.png" in text and f"{stems[1]}.png" in text and f"{stems[2]}.npy" in text
+
+
+def test_empty_or_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="images/ and parsing_maps/"):
+        FaceParsingDataset(tmp_path / "nowhere")
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "parsing_maps").mkdir()
+    with pytest.raises(ValueError, match="no image with a parsing map"):
+        FaceParsingDataset(tmp_path / "empty")
+    with pytest.raises(ValueError, match="--pretrain_data_path"):
+        build_pretrain_dataset([], PretrainTransform(32))
+
+
+def test_several_roots_are_concatenated(tmp_path):
+    a = make_synthetic_pretrain_dataset(tmp_path / "a", 3, size=32, seed=1)
+    b = make_synthetic_pretrain_dataset(tmp_path / "b", 4, size=32, seed=2)
+    ds = build_pretrain_dataset([a, b], PretrainTransform(32))
+    assert len(ds) == 7 and len(dataset_image_paths(ds)) == 7
+    assert ds[6]["parsing_map"].shape == (1, 32, 32)
+
+
+def test_simple_augment_moves_image_and_map_together(tmp_path):
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 20:44] = 1
+    labels[10:30, 30:60] = 10
+    (tmp_path / "images").mkdir()
+    (tmp_path / "parsing_maps").mkdir()
+    Image.fromarray(np.repeat(labels[..., None] * 20, 3, axis=2)).save(tmp_path / "images" / "x.png")
+    np.save(tmp_path / "parsing_maps" / "x.npy", labels.astype(np.int8)[None])
+    ds = FaceParsingDataset(tmp_path, PretrainTransform(32, simple_augment=True))
+    torch.manual_seed(3)
+    for _ in range(5):
+        item = ds[0]
+        gray, pmap = item["image"][0] * 255, item["parsing_map"][0]
+        for label in pmap.unique().tolist():
+            if int((pmap == label).sum()) > 20:  # each region's pixels keep that region's colour
+                assert abs(float(gray[pmap == label].median()) - 20 * label) < 6
+
+
+def test_mean_std_matches_numpy(root):
+    paths = sorted((root / "images").glob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(p), dtype=np.float64) / 255 for p in paths])
+    mean, std = compute_mean_std(paths, 32, batch_size=4)
+    np.testing.assert_allclose(mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(std, pixels.std(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_stats_file_written_once_and_reused(root, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = sorted((root / "images").glob("*.png"))
+    first = resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False)
+    lines = (out / STATS_FILENAME).read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0]) == {"mean": first[0], "std": first[1]}
+
+    def fail(*a, **k):
+        raise AssertionError("statistics recomputed on resume")
+
+    monkeypatch.setattr("fsvfm.util.pretrain_data.compute_mean_std", fail)
+    assert resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False) == first
+    assert len((out / STATS_FILENAME).read_text().splitlines()) == 1
+
+
+def test_imagenet_stats_are_written_too(root, tmp_path):
+    out = tmp_path / "imn"
+    out.mkdir()
+    mean, _ = resolve_pretrain_mean_std(out, [], 32, normalize_from_imn=True)
+    assert mean == list(IMAGENET_MEAN)
+    assert json.loads((out / STATS_FILENAME).read_text())["mean"] == list(IMAGENET_MEAN)

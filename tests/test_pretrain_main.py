@@ -1,0 +1,171 @@
+"""End-to-end pre-training on generated faces with a tiny network: outputs, resume, DDP under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from timm.optim import param_groups_weight_decay
+
+from fsvfm.main_pretrain import build_networks, get_args_parser, main, resume
+from fsvfm.util.misc import NativeScalerWithGradNormCount
+from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
+from tests.conftest import REPO, TINY_FSFM
+
+OVERRIDES = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
+LOG_KEYS = {"train_lr", "train_loss", "train_loss_rec_all", "train_loss_rec_sfr", "train_loss_cl", "epoch"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_synthetic_pretrain_dataset(tmp_path_factory.mktemp("faces"), 8, size=32, seed=0)
+
+
+def _argv(data_root, out, *extra) -> list[str]:
+    return ["--pretrain_data_path", str(data_root), "--output_dir", str(out), "--device", "cpu",
+            "--input_size", "32", "--model_overrides", OVERRIDES, "--batch_size", "2", "--num_workers", "0",
+            "--epochs", "2", "--warmup_epochs", "1", "--save_freq", "1", "--norm_pix_loss", *extra]
+
+
+def _run(data_root, out, *extra) -> dict:
+    return main(get_args_parser().parse_args(_argv(data_root, out, *extra)))
+
+
+def _load(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    _run(data_root, out)
+    return out
+
+
+def test_two_epoch_run_writes_every_output(two_epoch_run):
+    out = two_epoch_run
+    for name in ("checkpoint-0.pth", "checkpoint-te-0.pth", "checkpoint-1.pth", "checkpoint-te-1.pth",
+                 "checkpoint-min_pretrain_loss.pth", "checkpoint-te-min_pretrain_loss.pth",
+                 "pretrain_ds_mean_std.txt", "log_detail.txt", "log.txt"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    log = _log(out)
+    assert [r["epoch"] for r in log] == [0, 1] and all(LOG_KEYS <= set(r) for r in log)
+    stats = (out / "pretrain_ds_mean_std.txt").read_text().splitlines()
+    assert len(stats) == 1 and set(json.loads(stats[0])) == {"mean", "std"}
+    detail = (out / "log_detail.txt").read_text()
+    assert "Epoch: [1]" in detail and "Averaged stats" in detail
+
+
+def test_checkpoints_load_safely_and_hold_both_networks(two_epoch_run):
+    online, target = _load(two_epoch_run / "checkpoint-1.pth"), _load(two_epoch_run / "checkpoint-te-1.pth")
+    assert {"model", "optimizer", "epoch", "scaler", "args", "model_name"} <= set(online)
+    assert online["epoch"] == 1 and isinstance(online["args"], dict) and online["model_name"] == "fsfm_vit_base_patch16"
+    assert target["optimizer"] is None and target["epoch"] == 1
+    args = get_args_parser().parse_args(["--input_size", "32", "--model_overrides", OVERRIDES, "--norm_pix_loss"])
+    model, tnet = build_networks(args, torch.device("cpu"))
+    assert set(online["model"]) == set(model.state_dict()) and set(target["model"]) == set(tnet.state_dict())
+    groups = online["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.05] and tuple(groups[0]["betas"]) == (0.9, 0.95)
+    n_no_decay = sum(1 for n, p in model.named_parameters() if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias")))
+    assert len(groups[0]["params"]) == n_no_decay
+    # EMA moved the target between the two epochs
+    te0 = _load(two_epoch_run / "checkpoint-te-0.pth")["model"]
+    assert any(not torch.equal(te0[k], target["model"][k]) for k in te0)
+
+
+def test_resume_restores_optimizer_and_continues(two_epoch_run, data_root, tmp_path):
+    ckpt0 = two_epoch_run / "checkpoint-0.pth"
+    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(ckpt0)))
+    args.device = "cpu"
+    model, target = build_networks(args, torch.device("cpu"))
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
+    resume(args, model, target, opt, NativeScalerWithGradNormCount("cpu", enabled=False))
+    saved = _load(ckpt0)
+    assert args.start_epoch == 1
+    for key, state in saved["optimizer"]["state"].items():
+        assert torch.equal(opt.state_dict()["state"][key]["exp_avg"], state["exp_avg"])
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in _load(two_epoch_run / "checkpoint-te-0.pth")["model"].items())
+
+    out = tmp_path / "resumed"
+    _run(data_root, out, "--resume", str(ckpt0))
+    log, original = _log(out), _log(two_epoch_run)
+    assert [r["epoch"] for r in log] == [1]
+    assert log[0]["train_lr"] == pytest.approx(original[1]["train_lr"], rel=1e-12)
+    steps = [s["step"] for s in _load(out / "checkpoint-1.pth")["optimizer"]["state"].values()]
+    full = [s["step"] for s in _load(two_epoch_run / "checkpoint-1.pth")["optimizer"]["state"].values()]
+    assert steps == full
+
+
+def test_auto_resume_continues_in_the_same_folder(data_root, tmp_path):
+    out = tmp_path / "auto"
+    _run(data_root, out, "--epochs", "1")
+    _run(data_root, out, "--auto_resume")
+    assert [r["epoch"] for r in _log(out)] == [0, 1]
+    assert len((out / "pretrain_ds_mean_std.txt").read_text().splitlines()) == 1
+    assert _load(out / "checkpoint-1.pth")["epoch"] == 1
+
+
+def test_resume_without_target_checkpoint_is_a_clear_error(two_epoch_run, data_root, tmp_path):
+    lone = tmp_path / "checkpoint-0.pth"
+    lone.write_bytes((two_epoch_run / "checkpoint-0.pth").read_bytes())
+    with pytest.raises(Exception, match="resume_target_network"):
+        _run(data_root, tmp_path / "x", "--resume", str(lone))
+
+
+def test_both_local_rank_spellings_parse():
+    parser = get_args_parser()
+    assert parser.parse_args(["--local-rank=1"]).local_rank == 1
+    assert parser.parse_args(["--local_rank", "2"]).local_rank == 2
+    args = parser.parse_args(["--pretrain_data_path", "a", "--pretrain_data_path", "b"])
+    assert args.data_path == ["a", "b"] and parser.parse_args([]).data_path is None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _subprocess(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    _subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                 "127.0.0.1", "--master_port", str(_free_port()), "fsvfm/main_pretrain.py",
+                 *_argv(data_root, out)])
+    detail = (out / "log_detail.txt").read_text()
+    assert "processes: 2 (backend gloo)" in detail
+    assert "online weights identical on all 2 ranks" in detail
+    te0, te1 = (_load(out / f"checkpoint-te-{e}.pth")["model"] for e in (0, 1))
+    online = _load(out / "checkpoint-1.pth")["model"]
+    assert any(not torch.equal(te0[k], te1[k]) for k in te0)          # the EMA updates the target
+    assert any(not torch.equal(te1[k], online[k]) for k in te1)       # ... towards, not onto, the online net
+    # 8 samples, 2 ranks x batch 2 -> 2 iterations per epoch, each with the global mean loss
+    assert [r["epoch"] for r in _log(out)] == [0, 1]
+
+
+@pytest.mark.slow
+def test_torch_distributed_launch_and_module_entry_points(data_root, tmp_path):
+    out = tmp_path / "launch"
+    _subprocess([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "1", "--master_port",
+                 str(_free_port()), "fsvfm/main_pretrain.py", *_argv(data_root, out, "--epochs", "1")])
+    assert (out / "checkpoint-0.pth").is_file()
+    result = _subprocess([sys.executable, "-m", "fsvfm.main_pretrain", "--help"])
+    assert "--pretrain_data_path" in result.stdout and "--resume_target_network" in result.stdout
