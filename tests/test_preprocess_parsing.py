@@ -19,6 +19,7 @@ from fsvfm.preprocess.labels import LAPA, PALETTE
 from fsvfm.preprocess.parse_facer import FACER_FILES, FacerParser
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
 from fsvfm.preprocess.parsing import resolve_backend, to_parser_input
+from fsvfm.util.pretrain_data import FaceParsingDataset
 from tests.preprocess_helpers import PRETRAIN_DEFAULT, REPO, astronaut_bgr, tree, write_image
 
 
@@ -88,6 +89,9 @@ def test_custom_face_parse_outputs_resume_and_bad_inputs(tmp_path, face224, land
     assert np.array_equal(pm[0], landmark_parser.parse(np.asarray(img)).astype(np.int8))
     vis = cv2.imread(str(dst / "vis_parsing_maps/face.png"))
     assert (vis[pm[0] == 0] == 255).all() and (vis[pm[0] == 1] == PALETTE[1]).all()
+    item = FaceParsingDataset(dst)[0]                           # what pre-training reads
+    assert len(FaceParsingDataset(dst)) == 1 and tuple(item["image"].shape) == (3, 224, 224)
+    assert np.array_equal(item["parsing_map"].numpy().astype(np.int8), pm)
     failures = (dst / "face_parse_preprocess_custom_failures.txt").read_text().splitlines()
     assert [line.split("\t")[:2] for line in failures] == [
         ["no_face", str(src / "sub/blank.jpg")], ["unreadable", str(src / "corrupt.png")]]
