@@ -58,11 +58,11 @@ class FacerParser:
     name = "facer"
 
     def __init__(self, model_dir: str | Path | None = None, device: str | None = None):
-        import facer
-        import torch
         paths = facer_weights(model_dir)
         if paths is None or importlib.util.find_spec("facer") is None:
             raise FileNotFoundError(missing_weights_message(model_dir))
+        import facer
+        import torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.detector = facer.face_detector(DETECTOR_NAME, device=self.device, threshold=THRESHOLD,
                                             model_path=str(paths["detector"]))
