@@ -14,6 +14,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -r requirements.txt pytest ruff
+	# FACER (optional parsing backend) without its GUI opencv / notebook dependencies
+	$(PY) -m pip install --quiet --no-deps pyfacer==0.0.5
+	$(PY) -m pip install --quiet validators requests
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
