@@ -200,11 +200,13 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)
-    seed_everything(args.seed + dist.get_rank())
     torch.backends.cudnn.benchmark = True
     args.data_path = args.data_path or []
-
+    # Same seed on every rank for the weights (so each rank's target copy equals rank 0's online
+    # network, which DDP broadcasts), then seed + rank for data order and masks.
+    seed_everything(args.seed)
     model, target = build_networks(args, device)
+    seed_everything(args.seed + dist.get_rank())
     dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
     mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
                                           args.normalize_from_IMN, args.batch_size, args.num_workers, device)
@@ -232,6 +234,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
                                 momentum_schedule, epoch, device, args, log_writer)
         best_loss = _end_of_epoch(args, epoch, stats, best_loss, model, target, optimizer, loss_scaler)
     check_replicas_identical(model, "online")
+    check_replicas_identical(target, "target")
     if log_writer is not None:
         log_writer.close()
     return stats

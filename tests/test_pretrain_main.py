@@ -153,6 +153,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
     detail = (out / "log_detail.txt").read_text()
     assert "processes: 2 (backend gloo)" in detail
     assert "online weights identical on all 2 ranks" in detail
+    assert "target weights identical on all 2 ranks" in detail
     te0, te1 = (_load(out / f"checkpoint-te-{e}.pth")["model"] for e in (0, 1))
     online = _load(out / "checkpoint-1.pth")["model"]
     assert any(not torch.equal(te0[k], te1[k]) for k in te0)          # the EMA updates the target
