@@ -1,6 +1,7 @@
 """End-to-end pre-training on generated faces with a tiny network: outputs, resume, DDP under torchrun."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -103,6 +104,24 @@ def test_resume_restores_optimizer_and_continues(two_epoch_run, data_root, tmp_p
     steps = [s["step"] for s in _load(out / "checkpoint-1.pth")["optimizer"]["state"].values()]
     full = [s["step"] for s in _load(two_epoch_run / "checkpoint-1.pth")["optimizer"]["state"].values()]
     assert steps == full
+
+
+def test_resume_from_released_format_pair(two_epoch_run, data_root, tmp_path):
+    """Released pairs: ``args`` pickled as a Namespace, the optimizer in both files, no extra keys."""
+    online, target = _load(two_epoch_run / "checkpoint-0.pth"), _load(two_epoch_run / "checkpoint-te-0.pth")
+    ns = argparse.Namespace(**online["args"])
+    for ckpt in (online, target):
+        ckpt.update(args=ns, optimizer=online["optimizer"], scaler={})
+        for key in ("model_name", "min_pretrain_loss", "network"):
+            ckpt.pop(key, None)
+    torch.save(online, tmp_path / "checkpoint-600.pth")
+    target["optimizer"] = online["optimizer"]
+    torch.save(target, tmp_path / "checkpoint-te-600.pth")
+    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(tmp_path / "checkpoint-600.pth")))
+    model, tnet = build_networks(args, torch.device("cpu"))
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
+    assert resume(args, model, tnet, opt, NativeScalerWithGradNormCount("cpu", enabled=False)) == float("inf")
+    assert args.start_epoch == 1 and len(opt.state_dict()["state"]) == len(online["optimizer"]["state"])
 
 
 def test_auto_resume_continues_in_the_same_folder(data_root, tmp_path):
