@@ -188,3 +188,24 @@ def test_stats_fallback_warns(workspace, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         main_finetune_DfD.cli(finetune_argv(bare / "ckpt.pth", data, tmp_path / "out", "--epochs", "1"))
     assert "VGGFace2" in caplog.text and str(bare / STATS_FILENAME) in caplog.text
+
+
+def test_finetune_from_main_pretrain_output(workspace, tmp_path):
+    """The real chain: main_pretrain's checkpoint and statistics file feed the fine-tuning program."""
+    main_pretrain = pytest.importorskip("fsvfm.main_pretrain")
+    synthetic = pytest.importorskip("fsvfm.util.synthetic")
+    _, _, data = workspace
+    faces = synthetic.make_synthetic_pretrain_dataset(tmp_path / "faces", 4, size=32, seed=0)
+    pre = tmp_path / "pre"
+    overrides = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
+    main_pretrain.main(main_pretrain.get_args_parser().parse_args([
+        "--pretrain_data_path", str(faces), "--output_dir", str(pre), "--device", "cpu", "--input_size", "32",
+        "--model_overrides", overrides, "--batch_size", "2", "--num_workers", "0", "--epochs", "1",
+        "--warmup_epochs", "1"]))
+    ckpt = pre / "checkpoint-0.pth"
+    out = tmp_path / "ft"
+    main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "1"))
+    saved = load_checkpoint(out / "checkpoint-0.pth")
+    mean, std = read_mean_std(pre / STATS_FILENAME)
+    assert saved["norm_stats"] == {"mean": mean, "std": std}
+    assert read_mean_std(out / STATS_FILENAME) == (mean, std)
