@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import ConcatDataset, Dataset, Sampler
@@ -241,9 +240,3 @@ def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable,
     raise ValueError("no training data: give --finetune_data_path DIR (with DIR/train and DIR/val) "
                      "or both --train_split and --val_split")
 
-
-def labels_of(dataset: Dataset) -> torch.Tensor:
-    """Integer labels of an (Image)Folder, split-file or concatenated data set, without loading images."""
-    if isinstance(dataset, ConcatDataset):
-        return torch.cat([labels_of(d) for d in dataset.datasets])
-    return torch.as_tensor(dataset.targets)  # type: ignore[attr-defined]
