@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsvfm.preprocess import build_pretrain_dataset
+from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.cli import main_face_parse
 from fsvfm.preprocess.faces import FaceCropper, landmark_model_path
 from fsvfm.preprocess.labels import LAPA, PALETTE
@@ -166,7 +166,7 @@ def test_facer_backend_real_code_path(facer_cache, face224, tmp_path, caplog):
     (tmp_path / "photos").mkdir()
     cv2.imwrite(str(tmp_path / "photos" / "astronaut.png"), astronaut_bgr())
     with caplog.at_level(logging.INFO):
-        s = build_pretrain_dataset(tmp_path / "photos", tmp_path / "ds", backend="auto")
+        s = prepare_pretrain_dataset(tmp_path / "photos", tmp_path / "ds", backend="auto")
     assert s.counts["done"] == 1 and "face parsing backend: facer (auto)" in caplog.text
     pm = np.load(tmp_path / "ds" / "parsing_maps" / "astronaut.npy")
     assert pm.shape == (1, 224, 224) and pm.dtype == np.int8 and set(np.unique(pm)) == {0, 6}

@@ -1,6 +1,6 @@
 """Face preprocessing toolkit: dlib detection and crops, frame sampling, face parsing, workers.
 
-``build_pretrain_dataset`` turns a folder of face photos into a pre-training data set
+``prepare_pretrain_dataset`` turns a folder of face photos into a pre-training data set
 (``root/images/<stem>.png`` + ``root/parsing_maps/<stem>.npy``).
 """
 from __future__ import annotations
@@ -11,10 +11,10 @@ from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.layouts import parse_jobs
 from fsvfm.preprocess.runner import Summary, run_stages
 
-__all__ = ["Options", "Summary", "build_pretrain_dataset"]
+__all__ = ["Options", "Summary", "prepare_pretrain_dataset"]
 
 
-def build_pretrain_dataset(src_dir: str | Path, dst_dir: str | Path, backend: str = "auto", workers: int = 1,
+def prepare_pretrain_dataset(src_dir: str | Path, dst_dir: str | Path, backend: str = "auto", workers: int = 1,
                            face_select: str = "first", save_vis: bool = False,
                            log_dir: str | Path | None = None) -> Summary:
     """Detect and crop the face of every photo under ``src_dir`` (recursively), parse it and write
@@ -22,4 +22,4 @@ def build_pretrain_dataset(src_dir: str | Path, dst_dir: str | Path, backend: st
     ``dst_dir``). Photos already done are skipped, so calling it again resumes."""
     opts = Options(backend=backend, face_select=face_select, save_vis=save_vis)
     stages = [("crop+parse", lambda: parse_jobs([src_dir], dst_dir, crop=True))]
-    return run_stages(stages, opts, workers, log_dir or dst_dir, "build_pretrain_dataset")
+    return run_stages(stages, opts, workers, log_dir or dst_dir, "prepare_pretrain_dataset")
