@@ -46,7 +46,7 @@ from fsvfm.util.checkpoint import (
     model_state_from,
     save_checkpoint,
 )
-from fsvfm.util.finetune_data import build_finetune_datasets, build_transform
+from fsvfm.util.finetune_data import build_finetune_datasets, build_transform, check_classes
 from fsvfm.util.log import setup_logging
 from fsvfm.util.misc import NativeScalerWithGradNormCount, append_json_line, resolve_amp, seed_everything
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
@@ -95,6 +95,8 @@ def _resume(args, model, optimizer, scaler) -> float:
 def _data(args, mean, std, device):
     train_ds, val_ds = build_finetune_datasets(args, build_transform(True, args, mean, std),
                                                build_transform(False, args, mean, std))
+    check_classes(train_ds, "training", args.nb_classes)
+    check_classes(val_ds, "validation", args.nb_classes)
     sampler = DistributedSampler(train_ds, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
                                  shuffle=True, seed=args.seed)
     train_loader = DataLoader(train_ds, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,

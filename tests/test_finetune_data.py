@@ -187,3 +187,21 @@ def test_randaugment_posterize_zero_bits_is_black_not_a_crash():
     assert ops[0].aug_fn(img, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
     assert ops[0].aug_fn(img, 8) is img
     assert ops[0].aug_fn(img, 1).getpixel((0, 0)) == (128, 0, 0)
+
+
+class _Labels(torch.utils.data.Dataset):
+    def __init__(self, targets):
+        self.targets = targets
+
+    def __len__(self):
+        return len(self.targets)
+
+
+def test_one_class_or_out_of_range_sets_fail_before_training():
+    both = torch.utils.data.ConcatDataset([_Labels([0, 0]), _Labels([1])])
+    assert fd.dataset_targets(both) == [0, 0, 1]
+    fd.check_classes(both, "validation", 2)
+    with pytest.raises(ValueError, match=r"validation set holds only class\(es\) \[1\] \(3 images\)"):
+        fd.check_classes(_Labels([1, 1, 1]), "validation", 2)
+    with pytest.raises(ValueError, match="label 2 but --nb_classes is 2"):
+        fd.check_classes(_Labels([0, 1, 2]), "training", 2)

@@ -155,6 +155,26 @@ def dataset_video_names(dataset: Dataset) -> list[str]:
     return list(names) if names is not None else [str(i) for i in range(len(dataset))]  # type: ignore
 
 
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Per-sample integer labels of an ImageFolder, split-file data set or a concatenation of them."""
+    if isinstance(dataset, ConcatDataset):
+        return [t for d in dataset.datasets for t in dataset_targets(d)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(f"cannot read the labels of a {type(dataset).__name__}")
+    return [int(t) for t in targets]
+
+
+def check_classes(dataset: Dataset, name: str, nb_classes: int) -> None:
+    """Fail before training when a set lacks a class (AUC/EER would be undefined) or has too many."""
+    present = sorted(set(dataset_targets(dataset)))
+    if len(present) < 2:
+        raise ValueError(f"the {name} set holds only class(es) {present} ({len(dataset)} images): "  # type: ignore[arg-type]
+                         "it needs both fake (0) and real (1) images")
+    if present[-1] >= nb_classes:
+        raise ValueError(f"the {name} set has label {present[-1]} but --nb_classes is {nb_classes}")
+
+
 class ShardSampler(Sampler[int]):
     """Unpadded evaluation sharding: rank r gets indices r, r + W, ... (no duplicates, unlike
     ``DistributedSampler``, so gathered predictions cover the set exactly once)."""
