@@ -43,7 +43,7 @@ from fsvfm.util.checkpoint import args_dict, load_checkpoint, load_model_weights
 from fsvfm.util.fileio import atomic_path, atomic_write_text
 from fsvfm.util.finetune_data import SplitFileDataset, TestImageFolder, build_transform, dataset_video_names
 from fsvfm.util.log import setup_logging
-from fsvfm.util.metrics import METRIC_MODES, get_video_level_label_pred, roc_points
+from fsvfm.util.metrics import METRIC_MODES, OneClassError, get_video_level_label_pred, roc_points
 from fsvfm.util.misc import resolve_amp
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,14 @@ def _run(args: argparse.Namespace, table: Sequence[TestSet], metric_mode: str) -
                        header=f"Test {name}:", print_freq=args.print_freq)
         all_names = dataset_video_names(dataset)
         names = [all_names[i] for i in pred.indices]
-        metrics = METRIC_MODES[mode](pred.labels, pred.scores, pred.preds, names)
+        try:
+            metrics = METRIC_MODES[mode](pred.labels, pred.scores, pred.preds, names)
+        except OneClassError as e:  # report it and go on with the other sets
+            logger.warning("test set %s (%s): %s", name, source, e)
+            report["results"][name] = {"num_images": len(pred), "source": source, "error": str(e)}
+            if main:
+                append_results(out / "test_results.txt", [f"{_stamp()}{name}: {len(pred)} images, skipped: {e}"])
+            continue
         report["results"][name] = {"num_images": len(pred), "loss": pred.loss, "source": source, **metrics}
         lines = result_lines(name, len(pred), source, pred.loss, metrics)
         for line in lines:

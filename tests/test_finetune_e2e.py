@@ -209,3 +209,21 @@ def test_finetune_from_main_pretrain_output(workspace, tmp_path):
     mean, std = read_mean_std(pre / STATS_FILENAME)
     assert saved["norm_stats"] == {"mean": mean, "std": std}
     assert read_mean_std(out / STATS_FILENAME) == (mean, std)
+
+
+def test_one_class_test_set_is_reported_and_the_others_still_run(workspace, tmp_path):
+    root, ckpt, data = workspace
+    out = tmp_path / "ft"
+    main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "1"))
+    test_root = _make_test_root(tmp_path / "tests_root")
+    dfdc = next(t.folder for t in DFD_TEST_SETS if t.name == "DFDC")
+    for img in (test_root / dfdc / "test" / "real").iterdir():
+        img.unlink()
+    (test_root / dfdc / "test" / "real").rmdir()
+    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth",
+                                                                tmp_path / "test", "--test_root", str(test_root)))
+    assert report["results"]["DFDC"]["num_images"] == 4 and "both fake=0 and real=1" in report["results"]["DFDC"]["error"]
+    assert 0 <= report["results"]["Celeb-DF-v1"]["frame"]["auc"] <= 100
+    text = (tmp_path / "test" / "test_results.txt").read_text()
+    assert "DFDC: 4 images, skipped" in text and text.count("FRAME-LEVEL") == 1
+    assert json.loads((tmp_path / "test" / "test_results.json").read_text())["results"]["DFDC"]["num_images"] == 4
