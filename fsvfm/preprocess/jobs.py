@@ -100,16 +100,24 @@ class Worker:
             out.add("error", job.src, f"{type(e).__name__}: {e}")
         return out
 
+    def _read_and_crop(self, job: Job, out: Outcome):
+        """The face crop of an image file, or None after counting it as unreadable / no face."""
+        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
+        if bgr is None:
+            out.add("unreadable", job.src, "not an image")
+            return None
+        res = self.cropper.crop(bgr)
+        if res is None:
+            out.add("no_face", job.src)
+        return res
+
     def _crop_image(self, job: Job, out: Outcome) -> None:
         todo = [d for d in job.dst if not Path(d).exists()]
         if not todo:
             return out.add("skipped")
-        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
-        if bgr is None:
-            return out.add("unreadable", job.src, "not an image")
-        res = self.cropper.crop(bgr)
+        res = self._read_and_crop(job, out)
         if res is None:
-            return out.add("no_face", job.src)
+            return None
         for d in todo:
             write_image(d, res[0])
         out.add("done")
@@ -158,12 +166,9 @@ class Worker:
     def _crop_parse(self, job: Job, out: Outcome) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
-        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
-        if bgr is None:
-            return out.add("unreadable", job.src, "not an image")
-        res = self.cropper.crop(bgr)
+        res = self._read_and_crop(job, out)
         if res is None:
-            return out.add("no_face", job.src)
+            return None
         crop, rect = res
         scale = self.opts.face_size / crop.shape[0]
         image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), self.opts.face_size)
