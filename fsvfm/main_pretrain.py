@@ -197,9 +197,9 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     logger.info("job dir: %s", Path(__file__).resolve().parent)
     logger.info("processes: %d (backend %s), device %s", dist.get_world_size(),
                 getattr(args, "dist_backend", "none"), args.device)
-    logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)
+    logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     torch.backends.cudnn.benchmark = True
     args.data_path = args.data_path or []
     # Same seed on every rank for the weights (so each rank's target copy equals rank 0's online
