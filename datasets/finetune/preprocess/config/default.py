@@ -5,6 +5,8 @@ whatever the working directory. ``DERIVED`` keys follow their base keys when tho
 """
 from yacs.config import CfgNode as CN
 
+from fsvfm.preprocess.layouts import frames_folder
+
 _C = CN()
 _C.face_scale = 1.3
 _C.face_size = 224
@@ -43,21 +45,17 @@ _C.finetune_data_path_diff = "../../finetune_datasets/diffusion_facial_forgery_d
 _C.DiFF_path = "../../data/DiFF/"
 
 
-def _frames(n) -> str:
-    return "all_frames" if n is None else f"{n}_frames"
-
-
 def _dfd(sub: str):
     return ("finetune_data_path_dfd", lambda c: c.finetune_data_path_dfd + sub)
 
 
 DERIVED = {
     "FF_all_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
-                                                                 f"{_frames(c.FF_num_frames)}/DS_FF++_all_cls/"),
+                                                                 f"{frames_folder(c.FF_num_frames)}/DS_FF++_all_cls/"),
     "FF_each_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
-                                                                  f"{_frames(c.FF_num_frames)}/DS_FF++_each_cls/"),
+                                                                  f"{frames_folder(c.FF_num_frames)}/DS_FF++_each_cls/"),
     "DFD_binary_cls_ds": ("finetune_data_path_dfd", lambda c: f"{c.finetune_data_path_dfd}FaceForensics/"
-                                                              f"{_frames(c.DFD_num_frames)}/DS_DFD_binary_cls/"),
+                                                              f"{frames_folder(c.DFD_num_frames)}/DS_DFD_binary_cls/"),
     "CelebDFv1_split_face_ds": _dfd("Celeb-DF/"),
     "CelebDFv2_split_face_ds": _dfd("Celeb-DF-v2/"),
     "CelebDF_plusplus_split_face_ds": _dfd("Celeb-DF++/"),

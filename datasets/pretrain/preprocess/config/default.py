@@ -5,6 +5,8 @@ whatever the working directory. ``DERIVED`` keys follow their base keys when tho
 """
 from yacs.config import CfgNode as CN
 
+from fsvfm.preprocess.layouts import frames_folder
+
 _C = CN()
 _C.face_scale = 1.3
 _C.face_size = 224
@@ -33,12 +35,8 @@ _C.vis_pm_dir = "vis_parsing_maps"
 _C.pretrain_data_path = "../../pretrain_datasets/"
 
 
-def _frames(c) -> str:
-    return "all_frames" if c.FF_num_frames is None else f"{c.FF_num_frames}_frames"
-
-
 def _ff_real_faces(c) -> list:
-    base = f"{c.FF_split_face_ds}{_frames(c)}/original_sequences/youtube/{c.FF_compression}/"
+    base = f"{c.FF_split_face_ds}{frames_folder(c.FF_num_frames)}/original_sequences/youtube/{c.FF_compression}/"
     return [base + "train/", base + "val/"]
 
 
@@ -47,7 +45,7 @@ DERIVED = {
     "VGGFace2_parse_ds_path": ("pretrain_data_path", lambda c: c.pretrain_data_path + "VGG-Face2/"),
     "FF_real_face_paths_for_parsing": ("FF_split_face_ds", _ff_real_faces),
     "FF_face_parse_ds_path": ("pretrain_data_path", lambda c: f"{c.pretrain_data_path}FaceForensics_youtube/"
-                                                              f"{_frames(c)}/{c.FF_compression}"),
+                                                              f"{frames_folder(c.FF_num_frames)}/{c.FF_compression}"),
     "YTFace_path_for_parsing": ("YTFace_face_ds", lambda c: c.YTFace_face_ds),
     "YTFace_parse_ds_path": ("pretrain_data_path", lambda c: c.pretrain_data_path + "YoutubeFace/"),
 }
