@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from fsvfm.util.crfrp import num_masked_patches
 from fsvfm.util.pos_embed import get_2d_sincos_pos_embed
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
@@ -172,7 +173,7 @@ class _FSFMBackbone(nn.Module):
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         n, length, d = x.shape
-        len_keep = length - round(length * mask_ratio)
+        len_keep = length - num_masked_patches(length, mask_ratio)
         if img_mask is None or len_keep == length:
             # Keeping every token: the shuffle is a no-op for a permutation-equivariant encoder.
             ids_restore = torch.arange(length, device=x.device).expand(n, -1)
