@@ -21,6 +21,7 @@ from fsvfm.preprocess.layouts import (
     video_jobs,
 )
 from fsvfm.preprocess.runner import Stage, Summary
+from fsvfm.util.finetune_data import FRAME_SEPARATOR
 
 # Celeb-DF family: config-key prefix, (top folder, class) pairs, recursive scan.
 # v2 leaves out the listed YouTube-real test videos on purpose (common cross-data-set protocol, D17).
@@ -113,7 +114,7 @@ def wild_deepfake_stages(cfg, summary: Summary) -> list[Stage]:
     root, out = Path(cfg.DFIW_path), Path(cfg.DFIW_split_face_ds) / "test"
 
     def make() -> list[Job]:
-        return [Job("copy", str(f), (str(out / cls / f"{flat_name(f.parent, root)}_frame_{f.name}"),))
+        return [Job("copy", str(f), (str(out / cls / f"{flat_name(f.parent, root)}{FRAME_SEPARATOR}{f.name}"),))
                 for sub, cls in WILD_DEEPFAKE for f in list_files(root / sub, (".png",))]
     return [("WildDeepfake copy", make)]
 

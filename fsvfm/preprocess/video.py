@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
+from fsvfm.util.finetune_data import FRAME_SEPARATOR
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ def unique_indices(frame_count: float, num_frames: int | None) -> list[int]:
 
 def frame_name(video_name: str, index: int, img_format: str = ".png") -> str:
     """``{video}_frame_{idx}{ext}``; the test code recovers video names from the ``_frame_`` part."""
-    return f"{video_name}_frame_{index}{img_format}"
+    return f"{video_name}{FRAME_SEPARATOR}{index}{img_format}"
 
 
 def frame_count(path: str) -> int:
