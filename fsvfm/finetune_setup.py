@@ -19,7 +19,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from fsvfm import models_vit
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
 from fsvfm.util.lr_decay import param_groups_lrd
-from fsvfm.util.norm_stats import STATS_FILENAME, copy_mean_std, resolve_mean_std
+from fsvfm.util.norm_stats import STATS_FILENAME, resolve_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -163,15 +163,13 @@ def count_trainable(model: torch.nn.Module) -> int:
 
 # --------------------------------------------------------------------- normalisation statistics
 def finetune_norm_stats(args: argparse.Namespace) -> tuple[list[float], list[float], str]:
-    """Spec 4.4, training side: copy ``dirname(--finetune)/pretrain_ds_mean_std.txt`` into
-    ``--output_dir`` when missing there, then read the copy; a warning names what was missing."""
-    out_file = Path(args.output_dir) / STATS_FILENAME
-    candidates = [out_file]
-    if args.finetune and not args.normalize_from_IMN:
-        src = Path(args.finetune).parent / STATS_FILENAME
-        copy_mean_std(src, out_file)
-        candidates.append(src)
-    return resolve_mean_std(imagenet=args.normalize_from_IMN, files=candidates)
+    """Spec 4.4, training side: ``--output_dir``'s statistics file (a resumed run), else the one next
+    to ``--finetune``; a warning names what was missing. The caller records the result in
+    ``--output_dir`` so the test programs find it next to the checkpoints."""
+    files = [Path(args.output_dir) / STATS_FILENAME]
+    if args.finetune:
+        files.append(Path(args.finetune).parent / STATS_FILENAME)
+    return resolve_mean_std(imagenet=args.normalize_from_IMN, files=files)
 
 
 def checkpoint_norm_stats(args: argparse.Namespace, checkpoint: dict) -> tuple[list[float], list[float], str]:

@@ -84,13 +84,3 @@ def resolve_mean_std(*, imagenet: bool = False, embedded: object = None,
     logger.warning("No usable normalisation statistics (%s); using the %s statistics mean=%s std=%s",
                    "; ".join(problems) or "no file given", fallback_name, mean, std)
     return mean, std, f"{fallback_name} fallback"
-
-
-def copy_mean_std(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
-    """Copy a statistics file when ``src`` exists and ``dst`` does not; True when copied."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() or not src.is_file():
-        return False
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(dst, src.read_text(encoding="utf-8"))
-    return True
