@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_script_starts_training_on_cpu(tmp_path):
     overrides = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"}, separators=(",", ":"))
     extra = f"--device cpu --epochs 1 --batch_size 2 --num_workers 0 --input_size 32 --model_overrides {overrides}"
     env = {"DATA_PATH": str(data), "OUTPUT_DIR": str(tmp_path / "out"), "NPROC_PER_NODE": "1",
-           "EXTRA_ARGS": extra}
+           "EXTRA_ARGS": extra, "PYTHON": sys.executable}
     result = _script("B", env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "checkpoint-0.pth").is_file() and (tmp_path / "out" / "log.txt").is_file()
