@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from fsvfm.registry import register_model
 from fsvfm.util.crfrp import num_masked_patches
 from fsvfm.util.pos_embed import get_2d_sincos_pos_embed
 
@@ -293,18 +294,22 @@ def vit_target_network(model_name: str, **kwargs) -> TargetNetworkViT:
     return TargetNetworkViT(**_config(model_name, **kwargs))
 
 
+@register_model("pretrain")
 def fsfm_vit_small_patch16(**kwargs) -> FSFMViT:
     return create_model("fsfm_vit_small_patch16", **kwargs)
 
 
+@register_model("pretrain")
 def fsfm_vit_base_patch16(**kwargs) -> FSFMViT:
     return create_model("fsfm_vit_base_patch16", **kwargs)
 
 
+@register_model("pretrain")
 def fsfm_vit_large_patch16(**kwargs) -> FSFMViT:
     return create_model("fsfm_vit_large_patch16", **kwargs)
 
 
+@register_model("pretrain")
 def fsfm_vit_huge_patch14(**kwargs) -> FSFMViT:
     return create_model("fsfm_vit_huge_patch14", **kwargs)
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer as _TimmViT
 
+from fsvfm.registry import register_model
+
 _SIZES: dict[str, dict] = {
     "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=12),
     "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
@@ -35,24 +37,31 @@ class VisionTransformer(_TimmViT):
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
-def create_model(model_name: str, **kwargs) -> VisionTransformer:
-    """Build a classifier by name; keywords: ``num_classes``, ``drop_path_rate``, ``global_pool``, ..."""
-    if model_name not in _SIZES:
-        raise ValueError(f"unknown classifier {model_name!r}; choose from {sorted(_SIZES)}")
+def create_model(model_name: str, **kwargs) -> nn.Module:
+    """Build a classifier by registered name; keywords: ``num_classes``, ``drop_path_rate``, ``global_pool``, ..."""
+    from fsvfm.registry import create_model as _create
+    return _create(model_name, family="classifier", **kwargs)
+
+
+def _vit(model_name: str, **kwargs) -> VisionTransformer:
     return VisionTransformer(**{**_SIZES[model_name], **kwargs})
 
 
+@register_model("classifier")
 def vit_small_patch16(**kwargs) -> VisionTransformer:
-    return create_model("vit_small_patch16", **kwargs)
+    return _vit("vit_small_patch16", **kwargs)
 
 
+@register_model("classifier")
 def vit_base_patch16(**kwargs) -> VisionTransformer:
-    return create_model("vit_base_patch16", **kwargs)
+    return _vit("vit_base_patch16", **kwargs)
 
 
+@register_model("classifier")
 def vit_large_patch16(**kwargs) -> VisionTransformer:
-    return create_model("vit_large_patch16", **kwargs)
+    return _vit("vit_large_patch16", **kwargs)
 
 
+@register_model("classifier")
 def vit_huge_patch14(**kwargs) -> VisionTransformer:
-    return create_model("vit_huge_patch14", **kwargs)
+    return _vit("vit_huge_patch14", **kwargs)
