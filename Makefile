@@ -17,7 +17,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	# FACER (optional parsing backend) without its GUI opencv / notebook dependencies
 	$(PY) -m pip install --quiet --no-deps pyfacer==0.0.5
 	$(PY) -m pip install --quiet validators requests
+	# MTCNN for FAS preprocessing: its wheel ships the P/R/O-Net weights; its old torch pins are ignored
+	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	$(PY) -m pip install --quiet --no-deps -e .
+	# the web app's extra (Gradio) and FAS's WMCA reader (h5py)
+	$(PY) -m pip install --quiet -e '.[app,fas]'
 	touch $@
 
 test: setup
