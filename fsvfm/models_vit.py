@@ -2,6 +2,8 @@
 
 ``global_pool=True`` (default): features = ``fc_norm(mean of patch tokens)`` (cls excluded);
 ``global_pool=False``: features = ``norm(tokens)[:, 0]``. Logits = ``head(features)``.
+
+``vit_*_fs_adapter``: the same encoder with the FS-Adapter (spec 7.1) after the pooled feature.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as _TimmViT
 
 from fsvfm.registry import register_model
@@ -43,8 +46,55 @@ def create_model(model_name: str, **kwargs) -> nn.Module:
     return _create(model_name, family="classifier", **kwargs)
 
 
-def _vit(model_name: str, **kwargs) -> VisionTransformer:
-    return VisionTransformer(**{**_SIZES[model_name], **kwargs})
+class Adapter(nn.Module):
+    """Bottleneck ``h [N, D] -> b = relu(linear1 h) [N, D // r] -> a = relu(linear2 b) [N, D]``; returns ``(a, b)``."""
+
+    def __init__(self, c_in: int, reduction: int = 4) -> None:
+        super().__init__()
+        if reduction < 1 or c_in % reduction:
+            raise ValueError(f"adapter_reduction must divide the width {c_in}, got {reduction}")
+        self.linear1 = nn.Linear(c_in, c_in // reduction, bias=False)
+        self.linear2 = nn.Linear(c_in // reduction, c_in, bias=False)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = F.relu(self.linear1(h))
+        return F.relu(self.linear2(b)), b
+
+
+class FSAdapterViT(VisionTransformer):
+    """ViT + FS-Adapter: ``logits = head(concat([h, a]))`` with ``(a, b) = adapter(h)``, ``h`` the pooled feature.
+
+    Initialisation as the original (spec 7.1, A6): the encoder gets timm's init; ``adapter``, ``projector`` and
+    the 2D-wide ``head`` are created afterwards, so they keep PyTorch's default Linear init (Kaiming-uniform
+    a=sqrt(5) weights, biases uniform in +-1/sqrt(fan_in)). Loading a pre-trained encoder re-draws
+    ``head.weight`` (trunc-normal, std 2e-5); ``head.bias`` keeps its uniform init (not zero).
+    """
+
+    # Keys a pre-training checkpoint does not hold (the encoder loader accepts them as missing).
+    new_param_prefixes: tuple[str, ...] = ("head.", "fc_norm.", "adapter.", "projector.")
+
+    def __init__(self, adapter_reduction: int = 4, **kwargs) -> None:
+        super().__init__(**kwargs)
+        d = self.embed_dim
+        self.adapter = Adapter(d, adapter_reduction)
+        self.projector = nn.Linear(d // adapter_reduction, d // adapter_reduction)
+        self.head = nn.Linear(2 * d, self.num_classes) if self.num_classes > 0 else nn.Identity()
+
+    def forward_adapter(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N, 3, H, W] -> (``concat([h, a])`` [N, 2D], ``normalize(projector(b))`` [N, D // r])."""
+        h = self.forward_pooled(x)
+        a, b = self.adapter(h)
+        return torch.cat([h, a], dim=-1), F.normalize(self.projector(b), dim=-1)
+
+    def forward(self, x: torch.Tensor, training: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, C]; with ``training=True`` also the normalised projected bottleneck [N, D // r]."""
+        features, projected = self.forward_adapter(x)
+        logits = self.head(features)
+        return (logits, projected) if training else logits
+
+
+def _vit(model_name: str, cls: type[VisionTransformer] = VisionTransformer, **kwargs) -> VisionTransformer:
+    return cls(**{**_SIZES[model_name], **kwargs})
 
 
 @register_model("classifier")
@@ -65,3 +115,23 @@ def vit_large_patch16(**kwargs) -> VisionTransformer:
 @register_model("classifier")
 def vit_huge_patch14(**kwargs) -> VisionTransformer:
     return _vit("vit_huge_patch14", **kwargs)
+
+
+@register_model("classifier")
+def vit_small_patch16_fs_adapter(**kwargs) -> FSAdapterViT:
+    return _vit("vit_small_patch16", FSAdapterViT, **kwargs)
+
+
+@register_model("classifier")
+def vit_base_patch16_fs_adapter(**kwargs) -> FSAdapterViT:
+    return _vit("vit_base_patch16", FSAdapterViT, **kwargs)
+
+
+@register_model("classifier")
+def vit_large_patch16_fs_adapter(**kwargs) -> FSAdapterViT:
+    return _vit("vit_large_patch16", FSAdapterViT, **kwargs)
+
+
+@register_model("classifier")
+def vit_huge_patch14_fs_adapter(**kwargs) -> FSAdapterViT:
+    return _vit("vit_huge_patch14", FSAdapterViT, **kwargs)

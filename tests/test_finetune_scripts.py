@@ -31,17 +31,27 @@ ROWS = {  # script: (model, pre-trained file, blr, layer decay, weight decay, ou
     "run_DiFF-ViT-B_400e_FSFM.sh": ("vit_base_patch16", "VF2_ViT-B/checkpoint-400.pth", "1e-4", "0.90", "0.03",
                                     "ViT-B_VF2_400e/FT_on_FF++_DF_c23_32frames", "main_test_DiFF.py"),
 }
+CKPT = {"S": "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "B": "FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth",
+        "L": "FS-VFM_ViT-L_VF2_600e/checkpoint-599.pth"}
+MODEL = {"S": "vit_small_patch16", "B": "vit_base_patch16", "L": "vit_large_patch16"}
+ADAPTER_ROWS = {  # spec 7.6: task, size -> batch/GPU, epochs, blr, weight_cl, master port
+    ("DfD", "S"): ("256", "60", "1e-3", "0.01", "29521"), ("DfD", "B"): ("128", "50", "5e-3", "0.01", "29503"),
+    ("DfD", "L"): ("128", "50", "1e-2", "0.1", "29502"), ("DiFF", "S"): ("128", "60", "1e-2", "0.01", "29503"),
+    ("DiFF", "B"): ("128", "50", "1e-2", "0.05", "29503"), ("DiFF", "L"): ("512", "50", "5e-3", "0.1", "29501"),
+}
 
 
 def _dry_run(script: str, cwd: Path, **env: str) -> list[dict[str, str]]:
     out = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=cwd, capture_output=True, text=True,
                          env={**os.environ, "DRY_RUN": "1", **env}, check=True).stdout
     commands = []
-    for line in out.strip().splitlines():
+    for line in out.strip().splitlines():  # VAR=value ... scripts/launch.sh PROGRAM --flag value ...
         words = shlex.split(line)
+        launcher = words.index("scripts/launch.sh")
         flags = {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else "")
                  for i, w in enumerate(words) if w.startswith("--")}
-        commands.append({"program": words[1], **flags})
+        env_vars = dict(w.split("=", 1) for w in words[:launcher])
+        commands.append({"program": words[launcher + 1], **env_vars, **flags})
     return commands
 
 
@@ -59,6 +69,27 @@ def test_script_settings(script, tmp_path):
     assert ("DS_FF++_all_cls/c23" if "DfD" in script else "DS_FF++_each_cls/c23/DeepFakes") in ft["--finetune_data_path"]
     assert test["--resume"] == f"checkpoint/finetuned_models/{tag}/checkpoint-min_val_loss.pth"
     assert "--apply_simple_augment" not in test  # the released numbers used the full resize
+
+
+@pytest.mark.parametrize("task, size", sorted(ADAPTER_ROWS))
+def test_fs_adapter_script_settings(task, size, tmp_path):
+    batch, epochs, blr, weight_cl, port = ADAPTER_ROWS[task, size]
+    ft, test = _dry_run(f"run_{task}-FS-Adapter-ViT-{size}.sh", tmp_path)
+    model = f"{MODEL[size]}_fs_adapter"
+    assert ft["program"] == "fsvfm/main_finetune_DfD.py" and test["program"] == f"fsvfm/main_test_{task}.py"
+    assert ft["--model"] == test["--model"] == model
+    assert ft["--finetune"] == f"checkpoint/pretrained_models/{CKPT[size]}"
+    assert (ft["--batch_size"], ft["--epochs"], ft["--blr"], ft["--weight_cl"]) == (batch, epochs, blr, weight_cl)
+    assert (ft["--layer_decay"], ft["--weight_decay"], ft["--trainable_modules"], ft["--temperature"]) == (
+        "0", "0", "fs-adapter", "0.07")
+    assert (ft["--drop_path"], ft["--reprob"], ft["--mixup"], ft["--cutmix"]) == ("0.1", "0.25", "0.8", "1.0")
+    assert {"--apply_simple_augment", "--dist_eval"} <= set(ft)
+    run = "FT_on_FF++_c23_32frames" if task == "DfD" else "FT_on_FF++_DF_c23_32frames"
+    out = f"checkpoint/finetuned_models_FS-Adapter/ViT-{size}_VF2_600e/{run}"
+    assert ft["--output_dir"] == out and test["--resume"] == f"{out}/checkpoint-min_val_loss.pth"
+    assert (test["--nb_classes"], test["--batch_size"], test["--output_dir"]) == ("2", "320", f"{out}/experiments_test/")
+    assert ("DS_FF++_all_cls/c23" if task == "DfD" else "DS_FF++_each_cls/c23/DeepFakes") in ft["--finetune_data_path"]
+    assert ft["MASTER_PORT"] == test["MASTER_PORT"] == port and ft["NPROC_PER_NODE"] == "2"
 
 
 def test_script_overrides(tmp_path):

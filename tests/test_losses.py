@@ -79,3 +79,41 @@ def test_target_view_gets_no_gradient():
     z = Z.clone().requires_grad_()
     SimSiamLoss()(torch.stack([p, z], dim=1)).backward()
     assert p.grad.abs().sum() > 0 and (z.grad is None or not z.grad.any())
+
+
+def _real_anchor_by_hand(x: torch.Tensor, labels: list[int], real: int, tau: float, tau_b: float) -> float:
+    """Spec 7.4 with one view, written as loops: real anchors pull other reals, push every other sample."""
+    n = len(labels)
+    reals = [i for i in range(n) if labels[i] == real]
+    if len(reals) < 2:
+        return 0.0
+    total = 0.0
+    for i in reals:
+        s = [float(x[i] @ x[j]) / tau for j in range(n)]
+        s = [v - max(s) for v in s]  # the row-max shift (self included)
+        log_denominator = math.log(sum(math.exp(s[a]) for a in range(n) if a != i) + 1e-6)
+        total += -sum(s[p] - log_denominator for p in reals if p != i) / (len(reals) - 1)
+    return tau / tau_b * total / n  # fake anchors count in the average with 0
+
+
+@pytest.mark.parametrize("real", [0, 1])
+@pytest.mark.parametrize("tau", [0.07, 0.2])
+def test_real_anchor_loss_against_hand_loop(real, tau):
+    x = torch.nn.functional.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1)
+    labels = [1, 0, 1, 1, 0, 1]
+    expected = _real_anchor_by_hand(x, labels, real, tau, 0.07)
+    loss = RealAnchorConLoss(temperature=tau, pos_class_index=real)(x[:, None], torch.tensor(labels))
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_real_anchor_loss_without_real_pairs_is_zero_and_keeps_the_graph():
+    x = torch.randn(4, 1, 8, requires_grad=True)
+    loss_fn = RealAnchorConLoss(pos_class_index=1)
+    loss = loss_fn(x, torch.tensor([0, 0, 0, 0]))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+    assert loss_fn(x, torch.tensor([0, 1, 0, 0])).item() == 0.0  # one real sample: no positive pair
+    with pytest.raises(ValueError, match="integer class labels"):
+        loss_fn(x, torch.tensor([[0.9, 0.1]] * 4))
+    with pytest.raises(TypeError):
+        RealAnchorConLoss()  # the real index must come from the task's labels (A1)

@@ -114,14 +114,21 @@ class SupConLoss(nn.Module):
 
 
 class RealAnchorConLoss(SupConLoss):
-    """SupCon whose only positives are pairs of the anchor class (FS-Adapter, spec 7.4)."""
+    """SupCon whose only positives are pairs of the anchor (real) class (FS-Adapter, spec 7.4).
+
+    ``pos_class_index`` has no default (A1): the task's label vocabulary gives it (DfD/DiFF real = 1,
+    FAS live = 1), whatever data paths or split files the run reads. ``forward(features [N, V, d], labels [N])``
+    uses integer class labels (for mixed images: the labels before mixup, A3).
+    """
 
     def __init__(self, temperature: float = 0.07, contrast_mode: str = "all",
-                 base_temperature: float = 0.07, pos_class_index: int = 0) -> None:
+                 base_temperature: float = 0.07, *, pos_class_index: int) -> None:
         super().__init__(temperature, contrast_mode, base_temperature)
         self.pos_class_index = pos_class_index
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if labels.is_floating_point():
+            raise ValueError("RealAnchorConLoss needs integer class labels (the labels before mixup), not soft targets")
         is_pos = labels.reshape(-1) == self.pos_class_index
         if not bool(is_pos.any()):
             return features.sum() * 0.0  # no anchor in the batch: zero, graph kept intact
