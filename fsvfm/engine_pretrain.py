@@ -127,6 +127,8 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
             epoch_1000x = int((i / num_iters + epoch) * 1000)
             log_writer.add_scalar("train_loss", means["loss"], epoch_1000x)
             log_writer.add_scalar("lr", lr, epoch_1000x)
+            for key in LOSS_KEYS[1:]:   # loss_rec_all, loss_rec_sfr, loss_cl
+                log_writer.add_scalar(key, means[key], epoch_1000x)
     stats = metric_logger.global_averages()  # meters already hold all-reduced values
     stats["skipped_batches"] = skipped_batches
     stats["skipped_files"] = int(dist.all_reduce_sum(skipped_files).item())

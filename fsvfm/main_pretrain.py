@@ -47,6 +47,7 @@ from fsvfm.util.pretrain_data import (
     dataset_image_paths,
     resolve_pretrain_mean_std,
 )
+from fsvfm.visualize import PretrainImageLogger
 
 logger = logging.getLogger("fsvfm.main_pretrain")
 
@@ -72,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume_target_network", default="",
                    help="target checkpoint for --resume (default: the checkpoint-te-* next to it)")
     g.add_argument("--print_freq", default=20, type=int, help="progress log every N iterations")
+    g.add_argument("--vis_freq", default=20, type=int,
+                   help="every N epochs a TensorBoard image grid of fixed faces: input, CRFR-P mask, "
+                        "reconstruction (0 = off)")
     g.add_argument("--model_overrides", default="",
                    help='JSON dict of model constructor overrides, e.g. \'{"depth": 2}\' (tests, ablations)')
     return parser
@@ -226,12 +230,14 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
     cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
     log_writer = _summary_writer(args.output_dir)
+    log_images = PretrainImageLogger(log_writer, dataset, mean, std, args.patch_size, args.mask_ratio, args.vis_freq)
 
     stats: dict[str, float] = {}
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         stats = train_one_epoch(model_ddp, target, ema, loader, optimizer, loss_scaler, cl_loss_fn,
                                 momentum_schedule, epoch, device, args, log_writer)
+        log_images(model, epoch)
         best_loss = _end_of_epoch(args, epoch, stats, best_loss, model, target, optimizer, loss_scaler)
     check_replicas_identical(model, "online")
     check_replicas_identical(target, "target")

@@ -15,7 +15,7 @@ from PIL import Image
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.cli import main_face_parse
 from fsvfm.preprocess.faces import FaceCropper, landmark_model_path
-from fsvfm.preprocess.labels import LAPA, PALETTE
+from fsvfm.preprocess.labels import LAPA, LEGEND_WIDTH, PALETTE, legend_image
 from fsvfm.preprocess.parse_facer import FACER_FILES, FacerParser
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
 from fsvfm.preprocess.parsing import resolve_backend, to_parser_input
@@ -88,6 +88,9 @@ def test_custom_face_parse_outputs_resume_and_bad_inputs(tmp_path, face224, land
     assert img.size == (224, 224) and img.mode == "RGB"
     assert np.array_equal(pm[0], landmark_parser.parse(np.asarray(img)).astype(np.int8))
     vis = cv2.imread(str(dst / "vis_parsing_maps/face.png"))
+    assert vis.shape == (224, 224 + LEGEND_WIDTH, 3)                  # colour map + legend on its right
+    assert np.array_equal(vis[:, 224:], legend_image(224))
+    vis = vis[:, :224]
     assert (vis[pm[0] == 0] == 255).all() and (vis[pm[0] == 1] == PALETTE[1]).all()
     item = FaceParsingDataset(dst)[0]                           # what pre-training reads
     assert len(FaceParsingDataset(dst)) == 1 and tuple(item["image"].shape) == (3, 224, 224)

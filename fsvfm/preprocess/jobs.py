@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from fsvfm.preprocess.faces import FaceCropper
-from fsvfm.preprocess.parsing import build_parser, output_paths, save_parsed, to_parser_input
+from fsvfm.preprocess.parsing import build_parser, crop_for_parsing, output_paths, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
 from fsvfm.util.fileio import atomic_path
 
@@ -100,13 +100,14 @@ class Worker:
             out.add("error", job.src, f"{type(e).__name__}: {e}")
         return out
 
-    def _read_and_crop(self, job: Job, out: Outcome):
-        """The face crop of an image file, or None after counting it as unreadable / no face."""
+    def _read_and_crop(self, job: Job, out: Outcome, crop=None):
+        """``crop(bgr)`` (default: the face crop) of an image file, or None after counting it as
+        unreadable / no face."""
         bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
         if bgr is None:
             out.add("unreadable", job.src, "not an image")
             return None
-        res = self.cropper.crop(bgr)
+        res = (crop or self.cropper.crop)(bgr)
         if res is None:
             out.add("no_face", job.src)
         return res
@@ -166,13 +167,10 @@ class Worker:
     def _crop_parse(self, job: Job, out: Outcome) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
-        res = self._read_and_crop(job, out)
+        res = self._read_and_crop(job, out, lambda bgr: crop_for_parsing(self.cropper, bgr, self.opts.face_size))
         if res is None:
             return None
-        crop, rect = res
-        scale = self.opts.face_size / crop.shape[0]
-        image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), self.opts.face_size)
-        self._parse_and_save(job, out, image, tuple(int(round(v * scale)) for v in rect))
+        self._parse_and_save(job, out, *res)
 
     def _parse_and_save(self, job: Job, out: Outcome, image: Image.Image, rect) -> None:
         label_map = self.parser.parse(np.asarray(image), rect)

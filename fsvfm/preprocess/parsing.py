@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from fsvfm.preprocess.labels import colorize
+from fsvfm.preprocess.faces import FaceCropper
+from fsvfm.preprocess.labels import colorize, with_legend
 from fsvfm.preprocess.parse_facer import FacerParser, facer_available
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
 from fsvfm.util.fileio import atomic_path
@@ -44,6 +45,19 @@ def to_parser_input(rgb: np.ndarray, face_size: int = 224) -> Image.Image:
     return Image.fromarray(rgb).resize((face_size, face_size), Image.BICUBIC)
 
 
+def crop_for_parsing(cropper: FaceCropper, bgr: np.ndarray,
+                     face_size: int = 224) -> tuple[Image.Image, tuple[int, int, int, int]] | None:
+    """The face crop of a BGR photo as the parser's input (RGB, ``face_size`` square) and the face box
+    (left, top, right, bottom) in it; None when no face is kept."""
+    res = cropper.crop(bgr)
+    if res is None:
+        return None
+    crop, rect = res
+    scale = face_size / crop.shape[0]
+    image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), face_size)
+    return image, tuple(int(round(v * scale)) for v in rect)
+
+
 def output_paths(out_root: str | Path, stem: str) -> tuple[Path, Path]:
     root = Path(out_root)
     return root / IMAGE_DIR / f"{stem}.png", root / MAP_DIR / f"{stem}.npy"
@@ -63,9 +77,10 @@ def save_parsed(out_root: str | Path, stem: str, image: Image.Image, label_map: 
 
 
 def save_visualisation(vis_dir: Path, stem: str, rgb: np.ndarray, label_map: np.ndarray) -> None:
-    """``{stem}.png`` colour map and ``{stem}_with_pm.png`` overlay 0.6 image + 0.6 colours (BGR)."""
+    """``{stem}.png`` colour map and ``{stem}_with_pm.png`` overlay 0.6 image + 0.6 colours (BGR), each
+    with the label legend on its right."""
     colours = colorize(label_map)
     overlay = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.6, colours, 0.6, 0)
-    for name, img in ((f"{stem}.png", colours), (f"{stem}_with_pm.png", overlay)):
+    for name, img in ((f"{stem}.png", with_legend(colours)), (f"{stem}_with_pm.png", with_legend(overlay))):
         with atomic_path(vis_dir / name) as tmp:
             cv2.imwrite(tmp, img)
