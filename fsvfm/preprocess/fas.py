@@ -279,8 +279,18 @@ def celeb_stage(cfg) -> Stage:
     return ("celeb chips", make)
 
 
+def require_files(paths: list[Path]) -> None:
+    """Fail before any work when a list file is missing (``FASDataError`` naming it)."""
+    for path in paths:
+        if not path.is_file():
+            read_list_file(path)
+
+
 def mcio_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
     names = list(MCIO_VIDEOS) + ["celeb"] if dataset == "all" else [dataset]
+    if "celeb" in names:
+        require_files([Path(cfg.finetune_data_path_fas) / "MCIO" / "txt" / f"celeb_{c}_train.txt"
+                       for c in ("fake", "real")])
     return [celeb_stage(cfg) if n == "celeb" else mcio_video_stage(cfg, n, summary) for n in names]
 
 
@@ -346,7 +356,10 @@ def wcs_stage(cfg, name: str) -> Stage:
 
 
 def wcs_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
-    return [wcs_stage(cfg, n) for n in (WCS_SOURCES if dataset == "all" else [dataset])]
+    names = list(WCS_SOURCES) if dataset == "all" else [dataset]
+    require_files([Path(cfg.WCS_txt_label) / f"{n}_{kind}.txt" for n in names for kind in WCS_LISTS
+                   if kind not in OPTIONAL_LISTS])
+    return [wcs_stage(cfg, n) for n in names]
 
 
 # --- custom folders ----------------------------------------------------------------------------

@@ -31,10 +31,10 @@ KINDS = ("crop_image", "crop_video", "copy", "parse", "crop_parse")
 
 # Job kinds added by other modules (e.g. the FAS chips): kind -> handler(worker, job, outcome).
 # Register at import time, before a pool forks, so every worker knows them.
-_EXTRA_KINDS: dict[str, Callable[["Worker", "Job", "Outcome"], None]] = {}
+_EXTRA_KINDS: dict[str, Callable[[Worker, Job, Outcome], None]] = {}
 
 
-def register_kind(kind: str, handler: Callable[["Worker", "Job", "Outcome"], None]) -> None:
+def register_kind(kind: str, handler: Callable[[Worker, Job, Outcome], None]) -> None:
     """Let ``Worker.run`` dispatch jobs of ``kind`` to ``handler`` (a second, different handler fails)."""
     if kind in KINDS or _EXTRA_KINDS.get(kind, handler) is not handler:
         raise ValueError(f"job kind {kind!r} is already defined")
