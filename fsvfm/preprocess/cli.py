@@ -139,7 +139,8 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
     parser = argparse.ArgumentParser(description=f"{group} face anti-spoofing preprocessing",
                                      parents=[common_parser()])
     parser.add_argument("--dataset", choices=(*names, "custom") if group == "MCIO" else names, default="all",
-                        help="one data set, all of them (default), or custom --src/--dst media (MCIO)")
+                        help="one data set or all of them (default)"
+                        + ("; custom = the images and videos of --src, chips to --dst" if group == "MCIO" else ""))
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
     args, cfg = _setup(parser, argv, default_file)
     opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
