@@ -2,7 +2,7 @@
 that join later). A model module registers its factories with ``@register_model(family)``; callers build
 by name with :func:`create_model`, whatever module defines the factory.
 
-Families: ``pretrain`` (online network), ``classifier`` (downstream heads) and those later modules add.
+Families: ``pretrain`` (online network), ``classifier`` (downstream heads), ``fas`` (face anti-spoofing).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import torch.nn as nn
 
 # Modules whose import registers factories; a new model module adds itself here.
-MODEL_MODULES: tuple[str, ...] = ("fsvfm.models_fsfm", "fsvfm.models_vit")
+MODEL_MODULES: tuple[str, ...] = ("fsvfm.models_fsfm", "fsvfm.models_vit", "fsvfm.models_fas")
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: dict[str, str] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.faces import FACE_SELECT
+from fsvfm.preprocess.fas import FAS_DATASETS, fas_custom_stages
 from fsvfm.preprocess.finetune_layouts import FINETUNE_DATASETS
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.layouts import (
@@ -20,6 +21,7 @@ from fsvfm.preprocess.layouts import (
 )
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.runner import Summary, run_stages
+from fsvfm.util.fas_data import FASDataError
 from fsvfm.util.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,13 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_dir", default=None,
                    help="summary and failures list (default: datasets/preprocess_logs, or --dst in custom mode)")
     g.add_argument("--face_select", choices=FACE_SELECT, default="first",
-                   help="first = dlib's highest-scoring detection (original), or the largest box")
+                   help="first = the detector's highest-scoring face (original), or the largest box")
+    return p
+
+
+def crop_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("dlib face crops")
     g.add_argument("--upsample", type=int, default=1, help="dlib HOG upsampling count")
     g.add_argument("--align", action="store_true", help="5-point aligned face_size crops instead of native")
     g.add_argument("--num_frames", default=None,
@@ -92,7 +100,7 @@ def _setup(parser: argparse.ArgumentParser, argv, default_file):
 def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> Summary:
     """``datasets/{pretrain,finetune}/preprocess/dataset_preprocess.py``: crop faces of a data set."""
     names = PRETRAIN_DATASETS if task == "pretrain" else tuple(FINETUNE_DATASETS)
-    parser = argparse.ArgumentParser(description=f"{task} face extraction", parents=[common_parser()])
+    parser = argparse.ArgumentParser(description=f"{task} face extraction", parents=[common_parser(), crop_parser()])
     parser.add_argument("--dataset", choices=(*names, "custom"),
                         **({"default": "VF2"} if task == "pretrain" else {"required": True}))
     args, cfg = _setup(parser, argv, default_file)
@@ -110,7 +118,7 @@ def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> S
 def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     """``datasets/pretrain/preprocess/face_parse.py``: face crops -> ``images/`` + ``parsing_maps/``."""
     parser = argparse.ArgumentParser(description="face parsing -> pre-training data set",
-                                     parents=[common_parser(), parse_parser()])
+                                     parents=[common_parser(), crop_parser(), parse_parser()])
     parser.add_argument("--dataset", choices=(*PARSE_SOURCES, "custom"), required=True)
     args, cfg = _setup(parser, argv, default_file)
     if args.dataset == "custom":
@@ -120,3 +128,28 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
     return run_stages(stages, opts, args.workers, _log_dir(args, default_file),
                       "face_parse_" + run_name_for(args.dataset), Summary())
+
+
+def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summary:
+    """``datasets/finetune/preprocess_FAS/preprocess_{MCIO,WCS}.py``: FAS chips / frames (spec 1.5).
+
+    A missing list file ends the run with one line naming it (exit code 2).
+    """
+    names, make_stages = FAS_DATASETS[group]
+    parser = argparse.ArgumentParser(description=f"{group} face anti-spoofing preprocessing",
+                                     parents=[common_parser()])
+    parser.add_argument("--dataset", choices=(*names, "custom") if group == "MCIO" else names, default="all",
+                        help="one data set or all of them (default)"
+                        + ("; custom = the images and videos of --src, chips to --dst" if group == "MCIO" else ""))
+    parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
+    args, cfg = _setup(parser, argv, default_file)
+    opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
+                   device=args.device, chip_padding=cfg.chip_padding)
+    summary = Summary()
+    try:
+        stages = (fas_custom_stages(args.src, args.dst, cfg.img_format) if args.dataset == "custom"
+                  else make_stages(cfg, args.dataset, summary))
+        return run_stages(stages, opts, args.workers, _log_dir(args, default_file),
+                          run_name_for(f"FAS_{group}_{args.dataset}"), summary)
+    except FASDataError as e:
+        parser.exit(2, f"error: {e}\n")

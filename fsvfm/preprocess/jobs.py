@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +29,17 @@ logger = logging.getLogger(__name__)
 STATUSES = ("done", "skipped", "no_face", "unreadable", "error")
 KINDS = ("crop_image", "crop_video", "copy", "parse", "crop_parse")
 
+# Job kinds added by other modules (e.g. the FAS chips): kind -> handler(worker, job, outcome).
+# Register at import time, before a pool forks, so every worker knows them.
+_EXTRA_KINDS: dict[str, Callable[[Worker, Job, Outcome], None]] = {}
+
+
+def register_kind(kind: str, handler: Callable[[Worker, Job, Outcome], None]) -> None:
+    """Let ``Worker.run`` dispatch jobs of ``kind`` to ``handler`` (a second, different handler fails)."""
+    if kind in KINDS or _EXTRA_KINDS.get(kind, handler) is not handler:
+        raise ValueError(f"job kind {kind!r} is already defined")
+    _EXTRA_KINDS[kind] = handler
+
 
 @dataclass(frozen=True)
 class Options:
@@ -41,6 +54,7 @@ class Options:
     facer_model_dir: str | None = None
     device: str | None = None
     save_vis: bool = False
+    chip_padding: float = 0.37
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,13 @@ class Worker:
         self.opts = opts
         self._cropper: FaceCropper | None = None
         self._parser = None
+        self._resources: dict[str, Any] = {}
+
+    def resource(self, key: str, factory: Callable[[Options], Any]) -> Any:
+        """A per-process object (e.g. a detector) built once by ``factory(opts)`` on first use."""
+        if key not in self._resources:
+            self._resources[key] = factory(self.opts)
+        return self._resources[key]
 
     @property
     def cropper(self) -> FaceCropper:
@@ -94,7 +115,10 @@ class Worker:
     def run(self, job: Job) -> Outcome:
         out = Outcome()
         try:
-            getattr(self, f"_{job.kind}")(job, out)
+            if job.kind in _EXTRA_KINDS:
+                _EXTRA_KINDS[job.kind](self, job, out)
+            else:
+                getattr(self, f"_{job.kind}")(job, out)
         except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run
             logger.debug("job failed: %s", job, exc_info=True)
             out.add("error", job.src, f"{type(e).__name__}: {e}")

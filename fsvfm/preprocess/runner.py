@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -58,7 +59,7 @@ class Summary:
 
 def _init_worker(opts: Options) -> None:
     global _WORKER
-    if opts.backend == "facer":
+    if opts.backend == "facer" or "torch" in sys.modules:   # torch models (FACER, MTCNN): one thread per worker
         import torch
         torch.set_num_threads(1)
     _WORKER = Worker(opts)

@@ -111,3 +111,101 @@ METRIC_MODES: dict[str, Callable[..., dict[str, dict[str, float]]]] = {
     "image": image_level,
     "video": frame_and_video_level,
 }
+
+
+# --- face anti-spoofing (spec 6.6; SSDG-style definitions, vectorised) -------------------------
+# Label 1 = real = positive, ``probs`` = P(real); prediction "real" iff prob >= threshold.
+# FAR = FP / (FP + TN) (fakes accepted), FRR = FN / (FN + TP) (reals rejected); with no real samples
+# FRR = 1, with no fake samples FAR = 1. Inputs are converted to float64.
+
+def _far_frr(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FAR, FRR, ACC) per threshold, each [T], from sorted scores (``>=`` via ``searchsorted``)."""
+    pos = np.sort(probs[labels == 1])
+    neg = np.sort(probs[labels == 0])
+    tp = len(pos) - np.searchsorted(pos, thresholds, side="left")
+    fp = len(neg) - np.searchsorted(neg, thresholds, side="left")
+    fn, tn = len(pos) - tp, len(neg) - fp
+    far = fp / float(len(neg)) if len(neg) else np.ones(len(thresholds))
+    frr = fn / float(len(pos)) if len(pos) else np.ones(len(thresholds))
+    acc = (tp + tn) / float(len(labels)) if len(labels) else np.zeros(len(thresholds))
+    return np.asarray(far, np.float64), np.asarray(frr, np.float64), np.asarray(acc, np.float64)
+
+
+def _fas_inputs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if len(probs) != len(labels):
+        raise ValueError(f"length mismatch: {len(probs)} probs, {len(labels)} labels")
+    return probs, labels
+
+
+def eer_thresholds(grid_density: int = 10000) -> np.ndarray:
+    """0, 1/g, 2/g, ..., 1 and 1.1: the original's ``grid_density + 2`` candidate thresholds."""
+    return np.append(np.arange(grid_density + 1) * 1.0 / float(grid_density), 1.1)
+
+
+def get_EER_states(probs, labels, grid_density: int = 10000) -> tuple[float, float, list[float], list[float]]:
+    """``(EER, threshold, FRR list, FAR list)``: the threshold minimising |FRR - FAR| (the last one on
+    ties), EER = (FAR + FRR) / 2 there; the lists hold FRR/FAR at every candidate threshold."""
+    probs, labels = _fas_inputs(probs, labels)
+    thresholds = eer_thresholds(grid_density)
+    far, frr, _ = _far_frr(probs, labels, thresholds)
+    dist = np.abs(frr - far)
+    best = len(dist) - 1 - int(np.argmin(dist[::-1]))
+    return float((far[best] + frr[best]) / 2.0), float(thresholds[best]), frr.tolist(), far.tolist()
+
+
+def get_HTER_at_thr(probs, labels, thr: float) -> float:
+    """Half total error rate (FAR + FRR) / 2 at ``thr``."""
+    probs, labels = _fas_inputs(probs, labels)
+    far, frr, _ = _far_frr(probs, labels, np.array([thr], np.float64))
+    return float((far[0] + frr[0]) / 2.0)
+
+
+def calculate_threshold(probs, labels, threshold: float) -> float:
+    """Accuracy (TP + TN) / N (a fraction) at ``threshold``."""
+    probs, labels = _fas_inputs(probs, labels)
+    return float(_far_frr(probs, labels, np.array([threshold], np.float64))[2][0])
+
+
+def tpr_at_fpr(labels, probs, fpr: float = 0.01) -> float:
+    """The last TPR of sklearn's ROC curve whose FPR is <= ``fpr`` (0 when there is none)."""
+    probs, labels = _fas_inputs(probs, labels)
+    _check_binary(labels, "TPR@FPR")
+    fprs, tprs, _ = roc_curve(labels, probs)
+    ok = np.flatnonzero(fprs <= fpr)
+    return float(tprs[ok[-1]]) if len(ok) else 0.0
+
+
+def video_level_average(video_ids, probs, labels, logits=None):
+    """Mean of every per-frame quantity per video id (spec 6.6), videos in increasing id order.
+
+    ``video_ids`` int [N], ``probs`` [N], ``labels`` [N], optional ``logits`` [N, C] ->
+    ``(probs [V], labels [V] (mean, float), logits [V, C] or None)``.
+    """
+    ids = np.asarray(video_ids).reshape(-1)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+
+    def mean(values) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        sums = np.zeros((len(counts), *values.shape[1:]))
+        np.add.at(sums, inverse, values)
+        return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
+    return mean(probs), mean(labels), None if logits is None else mean(logits)
+
+
+def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float = 0.01) -> dict[str, float]:
+    """FAS figures of per-video ``probs``/``labels`` (fractions): ``auc``, ``eer``, ``threshold`` and
+    ``hter``/``acc`` at the EER threshold chosen on these same data (the original's oracle, S2),
+    ``tpr_at_fpr``, and with ``source_threshold`` (chosen elsewhere) ``hter_src``/``acc_src`` at it."""
+    probs, labels = _fas_inputs(probs, labels)
+    _check_binary(labels, "AUC")
+    eer, thr, _, _ = get_EER_states(probs, labels)
+    out = {"auc": float(roc_auc_score(labels, probs)), "eer": eer, "threshold": thr,
+           "hter": get_HTER_at_thr(probs, labels, thr), "acc": calculate_threshold(probs, labels, thr),
+           "tpr_at_fpr": tpr_at_fpr(labels, probs, fpr)}
+    if source_threshold is not None:
+        out["hter_src"] = get_HTER_at_thr(probs, labels, source_threshold)
+        out["acc_src"] = calculate_threshold(probs, labels, source_threshold)
+    return out

@@ -122,3 +122,60 @@ def make_synthetic_pretrain_dataset(root: str | os.PathLike, n: int, size: int =
         Image.fromarray(render_face(labels, rng)).save(root / "images" / f"{stem}.png")
         np.save(root / "parsing_maps" / f"{stem}.npy", labels.astype(np.int8)[None])
     return root
+
+
+FAS_MCIO_DOMAINS = ("casia", "replay", "oulu", "msu")
+FAS_WCS_DOMAINS = ("cefa", "surf", "wmca")
+
+
+def render_fas_face(rng: np.random.Generator, size: int, spoof: bool, tint: np.ndarray) -> np.ndarray:
+    """A generated face, RGB uint8 [size, size, 3]; spoofs are a recaptured look (lower contrast, a
+    blue-ish cast and horizontal moire stripes), so live and spoof are learnably different."""
+    rgb = render_face(draw_parsing_map(rng, size), rng).astype(np.float64) * tint
+    if spoof:
+        stripes = 25.0 * np.sin(np.arange(size) * rng.uniform(1.2, 1.8))[:, None, None]
+        rgb = 0.6 * rgb + 50.0 + stripes + np.array([-20.0, 0.0, 30.0])
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _write_fas_list(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _fas_domain(root: Path, group: str, domain: str, n_videos: int, size: int, rng: np.random.Generator,
+                splits: tuple[str, ...]) -> None:
+    """Frames and list files of one domain: MCIO videos have ``_frame0/_frame1`` frames (test lists
+    name ``frame0`` only, as the originals), WCS items are single images."""
+    tint = rng.uniform(0.8, 1.2, size=3)
+    for split in splits:
+        for cls in ("real", "fake"):
+            lines = []
+            for i in range(n_videos):
+                stem = f"{domain}/{split}/{cls}/{domain}_{cls}_{split}_{i}" if domain != "celeb" else \
+                    f"celeb/{cls}/celeb_{cls}_{i}"
+                names = [f"{stem}_frame{k}.png" for k in (0, 1)] if group == "MCIO" else [f"{stem}.png"]
+                for name in names:
+                    out = root / group / "frame" / name
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(render_fas_face(rng, size, cls == "fake", tint)).save(out)
+                lines += names[:1] if split == "test" else names
+            _write_fas_list(root / group / "txt" / f"{domain}_{cls}_{split}.txt", lines)
+            if split == "train":
+                _write_fas_list(root / group / "txt" / f"{domain}_{cls}_shot.txt", lines)
+
+
+def make_synthetic_fas_tree(root: str | os.PathLike, n_videos: int = 3, size: int = 32, seed: int = 0) -> Path:
+    """Write a small FAS tree under ``root`` (the ``--fas_data_root`` layout) and return ``root``.
+
+    ``MCIO/{frame,txt}``: casia, replay, oulu, msu (train, test and shot lists) and celeb (train only);
+    ``WCS/{frame,txt}``: cefa, surf, wmca. ``n_videos`` videos (or WCS images) per domain, split and class.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for domain in FAS_MCIO_DOMAINS:
+        _fas_domain(root, "MCIO", domain, n_videos, size, rng, ("train", "test"))
+    _fas_domain(root, "MCIO", "celeb", n_videos, size, rng, ("train",))
+    for domain in FAS_WCS_DOMAINS:
+        _fas_domain(root, "WCS", domain, n_videos, size, rng, ("train", "test"))
+    return root

@@ -1,0 +1,1 @@
+"""FAS preprocessing config (yacs); the scripts load ``default.py`` by file path."""

@@ -1,0 +1,268 @@
+"""Cross-domain FAS data: the protocol table, list files, FASDataset and balanced source batches (spec 6.1-6.3).
+
+Tree under ``--fas_data_root``: ``MCIO/{frame,txt}/`` (casia, replay, oulu, msu, celeb) and
+``WCS/{frame,txt}/`` (cefa, surf, wmca). A list file ``{domain}_{real|fake}_{train|test|shot}.txt``
+holds one frame path per line, relative to the group's ``frame/`` folder. Labels: fake = 0, real = 1.
+A test video is one list line ``..._frame0.png`` plus its ``..._frame1.png``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+FAKE, REAL = 0, 1
+CLASSES = (("fake", FAKE), ("real", REAL))
+MCIO_DOMAINS = ("casia", "replay", "oulu", "msu", "celeb")
+WCS_DOMAINS = ("cefa", "surf", "wmca")
+FRAME_SUFFIXES = ("frame0.png", "frame1.png")
+SHOTS, SHOT_REPEATS = 5, 4
+
+
+class FASDataError(ValueError):
+    """A FAS list file or frame is missing or malformed (the message names the file and line)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One ``--config``: training source domains (src1..src4 of the original) and the target domain."""
+    config: str
+    sources: tuple[str, str, str, str]
+    target: str
+
+    @property
+    def train_sources(self) -> tuple[str, ...]:
+        """Domains trained on: src1..src4 for MCIO targets, src1..src3 for WCS targets (spec 6.5)."""
+        return self.sources[:3] if self.target in WCS_DOMAINS else self.sources
+
+
+# Leave-one-out protocols (spec 6.1); src5 (= target, 5-shot lists) and weight/gamma/beta are unused.
+PROTOCOLS: dict[str, Protocol] = {p.config: p for p in (
+    Protocol("C", ("oulu", "replay", "msu", "celeb"), "casia"),
+    Protocol("I", ("oulu", "casia", "msu", "celeb"), "replay"),
+    Protocol("M", ("oulu", "casia", "replay", "celeb"), "msu"),
+    Protocol("O", ("replay", "casia", "msu", "celeb"), "oulu"),
+    Protocol("cefa", ("wmca", "surf", "celeb", "celeb"), "cefa"),
+    Protocol("surf", ("wmca", "cefa", "celeb", "celeb"), "surf"),
+    Protocol("wmca", ("cefa", "surf", "celeb", "celeb"), "wmca"),
+)}
+
+
+def get_protocol(config: str) -> Protocol:
+    if config not in PROTOCOLS:
+        raise FASDataError(f"unknown FAS config {config!r}; choose from {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[config]
+
+
+def domain_group(domain: str) -> str:
+    """``MCIO`` for casia/replay/oulu/msu/celeb, ``WCS`` for any other domain (as the original)."""
+    return "MCIO" if domain in MCIO_DOMAINS else "WCS"
+
+
+def frame_root(root: str | os.PathLike, domain: str) -> Path:
+    return Path(root) / domain_group(domain) / "frame"
+
+
+def list_path(root: str | os.PathLike, domain: str, cls: str, split: str) -> Path:
+    """``{root}/{MCIO|WCS}/txt/{domain}_{cls}_{split}.txt``."""
+    return Path(root) / domain_group(domain) / "txt" / f"{domain}_{cls}_{split}.txt"
+
+
+def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """Stripped non-blank lines with their 1-based numbers; a missing file is a ``FASDataError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FASDataError(f"{path}: list file not found (the FAS list files come from data.tgz; "
+                           "see datasets/README.md, or check --fas_data_root)")
+    with open(path, encoding="utf-8") as f:
+        return [(i, s) for i, line in enumerate(f, 1) if (s := line.strip())]
+
+
+def read_list_file(path: str | os.PathLike) -> list[str]:
+    return [s for _, s in numbered_lines(path)]
+
+
+def _frames(path: Path, base: Path, expand: bool, check: bool) -> list[str]:
+    out: dict[str, None] = {}
+    for lineno, line in numbered_lines(path):
+        names = [line, line.replace("frame0", "frame1")] if expand else [line]
+        for name in names:
+            frame = str(base / name)
+            if check and not os.path.isfile(frame):
+                raise FASDataError(f"{path}:{lineno}: frame {frame} not found (run the FAS preprocessing "
+                                   "or fix the line)")
+            out[frame] = None
+    if not out:
+        raise FASDataError(f"{path}: lists no frames (empty domain)")
+    return list(out)
+
+
+def train_frames(root: str | os.PathLike, domain: str, cls: str, check: bool = True) -> list[str]:
+    """Every frame of ``{domain}_{cls}_train.txt`` (flags 0/1 of the original ``sample_frames``)."""
+    return _frames(list_path(root, domain, cls, "train"), frame_root(root, domain), False, check)
+
+
+def shot_frames(root: str | os.PathLike, domain: str, cls: str, check: bool = True) -> list[str]:
+    """The first 5 lines of ``{domain}_{cls}_shot.txt`` repeated 4 times (flags 2/3; few-shot only)."""
+    first = _frames(list_path(root, domain, cls, "shot"), frame_root(root, domain), False, check)[:SHOTS]
+    return first * SHOT_REPEATS
+
+
+def test_frames(root: str | os.PathLike, domain: str, check: bool = True) -> tuple[list[str], list[str]]:
+    """``(fake, real)`` test frames: every line plus the line with ``frame0`` -> ``frame1``, without
+    duplicates, in list order (the original's ``set`` gave an arbitrary order, S9)."""
+    base = frame_root(root, domain)
+    fake, real = (_frames(list_path(root, domain, c, "test"), base, True, check) for c in ("fake", "real"))
+    return fake, real
+
+
+def sample_frames(flag: int, dataset_name: str, root: str | os.PathLike) -> list[list[str]]:
+    """The original's ``[fake_paths, real_paths]`` by flag: 0 fake train, 1 real train, 2 fake shot,
+    3 real shot, anything else the test lists (spec 6.2)."""
+    if flag in (0, 1):
+        cls = ("fake", "real")[flag]
+        paths = train_frames(root, dataset_name, cls)
+        return [paths, []] if flag == 0 else [[], paths]
+    if flag in (2, 3):
+        paths = shot_frames(root, dataset_name, ("fake", "real")[flag - 2])
+        return [paths, []] if flag == 2 else [[], paths]
+    return list(test_frames(root, dataset_name))
+
+
+def video_key(path: str) -> str:
+    """The path without ``frame0.png`` / ``frame1.png``: both frames of a video share it."""
+    for suffix in FRAME_SUFFIXES:
+        path = path.replace(suffix, "")
+    return path
+
+
+def video_ids(paths: Sequence[str]) -> np.ndarray:
+    """Integer video id per path (``np.unique`` inverse of the video keys), int64 [N]."""
+    return np.unique([video_key(p) for p in paths], return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def read_bgr(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FASDataError(f"cannot read frame {path}")
+    return img
+
+
+def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2) -> np.ndarray:
+    """Float HSV jitter of the original: with probability ``p`` scale S by U(low, high); RGB uint8 out.
+
+    Values pushed outside [0, 255] are clipped (the original's uint8 cast wrapped them, S6). Random
+    numbers come from torch, so DataLoader workers get distinct streams.
+    """
+    hsv = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2HSV)
+    if float(torch.rand(())) < p:
+        hsv[..., 1] *= float(torch.empty(()).uniform_(low, high))
+    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0, 255).astype(np.uint8)
+
+
+def fas_transform(is_train: bool, mean: Sequence[float], std: Sequence[float],
+                  input_size: int = 224) -> transforms.Compose:
+    """PIL RGB -> tensor: bicubic resize to ``input_size``, (train) horizontal flip, normalise."""
+    steps = [transforms.Resize((input_size, input_size), interpolation=transforms.InterpolationMode.BICUBIC)]
+    if is_train:
+        steps.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class FASDataset(Dataset):
+    """Fake frames (label 0) followed by real frames (label 1).
+
+    Training items: ``(img [3, S, S], label)`` with the saturation jitter; test items:
+    ``(img, label, video_id, path)``.
+    """
+
+    def __init__(self, fake_paths: Sequence[str], real_paths: Sequence[str], is_train: bool,
+                 mean: Sequence[float], std: Sequence[float], input_size: int = 224):
+        self.paths = list(fake_paths) + list(real_paths)
+        self.labels = [FAKE] * len(fake_paths) + [REAL] * len(real_paths)
+        self.video_ids = video_ids(self.paths) if self.paths else np.zeros(0, np.int64)
+        self.is_train = is_train
+        self.transform = fas_transform(is_train, mean, std, input_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        bgr = read_bgr(path)
+        rgb = saturation_jitter(bgr) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        img = self.transform(Image.fromarray(rgb))
+        if self.is_train:
+            return img, self.labels[index]
+        return img, self.labels[index], int(self.video_ids[index]), path
+
+
+def build_train_sets(protocol: Protocol, root: str | os.PathLike, mean: Sequence[float], std: Sequence[float],
+                     input_size: int = 224) -> list[tuple[str, FASDataset, FASDataset]]:
+    """``[(domain, real set, fake set)]`` for the protocol's training sources, in source order."""
+    return [(d, FASDataset([], train_frames(root, d, "real"), True, mean, std, input_size),
+             FASDataset(train_frames(root, d, "fake"), [], True, mean, std, input_size))
+            for d in protocol.train_sources]
+
+
+def build_test_set(domain: str, root: str | os.PathLike, mean: Sequence[float], std: Sequence[float],
+                   input_size: int = 224) -> FASDataset:
+    """The test frames of one domain (the protocol's target, or a source held out for a threshold)."""
+    fake, real = test_frames(root, domain)
+    return FASDataset(fake, real, False, mean, std, input_size)
+
+
+def source_test_domains(protocol: Protocol, root: str | os.PathLike) -> list[str]:
+    """Training sources that have test lists (CelebA-Spoof has none): held-out data for a threshold."""
+    return [d for d in dict.fromkeys(protocol.train_sources)
+            if list_path(root, d, "real", "test").is_file() and list_path(root, d, "fake", "test").is_file()]
+
+
+class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
+    """Endless batches with ``batch_size`` real and ``batch_size`` fake frames from every source.
+
+    Each (source, class) has its own shuffled loader (``drop_last``), restarted when exhausted.
+    A batch is ``[src1 real, src1 fake, src2 real, src2 fake, ...]``: images [2*S*B, 3, H, W] and
+    labels [2*S*B] (1 real, 0 fake).
+    """
+
+    def __init__(self, train_sets: Sequence[tuple[str, Dataset, Dataset]], batch_size: int,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.loaders = []
+        for domain, real, fake in train_sets:
+            for cls, ds in (("real", real), ("fake", fake)):
+                if len(ds) < batch_size:
+                    raise FASDataError(f"domain {domain} has {len(ds)} {cls} training frames, fewer than "
+                                       f"--batch_size {batch_size}")
+                self.loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+                                               num_workers=num_workers, pin_memory=pin_memory))
+        self._iters: list[Iterator | None] = [None] * len(self.loaders)
+
+    def _next(self, i: int):
+        if self._iters[i] is not None:
+            batch = next(self._iters[i], None)
+            if batch is not None:
+                return batch
+        self._iters[i] = iter(self.loaders[i])
+        return next(self._iters[i])
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = [self._next(i) for i in range(len(self.loaders))]
+        return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
+
+
+def fas_mean_std(pt_model: str | os.PathLike | None, imagenet: bool = False) -> tuple[list[float], list[float], str]:
+    """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else the first line of
+    ``dirname(pt_model)/pretrain_ds_mean_std.txt``; else ImageNet (also without ``--pt_model``, S5)."""
+    from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
+    files = [Path(pt_model).parent / STATS_FILENAME] if pt_model else []
+    return resolve_mean_std(imagenet=imagenet, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
+                            fallback_name="ImageNet")
