@@ -20,8 +20,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	# MTCNN for FAS preprocessing: its wheel ships the P/R/O-Net weights; its old torch pins are ignored
 	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 	$(PY) -m pip install --quiet --no-deps -e .
-	# the web app's extra (Gradio) and FAS's WMCA reader (h5py)
-	$(PY) -m pip install --quiet -e '.[app,fas]'
+	# the web app's extra (Gradio)
+	$(PY) -m pip install --quiet -e '.[app]'
 	touch $@
 
 test: setup
