@@ -213,8 +213,12 @@ def local_size(path: str, dest_dir: str | os.PathLike = DEFAULT_DIR) -> int | No
 
 def remote_sizes(paths: Sequence[str]) -> dict[str, int]:
     """Sizes of repository files (or folders: the sum of their files) as the hub reports them."""
-    from huggingface_hub import HfApi
-    files = [f for f in HfApi().list_repo_tree(REPO_ID, recursive=True) if getattr(f, "size", None) is not None]
+    from huggingface_hub import HfApi, constants
+    try:
+        files = [f for f in HfApi().list_repo_tree(REPO_ID, recursive=True) if getattr(f, "size", None) is not None]
+    except Exception as e:  # noqa: BLE001 - network errors are requests' or httpx's, by hub version
+        raise HubError(f"cannot list the files of {REPO_ID} at {constants.ENDPOINT} "
+                       f"(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}): {type(e).__name__}: {e}") from e
     return {p: sum(f.size for f in files if f.path == p or f.path.startswith(p.rstrip("/") + "/")) for p in paths}
 
 
