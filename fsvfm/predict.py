@@ -338,7 +338,7 @@ def annotate(rgb: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
         x1, y1, x2, y2 = f["box"]
         colour = (0, 200, 0) if f["score_real"] >= 0.5 else (230, 0, 0)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thick)
-        cv2.putText(out, f"real {f['score_real']:.2f}", (x1, max(y1 - 4 * thick, 12)), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(out, f"P(real) {f['score_real']:.2f}", (x1, max(y1 - 4 * thick, 12)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4 * thick, colour, thick, cv2.LINE_AA)
     return out
 
