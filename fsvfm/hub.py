@@ -178,7 +178,7 @@ def place(cached: Path, dest: Path) -> Path:
     """Put the cached file at ``dest``: a hard link when possible, else a copy; atomic. An identical
     file already there is kept."""
     source = Path(os.path.realpath(cached))
-    if dest.is_file() and filecmp.cmp(dest, source, shallow=False):
+    if dest.is_file() and (os.path.samefile(dest, source) or filecmp.cmp(dest, source, shallow=False)):
         return dest
     with atomic_path(dest) as tmp:
         os.remove(tmp)
