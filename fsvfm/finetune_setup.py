@@ -17,7 +17,13 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from fsvfm import models_vit
-from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_state_from,
+    resolve_checkpoint_path,
+)
 from fsvfm.util.lr_decay import param_groups_lrd
 from fsvfm.util.norm_stats import STATS_FILENAME, resolve_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
@@ -168,11 +174,11 @@ def finetune_norm_stats(args: argparse.Namespace) -> tuple[list[float], list[flo
     ``--output_dir`` so the test programs find it next to the checkpoints."""
     files = [Path(args.output_dir) / STATS_FILENAME]
     if args.finetune:
-        files.append(Path(args.finetune).parent / STATS_FILENAME)
+        files.append(resolve_checkpoint_path(args.finetune).parent / STATS_FILENAME)  # hf:// too
     return resolve_mean_std(imagenet=args.normalize_from_IMN, files=files)
 
 
 def checkpoint_norm_stats(args: argparse.Namespace, checkpoint: dict) -> tuple[list[float], list[float], str]:
     """Spec 4.4, evaluation side: the checkpoint's ``norm_stats``, else the statistics file next to it."""
     return resolve_mean_std(imagenet=args.normalize_from_IMN, embedded=checkpoint.get("norm_stats"),
-                            files=[Path(args.resume).parent / STATS_FILENAME])
+                            files=[resolve_checkpoint_path(args.resume).parent / STATS_FILENAME])

@@ -30,10 +30,12 @@ from fsvfm.util.args import (
 )
 from fsvfm.util.checkpoint import (
     CheckpointError,
+    beside,
     find_latest_checkpoint,
     load_checkpoint,
     load_model_weights,
     model_state_from,
+    resolve_checkpoint_path,
     save_checkpoint,
 )
 from fsvfm.util.crfrp import CRFRPCollate
@@ -116,7 +118,7 @@ def build_loader(args: argparse.Namespace, dataset: Dataset) -> DataLoader:
 def resume_paths(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """Online and target checkpoints to resume from (``--resume`` or ``--auto_resume``), or None."""
     if args.resume:
-        online = Path(args.resume)
+        online = resolve_checkpoint_path(args.resume)
     elif args.auto_resume:
         online = find_latest_checkpoint(args.output_dir, "checkpoint-")
         if online is None:
@@ -126,8 +128,8 @@ def resume_paths(args: argparse.Namespace) -> tuple[Path, Path] | None:
         raise ValueError("--resume_target_network needs --resume (the online checkpoint)")
     else:
         return None
-    target = Path(args.resume_target_network) if args.resume_target_network else \
-        online.with_name(online.name.replace("checkpoint-", "checkpoint-te-", 1))
+    te_name = online.name.replace("checkpoint-", "checkpoint-te-", 1)
+    target = resolve_checkpoint_path(args.resume_target_network or beside(args.resume or online, te_name))
     if not target.is_file():
         raise CheckpointError(f"no target-network checkpoint for {online}: {target} does not exist; "
                               "give it with --resume_target_network")

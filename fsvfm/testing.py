@@ -4,8 +4,8 @@
 tasks add their own tables (or metric modes in ``fsvfm.util.metrics.METRIC_MODES``).
 
 Outputs in ``--output_dir``: ``test_results.txt`` (appended, spec 5.4 layout), ``test_results.json``,
-``roc_{set}.png`` and ``scores_{set}.csv`` (one row per video; an image without ``_frame_`` in its
-name is its own video).
+``roc_{set}.png``, ``scores_{set}.csv`` (one row per video; an image without ``_frame_`` in its
+name is its own video) and ``scores_{set}_frames.csv`` (one row per image: P(real) of each frame).
 """
 from __future__ import annotations
 
@@ -168,6 +168,16 @@ def save_video_scores(path: Path, pred: Predictions, names: Sequence[str]) -> No
             w.writerow([video, int(lab), f"{sc:.6f}", int(dec), count])
 
 
+def save_frame_scores(path: Path, pred: Predictions, dataset, names: Sequence[str]) -> None:
+    """One CSV row per image in data-set order: file, video, label (fake 0 / real 1), P(real), argmax."""
+    files = [p for p, _ in getattr(dataset, "samples", [])] or [str(i) for i in range(len(dataset))]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "video", "label", "score_real", "pred"])
+        for i, video, lab, sc, pr in zip(pred.indices, names, pred.labels, pred.scores, pred.preds):
+            w.writerow([files[i], video, int(lab), f"{sc:.8f}", int(pr)])
+
+
 # ------------------------------------------------------------------------- model and flow
 def load_classifier(args: argparse.Namespace, checkpoint: dict) -> torch.nn.Module:
     """Rebuild the fine-tuned classifier: ``--model``/``--model_kwargs`` or the checkpoint's."""
@@ -248,6 +258,7 @@ def _run(args: argparse.Namespace, table: Sequence[TestSet], metric_mode: str) -
                 curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
             save_roc(out / f"roc_{name}.png", name, curves)
             save_video_scores(out / f"scores_{name}.csv", pred, names)
+            save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, names)
     elapsed = str(datetime.timedelta(seconds=int(time.time() - start)))
     report["testing_time"] = elapsed
     if main:

@@ -55,6 +55,16 @@ def square_box(rect: tuple[int, int, int, int], width: int, height: int,
     return x1, y1, size
 
 
+def square_crop(image: np.ndarray, rect: tuple[int, int, int, int],
+                scale: float = 1.3) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """The enlarged square crop of a face (``square_box``) from an HxWxC image of any channel order,
+    with its ``(x1, y1, size)``; None when the box is empty."""
+    x1, y1, size = square_box(rect, image.shape[1], image.shape[0], scale)
+    if size <= 0:
+        return None
+    return image[y1:y1 + size, x1:x1 + size].copy(), (x1, y1, size)
+
+
 def rect_tuple(rect: dlib.rectangle) -> tuple[int, int, int, int]:
     return rect.left(), rect.top(), rect.right(), rect.bottom()
 
@@ -131,11 +141,11 @@ class FaceCropper:
             return None
         if self.align:
             return self._aligned(bgr, rgb, face)
-        x1, y1, size = square_box(face.rect, bgr.shape[1], bgr.shape[0], self.face_scale)
-        if size <= 0:
+        cut = square_crop(bgr, face.rect, self.face_scale)
+        if cut is None:
             return None
-        left, top, right, bottom = face.rect
-        return bgr[y1:y1 + size, x1:x1 + size].copy(), (left - x1, top - y1, right - x1, bottom - y1)
+        (x1, y1, _), (left, top, right, bottom) = cut[1], face.rect
+        return cut[0], (left - x1, top - y1, right - x1, bottom - y1)
 
     def _aligned(self, bgr: np.ndarray, rgb: np.ndarray, face: Face):
         pts = self.landmarks(rgb, face.rect)

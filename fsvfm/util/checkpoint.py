@@ -6,7 +6,8 @@ File format (compatible with the released weights): a dict with ``model`` (state
 fine-tuned models) so a checkpoint says how to rebuild its model and normalise its inputs.
 
 Loading always uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` allowlisted, so
-a file that pickles anything else (code, arbitrary classes) is refused.
+a file that pickles anything else (code, arbitrary classes) is refused. Every checkpoint path may also be
+``hf://Wolowolo/fsfm-3c/<path in the repository>`` (see ``resolve_checkpoint_path``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
 from fsvfm.util.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -31,9 +33,29 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unsafe, malformed or does not fit the model."""
 
 
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """The local file of a checkpoint path. ``hf://owner/repo/<path>`` is fetched from the Hugging Face
+    hub into its cache (with the ``pretrain_ds_mean_std.txt`` beside it, when the repository has one);
+    other paths are returned as they are. Raises ``CheckpointError`` naming the repository and path."""
+    if not str(path).startswith(HUB_SCHEME):
+        return Path(path)
+    try:
+        return resolve_hub_uri(str(path))
+    except HubError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def beside(path: str | os.PathLike, name: str) -> str:
+    """The file ``name`` in the folder of a checkpoint path, local or ``hf://`` (not resolved)."""
+    if str(path).startswith(HUB_SCHEME):
+        return str(path).rsplit("/", 1)[0] + "/" + name
+    return str(Path(path).with_name(name))
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely. Raises ``CheckpointError`` naming the file on any problem."""
-    path = Path(path)
+    """Load a checkpoint safely (local path or ``hf://``). Raises ``CheckpointError`` naming the file on
+    any problem."""
+    path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -1,0 +1,287 @@
+"""Released FSFM / FS-VFM weights on the Hugging Face hub (spec 10), and ``hf://`` checkpoint paths.
+
+    python -m fsvfm.hub list                       # the released files (sizes of local copies; --remote asks the hub)
+    python -m fsvfm.hub download FS-VFM_ViT-B_VF2_600e [--target] [--dir checkpoint]
+    python -m fsvfm.hub download DfD_ViT-B         # a fine-tuned folder
+
+Files are fetched with ``huggingface_hub.hf_hub_download`` into the hub cache (``HF_HUB_CACHE`` /
+``HF_HOME``; interrupted downloads resume, a progress bar is shown) and then placed at
+``<dir>/<path in the repository>`` (a hard link to the cached file where the file system allows, a copy
+otherwise), which is the layout the scripts expect: ``checkpoint/pretrained_models/...`` and
+``checkpoint/finetuned_models/...``. ``HF_ENDPOINT`` selects a mirror and ``HF_HUB_OFFLINE=1`` serves
+files from the hub cache only; both are read by ``huggingface_hub`` when it is imported.
+
+Every program that takes a checkpoint path also accepts ``hf://Wolowolo/fsfm-3c/<path>``: see
+``fsvfm.util.checkpoint.resolve_checkpoint_path``, which calls :func:`resolve_hub_uri` here.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import functools
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsvfm.util.fileio import atomic_path
+from fsvfm.util.norm_stats import STATS_FILENAME
+
+logger = logging.getLogger(__name__)
+
+REPO_ID = "Wolowolo/fsfm-3c"
+HUB_SCHEME = "hf://"
+DEFAULT_DIR = "checkpoint"
+
+
+class HubError(RuntimeError):
+    """A hub file or folder cannot be resolved (the message names the repository and the path)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One released artefact: either ``files`` (online network first, then its statistics file) with an
+    optional EMA ``target`` network, or a whole ``folder`` of the repository."""
+
+    name: str
+    description: str
+    files: tuple[str, ...] = ()
+    target: str | None = None
+    folder: str | None = None
+
+    def paths(self, target: bool = False) -> tuple[str, ...]:
+        return self.files + ((self.target,) if target and self.target else ())
+
+
+def _pretrained(name: str, description: str, epoch: int) -> Release:
+    folder = f"pretrained_models/{name}"
+    return Release(name, description, files=(f"{folder}/checkpoint-{epoch}.pth", f"{folder}/{STATS_FILENAME}"),
+                   target=f"{folder}/checkpoint-te-{epoch}.pth")
+
+
+def _finetuned_table() -> list[Release]:
+    ext = "finetuned_models/FS-VFM_extensions"
+    rows = []
+    for size in ("S", "B", "L"):
+        run = f"ViT-{size}_VF2_600e"
+        rows += [
+            Release(f"DfD_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned on FF++ c23 (DfD)",
+                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_c23_32frames"),
+            Release(f"DiFF_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned on FF++ DeepFakes c23 (DiFF)",
+                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_DF_c23_32frames"),
+            Release(f"FAS_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned for FAS, MCIO protocol",
+                    folder=f"{ext}/cross_domain_FAS/{run}/MCIO_protocol"),
+            Release(f"FS-Adapter_FAS_ViT-{size}", f"FS-VFM ViT-{size} FS-Adapter for FAS, MCIO protocol",
+                    folder=f"{ext}/finetune_fs-adapter/cross_domain_FAS/{run}/MCIO_protocol"),
+        ]
+    rows += [
+        Release("FS-Adapter_DfD_DiFF", "FS-VFM FS-Adapters for DfD and DiFF (all sizes)",
+                folder=f"{ext}/finetune_fs-adapter/cross_dataset_DfD_and_DiFF"),
+        Release("FSFM_DfD_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned on FF++ c23 (DfD)",
+                folder="finetuned_models/FF++_c23_32frames"),
+        Release("FSFM_DiFF_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned on FF++ DeepFakes c23 (DiFF)",
+                folder="finetuned_models/FF++_DF_c23_32frames/correct_version"),
+        Release("FSFM_FAS_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned for FAS, MCIO protocol",
+                folder="finetuned_models/MCIO_protocol"),
+    ]
+    return rows
+
+
+RELEASES: tuple[Release, ...] = (
+    _pretrained("VF2_ViT-B", "FSFM ViT-B/16, VGGFace2, 400 epochs (CVPR'25)", 400),
+    _pretrained("FS-VFM_ViT-S_VF2_600e", "FS-VFM ViT-S/16, VGGFace2, 600 epochs", 599),
+    _pretrained("FS-VFM_ViT-B_VF2_600e", "FS-VFM ViT-B/16, VGGFace2, 600 epochs", 600),
+    _pretrained("FS-VFM_ViT-L_VF2_600e", "FS-VFM ViT-L/16, VGGFace2, 600 epochs", 599),
+    *_finetuned_table(),
+)
+
+
+def find_release(name: str) -> Release:
+    by_name = {r.name: r for r in RELEASES}
+    if name not in by_name:
+        raise HubError(f"unknown release {name!r}; `python -m fsvfm.hub list` shows the names "
+                       "(a path inside the repository, e.g. pretrained_models/VF2_ViT-B/checkpoint-400.pth, works too)")
+    return by_name[name]
+
+
+# ------------------------------------------------------------------------------ hub access
+def parse_hub_uri(uri: str) -> tuple[str, str]:
+    """``hf://owner/repo/path/in/repo`` -> ``('owner/repo', 'path/in/repo')``."""
+    parts = uri[len(HUB_SCHEME):].strip("/").split("/", 2) if uri.startswith(HUB_SCHEME) else []
+    if len(parts) < 3 or not all(parts):
+        raise HubError(f"{uri!r} is not a hub path; expected {HUB_SCHEME}{REPO_ID}/<path in the repository>")
+    return f"{parts[0]}/{parts[1]}", parts[2]
+
+
+def _hub_error(repo_id: str, path: str, err: Exception) -> HubError:
+    from huggingface_hub import constants
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    where = f"{path!r} of the Hugging Face repository {repo_id}"
+    if isinstance(err, LocalEntryNotFoundError):
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} cannot be reached")
+        return HubError(f"{where} is not in the hub cache {constants.HF_HUB_CACHE} and {why}; download it "
+                        "once online, or set HF_ENDPOINT to a reachable mirror")
+    if isinstance(err, EntryNotFoundError):
+        return HubError(f"{where} does not exist; `python -m fsvfm.hub list` shows the released files")
+    if isinstance(err, RepositoryNotFoundError):
+        return HubError(f"repository {repo_id} not found (or private) at {constants.ENDPOINT}, wanted {path!r}")
+    return HubError(f"cannot fetch {where}: {type(err).__name__}: {err}")
+
+
+def hub_file(path: str, repo_id: str = REPO_ID) -> Path:
+    """Local path (in the hub cache) of one repository file, downloaded when missing. ``HubError`` names
+    the repository and the path when it cannot be had."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HfHubHTTPError
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=path))
+    except (HfHubHTTPError, OSError, ValueError) as e:  # LocalEntryNotFoundError is an OSError
+        raise _hub_error(repo_id, path, e) from e
+
+
+def hub_folder(folder: str, repo_id: str = REPO_ID) -> list[tuple[str, Path]]:
+    """``(path in the repository, cached file)`` for every file under ``folder`` (downloaded when missing)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+    folder = folder.strip("/")
+    try:
+        root = Path(snapshot_download(repo_id=repo_id, allow_patterns=[f"{folder}/*"]))
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise _hub_error(repo_id, folder + "/", e) from e
+    files = sorted(p for p in (root / folder).rglob("*") if p.is_file())
+    if not files:
+        raise HubError(f"no files under {folder + '/'!r} of the Hugging Face repository {repo_id} "
+                       "(or, offline, none in the hub cache)")
+    return [(p.relative_to(root).as_posix(), p) for p in files]
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_hub_uri(uri: str) -> Path:
+    """Local path of ``hf://owner/repo/path``. The statistics file next to it is fetched too when the
+    repository has one, so the look-ups "next to the checkpoint" (spec 4.4) work on the cached copy."""
+    repo_id, path = parse_hub_uri(uri)
+    local = hub_file(path, repo_id)
+    if local.name != STATS_FILENAME:
+        sibling = f"{path.rsplit('/', 1)[0]}/{STATS_FILENAME}" if "/" in path else STATS_FILENAME
+        try:
+            hub_file(sibling, repo_id)
+        except HubError as e:
+            logger.info("no statistics file beside %s on the hub (%s)", uri, e)
+    return local
+
+
+# ---------------------------------------------------------------------------- local folder
+def place(cached: Path, dest: Path) -> Path:
+    """Put the cached file at ``dest``: a hard link when possible, else a copy; atomic. An identical
+    file already there is kept."""
+    source = Path(os.path.realpath(cached))
+    if dest.is_file() and (os.path.samefile(dest, source) or filecmp.cmp(dest, source, shallow=False)):
+        return dest
+    with atomic_path(dest) as tmp:
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+    return dest
+
+
+def download(name: str, target: bool = False, dest_dir: str | os.PathLike = DEFAULT_DIR) -> list[Path]:
+    """Fetch a release (a name of :data:`RELEASES`, or a path inside the repository) into
+    ``dest_dir/<path in the repository>``; returns the local paths."""
+    if "/" in name and name not in {r.name for r in RELEASES}:
+        pairs = [(name, hub_file(name))]
+    else:
+        release = find_release(name)
+        pairs = (hub_folder(release.folder) if release.folder
+                 else [(p, hub_file(p)) for p in release.paths(target)])
+    return [place(cached, Path(dest_dir) / rel) for rel, cached in pairs]
+
+
+def local_size(path: str, dest_dir: str | os.PathLike = DEFAULT_DIR) -> int | None:
+    """Size of a local copy (``dest_dir`` or the hub cache), None when there is none."""
+    from huggingface_hub import try_to_load_from_cache
+    local = Path(dest_dir) / path
+    if local.is_file():
+        return local.stat().st_size
+    cached = try_to_load_from_cache(REPO_ID, path)
+    return Path(cached).stat().st_size if isinstance(cached, str) else None
+
+
+def remote_sizes(paths: Sequence[str]) -> dict[str, int]:
+    """Sizes of repository files (or folders: the sum of their files) as the hub reports them."""
+    from huggingface_hub import HfApi, constants
+    try:
+        files = [f for f in HfApi().list_repo_tree(REPO_ID, recursive=True) if getattr(f, "size", None) is not None]
+    except Exception as e:  # noqa: BLE001 - network errors are requests' or httpx's, by hub version
+        raise HubError(f"cannot list the files of {REPO_ID} at {constants.ENDPOINT} "
+                       f"(HF_HUB_OFFLINE={int(constants.HF_HUB_OFFLINE)}): {type(e).__name__}: {e}") from e
+    return {p: sum(f.size for f in files if f.path == p or f.path.startswith(p.rstrip("/") + "/")) for p in paths}
+
+
+# ------------------------------------------------------------------------------------- CLI
+def _human(size: int | None) -> str:
+    """``1536`` -> ``'1.5 KB'``; None -> ``'-'``."""
+    if size is None:
+        return "-"
+    value, unit = float(size), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def list_rows(dest_dir: str | os.PathLike = DEFAULT_DIR, remote: bool = False) -> list[tuple[str, str, str, str]]:
+    """``(name, kind, path in the repository, size)`` for every released file; a fine-tuned folder is
+    one row. Sizes are those of local copies (``dest_dir`` or the hub cache), or the hub's with ``remote``."""
+    rows = []
+    for r in RELEASES:
+        if r.folder:
+            rows.append((r.name, "fine-tuned folder", r.folder + "/"))
+        else:
+            rows += list(zip([r.name] * 3, ("online network", "statistics", "target network"), r.paths(target=True)))
+    if remote:
+        sizes = remote_sizes([p for *_, p in rows])
+        return [(*row, _human(sizes[row[2]])) for row in rows]
+    return [(*row, _human(None if row[2].endswith("/") else local_size(row[2], dest_dir))) for row in rows]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m fsvfm.hub", description=f"Released weights of {REPO_ID} (spec 10)")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="print the released files")
+    ls.add_argument("--remote", action="store_true", help="ask the hub for the file sizes (network)")
+    ls.add_argument("--dir", default=DEFAULT_DIR, help="local folder whose copies are sized")
+    dl = sub.add_parser("download", help="fetch releases into --dir/<path in the repository>")
+    dl.add_argument("names", nargs="+", metavar="NAME", help="release name from `list`, or a repository path")
+    dl.add_argument("--target", action="store_true", help="also the EMA target network (to resume pre-training)")
+    dl.add_argument("--dir", default=DEFAULT_DIR, help=f"destination folder (default {DEFAULT_DIR}/)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "list":
+            rows = list_rows(args.dir, args.remote)
+            width = [max(len(r[i]) for r in rows) for i in range(3)]
+            print(f"repository {REPO_ID} (sizes: {'hub' if args.remote else 'local copies; --remote asks the hub'})")
+            for row in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(row, width)) + "  " + row[3])
+            return 0
+        for name in args.names:
+            for path in download(name, args.target, args.dir):
+                print(path)
+        return 0
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

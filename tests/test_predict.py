@@ -1,0 +1,198 @@
+"""``python -m fsvfm.predict`` and the ``Detector`` API on a tiny checkpoint of ``main_finetune_DfD.py``:
+real faces (scikit-image's astronaut, and ../shared/faces when present), a generated video, and files that
+must be reported (faceless, broken, missing)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsvfm import main_finetune_DfD, predict, testing
+from fsvfm.main_test_DfD import DFD_TEST_SETS
+from fsvfm.predict import Detector
+from fsvfm.preprocess.faces import FaceCropper, square_box
+from fsvfm.preprocess.jobs import Job, Options, Worker
+from fsvfm.util.checkpoint import load_checkpoint
+from tests.preprocess_helpers import face_frame, faces_dir, write_image, write_video
+from tests.test_finetune_data import make_split_tree
+from tests.test_finetune_e2e import eval_argv, finetune_argv, write_pretrain_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("predict")
+    data = make_split_tree(root / "data", "train", videos=2, frames=2)
+    make_split_tree(data, "val", videos=1, frames=2)
+    main_finetune_DfD.cli(finetune_argv(write_pretrain_checkpoint(root / "pre"), data, root / "ft", "--epochs", "1"))
+    return root / "ft" / "checkpoint-min_val_loss.pth"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    """photo (one face), group (three), a 10-frame clip, a faceless and a broken image."""
+    root = tmp_path_factory.mktemp("inputs")
+    face = face_frame()
+    files = {"photo": write_image(root / "photo.jpg"),
+             "group": write_image(root / "group.jpg", np.concatenate([face, face[:, ::-1], face], axis=1)),
+             "clip": write_video(root / "clip.mp4", n_frames=10),
+             "nofaces": write_image(root / "nofaces.jpg", np.full((120, 160, 3), 128, np.uint8)),
+             "broken": root / "broken.jpg"}
+    files["broken"].write_bytes(b"not a jpeg")
+    return files
+
+
+def detections(path: Path) -> list:
+    """What the preprocessing detector finds in an image file (the reference for predict's faces)."""
+    bgr = cv2.imread(str(path))
+    return FaceCropper().detect(np.ascontiguousarray(bgr[:, :, ::-1]))
+
+
+def expected_box(face, width: int, height: int) -> list[int]:
+    x1, y1, size = square_box(face.rect, width, height, 1.3)
+    return [x1, y1, x1 + size, y1 + size]
+
+
+def test_done_when_command(ckpt, inputs, tmp_path, capsys):
+    order = ["photo", "group", "clip", "nofaces", "broken"]
+    out = tmp_path / "out.json"
+    argv = ["--checkpoint", str(ckpt), *(str(inputs[k]) for k in order), "--output", str(out), "--device", "cpu"]
+    assert predict.main(argv) == 0
+    records = json.loads(out.read_text())
+    assert [r["path"] for r in records] == [str(inputs[k]) for k in order]
+    assert [r["type"] for r in records] == ["image", "image", "video", "image", "image"]
+    photo, group, clip, nofaces, broken = records
+
+    ref = detections(inputs["photo"])
+    assert len(ref) == 1 and len(photo["faces"]) == 1
+    face = photo["faces"][0]
+    assert face["box"] == expected_box(ref[0], 200, 200) and face["detector_score"] == pytest.approx(ref[0].score)
+    assert face["frame"] is None and face["score_real"] + face["score_fake"] == pytest.approx(1.0, abs=1e-6)
+    assert photo["score_real"] == face["score_real"] and photo["error"] is None
+
+    ref = detections(inputs["group"])
+    assert len(group["faces"]) == len(ref) == 3
+    assert [f["box"] for f in group["faces"]] == [expected_box(r, 600, 200) for r in ref]
+    assert group["score_real"] == pytest.approx(np.mean([f["score_real"] for f in group["faces"]]))
+
+    assert [f["frame"] for f in clip["faces"]] == list(range(10))  # fewer frames than --num_frames 32: all
+    assert clip["score_real"] == pytest.approx(np.mean([f["score_real"] for f in clip["faces"]]))
+    assert (nofaces["faces"], nofaces["score_real"], nofaces["error"]) == ([], None, "no face found")
+    assert (broken["faces"], broken["score_real"], broken["error"]) == ([], None, "cannot read this file as an image")
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["score_real", "verdict", "faces", "type", "input"] and len(lines) == 2 + 5 + 1
+    assert lines[4].split()[2:4] == ["10", "video"] and lines[-1].startswith("5 inputs, 14 faces, 2 without a score")
+
+
+def test_scores_equal_the_test_program(ckpt, inputs, tmp_path):
+    """Crops written by the preprocessing and scored by main_test_DfD's code get the score predict gives
+    the original photo / video frames (and the crop files themselves with --no_detect)."""
+    root = tmp_path / "tests_root"
+    folder = root / next(t.folder for t in DFD_TEST_SETS if t.name == "Celeb-DF-v1") / "test"
+    worker = Worker(Options())
+    crop = folder / "real" / "photo_frame_0.png"
+    assert dict(worker.run(Job("crop_image", str(inputs["photo"]), (str(crop),))).counts) == {"done": 1}
+    assert dict(worker.run(Job("crop_video", str(inputs["clip"]), (str(folder / "fake"),), "clip", 4)).counts) == {"done": 4}
+    out = tmp_path / "test"
+    testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(ckpt, out, "--test_root", str(root), "--test_sets", "Celeb-DF-v1"))
+    with open(out / "scores_Celeb-DF-v1_frames.csv", newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert sorted(rows) == ["clip_frame_0.png", "clip_frame_3.png", "clip_frame_6.png", "clip_frame_9.png",
+                            "photo_frame_0.png"]
+    assert rows["photo_frame_0.png"]["video"] == "photo" and rows["photo_frame_0.png"]["label"] == "1"
+
+    det = Detector.from_checkpoint(ckpt, device="cpu", num_frames=4)
+    assert det.predict(inputs["photo"])["faces"][0]["score_real"] == pytest.approx(
+        float(rows["photo_frame_0.png"]["score_real"]), abs=1e-5)
+    video = det.predict(inputs["clip"])
+    assert [f["frame"] for f in video["faces"]] == [0, 3, 6, 9]
+    for f in video["faces"]:
+        assert f["score_real"] == pytest.approx(float(rows[f"clip_frame_{f['frame']}.png"]["score_real"]), abs=1e-5)
+    crop_score = Detector.from_checkpoint(ckpt, device="cpu", detect=False).predict(crop)["faces"][0]["score_real"]
+    assert crop_score == pytest.approx(float(rows["photo_frame_0.png"]["score_real"]), abs=1e-5)
+    video_row = next(csv.DictReader(open(out / "scores_Celeb-DF-v1.csv", newline="")))
+    assert video_row["video"] == "clip" and float(video_row["score_real"]) == pytest.approx(video["score_real"], abs=1e-5)
+
+
+def test_api_accepts_paths_pil_and_arrays(ckpt, inputs, tmp_path):
+    det = Detector.from_checkpoint(ckpt, device="cpu")
+    png = write_image(tmp_path / "face.png")  # lossless, so the decoded pixels equal the array's
+    rgb = np.ascontiguousarray(face_frame()[:, :, ::-1])
+    by_path, by_array, by_pil = det.predict(png), det.predict(rgb), det.predict(Image.fromarray(rgb))
+    assert by_path["path"] == str(png) and by_array["path"] is None and by_pil["type"] == "image"
+    assert by_array["faces"] == by_pil["faces"] == by_path["faces"] and len(by_path["faces"]) == 1
+    assert det.info["model"] == "vit_small_patch16" and det.info["input_size"] == 32 and det.info["task"] == "DfD"
+    probs = det.score_crops([rgb[10:150, 20:160]])
+    assert probs.shape == (1, 2) and probs.sum() == pytest.approx(1.0, abs=1e-6)
+
+    one = Detector.from_checkpoint(ckpt, device="cpu", max_faces=1).predict(inputs["group"])
+    assert len(one["faces"]) == 1 and one["faces"][0]["detector_score"] == pytest.approx(detections(inputs["group"])[0].score)
+    sampled = Detector.from_checkpoint(ckpt, device="cpu", num_frames=3).predict(inputs["clip"])
+    assert [f["frame"] for f in sampled["faces"]] == [0, 4, 9]
+    every = Detector.from_checkpoint(ckpt, device="cpu", every=4).predict(str(inputs["clip"]))
+    assert [f["frame"] for f in every["faces"]] == [0, 4, 8]
+    whole = Detector.from_checkpoint(ckpt, device="cpu", detect=False).predict(inputs["nofaces"])
+    assert whole["faces"][0]["box"] == [0, 0, 160, 120] and whole["faces"][0]["detector_score"] is None
+    with pytest.raises(TypeError, match="uint8"):
+        det.predict(rgb.astype(np.float32))
+
+
+def test_batches_do_not_change_scores(ckpt, inputs):
+    items = [inputs["group"], inputs["photo"], inputs["nofaces"], inputs["clip"]]
+    one = list(Detector.from_checkpoint(ckpt, device="cpu", batch_size=1).predict_many(items))
+    many = list(Detector.from_checkpoint(ckpt, device="cpu", batch_size=5).predict_many(items))
+    assert [len(r["faces"]) for r in one] == [3, 1, 0, 10]
+    for a, b in zip(one, many):
+        assert [f["box"] for f in a["faces"]] == [f["box"] for f in b["faces"]]
+        np.testing.assert_allclose([f["score_real"] for f in a["faces"]], [f["score_real"] for f in b["faces"]], atol=1e-6)
+
+
+def test_folder_csv_and_visualisations(ckpt, inputs, tmp_path):
+    folder = inputs["photo"].parent
+    out, vis = tmp_path / "out.csv", tmp_path / "vis"
+    assert predict.main(["--checkpoint", str(ckpt), str(folder), "--output", str(out), "--save_vis", str(vis),
+                         "--num_frames", "2", "--device", "cpu", "--max_faces", "2"]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # sorted folder: broken, clip (frames 0 and 9), group (2 of 3 faces), nofaces, photo
+    assert [(Path(r["path"]).name, r["frame"]) for r in rows] == [
+        ("broken.jpg", ""), ("clip.mp4", "0"), ("clip.mp4", "9"), ("group.jpg", ""), ("group.jpg", ""),
+        ("nofaces.jpg", ""), ("photo.jpg", "")]
+    assert rows[0]["error"] == "cannot read this file as an image" and rows[0]["score_real"] == ""
+    assert float(rows[1]["input_score_real"]) == pytest.approx((float(rows[1]["score_real"]) + float(rows[2]["score_real"])) / 2)
+    assert sorted(p.name for p in vis.iterdir()) == ["001_clip_frame_0.jpg", "001_clip_frame_9.jpg", "002_group.jpg",
+                                                    "004_photo.jpg"]
+    drawn = cv2.imread(str(vis / "004_photo.jpg"))
+    assert drawn.shape == (200, 200, 3) and not np.array_equal(drawn, cv2.imread(str(inputs["photo"])))
+
+
+def test_usage_errors_exit_2(ckpt, inputs, tmp_path, capsys):
+    photo = str(inputs["photo"])
+    assert predict.main(["--checkpoint", str(tmp_path / "none.pth"), photo]) == 2
+    assert f"checkpoint not found: {tmp_path / 'none.pth'}" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(ckpt), photo, "--output", str(tmp_path / "o.txt")]) == 2
+    assert ".json or .csv" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(ckpt), str(tmp_path / "empty_dir_missing.mp4"), "--device", "cpu"]) == 0
+    fas = load_checkpoint(ckpt)
+    fas["task"] = "FAS"
+    torch.save(fas, tmp_path / "fas.pth")
+    assert predict.main(["--checkpoint", str(tmp_path / "fas.pth"), photo, "--device", "cpu"]) == 2
+    assert "no face-crop mode for task 'FAS'" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(tmp_path / "fas.pth"), photo, "--device", "cpu", "--no_detect"]) == 0
+
+
+def test_real_photos_of_shared_faces(ckpt):
+    folder = faces_dir()
+    photos = [folder / "Tom_Cruise_avp_2014_4.jpg", folder / "dogs.jpg", folder / "2008_002470.jpg"]
+    records = list(Detector.from_checkpoint(ckpt, device="cpu").predict_many(photos))
+    for path, record in zip(photos, records):
+        ref = detections(path)
+        h, w = cv2.imread(str(path)).shape[:2]
+        assert [f["box"] for f in record["faces"]] == [expected_box(r, w, h) for r in ref]
+    assert len(records[0]["faces"]) == 1 and records[1]["error"] == "no face found"
