@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsvfm import main_finetune_DfD, models_fsfm, testing
+from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_pretrained_encoder
-from fsvfm.main_test_DfD import DFD_TEST_SETS
-from fsvfm.models_vit import create_model
+from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
+from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.conftest import TINY_FSFM, TINY_VIT
@@ -25,7 +25,7 @@ def write_pretrain_checkpoint(folder: Path, legacy: bool = False) -> Path:
     """A checkpoint as main_pretrain writes it (shared save function + stats file), or the
     released legacy layout (Namespace args, plain torch.save)."""
     torch.manual_seed(1)
-    net = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    net = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     path = folder / "checkpoint-1.pth"
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def test_finetune_then_test(workspace):
 
     test_root = _make_test_root(root / "tests_root")
     test_out = out / "experiments_test"
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
+    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
                                                                 "--test_root", str(test_root)))
     assert list(report["results"]) == ["Celeb-DF-v1", "DFDC"]
     assert report["norm_stats"]["source"] == "checkpoint norm_stats" and report["model"] == "vit_small_patch16"
@@ -141,11 +141,11 @@ def test_finetune_then_test(workspace):
 
 def test_test_sets_selection(tmp_path):
     root = _make_test_root(tmp_path)
-    assert [t.name for t in testing.select_test_sets(DFD_TEST_SETS, str(root), None)] == ["Celeb-DF-v1", "DFDC"]
+    assert [t.name for t in evaluation.select_test_sets(DFD_TEST_SETS, str(root), None)] == ["Celeb-DF-v1", "DFDC"]
     with pytest.raises(FileNotFoundError, match="WDF"):
-        testing.select_test_sets(DFD_TEST_SETS, str(root), ["DFDC", "WDF"])
+        evaluation.select_test_sets(DFD_TEST_SETS, str(root), ["DFDC", "WDF"])
     with pytest.raises(ValueError, match="unknown test set"):
-        testing.select_test_sets(DFD_TEST_SETS, str(root), ["nope"])
+        evaluation.select_test_sets(DFD_TEST_SETS, str(root), ["nope"])
 
 
 def test_split_files_finetune_and_list_test(workspace, tmp_path):
@@ -165,7 +165,7 @@ def test_split_files_finetune_and_list_test(workspace, tmp_path):
     abs_lines = [f"{data / line.split(', ')[0]},{line.split(', ')[1]}"
                  for line in (tmp_path / "val.txt").read_text().splitlines()]
     (tmp_path / "list.txt").write_text("\n".join(abs_lines) + "\n")
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(
+    report = evaluation.cli(DFD_TASK, eval_argv(
         out / "checkpoint-0.pth", tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
         "--delimiter_in_split", ","))
     assert report["metric_mode"] == "image" and report["results"]["list"]["num_images"] == 8
@@ -220,7 +220,7 @@ def test_one_class_test_set_is_reported_and_the_others_still_run(workspace, tmp_
     for img in (test_root / dfdc / "test" / "real").iterdir():
         img.unlink()
     (test_root / dfdc / "test" / "real").rmdir()
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth",
+    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth",
                                                                 tmp_path / "test", "--test_root", str(test_root)))
     assert report["results"]["DFDC"]["num_images"] == 4 and "both fake=0 and real=1" in report["results"]["DFDC"]["error"]
     assert 0 <= report["results"]["Celeb-DF-v1"]["frame"]["auc"] <= 100

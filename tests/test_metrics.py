@@ -66,9 +66,10 @@ def test_one_class_is_a_clear_error(fn):
 def test_metric_modes():
     labels, scores, preds = [0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], [0, 1, 0, 1]
     names = ["f1", "f1", "r1", "r2"]
-    image = M.METRIC_MODES["image"](labels, scores, preds, names)
+    test = M.ScoredSet(np.array(labels), np.array(scores), np.array(preds), names)
+    image = M.METRIC_MODES["image"].compute(test, None)
     assert set(image) == {"frame"}
     assert image["frame"]["auc"] == pytest.approx(75.0)
-    both = M.METRIC_MODES["video"](labels, scores, preds, names)
+    both = M.METRIC_MODES["video"].compute(test, None)
     assert set(both) == {"frame", "video"} and both["video"]["num_videos"] == 3
     assert both["video"]["auc"] == pytest.approx(100.0)  # f1: 0.35 < r1 0.4 < r2 0.9
