@@ -96,7 +96,7 @@ def eer_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
     is called real when ``score >= threshold``."""
     labels = np.asarray(labels)
     _check_binary(labels, "the EER threshold")
-    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores), pos_label=1)
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores), pos_label=1, drop_intermediate=False)
     i = int(np.argmin(np.abs((1.0 - tpr) - fpr)))
     return float(min(thresholds[i], 1.0))
 
