@@ -101,18 +101,24 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
                                update_grad=update)
         if update:
             optimizer.zero_grad(set_to_none=True)
-        lr = max(g["lr"] for g in optimizer.param_groups)
-        meters.update(lr=lr, **means)
-        if norm is not None and math.isfinite(float(norm)):
-            meters.update(grad_norm=float(norm))
-        if update and log_writer is not None:
-            step = int((it / n_iter + epoch) * 1000)
-            for key, value in {**means, "lr": lr}.items():
-                log_writer.add_scalar(key, value, step)
+        _record(meters, log_writer if update else None, means, optimizer, norm, int((it / n_iter + epoch) * 1000))
     stats = meters.global_averages()  # the meters hold all-reduced values
     stats["skipped_batches"] = guard.skipped
     logger.info("Averaged stats: %s  skipped batches: %d", meters, guard.skipped)
     return stats
+
+
+def _record(meters: MetricLogger, log_writer, means: dict[str, float], optimizer: torch.optim.Optimizer,
+            norm: torch.Tensor | None, step: int) -> None:
+    """Meters get the all-reduced losses, the lr and a finite grad norm; TensorBoard (when given,
+    on update steps) the losses and lr at ``step`` = 1000 x fractional epoch."""
+    lr = max(g["lr"] for g in optimizer.param_groups)
+    meters.update(lr=lr, **means)
+    if norm is not None and math.isfinite(float(norm)):
+        meters.update(grad_norm=float(norm))
+    if log_writer is not None:
+        for key, value in {**means, "lr": lr}.items():
+            log_writer.add_scalar(key, value, step)
 
 
 # ------------------------------------------------------------------------------- evaluation

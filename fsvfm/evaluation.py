@@ -29,17 +29,7 @@ from fsvfm.finetune_setup import load_classifier_from_checkpoint
 from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
-from fsvfm.util.args import (
-    augment_parser,
-    classifier_parser,
-    default_output_dir,
-    distributed_parser,
-    eval_parser,
-    finetune_data_parser,
-    input_parser,
-    optimization_parser,
-    run_parser,
-)
+from fsvfm.util.args import default_output_dir, downstream_parents
 from fsvfm.util.fileio import atomic_path, atomic_write_text
 from fsvfm.util.finetune_data import (
     LabelledImageFolder,
@@ -61,9 +51,7 @@ REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_poo
 def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
     existing commands keep working; model settings default to the checkpoint's."""
-    parents = [input_parser(None), classifier_parser(), finetune_data_parser(), eval_parser(), run_parser(),
-               distributed_parser(), optimization_parser(epochs=50, warmup_epochs=5, min_lr=1e-6), augment_parser(),
-               *(make() for make in task.extra_parsers)]
+    parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser(task.description or f"FS-VFM test ({task.name})", parents=parents)
     p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None)
     g = p.add_argument_group("testing")
@@ -195,12 +183,7 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     _default_test_dir(args)
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())
-    try:
-        result = _run(args, task)
-        dist.barrier()
-        return result
-    finally:
-        dist.cleanup()
+    return dist.run_then_cleanup(_run, args, task)
 
 
 def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:

@@ -31,18 +31,7 @@ from fsvfm.finetune_setup import (
 from fsvfm.tasks import FinetuneTask
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
-from fsvfm.util.args import (
-    augment_parser,
-    classifier_parser,
-    default_output_dir,
-    distributed_parser,
-    eval_parser,
-    finetune_data_parser,
-    input_parser,
-    optimization_parser,
-    run_parser,
-    set_effective_lr,
-)
+from fsvfm.util.args import default_output_dir, downstream_parents, set_effective_lr
 from fsvfm.util.checkpoint import epoch_checkpoint_tags, restore_training_state, resume_path, save_checkpoint
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.finetune_data import build_transform, check_classes
@@ -55,9 +44,7 @@ logger = logging.getLogger(__name__)
 
 def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own."""
-    parents = [optimization_parser(epochs=50, warmup_epochs=5, min_lr=1e-6, blr=1e-3),
-               input_parser("vit_base_patch16"), classifier_parser(), augment_parser(), finetune_data_parser(),
-               eval_parser(), run_parser(), distributed_parser(), *(make() for make in task.extra_parsers)]
+    parents = [*downstream_parents("vit_base_patch16"), *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser(task.description or f"FS-VFM fine-tuning ({task.name})", parents=parents)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
@@ -75,12 +62,7 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if args.eval:
         logger.info("--eval: test a fine-tuned checkpoint with main_test_DfD.py or main_test_DiFF.py")
         return {}
-    try:
-        result = _train(args, task)
-        dist.barrier()
-        return result
-    finally:
-        dist.cleanup()
+    return dist.run_then_cleanup(_train, args, task)
 
 
 @dataclass

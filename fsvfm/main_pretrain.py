@@ -197,13 +197,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     seed_everything(args.seed)
     model, target = build_networks(args, device)
     seed_everything(args.seed + dist.get_rank())
-    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
-    mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
-                                          args.normalize_from_IMN, args.batch_size, args.num_workers, device)
-    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
-    for ds in getattr(dataset, "datasets", [dataset]):
-        ds.transform = transform
-    loader = build_loader(args, dataset)
+    loader = build_loader(args, _normalised_dataset(args, device))
 
     model_ddp = dist.wrap_model(model, args)
     eff_batch = set_effective_lr(args, dist.get_world_size())
@@ -228,6 +222,17 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     if log_writer is not None:
         log_writer.close()
     return stats
+
+
+def _normalised_dataset(args: argparse.Namespace, device: torch.device) -> Dataset:
+    """The pre-training data set with the run's normalisation statistics (computed once, spec 3.11)."""
+    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
+    mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
+                                          args.normalize_from_IMN, args.batch_size, args.num_workers, device)
+    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
+    for ds in getattr(dataset, "datasets", [dataset]):
+        ds.transform = transform
+    return dataset
 
 
 def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float], best_loss: float,

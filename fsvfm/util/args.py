@@ -122,6 +122,14 @@ def finetune_data_parser() -> argparse.ArgumentParser:
     return p
 
 
+def downstream_parents(model: str | None) -> list[argparse.ArgumentParser]:
+    """Parent groups of the fine-tuning and the test programs (tests accept the fine-tuning flags, so
+    one command line works for both); ``model`` is the ``--model`` default."""
+    return [optimization_parser(epochs=50, warmup_epochs=5, min_lr=1e-6, blr=1e-3), input_parser(model),
+            classifier_parser(), augment_parser(), finetune_data_parser(), eval_parser(), run_parser(),
+            distributed_parser()]
+
+
 def default_output_dir(args: argparse.Namespace, kind: str) -> None:
     """Fill ``args.output_dir`` when empty (``./checkpoint/$USER/experiments_{kind}/{pid}``) and
     ``args.log_dir`` (TensorBoard) when empty (= output_dir)."""

@@ -6,7 +6,7 @@ import argparse
 import datetime
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -98,6 +98,16 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
 def cleanup() -> None:
     if is_dist_avail_and_initialized():
         dist.destroy_process_group()
+
+
+def run_then_cleanup(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, then a barrier; the process group is destroyed afterwards, also on error."""
+    try:
+        result = fn(*args)
+        barrier()
+        return result
+    finally:
+        cleanup()
 
 
 def wrap_model(model: torch.nn.Module, args: argparse.Namespace,
