@@ -75,6 +75,7 @@ class _Run:
     scaler: NativeScalerWithGradNormCount
     norm_stats: dict[str, list[float]]
     n_parameters: int
+    task: str
     min_val_loss: float = math.inf
 
 
@@ -137,7 +138,7 @@ def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
                 args.accum_iter, args.amp)
     optimizer = build_optimizer(model, args)
     scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
-    run_state = _Run(dist.wrap_model(model, args), model, optimizer, scaler, norm_stats, n_parameters)
+    run_state = _Run(dist.wrap_model(model, args), model, optimizer, scaler, norm_stats, n_parameters, task.name)
     path = resume_path(args)
     if path is not None:
         ckpt = restore_training_state(path, model, optimizer, scaler, args)
@@ -170,4 +171,4 @@ def _save(args: argparse.Namespace, run_state: _Run, tag: str | int, epoch: int)
         save_checkpoint(Path(args.output_dir) / f"checkpoint-{tag}.pth", run_state.model_without_ddp.state_dict(),
                         optimizer=run_state.optimizer, epoch=epoch, scaler=run_state.scaler, args=args,
                         model_name=args.model, norm_stats=run_state.norm_stats,
-                        min_val_loss=run_state.min_val_loss)
+                        min_val_loss=run_state.min_val_loss, task=run_state.task)

@@ -132,7 +132,7 @@ def test_finetune_then_test(workspace):
     assert {"train_lr", "train_loss", "val_loss", "val_auc", "epoch", "n_parameters"} <= set(records[0])
     assert result["min_val_loss"] == pytest.approx(min(r["val_loss"] for r in records))
     saved = load_checkpoint(out / "checkpoint-1.pth")
-    assert saved["epoch"] == 1 and saved["model_name"] == "vit_small_patch16"
+    assert saved["epoch"] == 1 and saved["model_name"] == "vit_small_patch16" and saved["task"] == "DfD"
     assert saved["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
     assert "head.weight" in saved["model"]
 
