@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from fsvfm.models_vit import create_model
-from fsvfm.util.misc import autocast
+from fsvfm.registry import create_model
+from fsvfm.util.amp import autocast
 
 
 def _throughput(model, images, amp: str, iters: int, warmup: int) -> float:

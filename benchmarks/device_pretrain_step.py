@@ -17,12 +17,13 @@ import time
 import torch
 from timm.optim import param_groups_weight_decay
 
-from fsvfm.engine_pretrain import EMATarget, forward_losses, reduce_losses
+from fsvfm.engine_pretrain import EMATarget, forward_losses
 from fsvfm.main_pretrain import build_networks, get_args_parser
+from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.crfrp import crfrp_masks
 from fsvfm.util.loss_contrastive import build_cl_loss
-from fsvfm.util.misc import NativeScalerWithGradNormCount
 from fsvfm.util.synthetic import synthetic_parsing_maps
+from fsvfm.util.train_step import reduce_losses
 
 
 def _parse() -> argparse.Namespace:

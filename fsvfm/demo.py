@@ -26,9 +26,9 @@ from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
 from fsvfm.util.fileio import atomic_path
 from fsvfm.util.log import setup_logging
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger("fsvfm.demo")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
@@ -45,7 +45,7 @@ def collect_photos(photo_dir: Path, faces_dir: str | None, variants: int, seed: 
         if not folder.is_dir():
             raise SystemExit(f"DEMO_FACES={faces_dir} is not a folder")
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
                 bgr = cv2.imread(str(path))
                 if bgr is None:
                     logger.warning("skipping unreadable photo %s", path)

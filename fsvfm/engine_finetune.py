@@ -1,8 +1,14 @@
 """Fine-tuning and evaluation loops, parameterised so every downstream task reuses them.
 
-* ``train_one_epoch`` takes a ``loss_fn(model, samples, targets) -> (loss, extra_meters)``; the
-  default (``criterion_loss``) is ``criterion(model(samples), targets)``. Adapters with extra loss
-  terms pass their own function.
+* ``train_one_epoch`` takes a loss hook ``loss_fn(model, samples, targets, args, *, labels)
+  -> (loss, components)`` (see ``LossFn``); the default (``criterion_loss``) is
+  ``criterion(model(samples), targets)``. A task with extra loss terms (the FS-Adapter's
+  contrastive term) passes its own hook; its components (e.g. ``cls_loss``, ``con_loss``) are
+  all-reduced and logged next to ``loss`` on the console, in ``log.txt`` and TensorBoard.
+* Scalar options come from ``args`` only (``amp``, ``accum_iter``, ``clip_grad``, ``print_freq``,
+  and the schedule's ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``); collaborators (loss hook,
+  mixup, writer) are arguments. The step policy (DDP ``no_sync`` on accumulation micro-steps,
+  all-reduced non-finite skip) is the pre-training engine's, from ``util.train_step``.
 * ``predict`` takes an ``output_fn(model, images) -> logits [N, C]`` and returns the predictions
   of the **whole** set: per-rank shards are gathered with their sample indices, de-duplicated and
   put back in data-set order, so metrics are computed once on all samples.
@@ -14,27 +20,41 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from fsvfm.util import dist
+from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.finetune_data import IndexedDataset, ShardSampler
 from fsvfm.util.lr_sched import adjust_learning_rate
+from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.metrics import binary_metrics
-from fsvfm.util.misc import MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, autocast
+from fsvfm.util.train_step import NonFiniteGuard, micro_step, reduce_losses
 
 logger = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, dict[str, float]]"]
+
+class LossFn(Protocol):
+    """Loss hook: ``samples`` [N, 3, H, W] and ``targets`` ([N] class indices, or [N, C] soft targets
+    after mixup) as the model should see them, ``labels`` [N] the original class indices. Returns
+    the loss to back-propagate and named scalar components to log (``{}`` for none)."""
+
+    def __call__(self, model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor,
+                 args: argparse.Namespace, *, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ...
+
+
 OutputFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
-def criterion_loss(criterion: torch.nn.Module) -> LossFn:
-    """The plain objective: ``criterion(model(samples), targets)`` with no extra meters."""
-    def loss_fn(model, samples, targets):
+def criterion_loss(criterion: torch.nn.Module, args: argparse.Namespace | None = None) -> LossFn:
+    """The plain objective ``criterion(model(samples), targets)``, no extra components. Signature of
+    a task's loss factory: ``(criterion, args) -> LossFn``."""
+    def loss_fn(model, samples, targets, args, *, labels):
         return criterion(model(samples), targets), {}
     return loss_fn
 
@@ -47,47 +67,58 @@ def logits_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
                     loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace, *,
-                    amp: str = "none", mixup_fn: Callable | None = None, log_writer=None,
-                    print_freq: int = 100) -> dict[str, float]:
+                    mixup_fn: Callable | None = None, log_writer=None) -> dict[str, float]:
     """One epoch (spec 4.8): per-iteration lr, mixup, autocast, accumulation, optional clipping.
 
-    Batches are ``(images [N, 3, H, W], labels [N], ...)``. A non-finite loss raises
-    ``FloatingPointError`` (the caller decides; nothing calls ``exit``). Returns epoch averages.
+    Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
+    some rank is skipped on every rank; too many in a row raise ``FloatingPointError``. Returns the
+    epoch averages of the all-reduced ``loss``, the hook's components, ``lr`` and ``grad_norm``,
+    plus ``skipped_batches``.
     """
     model.train()
-    accum = max(int(getattr(args, "accum_iter", 1)), 1)
+    accum = max(int(args.accum_iter), 1)
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    guard = NonFiniteGuard()
     n_iter = len(data_loader)
     optimizer.zero_grad(set_to_none=True)
-    for it, batch in enumerate(meters.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+    for it, batch in enumerate(meters.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
+        update = (it + 1) % accum == 0
         if it % accum == 0:
             adjust_learning_rate(optimizer, it / n_iter + epoch, args)
-        samples = batch[0].to(device, non_blocking=True)
-        targets = batch[1].to(device, non_blocking=True)
+        labels = batch[1].to(device, non_blocking=True)
+        samples, targets = batch[0].to(device, non_blocking=True), labels
         if mixup_fn is not None:
-            samples, targets = mixup_fn(samples, targets)
-        with autocast(device, amp):
-            loss, extra = loss_fn(model, samples, targets)
-        loss_value = float(loss.item())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, iteration {it}; stopping")
-        update = (it + 1) % accum == 0
-        loss_scaler(loss / accum, optimizer, clip_grad=getattr(args, "clip_grad", None),
-                    parameters=model.parameters(), update_grad=update)
+            samples, targets = mixup_fn(samples, labels)
+        with micro_step(model, update):
+            with autocast(device, args.amp):
+                loss, parts = loss_fn(model, samples, targets, args, labels=labels)
+            losses = {"loss": loss, **parts}
+            means, non_finite = reduce_losses(losses)
+            if guard.skip(non_finite, optimizer, losses, epoch, it):
+                continue
+            norm = loss_scaler(loss / accum, optimizer, clip_grad=args.clip_grad, parameters=model.parameters(),
+                               update_grad=update)
         if update:
             optimizer.zero_grad(set_to_none=True)
-        lr = max(g["lr"] for g in optimizer.param_groups)
-        meters.update(loss=loss_value, lr=lr, **extra)
-        if update:
-            loss_all = dist.all_reduce_mean(loss_value, device)  # every rank joins the collective
-            if log_writer is not None:
-                step = int((it / n_iter + epoch) * 1000)
-                log_writer.add_scalar("loss", loss_all, step)
-                log_writer.add_scalar("lr", lr, step)
-    meters.synchronize_between_processes()
-    logger.info("Averaged stats: %s", meters)
-    return meters.global_averages()
+        _record(meters, log_writer if update else None, means, optimizer, norm, int((it / n_iter + epoch) * 1000))
+    stats = meters.global_averages()  # the meters hold all-reduced values
+    stats["skipped_batches"] = guard.skipped
+    logger.info("Averaged stats: %s  skipped batches: %d", meters, guard.skipped)
+    return stats
+
+
+def _record(meters: MetricLogger, log_writer, means: dict[str, float], optimizer: torch.optim.Optimizer,
+            norm: torch.Tensor | None, step: int) -> None:
+    """Meters get the all-reduced losses, the lr and a finite grad norm; TensorBoard (when given,
+    on update steps) the losses and lr at ``step`` = 1000 x fractional epoch."""
+    lr = max(g["lr"] for g in optimizer.param_groups)
+    meters.update(lr=lr, **means)
+    if norm is not None and math.isfinite(float(norm)):
+        meters.update(grad_norm=float(norm))
+    if log_writer is not None:
+        for key, value in {**means, "lr": lr}.items():
+            log_writer.add_scalar(key, value, step)
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -108,6 +139,19 @@ class Predictions:
     @property
     def loss(self) -> float:
         return float(self.losses.mean()) if len(self) else float("nan")
+
+
+def make_train_loader(dataset: Dataset, args: argparse.Namespace, device: torch.device) -> DataLoader:
+    """Shuffled ``DistributedSampler`` loader (also for one process), ``drop_last``; an error when
+    the set cannot fill one batch per process."""
+    sampler = DistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                 shuffle=True, seed=args.seed)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+                        pin_memory=args.pin_mem and device.type == "cuda", drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training images per {dist.get_world_size()} process(es) do not "  # type: ignore[arg-type]
+                         f"fill one batch of {args.batch_size}")
+    return loader
 
 
 def make_eval_loader(dataset: Dataset, args: argparse.Namespace, shard: bool) -> DataLoader:

@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
+import math
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from fsvfm.util import dist
+from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.lr_sched import adjust_learning_rate
-from fsvfm.util.misc import MetricLogger, NativeScalerWithGradNormCount, SmoothedValue, autocast
+from fsvfm.util.meters import MetricLogger, SmoothedValue
+from fsvfm.util.train_step import NonFiniteGuard, micro_step, reduce_losses
 
 logger = logging.getLogger(__name__)
-
-LOSS_KEYS = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
-MAX_CONSECUTIVE_SKIPS = 20
 
 
 class EMATarget:
@@ -66,19 +65,6 @@ def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[
     return {"loss": loss, "loss_rec_all": loss_rec_all, "loss_rec_sfr": loss_rec_sfr, "loss_cl": loss_cl}
 
 
-def reduce_losses(losses: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
-    """Mean of each loss over ranks, and whether any rank saw a non-finite value.
-
-    One all-reduce carries both, so every rank takes the same skip decision (spec 9.1 P6).
-    """
-    parts = torch.stack([losses[k].detach().float() for k in LOSS_KEYS])
-    bad = (~torch.isfinite(parts)).any().float().unsqueeze(0)
-    packed = dist.all_reduce_sum(torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad]))
-    values = packed.tolist()
-    world = dist.get_world_size()
-    return {k: v / world for k, v in zip(LOSS_KEYS, values)}, values[-1] > 0
-
-
 def _momentum_at(schedule: np.ndarray, step: int) -> float:
     return float(schedule[min(step, len(schedule) - 1)])
 
@@ -98,7 +84,7 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
     metric_logger = MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     num_iters, accum = len(data_loader), args.accum_iter
-    skipped_batches = consecutive = 0
+    guard = NonFiniteGuard()
     skipped_files = torch.zeros(1, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
@@ -106,18 +92,15 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
         if i % accum == 0:
             adjust_learning_rate(optimizer, i / num_iters + epoch, args)
         skipped_files += float(batch.get("num_skipped", 0))
-        no_sync = model.no_sync() if not update and hasattr(model, "no_sync") else contextlib.nullcontext()
-        with no_sync:
+        with micro_step(model, update):
             losses = forward_losses(model, target, batch, cl_loss_fn, args, device, args.amp)
             means, non_finite = reduce_losses(losses)
-            if non_finite:
-                skipped_batches += 1
-                consecutive += 1
-                _skip_batch(optimizer, losses, epoch, i, consecutive)
+            if guard.skip(non_finite, optimizer, losses, epoch, i):
                 continue
-            loss_scaler(losses["loss"] / accum, optimizer, clip_grad=args.clip_grad,
-                        parameters=model.parameters(), update_grad=update)
-        consecutive = 0
+            norm = loss_scaler(losses["loss"] / accum, optimizer, clip_grad=args.clip_grad,
+                               parameters=model.parameters(), update_grad=update)
+        if norm is not None and math.isfinite(float(norm)):
+            metric_logger.update(grad_norm=float(norm))
         if update:
             optimizer.zero_grad(set_to_none=True)
         ema.update(_momentum_at(momentum_schedule, epoch * num_iters + i))
@@ -127,25 +110,11 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
             epoch_1000x = int((i / num_iters + epoch) * 1000)
             log_writer.add_scalar("train_loss", means["loss"], epoch_1000x)
             log_writer.add_scalar("lr", lr, epoch_1000x)
-            for key in LOSS_KEYS[1:]:   # loss_rec_all, loss_rec_sfr, loss_cl
+            for key in ("loss_rec_all", "loss_rec_sfr", "loss_cl"):
                 log_writer.add_scalar(key, means[key], epoch_1000x)
     stats = metric_logger.global_averages()  # meters already hold all-reduced values
-    stats["skipped_batches"] = skipped_batches
+    stats["skipped_batches"] = guard.skipped
     stats["skipped_files"] = int(dist.all_reduce_sum(skipped_files).item())
-    logger.info("Averaged stats: %s  skipped batches: %d  skipped files: %d", metric_logger, skipped_batches,
+    logger.info("Averaged stats: %s  skipped batches: %d  skipped files: %d", metric_logger, guard.skipped,
                 stats["skipped_files"])
     return stats
-
-
-def _skip_batch(optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tensor], epoch: int, it: int,
-                consecutive: int) -> None:
-    """Drop the batch (and the partial accumulation window) on every rank; abort after too many."""
-    optimizer.zero_grad(set_to_none=True)
-    local = {k: float(v.detach()) for k, v in losses.items()}
-    logger.warning("epoch %d iteration %d: non-finite loss on some rank, batch skipped on all ranks "
-                   "(this rank: %s)", epoch, it, local)
-    if consecutive >= MAX_CONSECUTIVE_SKIPS:
-        raise FloatingPointError(
-            f"the loss was not finite for {consecutive} consecutive batches (last, this rank: {local}); "
-            "training diverged: lower --blr, use --amp bf16/none, or check the data")
-

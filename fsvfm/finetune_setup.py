@@ -1,6 +1,6 @@
 """Building blocks shared by the fine-tuning and test programs (DfD / DiFF now, FAS and the
-FS-Adapter later): parser groups, the classifier, pre-trained encoder loading, mixup/criterion,
-the layer-decayed optimizer and normalisation statistics."""
+FS-Adapter later): the classifier (built by registry name), pre-trained encoder loading, rebuilding
+a fine-tuned classifier from its checkpoint, mixup/criterion and the layer-decayed optimizer."""
 from __future__ import annotations
 
 import argparse
@@ -8,72 +8,28 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
 
-from fsvfm import models_vit
+from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import (
     CheckpointError,
+    args_dict,
     load_checkpoint,
     load_model_weights,
     model_state_from,
-    resolve_checkpoint_path,
 )
-from fsvfm.util.lr_decay import param_groups_lrd
-from fsvfm.util.norm_stats import STATS_FILENAME, resolve_mean_std
+from fsvfm.util.dist import unwrap_model
+from fsvfm.util.finetune_data import build_transform
+from fsvfm.util.norm_stats import checkpoint_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------ parser groups
-def classifier_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("classifier")
-    g.add_argument("--nb_classes", default=2, type=int, help="classes (fake 0, real 1)")
-    g.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
-    g.add_argument("--global_pool", action="store_true", default=True,
-                   help="features = fc_norm(mean of patch tokens) (default)")
-    g.add_argument("--cls_token", action="store_false", dest="global_pool", help="features = norm(x)[:, 0]")
-    g.add_argument("--model_kwargs", default=None,
-                   help='JSON dict of extra factory keywords, e.g. \'{"img_size": 32, "depth": 2}\' '
-                        "(non-standard sizes; stored in the checkpoint)")
-    return p
-
-
-def augment_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("augmentation, mixup and criterion")
-    g.add_argument("--color_jitter", default=None, type=float, help="used only without --aa")
-    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy")
-    g.add_argument("--train_interpolation", default="bicubic", choices=("bicubic", "bilinear"),
-                   help="training crop/RandAugment interpolation (bilinear = the original's accident)")
-    g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
-    g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
-    g.add_argument("--remode", default="pixel", help="random erasing mode")
-    g.add_argument("--recount", default=1, type=int, help="random erasing count")
-    g.add_argument("--resplit", action="store_true", default=False, help="accepted, unused (as in the original)")
-    g.add_argument("--mixup", default=0.0, type=float, help="mixup alpha (> 0 enables)")
-    g.add_argument("--cutmix", default=0.0, type=float, help="cutmix alpha (> 0 enables)")
-    g.add_argument("--cutmix_minmax", default=None, type=float, nargs="+", help="cutmix min/max ratio")
-    g.add_argument("--mixup_prob", default=1.0, type=float)
-    g.add_argument("--mixup_switch_prob", default=0.5, type=float)
-    g.add_argument("--mixup_mode", default="batch", choices=("batch", "pair", "elem"))
-    return p
-
-
-def split_file_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("split files")
-    g.add_argument("--dataset_abs_path", default=None, help="prefix joined to the paths in split files")
-    g.add_argument("--delimiter_in_split", "--delimiter_in_spilt", dest="delimiter_in_split", default=" ",
-                   help="delimiter between path and label in split files (e.g. ',' or ', ')")
-    return p
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -91,13 +47,12 @@ def parse_model_kwargs(value: str | dict | None) -> dict[str, Any]:
     return kwargs
 
 
-def build_classifier(args: argparse.Namespace) -> models_vit.VisionTransformer:
-    """``models_vit`` classifier from ``--model``, ``--nb_classes``, ``--drop_path``, ``--global_pool``
+def build_classifier(args: argparse.Namespace) -> torch.nn.Module:
+    """Registered classifier ``--model`` with ``--nb_classes``, ``--drop_path``, ``--global_pool``
     and ``--model_kwargs`` (``img_size`` defaults to ``--input_size``)."""
     kwargs = {"img_size": args.input_size, **parse_model_kwargs(args.model_kwargs)}
-    return models_vit.create_model(args.model, num_classes=args.nb_classes,
-                                   drop_path_rate=getattr(args, "drop_path", 0.0),
-                                   global_pool=args.global_pool, **kwargs)
+    return create_model(args.model, family="classifier", num_classes=args.nb_classes,
+                        drop_path_rate=getattr(args, "drop_path", 0.0), global_pool=args.global_pool, **kwargs)
 
 
 def _summarise(keys: Iterable[str]) -> str:
@@ -157,28 +112,65 @@ def build_mixup_and_criterion(args: argparse.Namespace) -> tuple[Mixup | None, t
     return None, torch.nn.CrossEntropyLoss()
 
 
+def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """timm's layer-decay parameter groups (spec 4.7): ``lr_scale = layer_decay ** (top - layer id)``,
+    weight decay 0 for 1-D parameters and ``model.no_weight_decay()``; frozen parameters skipped.
+    Layer ids come from the model's ``group_matcher`` (stem 0, ``blocks.i`` i + 1, rest on top), so
+    modules a task adds inside blocks join their block. Wrapped models are unwrapped first."""
+    model = unwrap_model(model)
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip,
+                                    layer_decay=layer_decay)
+
+
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
     """AdamW over layer-decayed groups (spec 4.7); ``args.lr`` must already be set."""
-    groups = param_groups_lrd(model, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
-    return torch.optim.AdamW(groups, lr=args.lr)
+    return torch.optim.AdamW(layer_decay_groups(model, args.weight_decay, args.layer_decay), lr=args.lr)
 
 
 def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# --------------------------------------------------------------------- normalisation statistics
-def finetune_norm_stats(args: argparse.Namespace) -> tuple[list[float], list[float], str]:
-    """Spec 4.4, training side: ``--output_dir``'s statistics file (a resumed run), else the one next
-    to ``--finetune``; a warning names what was missing. The caller records the result in
-    ``--output_dir`` so the test programs find it next to the checkpoints."""
-    files = [Path(args.output_dir) / STATS_FILENAME]
-    if args.finetune:
-        files.append(resolve_checkpoint_path(args.finetune).parent / STATS_FILENAME)  # hf:// too
-    return resolve_mean_std(imagenet=args.normalize_from_IMN, files=files)
+# ------------------------------------------------------------------ rebuilding a fine-tuned model
+FALLBACK_MODEL = "vit_large_patch16"
+DEFAULT_INPUT_SIZE = 224
 
 
-def checkpoint_norm_stats(args: argparse.Namespace, checkpoint: dict) -> tuple[list[float], list[float], str]:
-    """Spec 4.4, evaluation side: the checkpoint's ``norm_stats``, else the statistics file next to it."""
-    return resolve_mean_std(imagenet=args.normalize_from_IMN, embedded=checkpoint.get("norm_stats"),
-                            files=[resolve_checkpoint_path(args.resume).parent / STATS_FILENAME])
+def _rebuild_args(path: str | os.PathLike, checkpoint: dict, overrides: dict[str, Any]) -> argparse.Namespace:
+    """Model/input settings: an override when not None, else the checkpoint's, else the default."""
+    stored = args_dict(checkpoint)
+    pick = {k: v for k, v in overrides.items() if v is not None}
+    model = pick.get("model") or checkpoint.get("model_name") or stored.get("model") or FALLBACK_MODEL
+    kwargs = pick.get("model_kwargs", stored.get("model_kwargs"))
+    return argparse.Namespace(
+        model=model, model_kwargs=parse_model_kwargs(kwargs), resume=str(path),
+        input_size=int(pick.get("input_size", stored.get("input_size") or DEFAULT_INPUT_SIZE)),
+        nb_classes=int(pick.get("nb_classes", stored.get("nb_classes") or 2)),
+        global_pool=bool(pick.get("global_pool", stored.get("global_pool", True))),
+        drop_path=float(pick.get("drop_path", 0.0)),
+        apply_simple_augment=bool(pick.get("apply_simple_augment", False)),
+        normalize_from_IMN=bool(pick.get("normalize_from_IMN", False)))
+
+
+def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
+                                    **overrides: Any) -> tuple[torch.nn.Module, Callable, dict[str, Any]]:
+    """Rebuild a fine-tuned classifier from its checkpoint, in eval mode on ``device``, with the
+    test programs' eval transform (PIL image -> normalised tensor [3, S, S]).
+
+    The model name, ``model_kwargs``, ``input_size``, ``nb_classes`` and ``global_pool`` come from
+    the checkpoint (``model_name`` / stored ``args``) unless given in ``overrides`` (None = not
+    given); ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
+    ``normalize_from_IMN`` are off unless given; normalisation statistics come from the checkpoint's
+    ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
+    ``info``: ``model``, ``input_size``, ``mean``, ``std``, ``norm_source``, ``eval_transform``.
+    """
+    checkpoint = load_checkpoint(path)
+    args = _rebuild_args(path, checkpoint, overrides)
+    model = build_classifier(args)
+    load_model_weights(model, model_state_from(checkpoint, path), strict=True, source=path)
+    mean, std, source = checkpoint_mean_std(checkpoint, path, imagenet=args.normalize_from_IMN)
+    resize = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
+    info = {"model": args.model, "input_size": args.input_size, "mean": mean, "std": std, "norm_source": source,
+            "eval_transform": f"{resize} to {args.input_size}"}
+    return model.to(device).eval(), build_transform(False, args, mean, std), info

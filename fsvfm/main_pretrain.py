@@ -18,8 +18,10 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fsvfm.engine_pretrain import EMATarget, train_one_epoch
-from fsvfm.models_fsfm import create_model, vit_target_network
+from fsvfm.models_fsfm import vit_target_network
+from fsvfm.registry import create_model
 from fsvfm.util import dist
+from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import (
     default_output_dir,
     distributed_parser,
@@ -31,24 +33,27 @@ from fsvfm.util.args import (
 from fsvfm.util.checkpoint import (
     CheckpointError,
     beside,
-    find_latest_checkpoint,
+    epoch_checkpoint_tags,
     load_checkpoint,
     load_model_weights,
     model_state_from,
     resolve_checkpoint_path,
+    restore_training_state,
+    resume_path,
     save_checkpoint,
 )
 from fsvfm.util.crfrp import CRFRPCollate
-from fsvfm.util.log import setup_logging
+from fsvfm.util.fileio import append_json_line
+from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
 from fsvfm.util.lr_sched import cosine_scheduler
-from fsvfm.util.misc import NativeScalerWithGradNormCount, append_json_line, resolve_amp, seed_everything
 from fsvfm.util.pretrain_data import (
     PretrainTransform,
     build_pretrain_dataset,
     dataset_image_paths,
     resolve_pretrain_mean_std,
 )
+from fsvfm.util.seeding import seed_everything
 from fsvfm.visualize import PretrainImageLogger
 
 logger = logging.getLogger("fsvfm.main_pretrain")
@@ -57,7 +62,7 @@ logger = logging.getLogger("fsvfm.main_pretrain")
 def get_args_parser() -> argparse.ArgumentParser:
     parents = [input_parser("fsfm_vit_base_patch16"),
                optimization_parser(epochs=400, warmup_epochs=40, min_lr=0.0, blr=1e-3),
-               run_parser(), distributed_parser()]
+               run_parser(print_freq=20), distributed_parser()]
     parser = argparse.ArgumentParser("FS-VFM pre-training", parents=parents)
     g = parser.add_argument_group("pre-training")
     g.add_argument("--patch_size", default=None, type=int,
@@ -74,7 +79,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="data root with images/ and parsing_maps/ (repeat for several data sets)")
     g.add_argument("--resume_target_network", default="",
                    help="target checkpoint for --resume (default: the checkpoint-te-* next to it)")
-    g.add_argument("--print_freq", default=20, type=int, help="progress log every N iterations")
     g.add_argument("--vis_freq", default=20, type=int,
                    help="every N epochs a TensorBoard image grid of fixed faces: input, CRFR-P mask, "
                         "reconstruction (0 = off)")
@@ -88,7 +92,7 @@ def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[torc
     """Online network and a target network that starts as an exact copy of it (spec 3.5)."""
     overrides = json.loads(args.model_overrides) if args.model_overrides else {}
     kwargs = {"img_size": args.input_size, **overrides}
-    model = create_model(args.model, norm_pix_loss=args.norm_pix_loss, **kwargs)
+    model = create_model(args.model, family="pretrain", norm_pix_loss=args.norm_pix_loss, **kwargs)
     target = vit_target_network(args.model, **kwargs)
     if args.patch_size is None:
         args.patch_size = model.patch_size
@@ -117,16 +121,10 @@ def build_loader(args: argparse.Namespace, dataset: Dataset) -> DataLoader:
 
 def resume_paths(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """Online and target checkpoints to resume from (``--resume`` or ``--auto_resume``), or None."""
-    if args.resume:
-        online = resolve_checkpoint_path(args.resume)
-    elif args.auto_resume:
-        online = find_latest_checkpoint(args.output_dir, "checkpoint-")
-        if online is None:
-            logger.info("--auto_resume: no checkpoint in %s, starting from scratch", args.output_dir)
-            return None
-    elif args.resume_target_network:
-        raise ValueError("--resume_target_network needs --resume (the online checkpoint)")
-    else:
+    online = resume_path(args)
+    if online is None:
+        if args.resume_target_network and not args.auto_resume:
+            raise ValueError("--resume_target_network needs --resume (the online checkpoint)")
         return None
     te_name = online.name.replace("checkpoint-", "checkpoint-te-", 1)
     target = resolve_checkpoint_path(args.resume_target_network or beside(args.resume or online, te_name))
@@ -146,17 +144,9 @@ def resume(args: argparse.Namespace, model: torch.nn.Module, target: torch.nn.Mo
     paths = resume_paths(args)
     if paths is None:
         return math.inf
-    online_ckpt, target_ckpt = (load_checkpoint(p) for p in paths)
-    load_model_weights(model, model_state_from(online_ckpt, paths[0]), strict=True, source=paths[0])
+    target_ckpt = load_checkpoint(paths[1])
     load_model_weights(target, model_state_from(target_ckpt, paths[1]), strict=True, source=paths[1])
-    state = online_ckpt if online_ckpt.get("optimizer") else target_ckpt
-    if state.get("optimizer"):
-        optimizer.load_state_dict(state["optimizer"])
-        loss_scaler.load_state_dict(state.get("scaler") or {})
-    else:
-        logger.warning("%s holds no optimizer state; the optimizer starts afresh", paths[0])
-    if online_ckpt.get("epoch") is not None:
-        args.start_epoch = int(online_ckpt["epoch"]) + 1
+    online_ckpt = restore_training_state(paths[0], model, optimizer, loss_scaler, args, fallback=target_ckpt)
     logger.info("resumed from %s and %s; continuing at epoch %d", paths[0], paths[1], args.start_epoch)
     return float(online_ckpt.get("min_pretrain_loss", math.inf))
 
@@ -213,12 +203,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     seed_everything(args.seed)
     model, target = build_networks(args, device)
     seed_everything(args.seed + dist.get_rank())
-    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
-    mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
-                                          args.normalize_from_IMN, args.batch_size, args.num_workers, device)
-    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
-    for ds in getattr(dataset, "datasets", [dataset]):
-        ds.transform = transform
+    dataset, mean, std = _normalised_dataset(args, device)
     loader = build_loader(args, dataset)
 
     model_ddp = dist.wrap_model(model, args)
@@ -231,7 +216,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     ema = EMATarget(model, target)
     momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
     cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
-    log_writer = _summary_writer(args.output_dir)
+    log_writer = summary_writer(args)
     log_images = PretrainImageLogger(log_writer, dataset, mean, std, args.patch_size, args.mask_ratio, args.vis_freq)
 
     stats: dict[str, float] = {}
@@ -248,27 +233,32 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     return stats
 
 
+def _normalised_dataset(args: argparse.Namespace,
+                        device: torch.device) -> tuple[Dataset, list[float], list[float]]:
+    """The pre-training data set with the run's normalisation statistics (computed once, spec 3.11),
+    and those statistics."""
+    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
+    mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
+                                          args.normalize_from_IMN, args.batch_size, args.num_workers, device)
+    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
+    for ds in getattr(dataset, "datasets", [dataset]):
+        ds.transform = transform
+    return dataset, mean, std
+
+
 def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float], best_loss: float,
                   model: torch.nn.Module, target: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   loss_scaler: NativeScalerWithGradNormCount) -> float:
     """Best-loss and periodic checkpoints, then the ``log.txt`` line; returns the best loss."""
     loss = stats.get("loss", math.nan)
-    if epoch > 0 and loss < best_loss:
-        best_loss = loss
-        save_pair(args, "min_pretrain_loss", epoch, model, target, optimizer, loss_scaler, best_loss)
-    if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
-        save_pair(args, epoch, epoch, model, target, optimizer, loss_scaler, best_loss)
+    improved = epoch > 0 and loss < best_loss
+    best_loss = loss if improved else best_loss
+    for tag in epoch_checkpoint_tags(epoch, args, improved, "min_pretrain_loss"):
+        save_pair(args, tag, epoch, model, target, optimizer, loss_scaler, best_loss)
     if dist.is_main_process():
         record = {f"train_{k}": v for k, v in stats.items()}
         append_json_line(Path(args.output_dir) / "log.txt", {**record, "epoch": epoch})
     return best_loss
-
-
-def _summary_writer(output_dir: str):
-    if not dist.is_main_process():
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=output_dir)
 
 
 if __name__ == "__main__":

@@ -284,34 +284,29 @@ def _config(model_name: str, **kwargs) -> dict:
     return cfg
 
 
-def create_model(model_name: str, **kwargs) -> FSFMViT:
-    """Build the online network by name (``fsfm_vit_{small,base,large}_patch16``, ``..._huge_patch14``)."""
-    return FSFMViT(**_config(model_name, **kwargs))
-
-
 def vit_target_network(model_name: str, **kwargs) -> TargetNetworkViT:
     """Build the target network matching the online network ``model_name``."""
     return TargetNetworkViT(**_config(model_name, **kwargs))
 
 
-@register_model("pretrain")
+@register_model("pretrain", aliases=("fsfm_vit_small_patch16_dec512d8b",))
 def fsfm_vit_small_patch16(**kwargs) -> FSFMViT:
-    return create_model("fsfm_vit_small_patch16", **kwargs)
+    return FSFMViT(**_config("fsfm_vit_small_patch16", **kwargs))
 
 
-@register_model("pretrain")
+@register_model("pretrain", aliases=("fsfm_vit_base_patch16_dec512d8b",))
 def fsfm_vit_base_patch16(**kwargs) -> FSFMViT:
-    return create_model("fsfm_vit_base_patch16", **kwargs)
+    return FSFMViT(**_config("fsfm_vit_base_patch16", **kwargs))
 
 
-@register_model("pretrain")
+@register_model("pretrain", aliases=("fsfm_vit_large_patch16_dec512d8b",))
 def fsfm_vit_large_patch16(**kwargs) -> FSFMViT:
-    return create_model("fsfm_vit_large_patch16", **kwargs)
+    return FSFMViT(**_config("fsfm_vit_large_patch16", **kwargs))
 
 
-@register_model("pretrain")
+@register_model("pretrain", aliases=("fsfm_vit_huge_patch14_dec512d8b",))
 def fsfm_vit_huge_patch14(**kwargs) -> FSFMViT:
-    return create_model("fsfm_vit_huge_patch14", **kwargs)
+    return FSFMViT(**_config("fsfm_vit_huge_patch14", **kwargs))
 
 
 fsfm_vit_small_patch16_dec512d8b = fsfm_vit_small_patch16

@@ -35,15 +35,12 @@ class VisionTransformer(_TimmViT):
         kwargs.setdefault("mlp_ratio", 4)
         super().__init__(global_pool=global_pool, **kwargs)
 
-    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> pooled, normalised feature [N, D] (the input of ``head``)."""
-        return self.forward_head(self.forward_features(x), pre_logits=True)
-
-
-def create_model(model_name: str, **kwargs) -> nn.Module:
-    """Build a classifier by registered name; keywords: ``num_classes``, ``drop_path_rate``, ``global_pool``, ..."""
-    from fsvfm.registry import create_model as _create
-    return _create(model_name, family="classifier", **kwargs)
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer ids for layer-wise lr decay (spec 4.7): stem 0, ``blocks.i`` i + 1, everything else
+        (``norm``, ``fc_norm``, ``head``, modules a task adds) the top layer. timm's own matcher
+        would put ``norm`` with the last block."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed|^reg_token|^dist_token",
+                "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None)]}
 
 
 class Adapter(nn.Module):

@@ -48,10 +48,10 @@ from fsvfm.hub import HubError
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import frame_count, read_frames, unique_indices
+from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.fileio import atomic_path, atomic_write_text
-from fsvfm.util.finetune_data import FAKE, REAL, build_transform
-from fsvfm.util.misc import AMP_CHOICES, autocast, resolve_amp
+from fsvfm.util.finetune_data import FAKE, REAL
 
 logger = logging.getLogger(__name__)
 
@@ -120,24 +120,19 @@ def crop_mode_for(task: str) -> str:
 def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = False
                        ) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor], dict[str, Any]]:
     """The fine-tuned classifier of a checkpoint (local or ``hf://``) and the test programs' evaluation
-    transform (PIL image -> [3, S, S]), rebuilt as ``fsvfm.testing`` rebuilds it, with the input size,
-    class count and pooling recorded in the checkpoint. Returns ``(model in eval mode, transform, info)``."""
-    from fsvfm.finetune_setup import checkpoint_norm_stats
-    from fsvfm.testing import load_classifier, test_parser
+    transform (PIL image -> [3, S, S]), rebuilt as the test programs rebuild it
+    (:func:`fsvfm.finetune_setup.load_classifier_from_checkpoint`). Returns ``(model in eval mode,
+    transform, info)``."""
+    from fsvfm.finetune_setup import load_classifier_from_checkpoint
     local = resolve_checkpoint_path(path)
     checkpoint = load_checkpoint(local)
     stored = args_dict(checkpoint)
-    args = test_parser("predict").parse_args(["--resume", str(local)])
-    for key in ("input_size", "nb_classes", "global_pool", "normalize_from_IMN"):
-        if key in stored:
-            setattr(args, key, stored[key])
-    args.apply_simple_augment = apply_simple_augment
-    model = load_classifier(args, checkpoint).eval()
-    mean, std, source = checkpoint_norm_stats(args, checkpoint)
+    model, transform, built = load_classifier_from_checkpoint(
+        local, apply_simple_augment=apply_simple_augment, normalize_from_IMN=stored.get("normalize_from_IMN"))
     task = checkpoint.get("task") or stored.get("task") or DEFAULT_TASK
-    info = {"checkpoint": str(path), "model": args.model, "input_size": args.input_size, "task": task,
-            "norm_stats": {"mean": mean, "std": std, "source": source}}
-    return model, build_transform(False, args, mean, std), info
+    info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
+            "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]}}
+    return model, transform, info
 
 
 # ------------------------------------------------------------------------------------ inputs

@@ -19,13 +19,16 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: dict[str, str] = {}
 
 
-def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn`` under its own name in ``family``; a second registration of a name fails."""
+def register_model(family: str, aliases: tuple[str, ...] = ()) -> Callable[[Callable[..., nn.Module]],
+                                                                          Callable[..., nn.Module]]:
+    """Decorator: register ``fn`` under its own name (and ``aliases``) in ``family``; a second
+    registration of a name fails."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if fn.__name__ in _FACTORIES and _FACTORIES[fn.__name__] is not fn:
-            raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _FACTORIES[fn.__name__] = fn
-        _FAMILIES[fn.__name__] = family
+        for name in (fn.__name__, *aliases):
+            if name in _FACTORIES and _FACTORIES[name] is not fn:
+                raise ValueError(f"model {name!r} is registered twice")
+            _FACTORIES[name] = fn
+            _FAMILIES[name] = family
         return fn
     return wrap
 

@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
-from fsvfm import models_fsfm
+from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
 from tests.conftest import TINY_FSFM
 
 
 def _tiny():
-    return models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    return create_model("fsfm_vit_small_patch16", **TINY_FSFM)
 
 
 def test_round_trip_restores_weights_optimizer_and_plain_args(tmp_path):

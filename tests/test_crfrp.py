@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsvfm.models_fsfm import create_model
+from fsvfm.registry import create_model
 from fsvfm.util.crfrp import (
     FACE_BOUNDARY,
     REGION_GROUPS,

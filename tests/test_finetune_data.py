@@ -17,6 +17,7 @@ from torchvision import transforms
 
 from fsvfm.util import finetune_data as fd
 from fsvfm.util import norm_stats as ns
+from fsvfm.util.naming import DFD_VOCABULARY, video_name_from_path
 
 
 def write_image(path: Path, real: bool, seed: int, size: int = 32) -> None:
@@ -32,7 +33,7 @@ def make_split_tree(root: Path, split: str, videos: int = 2, frames: int = 3,
                     classes: tuple[str, str] = ("fake_four", "real_youtube")) -> Path:
     """``root/split/{fake,real folder}/v{k}_frame_{j}.png``; returns ``root``."""
     for c, cls in enumerate(classes):
-        real = fd.folder_label(cls) == fd.REAL
+        real = DFD_VOCABULARY.label_of(cls) == 1
         for v in range(videos):
             for f in range(frames):
                 write_image(root / split / cls / f"{cls}{v}_frame_{f}.png", real, seed=zlib.crc32(f"{split}/{c}/{v}/{f}".encode()))
@@ -42,13 +43,13 @@ def make_split_tree(root: Path, split: str, videos: int = 2, frames: int = 3,
 @pytest.mark.parametrize("name,label", [("DiFF_real", 1), ("real_youtube", 1), ("fake_four", 0),
                                         ("Real", 1), ("fake_DeepFakes", 0), ("real_actors", 1), ("fake", 0)])
 def test_folder_label_by_meaning(name, label):
-    assert fd.folder_label(name) == label
+    assert DFD_VOCABULARY.label_of(name) == label
 
 
 @pytest.mark.parametrize("name", ["DiFF_images", "fake_vs_real", "youtube"])
 def test_ambiguous_folder_is_an_error_naming_it(name):
     with pytest.raises(ValueError, match=name):
-        fd.folder_label(name, "/data/x")
+        DFD_VOCABULARY.label_of(name, "/data/x")
 
 
 def test_image_folder_labels_not_alphabetical(tmp_path):
@@ -72,8 +73,8 @@ def test_image_folder_rejects_ambiguous_class(tmp_path):
 
 
 def test_video_names():
-    assert fd.video_name_from_path("/a/b/id0_id1_0003_frame_12.png") == "id0_id1_0003"
-    assert fd.video_name_from_path("/a/_Roop_a_0001.png") == "_Roop_a_0001.png"
+    assert video_name_from_path("/a/b/id0_id1_0003_frame_12.png") == "id0_id1_0003"
+    assert video_name_from_path("/a/_Roop_a_0001.png") == "_Roop_a_0001.png"
 
 
 @pytest.mark.parametrize("delimiter", [",", ", ", " "])

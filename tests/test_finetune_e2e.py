@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from fsvfm import main_finetune_DfD, models_fsfm, testing
-from fsvfm.finetune_setup import load_pretrained_encoder
-from fsvfm.main_test_DfD import DFD_TEST_SETS
-from fsvfm.models_vit import create_model
+from fsvfm import evaluation, main_finetune_DfD
+from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
+from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
+from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fsvfm.util.metrics import eer_threshold, rates_at
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.test_finetune_data import make_split_tree, write_image
@@ -25,7 +31,7 @@ def write_pretrain_checkpoint(folder: Path, legacy: bool = False) -> Path:
     """A checkpoint as main_pretrain writes it (shared save function + stats file), or the
     released legacy layout (Namespace args, plain torch.save)."""
     torch.manual_seed(1)
-    net = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    net = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     path = folder / "checkpoint-1.pth"
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,10 +104,25 @@ def _make_test_root(root: Path) -> Path:
     return root
 
 
+def _frame_scores(model, transform, folder: Path) -> tuple[list[int], list[float], dict[str, list[float]]]:
+    """Labels, P(real) and per-video scores of every image under ``folder/{fake,real}``."""
+    labels, scores, videos = [], [], {}
+    for img in sorted(folder.rglob("*.png")):
+        with Image.open(img) as im, torch.no_grad():
+            score = float(model(transform(im.convert("RGB"))[None]).softmax(-1)[0, 1])
+        labels.append(int(img.parent.name.startswith("real")))
+        scores.append(score)
+        videos.setdefault(img.name.split("_frame_")[0], []).append(score)
+    return labels, scores, videos
+
+
 def test_finetune_then_test(workspace):
     root, ckpt, data = workspace
     out = root / "run"
-    result = main_finetune_DfD.cli(finetune_argv(ckpt, data, out))
+    # head initialised at std 2e-5: the untrained validation loss is ln 2 to 4 decimals
+    result = main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--lr", "5e-3", "--warmup_epochs", "0"))
+    assert result["last_val"]["loss"] < 0.65 < math.log(2)  # it learned (separable brightness classes)
+    assert result["last_val"]["acc"] == 100.0
     for name in ("checkpoint-min_val_loss.pth", "checkpoint-1.pth", "log.txt", "log_detail.txt", STATS_FILENAME):
         assert (out / name).is_file(), name
     assert list(out.glob("events.out.tfevents.*"))
@@ -111,27 +132,45 @@ def test_finetune_then_test(workspace):
     assert {"train_lr", "train_loss", "val_loss", "val_auc", "epoch", "n_parameters"} <= set(records[0])
     assert result["min_val_loss"] == pytest.approx(min(r["val_loss"] for r in records))
     saved = load_checkpoint(out / "checkpoint-1.pth")
-    assert saved["epoch"] == 1 and saved["model_name"] == "vit_small_patch16"
+    assert saved["epoch"] == 1 and saved["model_name"] == "vit_small_patch16" and saved["task"] == "DfD"
     assert saved["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
     assert "head.weight" in saved["model"]
 
     test_root = _make_test_root(root / "tests_root")
     test_out = out / "experiments_test"
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
+    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
                                                                 "--test_root", str(test_root)))
     assert list(report["results"]) == ["Celeb-DF-v1", "DFDC"]
     assert report["norm_stats"]["source"] == "checkpoint norm_stats" and report["model"] == "vit_small_patch16"
+    model, transform, info = load_classifier_from_checkpoint(out / "checkpoint-min_val_loss.pth", input_size=32)
+    assert info["model"] == "vit_small_patch16" and info["mean"] == PRETRAIN_STATS[0]
     for name, res in report["results"].items():
         assert res["num_images"] == 8 and res["video"]["num_videos"] == 4
-        for level in ("frame", "video"):
-            assert 0 <= res[level]["auc"] <= 100 and 0 <= res[level]["eer"] <= 1
-            assert 0 <= res[level]["balanced_acc"] <= 100
+        # the public rebuild function scores exactly as the test program did
+        folder = test_root / next(t.folder for t in DFD_TEST_SETS if t.name == name) / "test"
+        labels, scores, videos = _frame_scores(model, transform, folder)
+        assert res["frame"]["auc"] == pytest.approx(100 * roc_auc_score(labels, scores))
         assert (test_out / f"roc_{name}.png").stat().st_size > 1000
-        rows = (test_out / f"scores_{name}.csv").read_text().splitlines()
-        assert rows[0] == "video,label,score_real,pred,num_frames" and len(rows) == 5
+        rows = list(csv.DictReader((test_out / f"scores_{name}.csv").open()))
+        assert len(rows) == 4 and {r["video"]: float(r["score_real"]) for r in rows} == pytest.approx(
+            {v: float(np.mean(s)) for v, s in videos.items()}, abs=1e-6)
+        assert res["video"]["auc"] == pytest.approx(100 * roc_auc_score(
+            [int(r["label"]) for r in rows], [float(r["score_real"]) for r in rows]))
     text = (test_out / "test_results.txt").read_text()
     assert text.count("FRAME-LEVEL") == 2 and text.count("VIDEO-LEVEL") == 2 and "Testing time" in text
     assert json.loads((test_out / "test_results.json").read_text())["results"].keys() == report["results"].keys()
+
+    # a threshold chosen on the validation folder, applied to each test set
+    thr = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", out / "thr", "--test_root",
+                                             str(test_root), "--metric_mode", "image_val_threshold",
+                                             "--finetune_data_path", str(data)))
+    v_labels, v_scores, _ = _frame_scores(model, transform, data / "val")
+    threshold = eer_threshold(v_labels, v_scores)
+    for name, res in thr["results"].items():
+        folder = test_root / next(t.folder for t in DFD_TEST_SETS if t.name == name) / "test"
+        labels, scores, _ = _frame_scores(model, transform, folder)
+        assert res["frame"]["val_threshold"] == pytest.approx(threshold)
+        assert res["frame"]["hter_at_val_threshold"] == pytest.approx(rates_at(labels, scores, threshold)["hter"])
 
     # auto-resume continues after the last saved epoch
     main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "3", "--auto_resume"))
@@ -141,11 +180,11 @@ def test_finetune_then_test(workspace):
 
 def test_test_sets_selection(tmp_path):
     root = _make_test_root(tmp_path)
-    assert [t.name for t in testing.select_test_sets(DFD_TEST_SETS, str(root), None)] == ["Celeb-DF-v1", "DFDC"]
+    assert [t.name for t in evaluation.select_test_sets(DFD_TEST_SETS, str(root), None)] == ["Celeb-DF-v1", "DFDC"]
     with pytest.raises(FileNotFoundError, match="WDF"):
-        testing.select_test_sets(DFD_TEST_SETS, str(root), ["DFDC", "WDF"])
+        evaluation.select_test_sets(DFD_TEST_SETS, str(root), ["DFDC", "WDF"])
     with pytest.raises(ValueError, match="unknown test set"):
-        testing.select_test_sets(DFD_TEST_SETS, str(root), ["nope"])
+        evaluation.select_test_sets(DFD_TEST_SETS, str(root), ["nope"])
 
 
 def test_split_files_finetune_and_list_test(workspace, tmp_path):
@@ -165,7 +204,7 @@ def test_split_files_finetune_and_list_test(workspace, tmp_path):
     abs_lines = [f"{data / line.split(', ')[0]},{line.split(', ')[1]}"
                  for line in (tmp_path / "val.txt").read_text().splitlines()]
     (tmp_path / "list.txt").write_text("\n".join(abs_lines) + "\n")
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(
+    report = evaluation.cli(DFD_TASK, eval_argv(
         out / "checkpoint-0.pth", tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
         "--delimiter_in_split", ","))
     assert report["metric_mode"] == "image" and report["results"]["list"]["num_images"] == 8
@@ -220,10 +259,46 @@ def test_one_class_test_set_is_reported_and_the_others_still_run(workspace, tmp_
     for img in (test_root / dfdc / "test" / "real").iterdir():
         img.unlink()
     (test_root / dfdc / "test" / "real").rmdir()
-    report = testing.cli(DFD_TEST_SETS, "video", "t", eval_argv(out / "checkpoint-min_val_loss.pth",
+    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth",
                                                                 tmp_path / "test", "--test_root", str(test_root)))
     assert report["results"]["DFDC"]["num_images"] == 4 and "both fake=0 and real=1" in report["results"]["DFDC"]["error"]
-    assert 0 <= report["results"]["Celeb-DF-v1"]["frame"]["auc"] <= 100
+    assert report["results"]["Celeb-DF-v1"]["num_images"] == 8 and "error" not in report["results"]["Celeb-DF-v1"]
     text = (tmp_path / "test" / "test_results.txt").read_text()
     assert "DFDC: 4 images, skipped" in text and text.count("FRAME-LEVEL") == 1
     assert json.loads((tmp_path / "test" / "test_results.json").read_text())["results"]["DFDC"]["num_images"] == 4
+
+
+def test_cls_token_and_bf16_through_the_main(workspace, tmp_path):
+    _, ckpt, data = workspace
+    out = tmp_path / "ft"
+    main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "1", "--cls_token", "--amp", "bf16"))
+    saved = load_checkpoint(out / "checkpoint-0.pth")
+    assert saved["args"]["global_pool"] is False and saved["args"]["amp"] == "bf16"
+    assert "norm.weight" in saved["model"] and "fc_norm.weight" not in saved["model"]
+    record = json.loads((out / "log.txt").read_text().splitlines()[0])
+    assert math.isfinite(record["train_loss"]) and record["train_skipped_batches"] == 0
+    # the test program rebuilds pooling and input size from the checkpoint (no --cls_token, no --input_size)
+    report = evaluation.cli(DFD_TASK, ["--resume", str(out / "checkpoint-0.pth"), "--output_dir", str(tmp_path / "t"),
+                                       "--test_split", str(_list_file(data / "val", tmp_path / "val.txt")),
+                                       "--delimiter_in_split", ",", "--num_workers", "0", "--device", "cpu",
+                                       "--amp", "bf16"])
+    assert report["eval_transform"] == "full resize to 32" and report["results"]["val"]["num_images"] == 8
+    model, _, info = load_classifier_from_checkpoint(out / "checkpoint-0.pth")
+    assert model.global_pool == "token" and info["input_size"] == 32
+
+
+def _list_file(folder: Path, path: Path) -> Path:
+    path.write_text("".join(f"{p},{int(p.parent.name.startswith('real'))}\n" for p in sorted(folder.rglob("*.png"))))
+    return path
+
+
+def test_accum_iter_and_clip_grad_through_the_main(workspace, tmp_path):
+    _, ckpt, data = workspace
+    out = tmp_path / "ft"
+    # 12 training images, batch 4 -> 3 iterations; --accum_iter 2 -> one optimizer step (the tail is dropped)
+    main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "1", "--accum_iter", "2", "--clip_grad", "0.5"))
+    saved = load_checkpoint(out / "checkpoint-0.pth")
+    assert {int(s["step"]) for s in saved["optimizer"]["state"].values()} == {1}
+    assert saved["args"]["lr"] == pytest.approx(5e-3 * 4 * 2 / 256)  # effective batch includes accumulation
+    record = json.loads((out / "log.txt").read_text().splitlines()[0])
+    assert record["train_grad_norm"] > 0 and math.isfinite(record["train_grad_norm"])

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fsvfm import models_vit
-from fsvfm.registry import list_models
+from fsvfm.registry import create_model, list_models
 from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.trainable import apply_trainable_modules, count_parameters
 from tests.conftest import TINY_VIT
@@ -20,7 +20,7 @@ NEW = ("adapter.", "projector.", "head.")
 
 
 def _tiny(name: str = "vit_small_patch16_fs_adapter", **kw) -> models_vit.FSAdapterViT:
-    return models_vit.create_model(name, **{**TINY_VIT, "num_classes": 2, **kw})
+    return create_model(name, **{**TINY_VIT, "num_classes": 2, **kw})
 
 
 def test_adapter_models_are_registered_classifiers():
@@ -31,7 +31,7 @@ def test_full_size_state_dicts_match_reference_fixture(shared_dir):
     ref = json.loads((shared_dir / "fixtures" / "reference_state_dict_shapes.json").read_text())
     with torch.device("meta"):
         for name in SIZES:
-            model = models_vit.create_model(f"{name}_fs_adapter", num_classes=2)
+            model = create_model(f"{name}_fs_adapter", num_classes=2)
             assert {k: list(v.shape) for k, v in model.state_dict().items()} == ref[f"{name}:fs_adapter"]
 
 
@@ -68,7 +68,7 @@ def test_new_layers_keep_pytorch_default_init_after_timm_init():
     torch.manual_seed(7)
     model = _tiny()
     torch.manual_seed(7)  # same RNG stream: timm builds and inits the encoder, then the new layers follow
-    base = models_vit.create_model("vit_small_patch16", **{**TINY_VIT, "num_classes": 2})
+    base = create_model("vit_small_patch16", **{**TINY_VIT, "num_classes": 2})
     ref = {"adapter.linear1": nn.Linear(48, 12, bias=False), "adapter.linear2": nn.Linear(12, 48, bias=False),
            "projector": nn.Linear(12, 12), "head": nn.Linear(96, 2)}
     state = model.state_dict()
@@ -101,7 +101,7 @@ def test_trainable_modules_rules_and_counts():
 
 def test_base_size_trainable_count_by_hand():
     with torch.device("meta"):
-        model = models_vit.create_model("vit_base_patch16_fs_adapter", num_classes=2)
+        model = create_model("vit_base_patch16_fs_adapter", num_classes=2)
     count = apply_trainable_modules(model, "fs-adapter")
     assert count.trainable == 2 * 768 * 192 + 192 * 192 + 192 + 2 * 1536 + 2
 

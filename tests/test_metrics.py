@@ -66,9 +66,28 @@ def test_one_class_is_a_clear_error(fn):
 def test_metric_modes():
     labels, scores, preds = [0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], [0, 1, 0, 1]
     names = ["f1", "f1", "r1", "r2"]
-    image = M.METRIC_MODES["image"](labels, scores, preds, names)
+    test = M.ScoredSet(np.array(labels), np.array(scores), np.array(preds), names)
+    image = M.METRIC_MODES["image"].compute(test, None)
     assert set(image) == {"frame"}
     assert image["frame"]["auc"] == pytest.approx(75.0)
-    both = M.METRIC_MODES["video"](labels, scores, preds, names)
+    both = M.METRIC_MODES["video"].compute(test, None)
     assert set(both) == {"frame", "video"} and both["video"]["num_videos"] == 3
     assert both["video"]["auc"] == pytest.approx(100.0)  # f1: 0.35 < r1 0.4 < r2 0.9
+
+
+def test_threshold_chosen_on_validation_applied_to_test():
+    val = M.ScoredSet(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 0, 1]), list("abcd"))
+    # at 0.4: FPR = 1/2 (0.4 accepted), FNR = 1/2 (0.35 rejected) -> the EER point
+    assert M.eer_threshold(val.labels, val.scores) == pytest.approx(0.4)
+    test = M.ScoredSet(np.array([0, 0, 1, 1, 1]), np.array([0.3, 0.5, 0.45, 0.6, 0.9]), np.array([0, 1, 0, 1, 1]),
+                       list("vwxyz"))
+    mode = M.METRIC_MODES["image_val_threshold"]
+    assert mode.needs_validation and not M.METRIC_MODES["video"].needs_validation
+    frame = mode.compute(test, val)["frame"]
+    # 0.5 (fake) accepted, 0.3 rejected; every real accepted -> FAR 1/2, FRR 0, 4 of 5 right
+    assert frame["val_threshold"] == pytest.approx(0.4)
+    assert (frame["far_at_val_threshold"], frame["frr_at_val_threshold"]) == (0.5, 0.0)
+    assert frame["hter_at_val_threshold"] == 0.25 and frame["acc_at_val_threshold"] == pytest.approx(80.0)
+    assert frame["auc"] == pytest.approx(100 * 5 / 6)
+    with pytest.raises(ValueError, match="needs validation predictions"):
+        mode.compute(test, None)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fsvfm import models_fsfm, models_vit
+from fsvfm.registry import create_model
 from fsvfm.util.pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
 from tests.conftest import TINY_FSFM, TINY_VIT
 
@@ -89,7 +90,7 @@ def test_unknown_model_names_raise():
     with pytest.raises(ValueError, match="unknown pre-training model"):
         models_fsfm.vit_target_network("vit_tiny")
     with pytest.raises(ValueError, match="unknown classifier"):
-        models_vit.create_model("fsfm_vit_base_patch16")
+        create_model("fsfm_vit_base_patch16", family="classifier")
     with pytest.raises(ValueError, match="must equal embed_dim"):
         models_fsfm.FSFMViT(embed_dim=48, rep_decoder_embed_dim=32, num_heads=2, depth=1)
 
@@ -103,20 +104,20 @@ def test_full_size_state_dicts_match_reference_fixture(shared_dir):
     checked = 0
     with torch.device("meta"):
         for name in FSFM_NAMES:
-            assert _shapes(models_fsfm.create_model(name)) == ref[name]
+            assert _shapes(create_model(name)) == ref[name]
             assert _shapes(models_fsfm.vit_target_network(name)) == ref[f"{name}:target"]
             assert _shapes(getattr(models_fsfm, f"{name}_dec512d8b")()) == ref[name]
             checked += 3
         for name in VIT_NAMES:
             for gp in (True, False):
-                model = models_vit.create_model(name, num_classes=2, global_pool=gp)
+                model = create_model(name, num_classes=2, global_pool=gp)
                 assert _shapes(model) == ref[f"{name}:global_pool={gp}"]
                 checked += 1
     assert checked == 20
 
 
 def test_parameter_order_matches_original_registration():
-    names = [n for n, _ in models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM).named_parameters()]
+    names = [n for n, _ in create_model("fsfm_vit_small_patch16", **TINY_FSFM).named_parameters()]
     tops = list(dict.fromkeys(n.split(".")[0] for n in names))
     assert tops == ["cls_token", "pos_embed", "mask_token", "rep_decoder_pos_embed", "decoder_pos_embed",
                     "patch_embed", "blocks", "norm", "projector", "predictor", "rep_decoder_embed",
@@ -125,7 +126,7 @@ def test_parameter_order_matches_original_registration():
 
 
 def test_online_to_target_copy_gives_identical_full_view_projection():
-    online = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    online = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
     target = models_fsfm.vit_target_network("fsfm_vit_small_patch16", **TINY_FSFM)
     assert target.rep_decoder_pos_embed.abs().sum() > 0  # target's own init is sin-cos
     result = target.load_state_dict(online.state_dict(), strict=False)
@@ -146,7 +147,7 @@ def test_online_to_target_copy_gives_identical_full_view_projection():
 
 
 def test_patchify_layout_and_unpatchify_round_trip():
-    model = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)  # P = 8, G = 4
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM)  # P = 8, G = 4
     imgs = torch.randn(2, 3, 32, 32)
     patches = model.patchify(imgs)
     assert patches.shape == (2, 16, 8 * 8 * 3)
@@ -171,7 +172,7 @@ def test_sincos_table_values_by_hand():
 
 
 def test_interpolate_pos_embed_changes_grid_and_keeps_cls():
-    model = models_vit.create_model("vit_small_patch16", num_classes=2, **dict(TINY_VIT, img_size=48))
+    model = create_model("vit_small_patch16", num_classes=2, **dict(TINY_VIT, img_size=48))
     state = {"pos_embed": torch.randn(1, 1 + 16, 48)}
     cls = state["pos_embed"][:, :1].clone()
     interpolate_pos_embed(model, state)
@@ -184,7 +185,7 @@ def test_interpolate_pos_embed_changes_grid_and_keeps_cls():
 
 
 def test_region_absent_from_whole_batch_gives_zero_region_loss():
-    model = models_fsfm.create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
     img_mask, _ = _masks(2, 16, 12, 0)
     loss_all, loss_sfr, *_ = model(torch.randn(2, 3, 32, 32), img_mask, torch.zeros(2, 16), 0.75)
     assert torch.isfinite(loss_all) and loss_sfr.item() == 0.0
@@ -250,7 +251,7 @@ def _reference_online_forward(m, imgs, img_mask, sfr, heads):
 
 
 def test_online_forward_matches_hand_written_reference():
-    model = models_fsfm.create_model("fsfm_vit_small_patch16", norm_pix_loss=True, **TINY_FSFM).eval()
+    model = create_model("fsfm_vit_small_patch16", norm_pix_loss=True, **TINY_FSFM).eval()
     with torch.no_grad():
         model.rep_decoder_pos_embed.normal_()  # make the (normally zero) table matter in the check
     imgs = torch.randn(3, 3, 32, 32)

@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fsvfm.engine_pretrain import MAX_CONSECUTIVE_SKIPS, EMATarget, reduce_losses, train_one_epoch
+from fsvfm.engine_pretrain import EMATarget, train_one_epoch
+from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
-from fsvfm.util.misc import NativeScalerWithGradNormCount
+from fsvfm.util.train_step import MAX_CONSECUTIVE_SKIPS, reduce_losses
 
 
 class FakeOnline(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from fsvfm.main_pretrain import build_networks, get_args_parser, main, resume
-from fsvfm.util.misc import NativeScalerWithGradNormCount
+from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_FSFM
 

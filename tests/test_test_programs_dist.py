@@ -2,6 +2,7 @@
 that do not divide by the world size, so padding duplicates would show."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fsvfm import testing
-from fsvfm.main_test_DfD import DFD_TEST_SETS
+from fsvfm import evaluation
+from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
+from fsvfm.tasks import TestSet
 from tests.test_finetune_data import make_split_tree, write_image
 from tests.test_finetune_e2e import eval_argv, finetune_argv, write_pretrain_checkpoint
 
@@ -46,8 +48,8 @@ def test_two_process_dist_eval_matches_one_process(tmp_path):
     logged = json.loads((out / "log.txt").read_text().splitlines()[-1])
 
     # validation gathered over 2 ranks == the same checkpoint evaluated on the whole set in one process
-    val_table = [testing.TestSet("val", ".", split="val")]
-    one = testing.cli(val_table, "image", "t", eval_argv(out / "checkpoint-0.pth", tmp_path / "val1",
+    val_task = dataclasses.replace(DFD_TASK, test_sets=(TestSet("val", ".", split="val"),), metric_mode="image")
+    one = evaluation.cli(val_task, eval_argv(out / "checkpoint-0.pth", tmp_path / "val1",
                                                          "--test_root", str(data), "--apply_simple_augment"))
     res = one["results"]["val"]
     assert res["num_images"] == 9
@@ -62,8 +64,7 @@ def test_two_process_dist_eval_matches_one_process(tmp_path):
     argv = eval_argv(out / "checkpoint-0.pth", tmp_path / "t2", "--test_root", str(root), "--dist_eval")
     _torchrun("fsvfm/main_test_DfD.py", argv)
     two = json.loads((tmp_path / "t2" / "test_results.json").read_text())["results"]["WDF"]
-    single = testing.cli(DFD_TEST_SETS, "video", "t",
-                         eval_argv(out / "checkpoint-0.pth", tmp_path / "t1", "--test_root", str(root)))
+    single = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-0.pth", tmp_path / "t1", "--test_root", str(root)))
     one = single["results"]["WDF"]
     assert two["num_images"] == one["num_images"] == 19
     assert two["video"]["num_videos"] == 7

@@ -14,6 +14,7 @@ from fsvfm import models_fsfm, visualize
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
+from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
 from fsvfm.util.crfrp import num_masked_patches
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
@@ -27,7 +28,7 @@ PHOTO = "2008_001322.jpg"
 
 
 def _tiny(norm_pix_loss: bool = True) -> models_fsfm.FSFMViT:
-    return models_fsfm.create_model("fsfm_vit_small_patch16", norm_pix_loss=norm_pix_loss, **TINY_FSFM).eval()
+    return create_model("fsfm_vit_small_patch16", norm_pix_loss=norm_pix_loss, **TINY_FSFM).eval()
 
 
 def _face_and_map(size: int = 64) -> tuple[np.ndarray, np.ndarray]:

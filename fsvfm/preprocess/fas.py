@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 
 from fsvfm.preprocess.align import extract_image_chip
-from fsvfm.preprocess.jobs import Job, Options, Outcome, Worker, register_kind, write_image
+from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, register_kind, write_image
 from fsvfm.preprocess.layouts import IMAGE_EXTS, VIDEO_EXTS, flat_name, list_files
 from fsvfm.preprocess.mtcnn import MTCNNDetector
-from fsvfm.preprocess.runner import Stage, Summary
+from fsvfm.preprocess.runner import Stage
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util.fas_data import FASDataError, read_list_file
 
@@ -67,7 +67,7 @@ def aligned_chip(worker: Worker, bgr: np.ndarray) -> np.ndarray | None:
     return extract_image_chip(bgr, face.points, worker.opts.face_size, worker.opts.chip_padding)
 
 
-def _fas_video(worker: Worker, job: Job, out: Outcome) -> None:
+def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
     """Two chips: for each target index, the first frame at or after it (up to the last frame, D20)
     where a face is found. Frames are decoded once, in order; one frame may serve both targets."""
     paths = [Path(job.dst[0]) / n for n in fas_frame_names(job.name, worker.opts.img_format)]
@@ -95,7 +95,7 @@ def _fas_video(worker: Worker, job: Job, out: Outcome) -> None:
                 f"of {total}")
 
 
-def _read_image(job: Job, out: Outcome, src: str | None = None) -> np.ndarray | None:
+def _read_image(job: Job, out: Summary, src: str | None = None) -> np.ndarray | None:
     src = src or job.src
     img = cv2.imread(src, cv2.IMREAD_COLOR)
     if img is None:
@@ -103,7 +103,7 @@ def _read_image(job: Job, out: Outcome, src: str | None = None) -> np.ndarray | 
     return img
 
 
-def _fas_image(worker: Worker, job: Job, out: Outcome) -> None:
+def _fas_image(worker: Worker, job: Job, out: Summary) -> None:
     todo = [d for d in job.dst if not Path(d).exists()]
     if not todo:
         return out.add("skipped")
@@ -118,12 +118,12 @@ def _fas_image(worker: Worker, job: Job, out: Outcome) -> None:
     out.add("done")
 
 
-def _write_cropped(job: Job, out: Outcome, img: np.ndarray) -> None:
+def _write_cropped(job: Job, out: Summary, img: np.ndarray) -> None:
     write_image(job.dst[0], remove_black_borders(img))
     out.add("done")
 
 
-def _border_image(worker: Worker, job: Job, out: Outcome) -> None:
+def _border_image(worker: Worker, job: Job, out: Summary) -> None:
     if Path(job.dst[0]).exists():
         return out.add("skipped")
     img = _read_image(job, out)
@@ -131,7 +131,7 @@ def _border_image(worker: Worker, job: Job, out: Outcome) -> None:
         _write_cropped(job, out, img)
 
 
-def _cefa_frame(worker: Worker, job: Job, out: Outcome) -> None:
+def _cefa_frame(worker: Worker, job: Job, out: Summary) -> None:
     """``job.src`` = a CeFA ``profile`` folder, ``job.name`` = sample number k: of the sorted frames
     sampled with step ``len // 10``, the k-th."""
     if Path(job.dst[0]).exists():
@@ -156,7 +156,7 @@ def hdf5_image(array: np.ndarray) -> np.ndarray | None:
     return array if array.dtype == np.uint8 else np.clip(array, 0, 255).astype(np.uint8)
 
 
-def _wmca_frame(worker: Worker, job: Job, out: Outcome) -> None:
+def _wmca_frame(worker: Worker, job: Job, out: Summary) -> None:
     """Frame group ``<x>_<frame>`` with frame == ``job.name`` of the HDF5 file; its last dataset that
     is an image is written once (the original wrote every dataset to the same file, D26)."""
     import h5py

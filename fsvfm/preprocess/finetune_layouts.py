@@ -10,7 +10,6 @@ from fsvfm.preprocess.jobs import Job
 from fsvfm.preprocess.layouts import (
     DIFF_SPLITS,
     DIFF_SUBSETS,
-    IMAGE_EXTS,
     after_faceforensics,
     copy_jobs,
     ff_binary_stages,
@@ -21,7 +20,7 @@ from fsvfm.preprocess.layouts import (
     video_jobs,
 )
 from fsvfm.preprocess.runner import Stage, Summary
-from fsvfm.util.finetune_data import FRAME_SEPARATOR
+from fsvfm.util.naming import FRAME_SEPARATOR, IMAGE_EXTENSIONS
 
 # Celeb-DF family: config-key prefix, (top folder, class) pairs, recursive scan.
 # v2 leaves out the listed YouTube-real test videos on purpose (common cross-data-set protocol, D17).
@@ -137,9 +136,9 @@ def diff_stages(cfg, summary: Summary) -> list[Stage]:
             for subset in DIFF_SUBSETS:
                 sroot = Path(cfg.DiFF_path) / split / subset
                 jobs += [Job("crop_image", str(f), (str(out(split, subset, "fake") / diff_fake_name(f, sroot)),))
-                         for f in list_files(sroot, IMAGE_EXTS)]
+                         for f in list_files(sroot, IMAGE_EXTENSIONS)]
             rroot = Path(cfg.DiFF_real_path) / split
-            reals = list_files(rroot, IMAGE_EXTS)
+            reals = list_files(rroot, IMAGE_EXTENSIONS)
             names = unique_names([(f.name, flat_name(f, rroot)) for f in reals])
             jobs += [Job("crop_image", str(f), tuple(str(out(split, s, "real") / name) for s in DIFF_SUBSETS))
                      for f, name in zip(reals, names)]

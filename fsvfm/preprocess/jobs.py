@@ -1,12 +1,13 @@
 """Units of work and the per-process worker that runs them.
 
 A ``Job`` is small and picklable; a ``Worker`` holds the models (created lazily, once per process)
-and turns a job into an ``Outcome``: counts per status plus the failed items. Every output is
+and turns a job into a ``Summary``: counts per status plus the failed items. Every output is
 written to a temporary name and renamed, and a job whose outputs exist is skipped, so an
 interrupted run resumes where it stopped. Bad inputs are counted, never raised.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections import Counter
@@ -22,7 +23,7 @@ from PIL import Image
 from fsvfm.preprocess.faces import FaceCropper
 from fsvfm.preprocess.parsing import build_parser, crop_for_parsing, output_paths, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ KINDS = ("crop_image", "crop_video", "copy", "parse", "crop_parse")
 
 # Job kinds added by other modules (e.g. the FAS chips): kind -> handler(worker, job, outcome).
 # Register at import time, before a pool forks, so every worker knows them.
-_EXTRA_KINDS: dict[str, Callable[[Worker, Job, Outcome], None]] = {}
+_EXTRA_KINDS: dict[str, Callable[[Worker, Job, Summary], None]] = {}
 
 
-def register_kind(kind: str, handler: Callable[[Worker, Job, Outcome], None]) -> None:
+def register_kind(kind: str, handler: Callable[[Worker, Job, Summary], None]) -> None:
     """Let ``Worker.run`` dispatch jobs of ``kind`` to ``handler`` (a second, different handler fails)."""
     if kind in KINDS or _EXTRA_KINDS.get(kind, handler) is not handler:
         raise ValueError(f"job kind {kind!r} is already defined")
@@ -69,7 +70,9 @@ class Job:
 
 
 @dataclass
-class Outcome:
+class Summary:
+    """Counts of items (images, frames, files) per status, and every failed item: the record of
+    one job (``Worker.run``) and, merged, of a whole run."""
     counts: Counter = field(default_factory=Counter)
     failures: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -77,6 +80,29 @@ class Outcome:
         self.counts[status] += 1
         if status not in ("done", "skipped"):
             self.failures.append((status, item, reason))
+
+    def merge(self, other: Summary) -> None:
+        self.counts.update(other.counts)
+        self.failures.extend(other.failures)
+
+    def exclude(self, item: str, reason: str) -> None:
+        """An input left out at planning time (e.g. a video in no split file)."""
+        self.add("excluded", item, reason)
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded")}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
+
+    def write(self, log_dir: str | Path, run_name: str) -> Path:
+        """Write ``{run_name}_failures.txt`` (status<TAB>item<TAB>reason) and ``{run_name}_summary.json``."""
+        log_dir = Path(log_dir)
+        lines = ["\t".join(f) for f in sorted(self.failures)]
+        path = log_dir / f"{run_name}_failures.txt"
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+        atomic_write_text(log_dir / f"{run_name}_summary.json", json.dumps(self.as_dict(), indent=1) + "\n")
+        return path
 
 
 def write_image(path: str | Path, bgr: np.ndarray) -> None:
@@ -112,8 +138,8 @@ class Worker:
             self._parser = build_parser(o.backend, o.facer_model_dir, o.device, o.upsample, o.face_select)
         return self._parser
 
-    def run(self, job: Job) -> Outcome:
-        out = Outcome()
+    def run(self, job: Job) -> Summary:
+        out = Summary()
         try:
             if job.kind in _EXTRA_KINDS:
                 _EXTRA_KINDS[job.kind](self, job, out)
@@ -124,7 +150,7 @@ class Worker:
             out.add("error", job.src, f"{type(e).__name__}: {e}")
         return out
 
-    def _read_and_crop(self, job: Job, out: Outcome, crop=None):
+    def _read_and_crop(self, job: Job, out: Summary, crop=None):
         """``crop(bgr)`` (default: the face crop) of an image file, or None after counting it as
         unreadable / no face."""
         bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
@@ -136,7 +162,7 @@ class Worker:
             out.add("no_face", job.src)
         return res
 
-    def _crop_image(self, job: Job, out: Outcome) -> None:
+    def _crop_image(self, job: Job, out: Summary) -> None:
         todo = [d for d in job.dst if not Path(d).exists()]
         if not todo:
             return out.add("skipped")
@@ -147,7 +173,7 @@ class Worker:
             write_image(d, res[0])
         out.add("done")
 
-    def _crop_video(self, job: Job, out: Outcome) -> None:
+    def _crop_video(self, job: Job, out: Summary) -> None:
         n = frame_count(job.src)
         if n < 0:
             return out.add("unreadable", job.src, "cannot open video")
@@ -169,7 +195,7 @@ class Worker:
             write_image(paths[idx], res[0])
             out.add("done")
 
-    def _copy(self, job: Job, out: Outcome) -> None:
+    def _copy(self, job: Job, out: Summary) -> None:
         if Path(job.dst[0]).exists():
             return out.add("skipped")
         if not Path(job.src).is_file():
@@ -178,7 +204,7 @@ class Worker:
             shutil.copyfile(job.src, tmp)
         out.add("done")
 
-    def _parse(self, job: Job, out: Outcome) -> None:
+    def _parse(self, job: Job, out: Summary) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
         try:
@@ -188,7 +214,7 @@ class Worker:
             return out.add("unreadable", job.src, f"{type(e).__name__}: {e}")
         self._parse_and_save(job, out, image, None)
 
-    def _crop_parse(self, job: Job, out: Outcome) -> None:
+    def _crop_parse(self, job: Job, out: Summary) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
         res = self._read_and_crop(job, out, lambda bgr: crop_for_parsing(self.cropper, bgr, self.opts.face_size))
@@ -196,7 +222,7 @@ class Worker:
             return None
         self._parse_and_save(job, out, *res)
 
-    def _parse_and_save(self, job: Job, out: Outcome, image: Image.Image, rect) -> None:
+    def _parse_and_save(self, job: Job, out: Summary, image: Image.Image, rect) -> None:
         label_map = self.parser.parse(np.asarray(image), rect)
         if label_map is None:
             return out.add("no_face", job.src, f"no face found by the {self.parser.name} parser")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from fsvfm.preprocess.jobs import Job
 from fsvfm.preprocess.runner import Stage, Summary
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 SPLITS = ("train", "val", "test")
 DIFF_SUBSETS = ("FS", "FE", "I2I", "T2I")
@@ -82,7 +82,7 @@ def image_crop_jobs(roots: Iterable[str], dst: str | Path) -> list[Job]:
     for root in roots:
         base = Path(os.path.dirname(str(root)))
         jobs += [Job("crop_image", str(f), (str(Path(dst) / flat_name(f, base)),))
-                 for f in list_files(root, IMAGE_EXTS)]
+                 for f in list_files(root, IMAGE_EXTENSIONS)]
     return jobs
 
 
@@ -185,7 +185,7 @@ def parse_jobs(src_dirs: Iterable[str | Path], dst_root: str | Path, crop: bool 
     """Every image under ``src_dirs`` -> ``dst_root/{images,parsing_maps}/{stem}``; the stem is the
     file name without its extension, or the flattened relative path where two stems collide."""
     files = [(f, Path(s)) for s in ([src_dirs] if isinstance(src_dirs, (str, Path)) else src_dirs)
-             for f in list_files(s, IMAGE_EXTS)]
+             for f in list_files(s, IMAGE_EXTENSIONS)]
     names = unique_names([(f.stem, flat_name(f.with_suffix(""), base)) for f, base in files])
     kind = "crop_parse" if crop else "parse"
     return [Job(kind, str(f), (str(dst_root),), n) for (f, _), n in zip(files, names)]
@@ -202,7 +202,7 @@ def custom_stages(src: str | Path, dst: str | Path, num_frames: int | None) -> l
     src, dst = Path(src), Path(dst)
 
     def make() -> list[Job]:
-        jobs = [Job("crop_image", str(f), (str(dst / flat_name(f, src)),)) for f in list_files(src, IMAGE_EXTS)]
+        jobs = [Job("crop_image", str(f), (str(dst / flat_name(f, src)),)) for f in list_files(src, IMAGE_EXTENSIONS)]
         videos = [(v, dst, flat_name(v.with_suffix(""), src)) for v in list_files(src, VIDEO_EXTS)]
         return jobs + video_jobs(videos, num_frames)
     return [("custom crop", make)]

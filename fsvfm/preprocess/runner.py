@@ -5,56 +5,22 @@ not per video; results of every task are collected, so worker errors are counted
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from fsvfm.preprocess.jobs import STATUSES, Job, Options, Outcome, Worker
+from fsvfm.preprocess.jobs import Job, Options, Summary, Worker
 from fsvfm.preprocess.parsing import resolve_backend
-from fsvfm.util.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 _WORKER: Worker | None = None
 PARSE_KINDS = ("parse", "crop_parse")
-
-
-@dataclass
-class Summary:
-    """Counts of items (images, frames, files) per status, and every failed item."""
-    counts: Counter = field(default_factory=Counter)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def merge(self, other: Outcome | Summary) -> None:
-        self.counts.update(other.counts)
-        self.failures.extend(other.failures)
-
-    def exclude(self, item: str, reason: str) -> None:
-        """An input left out at planning time (e.g. a video in no split file)."""
-        self.counts["excluded"] += 1
-        self.failures.append(("excluded", item, reason))
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded")}
-
-    def __str__(self) -> str:
-        return ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
-
-    def write(self, log_dir: str | Path, run_name: str) -> Path:
-        """Write ``{run_name}_failures.txt`` (status<TAB>item<TAB>reason) and ``{run_name}_summary.json``."""
-        log_dir = Path(log_dir)
-        lines = ["\t".join(f) for f in sorted(self.failures)]
-        path = log_dir / f"{run_name}_failures.txt"
-        atomic_write_text(path, "".join(line + "\n" for line in lines))
-        atomic_write_text(log_dir / f"{run_name}_summary.json", json.dumps(self.as_dict(), indent=1) + "\n")
-        return path
 
 
 def _init_worker(opts: Options) -> None:
@@ -65,7 +31,7 @@ def _init_worker(opts: Options) -> None:
     _WORKER = Worker(opts)
 
 
-def _run_one(job: Job) -> Outcome:
+def _run_one(job: Job) -> Summary:
     assert _WORKER is not None, "worker not initialised"
     return _WORKER.run(job)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
-from fsvfm.util.finetune_data import FRAME_SEPARATOR
+from fsvfm.util.naming import FRAME_SEPARATOR
 
 logger = logging.getLogger(__name__)
 

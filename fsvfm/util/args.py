@@ -6,7 +6,7 @@ import getpass
 import os
 from pathlib import Path
 
-from fsvfm.util.misc import AMP_CHOICES
+from fsvfm.util.amp import AMP_CHOICES
 
 
 def distributed_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,8 @@ def distributed_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default=None, choices=AMP_CHOICES,
                    help="mixed precision (default: fp16 on CUDA, none on CPU)")
     g.add_argument("--seed", default=0, type=int, help="seed; each rank uses seed + rank")
-    g.add_argument("--world_size", default=1, type=int, help="set by the launcher")
+    g.add_argument("--world_size", default=None, type=int,
+                   help="expected number of processes (checked against the launcher's; default: the launcher's)")
     g.add_argument("--local_rank", "--local-rank", dest="local_rank", default=-1, type=int,
                    help="set by torch.distributed.launch (both spellings accepted)")
     g.add_argument("--dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
@@ -38,11 +39,12 @@ def optimization_parser(epochs: int, warmup_epochs: int, min_lr: float, blr: flo
     return p
 
 
-def run_parser() -> argparse.ArgumentParser:
+def run_parser(print_freq: int = 100) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run, outputs and resume")
     g.add_argument("--output_dir", default="", help="output folder (default under ./checkpoint/$USER)")
-    g.add_argument("--log_dir", default="", help="ignored: logs always go to --output_dir")
+    g.add_argument("--log_dir", default="", help="TensorBoard event folder (default: --output_dir)")
+    g.add_argument("--print_freq", default=print_freq, type=int, help="progress line every N iterations")
     g.add_argument("--resume", default="", help="checkpoint to resume from")
     g.add_argument("--auto_resume", action="store_true", help="resume from the newest checkpoint in --output_dir")
     g.add_argument("--start_epoch", default=0, type=int)
@@ -53,7 +55,7 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def input_parser(model: str) -> argparse.ArgumentParser:
+def input_parser(model: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and input")
     g.add_argument("--model", default=model, help="model factory name")
@@ -63,15 +65,81 @@ def input_parser(model: str) -> argparse.ArgumentParser:
     return p
 
 
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval", action="store_true",
+                   help="evaluate only (the fine-tuning program points to main_test_DfD.py / main_test_DiFF.py)")
+    g.add_argument("--dist_eval", action="store_true",
+                   help="when distributed, every rank evaluates a shard and predictions are gathered")
+    return p
+
+
+def classifier_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("classifier")
+    g.add_argument("--nb_classes", default=2, type=int, help="classes (fake 0, real 1)")
+    g.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
+    g.add_argument("--global_pool", action="store_true", default=True,
+                   help="features = fc_norm(mean of patch tokens) (default)")
+    g.add_argument("--cls_token", action="store_false", dest="global_pool", help="features = norm(x)[:, 0]")
+    g.add_argument("--model_kwargs", default=None,
+                   help='JSON dict of extra factory keywords, e.g. \'{"img_size": 32, "depth": 2}\' '
+                        "(non-standard sizes; stored in the checkpoint)")
+    return p
+
+
+def augment_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("augmentation, mixup and criterion")
+    g.add_argument("--color_jitter", default=None, type=float, help="used only without --aa")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy")
+    g.add_argument("--train_interpolation", default="bicubic", choices=("bicubic", "bilinear"),
+                   help="training crop/RandAugment interpolation (bilinear = the original's accident)")
+    g.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
+    g.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", help="random erasing mode")
+    g.add_argument("--recount", default=1, type=int, help="random erasing count")
+    g.add_argument("--mixup", default=0.0, type=float, help="mixup alpha (> 0 enables)")
+    g.add_argument("--cutmix", default=0.0, type=float, help="cutmix alpha (> 0 enables)")
+    g.add_argument("--cutmix_minmax", default=None, type=float, nargs="+", help="cutmix min/max ratio")
+    g.add_argument("--mixup_prob", default=1.0, type=float)
+    g.add_argument("--mixup_switch_prob", default=0.5, type=float)
+    g.add_argument("--mixup_mode", default="batch", choices=("batch", "pair", "elem"))
+    return p
+
+
+def finetune_data_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("fine-tuning data and split files")
+    g.add_argument("--finetune_data_path", dest="data_path", action="append", default=[],
+                   help="folder with train/ and val/ class folders (repeatable)")
+    g.add_argument("--train_split", default=None, help="split file '<path><delimiter><label>' for training")
+    g.add_argument("--val_split", default=None, help="split file for validation")
+    g.add_argument("--dataset_abs_path", default=None, help="prefix joined to the paths in split files")
+    g.add_argument("--delimiter_in_split", "--delimiter_in_spilt", dest="delimiter_in_split", default=" ",
+                   help="delimiter between path and label in split files (e.g. ',' or ', ')")
+    return p
+
+
+def downstream_parents(model: str | None) -> list[argparse.ArgumentParser]:
+    """Parent groups of the fine-tuning and the test programs (tests accept the fine-tuning flags, so
+    one command line works for both); ``model`` is the ``--model`` default."""
+    return [optimization_parser(epochs=50, warmup_epochs=5, min_lr=1e-6, blr=1e-3), input_parser(model),
+            classifier_parser(), augment_parser(), finetune_data_parser(), eval_parser(), run_parser(),
+            distributed_parser()]
+
+
 def default_output_dir(args: argparse.Namespace, kind: str) -> None:
-    """Fill ``args.output_dir`` when empty (``./checkpoint/$USER/experiments_{kind}/{pid}``); log_dir = output_dir."""
+    """Fill ``args.output_dir`` when empty (``./checkpoint/$USER/experiments_{kind}/{pid}``) and
+    ``args.log_dir`` (TensorBoard) when empty (= output_dir)."""
     if not args.output_dir:
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "user"
         args.output_dir = str(Path("checkpoint") / user / f"experiments_{kind}" / str(os.getpgid(0)))
-    args.log_dir = args.output_dir
+    args.log_dir = getattr(args, "log_dir", "") or args.output_dir
 
 
 def set_effective_lr(args: argparse.Namespace, world_size: int) -> int:

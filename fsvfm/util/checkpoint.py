@@ -165,3 +165,44 @@ def find_latest_checkpoint(output_dir: str | os.PathLike, prefix: str = "checkpo
         if tag.isdigit() and (best is None or int(tag) > best[0]):
             best = (int(tag), p)
     return best[1] if best else None
+
+
+# ------------------------------------------------------------------- resume and save policy
+def resume_path(args: argparse.Namespace, prefix: str = "checkpoint-") -> Path | None:
+    """``--resume``, else with ``--auto_resume`` the newest ``{prefix}{epoch}.pth`` in ``--output_dir``."""
+    if args.resume:
+        return Path(args.resume)
+    if getattr(args, "auto_resume", False):
+        latest = find_latest_checkpoint(args.output_dir, prefix)
+        if latest is None:
+            logger.info("--auto_resume: no checkpoint in %s, starting from scratch", args.output_dir)
+        return latest
+    return None
+
+
+def restore_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: Any, args: argparse.Namespace,
+                           fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resume: the model's weights (strict), the optimizer and scaler state (from ``fallback`` when
+    the file has none, e.g. a released target-network file), and ``args.start_epoch = epoch + 1``.
+    Returns the loaded checkpoint (for best-metric entries)."""
+    ckpt = load_checkpoint(path)
+    load_model_weights(model, model_state_from(ckpt, path), strict=True, source=path)
+    state = ckpt if ckpt.get("optimizer") else (fallback or {})
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler") or {})
+    else:
+        logger.warning("%s holds no optimizer state; the optimizer starts afresh", path)
+    if ckpt.get("epoch") is not None:
+        args.start_epoch = int(ckpt["epoch"]) + 1
+    return ckpt
+
+
+def epoch_checkpoint_tags(epoch: int, args: argparse.Namespace, improved: bool, best_tag: str) -> list[str | int]:
+    """Checkpoints to write after ``epoch``: ``best_tag`` when the tracked metric improved, and the
+    epoch number every ``--save_freq`` epochs and after the last one."""
+    tags: list[str | int] = [best_tag] if improved else []
+    if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
+        tags.append(epoch)
+    return tags

@@ -6,7 +6,7 @@ import argparse
 import datetime
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -45,11 +45,8 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def init_distributed_mode(args: argparse.Namespace) -> None:
-    """Set ``args.distributed, rank, world_size, gpu, dist_backend`` and initialise the process group.
-
-    Also resolves ``args.device`` (per-process CUDA device when distributed on GPUs).
-    """
+def _set_ranks(args: argparse.Namespace) -> None:
+    """``args.rank, world_size, gpu, distributed`` from the launcher's environment."""
     env = os.environ
     if getattr(args, "dist_on_itp", False):
         args.rank = int(env["OMPI_COMM_WORLD_RANK"])
@@ -66,9 +63,24 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
         args.gpu = int(env.get("SLURM_LOCALID", 0))
     else:
         args.distributed, args.rank, args.world_size, args.gpu = False, 0, 1, 0
-        args.device = str(resolve_device(getattr(args, "device", None)))
         return
     args.distributed = True
+
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Set ``args.distributed, rank, world_size, gpu, dist_backend`` and initialise the process group.
+
+    Also resolves ``args.device`` (per-process CUDA device when distributed on GPUs). A
+    ``--world_size`` that differs from the launcher's process count is an error.
+    """
+    requested = getattr(args, "world_size", None)
+    _set_ranks(args)
+    if requested is not None and requested != args.world_size:
+        raise ValueError(f"--world_size {requested} but {args.world_size} process(es) were started; "
+                         "drop --world_size or launch that many processes")
+    if not args.distributed:
+        args.device = str(resolve_device(getattr(args, "device", None)))
+        return
     device = resolve_device(getattr(args, "device", None))
     if device.type == "cuda":
         torch.cuda.set_device(args.gpu)
@@ -86,6 +98,16 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
 def cleanup() -> None:
     if is_dist_avail_and_initialized():
         dist.destroy_process_group()
+
+
+def run_then_cleanup(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, then a barrier; the process group is destroyed afterwards, also on error."""
+    try:
+        result = fn(*args)
+        barrier()
+        return result
+    finally:
+        cleanup()
 
 
 def wrap_model(model: torch.nn.Module, args: argparse.Namespace,
@@ -139,15 +161,6 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     chunks = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(chunks, padded)
     return torch.cat([c[: int(s.item())] for c, s in zip(chunks, sizes)], dim=0)
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Gather a picklable object from every rank (list in rank order)."""
-    if get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -1,7 +1,8 @@
-"""Atomic file writing: outputs appear complete or not at all."""
+"""File writing: atomic outputs (complete or not at all) and the JSON-lines appender of `log.txt`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,3 +34,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def append_json_line(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON object as a line (``log.txt``); flushed immediately."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()

@@ -1,8 +1,9 @@
-"""Data sets, samplers and transforms for DfD / DiFF fine-tuning and testing (spec 4.3-4.5, 5.2).
+"""Data sets, samplers and transforms for fine-tuning and testing (spec 4.3-4.5, 5.2).
 
-Class indices follow the released models: **fake = 0, real = 1** (scores are P(real)). Folder labels
-are decided by meaning, not by alphabetical order: a class folder whose name contains ``real`` is
-real, one containing ``fake`` is fake (case-insensitive); anything else is an error naming it.
+Class indices come from the task's ``ClassVocabulary`` (DfD / DiFF: **fake = 0, real = 1**, as the
+released models; scores are P(class ``positive``)). Folder labels are decided by meaning, not by
+alphabetical order: a class folder is labelled by the vocabulary word its name contains; none or
+several is an error naming it.
 """
 from __future__ import annotations
 
@@ -18,43 +19,31 @@ from timm.data import create_transform
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 from torchvision import datasets, transforms
 
-logger = logging.getLogger(__name__)
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary, video_name_from_path
 
-FAKE, REAL = 0, 1
-FRAME_SEPARATOR = "_frame_"
+logger = logging.getLogger(__name__)
 
 
 class SplitFileError(ValueError):
     """A split file line is malformed (message names file and line number)."""
 
 
-def folder_label(name: str, parent: str | os.PathLike = "") -> int:
-    """``real`` in the folder name -> 1, ``fake`` -> 0; neither or both is an error naming the folder."""
-    low = name.lower()
-    is_real, is_fake = "real" in low, "fake" in low
-    if is_real == is_fake:
-        where = Path(parent) / name if parent else name
-        raise ValueError(f"cannot tell whether class folder {str(where)!r} holds real or fake images: its name "
-                         "must contain 'real' or 'fake' (and not both), e.g. real_youtube, fake_four")
-    return REAL if is_real else FAKE
-
-
-def video_name_from_path(path: str) -> str:
-    """Video of a frame: the file name before ``_frame_`` (a file without it is its own video)."""
-    return os.path.basename(path).split(FRAME_SEPARATOR)[0]
-
-
 class LabelledImageFolder(datasets.ImageFolder):
-    """``ImageFolder`` whose class index comes from the folder's meaning (fake 0 / real 1).
+    """``ImageFolder`` whose class index comes from the folder's meaning under ``vocabulary``.
 
     Several folders may share a label (e.g. ``fake_DeepFakes`` and ``fake_FaceSwap``).
     """
 
+    def __init__(self, root: str, transform: Callable | None = None,
+                 vocabulary: ClassVocabulary = DFD_VOCABULARY) -> None:
+        self.vocabulary = vocabulary  # find_classes runs inside ImageFolder.__init__
+        super().__init__(root, transform=transform)
+
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         names = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
         if not names:
-            raise FileNotFoundError(f"no class folders (e.g. fake/, real/) in {directory}")
-        class_to_idx = {n: folder_label(n, directory) for n in names}
+            raise FileNotFoundError(f"no class folders (e.g. {', '.join(self.vocabulary.names)}) in {directory}")
+        class_to_idx = {n: self.vocabulary.label_of(n, directory) for n in names}
         return sorted(names, key=lambda n: (class_to_idx[n], n)), class_to_idx
 
     @property
@@ -165,12 +154,14 @@ def dataset_targets(dataset: Dataset) -> list[int]:
     return [int(t) for t in targets]
 
 
-def check_classes(dataset: Dataset, name: str, nb_classes: int) -> None:
+def check_classes(dataset: Dataset, name: str, nb_classes: int,
+                  vocabulary: ClassVocabulary = DFD_VOCABULARY) -> None:
     """Fail before training when a set lacks a class (AUC/EER would be undefined) or has too many."""
     present = sorted(set(dataset_targets(dataset)))
     if len(present) < 2:
+        needed = " and ".join(f"{n} ({i})" for i, n in enumerate(vocabulary.names))
         raise ValueError(f"the {name} set holds only class(es) {present} ({len(dataset)} images): "  # type: ignore[arg-type]
-                         "it needs both fake (0) and real (1) images")
+                         f"it needs both {needed} images")
     if present[-1] >= nb_classes:
         raise ValueError(f"the {name} set has label {present[-1]} but --nb_classes is {nb_classes}")
 
@@ -231,23 +222,23 @@ def _posterize_zero_bits_compat(transform: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------------------------ data sets
-def _image_folders(dirs: Sequence[str], split: str, transform: Callable) -> Dataset:
+def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabulary: ClassVocabulary) -> Dataset:
     missing = [str(Path(d) / split) for d in dirs if not (Path(d) / split).is_dir()]
     if missing:
         raise FileNotFoundError(f"data folder(s) not found: {', '.join(missing)}")
-    parts = [LabelledImageFolder(str(Path(d) / split), transform=transform) for d in dirs]
+    parts = [LabelledImageFolder(str(Path(d) / split), transform, vocabulary) for d in dirs]
     for d in parts:
         logger.info("%s: %d images, classes %s", d.root, len(d), d.class_to_idx)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable,
-                            val_transform: Callable) -> tuple[Dataset, Dataset]:
+def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
+                            vocabulary: ClassVocabulary = DFD_VOCABULARY) -> tuple[Dataset, Dataset]:
     """Training and validation sets from ``--finetune_data_path`` (repeatable; ``DIR/train`` and
     ``DIR/val``) or from ``--train_split``/``--val_split`` (then ``args.nb_classes`` = max label + 1)."""
     if args.data_path:
-        return (_image_folders(args.data_path, "train", train_transform),
-                _image_folders(args.data_path, "val", val_transform))
+        return (_image_folders(args.data_path, "train", train_transform, vocabulary),
+                _image_folders(args.data_path, "val", val_transform, vocabulary))
     if args.train_split and args.val_split:
         kw = dict(delimiter=args.delimiter_in_split, root=args.dataset_abs_path)
         train = SplitFileDataset(args.train_split, train_transform, **kw)

@@ -1,10 +1,13 @@
 """Rank-aware logging to the console and ``log_detail.txt`` (never replaces ``sys.stdout``)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from pathlib import Path
+
+from fsvfm.util import dist
 
 _FORMAT = "[%(asctime)s] %(message)s"
 _DATEFMT = "%H:%M:%S"
@@ -36,3 +39,11 @@ def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0,
         fh._fsvfm = True  # type: ignore[attr-defined]
         root.addHandler(fh)
     return root
+
+
+def summary_writer(args: argparse.Namespace):
+    """TensorBoard ``SummaryWriter`` on ``args.log_dir`` (default ``--output_dir``) on rank 0, else None."""
+    if not dist.is_main_process():
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=getattr(args, "log_dir", "") or args.output_dir)

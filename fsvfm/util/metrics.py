@@ -7,6 +7,7 @@ score is the mean frame score, the video label that of its first frame, the deci
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -71,12 +72,6 @@ def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequenc
     return np.asarray(first_label), scores, (scores >= 0.5).astype(int)
 
 
-video_level_acc = frame_level_acc
-video_level_balanced_acc = frame_level_balanced_acc
-video_level_auc = frame_level_auc
-video_level_eer = frame_level_eer
-
-
 def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of the ROC curve with real (1) as the positive class."""
     _check_binary(np.asarray(labels), "ROC")
@@ -96,20 +91,75 @@ def video_metrics(labels: Sequence[int], scores: Sequence[float], video_names: S
     return {"num_videos": len(v_labels), **binary_metrics(v_labels, v_scores, v_preds)}
 
 
-def image_level(labels, scores, preds, video_names) -> dict[str, dict[str, float]]:
+def eer_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """The score threshold where FAR (fakes accepted) and FRR (reals rejected) are closest; a sample
+    is called real when ``score >= threshold``."""
+    labels = np.asarray(labels)
+    _check_binary(labels, "the EER threshold")
+    fpr, tpr, thresholds = roc_curve(labels, np.asarray(scores), pos_label=1, drop_intermediate=False)
+    i = int(np.argmin(np.abs((1.0 - tpr) - fpr)))
+    return float(min(thresholds[i], 1.0))
+
+
+def rates_at(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, float]:
+    """FAR, FRR and HTER = (FAR + FRR) / 2 (fractions) and ACC (percent) when ``score >= threshold``
+    means real."""
+    labels, accepted = np.asarray(labels), np.asarray(scores) >= threshold
+    real, fake = labels == 1, labels == 0
+    far = float(accepted[fake].mean()) if fake.any() else 0.0
+    frr = float((~accepted[real]).mean()) if real.any() else 0.0
+    return {"far": far, "frr": frr, "hter": (far + frr) / 2, "acc": float((accepted == real).mean() * 100)}
+
+
+@dataclass(frozen=True)
+class ScoredSet:
+    """Per-sample predictions of one set: ``labels`` [N] (1 = positive), ``scores`` [N] = P(positive),
+    ``preds`` [N] = argmax decisions, ``names`` [N] = video of each sample (grouping key)."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    preds: np.ndarray
+    names: Sequence[str]
+
+
+# The metric contract: ``compute(test, val) -> {level: {metric: value}}``. ``val`` holds the
+# validation predictions (None unless the mode ``needs_validation``), so a decision threshold can
+# be chosen on validation data and applied to the test set.
+MetricFn = Callable[[ScoredSet, "ScoredSet | None"], dict[str, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class MetricMode:
+    compute: MetricFn
+    needs_validation: bool = False
+    description: str = ""
+
+
+def image_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
     """Image-level metrics only (DiFF, custom lists)."""
-    return {"frame": binary_metrics(labels, scores, preds)}
+    return {"frame": binary_metrics(test.labels, test.scores, test.preds)}
 
 
-def frame_and_video_level(labels, scores, preds, video_names) -> dict[str, dict[str, float]]:
+def frame_and_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
     """Frame-level and video-level metrics (DfD)."""
-    return {"frame": binary_metrics(labels, scores, preds), "video": video_metrics(labels, scores, video_names)}
+    return {"frame": binary_metrics(test.labels, test.scores, test.preds),
+            "video": video_metrics(test.labels, test.scores, test.names)}
 
 
-# Metric modes by name: ``fn(labels, scores, preds, video_names) -> {level: {metric: value}}``.
-METRIC_MODES: dict[str, Callable[..., dict[str, dict[str, float]]]] = {
-    "image": image_level,
-    "video": frame_and_video_level,
+def image_level_val_threshold(test: ScoredSet, val: ScoredSet | None) -> dict[str, dict[str, float]]:
+    """Image-level metrics plus FAR/FRR/HTER/ACC at the EER threshold of the validation set."""
+    if val is None:
+        raise ValueError("this metric mode needs validation predictions (give --val_split or --finetune_data_path)")
+    threshold = eer_threshold(val.labels, val.scores)
+    at = {f"{k}_at_val_threshold": v for k, v in rates_at(test.labels, test.scores, threshold).items()}
+    return {"frame": {**binary_metrics(test.labels, test.scores, test.preds), "val_threshold": threshold, **at}}
+
+
+METRIC_MODES: dict[str, MetricMode] = {
+    "image": MetricMode(image_level, description="image-level metrics"),
+    "video": MetricMode(frame_and_video_level, description="frame- and video-level metrics"),
+    "image_val_threshold": MetricMode(image_level_val_threshold, needs_validation=True,
+                                      description="image level + HTER at the validation EER threshold"),
 }
 
 

@@ -1,10 +1,12 @@
-"""Data-set normalisation statistics (``pretrain_ds_mean_std.txt``: JSON lines, the first is used)."""
+"""Data-set normalisation statistics (`pretrain_ds_mean_std.txt`: JSON lines, the first is used):
+read, write, validate, and resolve them for pre-training, fine-tuning and evaluation (spec 3.11, 4.4).
+Computing them over a data set lives with the pre-training data (`util.pretrain_data.compute_mean_std`)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fsvfm.util.fileio import atomic_write_text
@@ -20,6 +22,12 @@ VGGFACE2_STD = (0.2789176106452942, 0.2438540756702423, 0.23493893444538116)
 
 class StatsFileError(ValueError):
     """A statistics file is missing, empty or malformed."""
+
+
+def _local(path: str | os.PathLike) -> Path:
+    """The local file of a checkpoint path (``hf://`` fetched with its statistics file beside it)."""
+    from fsvfm.util.checkpoint import resolve_checkpoint_path  # checkpoint I/O imports the hub
+    return resolve_checkpoint_path(path)
 
 
 def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
@@ -84,3 +92,28 @@ def resolve_mean_std(*, imagenet: bool = False, embedded: object = None,
     logger.warning("No usable normalisation statistics (%s); using the %s statistics mean=%s std=%s",
                    "; ".join(problems) or "no file given", fallback_name, mean, std)
     return mean, std, f"{fallback_name} fallback"
+
+
+def finetune_mean_std(output_dir: str | os.PathLike, finetune: str | os.PathLike | None,
+                      imagenet: bool = False) -> tuple[list[float], list[float], str]:
+    """Spec 4.4, training side: ``output_dir``'s statistics file (a resumed run), else the one next
+    to the pre-trained checkpoint ``finetune``; a warning names what was missing. The caller
+    records the result in ``output_dir`` (:func:`record_mean_std`) for the test programs."""
+    files = [Path(output_dir) / STATS_FILENAME]
+    if finetune:
+        files.append(_local(finetune).parent / STATS_FILENAME)  # hf:// too
+    return resolve_mean_std(imagenet=imagenet, files=files)
+
+
+def checkpoint_mean_std(checkpoint: Mapping, path: str | os.PathLike,
+                        imagenet: bool = False) -> tuple[list[float], list[float], str]:
+    """Spec 4.4, evaluation side: the checkpoint's ``norm_stats``, else the statistics file next to it."""
+    return resolve_mean_std(imagenet=imagenet, embedded=checkpoint.get("norm_stats"),
+                            files=[_local(path).parent / STATS_FILENAME])
+
+
+def record_mean_std(output_dir: str | os.PathLike, mean: list[float], std: list[float]) -> None:
+    """Write ``output_dir``'s statistics file unless it exists (call on rank 0)."""
+    path = Path(output_dir) / STATS_FILENAME
+    if not path.exists():
+        write_mean_std(path, mean, std)

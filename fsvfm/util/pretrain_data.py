@@ -23,6 +23,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from fsvfm.util import dist
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 from fsvfm.util.norm_stats import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,7 +35,6 @@ from fsvfm.util.norm_stats import (
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_LOAD_ATTEMPTS = 16
 
 

@@ -1,11 +1,8 @@
-"""Training-loop utilities shared by every engine: metric meters, AMP, gradient scaling, seeding."""
+"""Metric meters: windowed/global averages of scalar series and a progress-logging iterator."""
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import logging
-import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -126,82 +123,3 @@ class MetricLogger:
         total = time.time() - start
         logger.info("%s Total time: %s (%.4f s / it)", header, datetime.timedelta(seconds=int(total)),
                     total / max(n, 1))
-
-
-# ----------------------------------------------------------------------------------- precision
-AMP_CHOICES = ("fp16", "bf16", "none")
-
-
-def resolve_amp(amp: str | None, device: torch.device | str) -> str:
-    """Default: fp16 on CUDA, none elsewhere. fp16 on CPU is refused (no CPU fp16 autocast)."""
-    device_type = torch.device(device).type
-    if amp in (None, "", "auto"):
-        return "fp16" if device_type == "cuda" else "none"
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
-    if amp == "fp16" and device_type != "cuda":
-        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
-    return amp
-
-
-def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for fp16/bf16, a no-op context for ``none``."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-class NativeScalerWithGradNormCount:
-    """Backward with optional fp16 loss scaling; on update steps: unscale, clip, step, return the norm."""
-
-    state_dict_key = "amp_scaler"
-
-    def __init__(self, device: torch.device | str = "cuda", enabled: bool = True) -> None:
-        self._scaler = torch.amp.GradScaler(torch.device(device).type, enabled=enabled)
-
-    def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_grad: float | None = None,
-                 parameters: Iterable[torch.nn.Parameter] | None = None, create_graph: bool = False,
-                 update_grad: bool = True) -> torch.Tensor | None:
-        self._scaler.scale(loss).backward(create_graph=create_graph)
-        if not update_grad:
-            return None
-        self._scaler.unscale_(optimizer)
-        params = [p for p in (parameters or []) if p.grad is not None]
-        if clip_grad is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        else:
-            norm = get_grad_norm_(params)
-        self._scaler.step(optimizer)
-        self._scaler.update()
-        return norm
-
-    def state_dict(self) -> dict:
-        return self._scaler.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._scaler.load_state_dict(state_dict)
-
-
-def get_grad_norm_(parameters: Iterable[torch.nn.Parameter], norm_type: float = 2.0) -> torch.Tensor:
-    """Global norm of the gradients (norm of per-parameter norms)."""
-    grads = [p.grad.detach() for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, norm_type) for g in grads]),
-                                    norm_type)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (the original left Python's ``random`` unseeded)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def append_json_line(path, record: dict) -> None:
-    """Append one JSON object as a line (``log.txt``); flushed immediately."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()

@@ -1,7 +1,9 @@
-"""Cross-dataset testing, driven by data: a table of test sets plus a metric mode (spec 5).
+"""Cross-dataset testing of a fine-tuned checkpoint, driven by a task's data (spec 5): its test-set
+table, class vocabulary, evaluation output and metric mode (``fsvfm.util.metrics.METRIC_MODES``).
 
-``main_test_DfD.py`` and ``main_test_DiFF.py`` are a table and one call to ``run`` each; later
-tasks add their own tables (or metric modes in ``fsvfm.util.metrics.METRIC_MODES``).
+``main_test_DfD.py`` and ``main_test_DiFF.py`` are one call to ``cli(task)`` each. A metric mode
+that ``needs_validation`` (a threshold chosen on validation data) also gets the predictions on
+``--val_split`` / ``--finetune_data_path``'s ``val/``.
 
 Outputs in ``--output_dir``: ``test_results.txt`` (appended, spec 5.4 layout), ``test_results.json``,
 ``roc_{set}.png``, ``scores_{set}.csv`` (one row per video; an image without ``_frame_`` in its
@@ -15,71 +17,49 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
-from fsvfm.finetune_setup import (
-    augment_parser,
-    build_classifier,
-    checkpoint_norm_stats,
-    classifier_parser,
-    parse_model_kwargs,
-    split_file_parser,
-)
+from fsvfm.finetune_setup import load_classifier_from_checkpoint
+from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
-from fsvfm.util.args import (
-    default_output_dir,
-    distributed_parser,
-    input_parser,
-    optimization_parser,
-    run_parser,
-)
-from fsvfm.util.checkpoint import args_dict, load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.amp import resolve_amp
+from fsvfm.util.args import default_output_dir, downstream_parents
 from fsvfm.util.fileio import atomic_path, atomic_write_text
-from fsvfm.util.finetune_data import SplitFileDataset, TestImageFolder, build_transform, dataset_video_names
+from fsvfm.util.finetune_data import (
+    LabelledImageFolder,
+    SplitFileDataset,
+    TestImageFolder,
+    dataset_video_names,
+)
 from fsvfm.util.log import setup_logging
-from fsvfm.util.metrics import METRIC_MODES, OneClassError, get_video_level_label_pred, roc_points
-from fsvfm.util.misc import resolve_amp
+from fsvfm.util.metrics import METRIC_MODES, OneClassError, ScoredSet, get_video_level_label_pred, roc_points
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_ROOT = "datasets/finetune_datasets"
-FALLBACK_MODEL = "vit_large_patch16"
+# settings a test command may override; None (not given) = the checkpoint's
+REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "apply_simple_augment",
+                "normalize_from_IMN")
 
 
-@dataclass(frozen=True)
-class TestSet:
-    """One benchmark: ``folder`` is relative to ``--test_root`` and holds ``{split}/{fake*,real*}/``;
-    ``in_default`` sets are tested when present and ``--test_sets`` is not given."""
-
-    name: str
-    folder: str
-    split: str = "test"
-    in_default: bool = True
-
-
-def test_parser(description: str) -> argparse.ArgumentParser:
+def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
-    existing commands keep working."""
-    parents = [input_parser(None), classifier_parser(), split_file_parser(), run_parser(), distributed_parser(),
-               optimization_parser(epochs=50, warmup_epochs=5, min_lr=1e-6), augment_parser()]
-    p = argparse.ArgumentParser(description, parents=parents)
-    p.set_defaults(batch_size=64)  # --model None: the checkpoint's model, else FALLBACK_MODEL
+    existing commands keep working; model settings default to the checkpoint's."""
+    parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
+    p = argparse.ArgumentParser(task.description or f"FS-VFM test ({task.name})", parents=parents)
+    p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None)
     g = p.add_argument_group("testing")
-    g.add_argument("--eval", action="store_true", help="accepted for compatibility (always evaluates)")
-    g.add_argument("--dist_eval", action="store_true",
-                   help="accepted; when distributed every rank tests a shard and predictions are gathered")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
     g.add_argument("--test_sets", nargs="+", default=None, help="names from the table (default: all present)")
     g.add_argument("--test_split", default=None, help="split file to test instead of the table")
     g.add_argument("--metric_mode", default=None, choices=sorted(METRIC_MODES),
-                   help="'video' (frame + video level) or 'image' (default: the program's; 'image' for lists)")
-    g.add_argument("--print_freq", default=100, type=int)
+                   help="default: the task's ('image' for --test_split lists)")
     return p
 
 
@@ -104,14 +84,29 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
     return present
 
 
-def _datasets(args, table, transform):
+def _datasets(args: argparse.Namespace, task: FinetuneTask, transform) -> Iterator[tuple[str, Dataset, str]]:
     if args.test_split:
         ds = SplitFileDataset(args.test_split, transform, args.delimiter_in_split, args.dataset_abs_path)
         yield Path(args.test_split).stem, ds, args.test_split
         return
-    for t in select_test_sets(table, args.test_root, args.test_sets):
+    for t in select_test_sets(task.test_sets, args.test_root, args.test_sets):
         folder = Path(args.test_root) / t.folder / t.split
-        yield t.name, TestImageFolder(str(folder), transform=transform), str(folder)
+        yield t.name, TestImageFolder(str(folder), transform, task.vocabulary), str(folder)
+
+
+def _validation_set(args: argparse.Namespace, task: FinetuneTask, transform) -> Dataset:
+    """The validation data a threshold is chosen on: ``--val_split``, else ``--finetune_data_path``'s ``val/``."""
+    if args.val_split:
+        return SplitFileDataset(args.val_split, transform, args.delimiter_in_split, args.dataset_abs_path)
+    if args.data_path:
+        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, task.vocabulary)
+    raise ValueError(f"metric mode {args.metric_mode!r} chooses its threshold on validation data: "
+                     "give --val_split FILE or --finetune_data_path DIR (with DIR/val)")
+
+
+def _scored(dataset: Dataset, pred: Predictions) -> ScoredSet:
+    all_names = dataset_video_names(dataset)
+    return ScoredSet(pred.labels, pred.scores, pred.preds, [all_names[i] for i in pred.indices])
 
 
 # -------------------------------------------------------------------------------- outputs
@@ -125,6 +120,10 @@ def result_lines(name: str, n_images: int, source: str, loss: float, metrics: di
     lines = [f"===== {name}: {n_images} test images ({source}) =====",
              f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
              f"EER: {f['eer']:.3f}  loss: {loss:.4f}"]
+    if "hter_at_val_threshold" in f:
+        lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
+                     f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
+                     f"ACC: {f['acc_at_val_threshold']:.3f}")
     if "video" in metrics:
         v = metrics["video"]
         lines.append(f"VIDEO-LEVEL  Balanced ACC: {v['balanced_acc']:.3f}  AUC: {v['auc']:.3f}  "
@@ -155,11 +154,11 @@ def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarr
     plt.close(fig)
 
 
-def save_video_scores(path: Path, pred: Predictions, names: Sequence[str]) -> None:
+def save_video_scores(path: Path, test: ScoredSet) -> None:
     """One CSV row per video: name, label (fake 0 / real 1), mean P(real), decision, frame count."""
-    labels, scores, decisions = get_video_level_label_pred(pred.labels, names, pred.scores)
+    labels, scores, decisions = get_video_level_label_pred(test.labels, test.names, test.scores)
     counts: dict[str, int] = {}
-    for n in names:
+    for n in test.names:
         counts[n] = counts.get(n, 0) + 1
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -179,94 +178,87 @@ def save_frame_scores(path: Path, pred: Predictions, dataset, names: Sequence[st
 
 
 # ------------------------------------------------------------------------- model and flow
-def load_classifier(args: argparse.Namespace, checkpoint: dict) -> torch.nn.Module:
-    """Rebuild the fine-tuned classifier: ``--model``/``--model_kwargs`` or the checkpoint's."""
-    stored = args_dict(checkpoint)
-    args.model = args.model or checkpoint.get("model_name") or stored.get("model") or FALLBACK_MODEL
-    if args.model_kwargs is None and stored.get("model_kwargs"):
-        args.model_kwargs = parse_model_kwargs(stored["model_kwargs"])
-    model = build_classifier(args)
-    load_model_weights(model, model_state_from(checkpoint, args.resume), strict=True, source=args.resume)
-    return model
-
-
 def _default_test_dir(args: argparse.Namespace) -> None:
     if not args.output_dir:
         default_output_dir(args, "test")
         out = Path(args.output_dir)
         args.output_dir = str(out.parent / f"from_{Path(args.resume).resolve().parent.name}" / out.name)
-    args.log_dir = args.output_dir
+    args.log_dir = args.log_dir or args.output_dir
 
 
-def run(args: argparse.Namespace, table: Sequence[TestSet], metric_mode: str) -> dict:
-    """Test ``--resume`` on every selected set; returns the ``test_results.json`` content."""
+def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
+    """Test ``--resume`` on every selected set of ``task``; returns the ``test_results.json`` content."""
     if not args.resume:
         raise ValueError("--resume FINE_TUNED_CHECKPOINT is required")
     _default_test_dir(args)
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())
-    try:
-        result = _run(args, table, metric_mode)
-        dist.barrier()
-        return result
-    finally:
-        dist.cleanup()
+    return dist.run_then_cleanup(_run, args, task)
 
 
-def _run(args: argparse.Namespace, table: Sequence[TestSet], metric_mode: str) -> dict:
+def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     start = time.time()
-    mode = args.metric_mode or ("image" if args.test_split else metric_mode)
+    args.metric_mode = args.metric_mode or ("image" if args.test_split else task.metric_mode)
     device = torch.device(args.device)
     amp = resolve_amp(args.amp, device)
-    checkpoint = load_checkpoint(args.resume)
-    model = load_classifier(args, checkpoint).to(device)
-    mean, std, stats_source = checkpoint_norm_stats(args, checkpoint)
-    transform = build_transform(False, args, mean, std)
-    eval_tf = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
+    model, transform, info = load_classifier_from_checkpoint(
+        args.resume, device, **{k: getattr(args, k) for k in REBUILD_KEYS})
+    args.model = info["model"]
     out = Path(args.output_dir)
-    report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": mode,
-              "eval_transform": f"{eval_tf} to {args.input_size}", "norm_stats": {
-                  "mean": mean, "std": std, "source": stats_source}, "results": {}}
-    main = dist.is_main_process()
-    if main:
+    report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": args.metric_mode,
+              "eval_transform": info["eval_transform"], "norm_stats": {
+                  "mean": info["mean"], "std": info["std"], "source": info["norm_source"]}, "results": {}}
+    if dist.is_main_process():
         append_results(out / "test_results.txt", [
-            f"Testing {args.resume} ({args.model}, {mode}-level metrics, {eval_tf}, normalisation from "
-            f"{stats_source})"])
+            f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
+            f"normalisation from {info['norm_source']})"])
     shard = dist.get_world_size() > 1
-    for name, dataset, source in _datasets(args, table, transform):
+    val = None
+    if METRIC_MODES[args.metric_mode].needs_validation:
+        val_ds = _validation_set(args, task, transform)
+        val = _scored(val_ds, predict(model, make_eval_loader(val_ds, args, shard), device, amp=amp, gather=shard,
+                                      output_fn=task.output_fn, header="Validation:", print_freq=args.print_freq))
+    for name, dataset, source in _datasets(args, task, transform):
         pred = predict(model, make_eval_loader(dataset, args, shard), device, amp=amp, gather=shard,
-                       header=f"Test {name}:", print_freq=args.print_freq)
-        all_names = dataset_video_names(dataset)
-        names = [all_names[i] for i in pred.indices]
-        try:
-            metrics = METRIC_MODES[mode](pred.labels, pred.scores, pred.preds, names)
-        except OneClassError as e:  # report it and go on with the other sets
-            logger.warning("test set %s (%s): %s", name, source, e)
-            report["results"][name] = {"num_images": len(pred), "source": source, "error": str(e)}
-            if main:
-                append_results(out / "test_results.txt", [f"{_stamp()}{name}: {len(pred)} images, skipped: {e}"])
-            continue
-        report["results"][name] = {"num_images": len(pred), "loss": pred.loss, "source": source, **metrics}
-        lines = result_lines(name, len(pred), source, pred.loss, metrics)
-        for line in lines:
-            logger.info(line)
-        if main:
-            append_results(out / "test_results.txt", lines)
-            curves = {"frame": (*roc_points(pred.labels, pred.scores), metrics["frame"]["auc"])}
-            if "video" in metrics:
-                v_labels, v_scores, _ = get_video_level_label_pred(pred.labels, names, pred.scores)
-                curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
-            save_roc(out / f"roc_{name}.png", name, curves)
-            save_video_scores(out / f"scores_{name}.csv", pred, names)
-            save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, names)
+                       output_fn=task.output_fn, header=f"Test {name}:", print_freq=args.print_freq)
+        report["results"][name] = _test_one(args, name, source, _scored(dataset, pred), pred.loss, val)
+        if dist.is_main_process():
+            save_frame_scores(Path(args.output_dir) / f"scores_{name}_frames.csv", pred, dataset,
+                              report["results"][name].get("names") or _scored(dataset, pred).names)
     elapsed = str(datetime.timedelta(seconds=int(time.time() - start)))
     report["testing_time"] = elapsed
-    if main:
+    if dist.is_main_process():
         append_results(out / "test_results.txt", [f"Testing time {elapsed}"])
         atomic_write_text(out / "test_results.json", json.dumps(report, indent=2) + "\n")
     logger.info("Testing time %s", elapsed)
     return report
 
 
-def cli(table: Sequence[TestSet], metric_mode: str, description: str, argv: list[str] | None = None) -> dict:
-    return run(test_parser(description).parse_args(argv), table, metric_mode)
+def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet, loss: float,
+              val: ScoredSet | None) -> dict:
+    """Metrics of one set, its ``test_results.txt`` block, ROC plot and per-video CSV (rank 0)."""
+    out, main = Path(args.output_dir), dist.is_main_process()
+    n = len(test.labels)
+    try:
+        metrics = METRIC_MODES[args.metric_mode].compute(test, val)
+    except OneClassError as e:  # report it and go on with the other sets
+        logger.warning("test set %s (%s): %s", name, source, e)
+        if main:
+            append_results(out / "test_results.txt", [f"{_stamp()}{name}: {n} images, skipped: {e}"])
+        return {"num_images": n, "source": source, "error": str(e)}
+    lines = result_lines(name, n, source, loss, metrics)
+    for line in lines:
+        logger.info(line)
+    if main:
+        append_results(out / "test_results.txt", lines)
+        curves = {"frame": (*roc_points(test.labels, test.scores), metrics["frame"]["auc"])}
+        if "video" in metrics:
+            v_labels, v_scores, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
+            curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
+        save_roc(out / f"roc_{name}.png", name, curves)
+        save_video_scores(out / f"scores_{name}.csv", test)
+    return {"num_images": n, "loss": loss, "source": source, **metrics}
+
+
+def cli(task: FinetuneTask, argv: list[str] | None = None) -> dict:
+    return run(test_parser(task).parse_args(argv), task)

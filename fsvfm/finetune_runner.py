@@ -1,0 +1,174 @@
+"""The task-generic fine-tuning runner (spec 4): a ``FinetuneTask`` (``fsvfm.tasks``) plus parsed
+arguments in, checkpoints, ``log.txt``, ``log_detail.txt`` and TensorBoard scalars out.
+
+    result = run(args, task)        # {'min_val_loss', 'last_val', 'output_dir'}; never calls exit
+
+Per epoch: ``engine_finetune.train_one_epoch`` with the task's loss hook, validation on the full
+gathered set, ``checkpoint-min_val_loss.pth`` when the validation loss improved and
+``checkpoint-{epoch}.pth`` every ``--save_freq`` epochs and after the last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fsvfm.engine_finetune import evaluate, make_eval_loader, train_one_epoch
+from fsvfm.finetune_setup import (
+    build_mixup_and_criterion,
+    build_optimizer,
+    count_trainable,
+    load_pretrained_encoder,
+)
+from fsvfm.tasks import FinetuneTask
+from fsvfm.util import dist
+from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
+from fsvfm.util.args import default_output_dir, downstream_parents, set_effective_lr
+from fsvfm.util.checkpoint import epoch_checkpoint_tags, restore_training_state, resume_path, save_checkpoint
+from fsvfm.util.fileio import append_json_line
+from fsvfm.util.finetune_data import build_transform, check_classes
+from fsvfm.util.log import setup_logging, summary_writer
+from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
+from fsvfm.util.seeding import seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
+    """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own."""
+    parents = [*downstream_parents("vit_base_patch16"), *(make() for make in task.extra_parsers)]
+    p = argparse.ArgumentParser(task.description or f"FS-VFM fine-tuning ({task.name})", parents=parents)
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
+    g.add_argument("--clip_grad", default=None, type=float, help="gradient norm clipping (default off)")
+    g.add_argument("--finetune", default="", help="pre-training checkpoint to start from")
+    return p
+
+
+def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
+    """Fine-tune; returns ``{'min_val_loss', 'last_val', 'output_dir'}`` (``{}`` with ``--eval``)."""
+    default_output_dir(args, "finetune")
+    dist.init_distributed_mode(args)
+    setup_logging(args.output_dir, dist.get_rank())
+    logger.info("job dir: %s\n%s", Path.cwd(), "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
+    if args.eval:
+        logger.info("--eval: test a fine-tuned checkpoint with main_test_DfD.py or main_test_DiFF.py")
+        return {}
+    return dist.run_then_cleanup(_train, args, task)
+
+
+@dataclass
+class _Run:
+    """The objects one fine-tuning run holds between epochs."""
+
+    model: torch.nn.Module  # possibly DDP-wrapped
+    model_without_ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: NativeScalerWithGradNormCount
+    norm_stats: dict[str, list[float]]
+    n_parameters: int
+    task: str
+    min_val_loss: float = math.inf
+
+
+def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
+    seed_everything(args.seed + dist.get_rank())
+    device = torch.device(args.device)
+    args.amp = resolve_amp(args.amp, device)
+    mean, std, source = finetune_mean_std(args.output_dir, args.finetune, args.normalize_from_IMN)
+    logger.info("normalisation: mean %s std %s (from %s)", mean, std, source)
+    if dist.is_main_process():
+        record_mean_std(args.output_dir, mean, std)  # the test programs find it next to the checkpoints
+    train_loader, val_loader, shard = _data(args, task, mean, std, device)
+    run_state = _build(args, task, device, {"mean": mean, "std": std})
+    mixup_fn, criterion = build_mixup_and_criterion(args)
+    logger.info("criterion %s, mixup %s", criterion.__class__.__name__, mixup_fn is not None)
+    loss_fn = task.make_loss(criterion, args)
+    log_writer = summary_writer(args)
+    start, val = time.time(), {}
+    for epoch in range(args.start_epoch, args.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        train = train_one_epoch(run_state.model, loss_fn, train_loader, run_state.optimizer, device, epoch,
+                                run_state.scaler, args, mixup_fn=mixup_fn, log_writer=log_writer)
+        val = evaluate(run_state.model_without_ddp, val_loader, device, amp=args.amp, output_fn=task.output_fn,
+                       gather=shard)
+        _end_of_epoch(args, epoch, run_state, train, val, log_writer)
+    logger.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start)))
+    if log_writer is not None:
+        log_writer.close()
+    return {"min_val_loss": run_state.min_val_loss, "last_val": val, "output_dir": args.output_dir}
+
+
+def _data(args: argparse.Namespace, task: FinetuneTask, mean: list[float], std: list[float],
+          device: torch.device) -> tuple[DataLoader, DataLoader, bool]:
+    """Training loader (the task's builder), validation loader, and whether validation is sharded."""
+    train_ds, val_ds = task.build_datasets(args, build_transform(True, args, mean, std),
+                                           build_transform(False, args, mean, std), task.vocabulary)
+    check_classes(train_ds, "training", args.nb_classes, task.vocabulary)
+    check_classes(val_ds, "validation", args.nb_classes, task.vocabulary)
+    shard = args.distributed and args.dist_eval
+    logger.info("train: %d images, val: %d images (%s validation)", len(train_ds), len(val_ds),  # type: ignore[arg-type]
+                "sharded" if shard else "full per rank")
+    return task.build_train_loader(train_ds, args, device), make_eval_loader(val_ds, args, shard), shard
+
+
+def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
+           norm_stats: dict[str, list[float]]) -> _Run:
+    """Model (pre-trained encoder loaded, task configuration applied, DDP-wrapped once), optimizer,
+    scaler, and the state of a resumed run."""
+    model = task.build_model(args)
+    if args.finetune:
+        load_pretrained_encoder(model, args.finetune, new_prefixes=task.new_prefixes)
+    if task.configure_model is not None:
+        task.configure_model(model, args)
+    model.to(device)
+    eff_batch = set_effective_lr(args, dist.get_world_size())
+    n_parameters = count_trainable(model)
+    logger.info("model %s: %.2fM trainable parameters; base lr %.3e, actual lr %.3e, effective batch %d, "
+                "accumulation %d, amp %s", args.model, n_parameters / 1e6, args.blr, args.lr, eff_batch,
+                args.accum_iter, args.amp)
+    optimizer = build_optimizer(model, args)
+    scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
+    run_state = _Run(dist.wrap_model(model, args), model, optimizer, scaler, norm_stats, n_parameters, task.name)
+    path = resume_path(args)
+    if path is not None:
+        ckpt = restore_training_state(path, model, optimizer, scaler, args)
+        run_state.min_val_loss = float(ckpt.get("min_val_loss", math.inf))
+        logger.info("Resumed from %s (next epoch %d)", path, args.start_epoch)
+    return run_state
+
+
+def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: dict[str, float],
+                  val: dict[str, Any], log_writer) -> None:
+    """Checkpoints (best validation loss, periodic), then the ``log.txt`` line and TensorBoard."""
+    improved = val["loss"] < run_state.min_val_loss
+    run_state.min_val_loss = val["loss"] if improved else run_state.min_val_loss
+    for tag in epoch_checkpoint_tags(epoch, args, improved, "min_val_loss"):
+        _save(args, run_state, tag, epoch)
+    logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f)", epoch, val["auc"], val["loss"],
+                run_state.min_val_loss)
+    if not dist.is_main_process():
+        return
+    append_json_line(Path(args.output_dir) / "log.txt", {
+        **{f"train_{k}": v for k, v in train.items()}, "val_loss": val["loss"], "val_auc": val["auc"],
+        "val_acc": val["acc"], "epoch": epoch, "n_parameters": run_state.n_parameters})
+    for key in ("auc", "loss", "acc"):
+        log_writer.add_scalar(f"perf/val_{key}", val[key], epoch)
+    log_writer.flush()
+
+
+def _save(args: argparse.Namespace, run_state: _Run, tag: str | int, epoch: int) -> None:
+    if dist.is_main_process():
+        save_checkpoint(Path(args.output_dir) / f"checkpoint-{tag}.pth", run_state.model_without_ddp.state_dict(),
+                        optimizer=run_state.optimizer, epoch=epoch, scaler=run_state.scaler, args=args,
+                        model_name=args.model, norm_stats=run_state.norm_stats,
+                        min_val_loss=run_state.min_val_loss, task=run_state.task)

@@ -1,0 +1,97 @@
+"""Downstream tasks as data: what a task is (``FinetuneTask``) and the table of tasks.
+
+A task names its class vocabulary, how its data sets, training loader and model are built, its
+loss hook, its evaluation output and metric mode, and its test-set table. The fine-tuning runner
+(``fsvfm.finetune_runner``) and the test runner (``fsvfm.evaluation``) take a task and nothing
+task-specific else, so a new task (FAS, the FS-Adapter) is an entry here plus its hooks; see
+docs/FINETUNE.md "Adding a task".
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
+from fsvfm.finetune_setup import build_classifier
+from fsvfm.util.finetune_data import build_finetune_datasets
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
+
+# (args, train transform, val transform, vocabulary) -> (train set, val set); items (image, label, ...)
+DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabulary], "tuple[Dataset, Dataset]"]
+# (train set, args, device) -> a loader of (images [N, 3, S, S], labels [N], ...) batches with len()
+LoaderBuilder = Callable[[Dataset, argparse.Namespace, torch.device], DataLoader]
+# (criterion matching mixup/smoothing, args) -> loss hook
+LossFactory = Callable[[torch.nn.Module, argparse.Namespace], LossFn]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """One benchmark: ``folder`` is relative to ``--test_root`` and holds ``{split}/{class folders}/``;
+    ``in_default`` sets are tested when present and ``--test_sets`` is not given."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    folder: str
+    split: str = "test"
+    in_default: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneTask:
+    """Everything task-specific of fine-tuning and testing. Defaults = full fine-tuning of a
+    ``models_vit`` classifier with cross-entropy (+ mixup) on ``train/`` and ``val/`` folders.
+
+    * ``build_model(args)``: the classifier (registry name ``--model``); ``new_prefixes``: its keys
+      that a pre-training checkpoint cannot hold (new heads, adapters).
+    * ``configure_model(model, args)``: runs after the encoder is loaded, before DDP (e.g. freezing).
+    * ``make_loss(criterion, args) -> loss_fn``: see ``engine_finetune.LossFn``.
+    * ``output_fn(model, images) -> logits [N, C]``: evaluation forward.
+    * ``extra_parsers``: argparse parents with the task's own flags, for its fine-tuning and test programs.
+    """
+
+    name: str
+    vocabulary: ClassVocabulary = DFD_VOCABULARY
+    build_datasets: DatasetBuilder = build_finetune_datasets
+    build_train_loader: LoaderBuilder = make_train_loader
+    build_model: Callable[[argparse.Namespace], torch.nn.Module] = build_classifier
+    new_prefixes: tuple[str, ...] = ("head.", "fc_norm.")
+    configure_model: Callable[[torch.nn.Module, argparse.Namespace], None] | None = None
+    make_loss: LossFactory = criterion_loss
+    output_fn: OutputFn = logits_output
+    test_sets: tuple[TestSet, ...] = ()
+    metric_mode: str = "image"
+    extra_parsers: tuple[Callable[[], argparse.ArgumentParser], ...] = ()
+    description: str = ""
+
+
+_FF = "deepfakes_detection/FaceForensics/32_frames"
+DFD_TEST_SETS = (
+    TestSet("DFD", f"{_FF}/DS_DFD_binary_cls/raw"),
+    TestSet("Celeb-DF-v1", "deepfakes_detection/Celeb-DF/32_frames"),
+    TestSet("Celeb-DF-v2", "deepfakes_detection/Celeb-DF-v2/32_frames"),
+    TestSet("DFDC", "deepfakes_detection/DFDC/32_frames"),
+    TestSet("DFDCP", "deepfakes_detection/DFDCP/32_frames"),
+    TestSet("WDF", "deepfakes_detection/deepfake_in_the_wild"),
+    TestSet("Celeb-DF++", "deepfakes_detection/Celeb-DF++/32_frames"),
+    TestSet("FF++_c23", f"{_FF}/DS_FF++_all_cls/c23", in_default=False),  # intra-dataset, on request
+)
+
+_DIFF = "diffusion_facial_forgery_detection/DiFF"
+DIFF_TEST_SETS = (
+    TestSet("FF_DF", f"{_FF}/DS_FF++_each_cls/c23/DeepFakes"),
+    *(TestSet(f"DiFF_{s}", f"{_DIFF}/test_subsets/{s}") for s in ("T2I", "I2I", "FS", "FE")),
+    *(TestSet(f"DiFF_{s}_val", f"{_DIFF}/val_subsets/{s}", split="val") for s in ("T2I", "I2I", "FS", "FE")),
+)
+
+# DfD and DiFF fine-tune identically (only the training folder differs); they differ in testing.
+DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video",
+                        description="FS-VFM cross-dataset deepfake detection (DfD)")
+DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image",
+                         description="FS-VFM unseen diffusion-face detection (DiFF)")
+
+TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK)}
