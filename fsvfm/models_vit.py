@@ -42,6 +42,10 @@ class VisionTransformer(_TimmViT):
         return {"stem": r"^cls_token|^pos_embed|^patch_embed|^reg_token|^dist_token",
                 "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None)]}
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> pooled, normalised feature [N, D] (the input of ``head``)."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
 
 class Adapter(nn.Module):
     """Bottleneck ``h [N, D] -> b = relu(linear1 h) [N, D // r] -> a = relu(linear2 b) [N, D]``; returns ``(a, b)``."""
