@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -70,7 +71,12 @@ def detector_labels(paths: Sequence[str], tasks: Sequence[str]) -> list[str]:
 
 def load_detectors(paths: Sequence[str], device: str | None) -> dict[str, Detector]:
     """The detectors of ``--detector`` checkpoints, keyed by their labels (insertion order = given order)."""
-    detectors = [Detector.from_checkpoint(p, device) for p in paths]
+    detectors = []
+    for path in paths:
+        try:
+            detectors.append(Detector.from_checkpoint(path, device))
+        except ValueError as e:  # e.g. a pre-training checkpoint given as a detector
+            raise ValueError(f"--detector {path}: {e}; give a fine-tuned (main_finetune_DfD.py) checkpoint") from e
     return dict(zip(detector_labels(paths, [d.info["task"] for d in detectors]), detectors))
 
 
@@ -243,9 +249,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     max_bytes = int(args.max_file_mb * MIB)
+    # a plain `kill` ends the app like Ctrl-C does, so the temporary folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with app_workdir() as workdir:
         blocks = build_app(detectors, pretrained, workdir, max_bytes, args.backend)
-        launch(blocks, args.host, args.port, max_bytes)
+        try:
+            launch(blocks, args.host, args.port, max_bytes)
+        finally:
+            blocks.close()
     return 0
 
 

@@ -23,6 +23,9 @@ from fsvfm.visualize import load_pretrained  # noqa: E402
 from tests.preprocess_helpers import FACES, write_image, write_video  # noqa: E402
 from tests.tiny_checkpoints import detector_checkpoint, pretrain_checkpoint  # noqa: E402
 
+# pandas deprecations raised inside Gradio's queue, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
 LIMIT = 300 * 1024               # --max_file_mb of the served app (bytes): photos of shared/faces fit
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_PHOTO = "Tom_Cruise_avp_2014_4.jpg"    # one face for dlib
