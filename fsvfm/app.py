@@ -98,8 +98,9 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
            ) -> tuple[str, dict[str, dict], list[list[str]], list[str]]:
     """One upload through every detector.
 
-    Returns ``(status markdown, {label: predict record with ``file`` (upload name) for ``path``}, [annotated image paths per detector],
-    [score markdown per detector])``; a refused upload gives the message and empty results.
+    Returns ``(status markdown, {label: record}, [annotated image paths per detector], [score markdown
+    per detector])``, the records as ``Detector.predict`` gives them with ``file`` (the upload's name) in
+    place of ``path``; a refused upload gives the message and empty results.
     """
     problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
     if problem is None and not detectors:
@@ -113,11 +114,11 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
         galleries.append([str(p) for p in save_visualisations(record, out, k)])
         tables.append(score_table(label, record))
         # the upload's temp path stays private; a "path" key would also read as a file to Gradio's client
-        records[label] = {"file": Path(path).name, **{k: v for k, v in record.items() if k != "path"}}
+        records[label] = {"file": Path(path).name, **{key: v for key, v in record.items() if key != "path"}}
     return f"**{Path(path).name}**: {next(iter(records.values()))['type']}", records, galleries, tables
 
 
-def masking(path: str | None, region: str, is_crop: bool, seed: int, pretrained: Pretrained | None,
+def masking(path: str | None, region: str, is_crop: bool, seed: int | None, pretrained: Pretrained | None,
             max_bytes: int, backend: str = "auto") -> tuple[str, np.ndarray | None]:
     """``(status markdown, masking figure (H, W, 3) uint8 or None)`` of an uploaded face photo."""
     problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES)
@@ -127,9 +128,10 @@ def masking(path: str | None, region: str, is_crop: bool, seed: int, pretrained:
         face, parsing_map = prepare_face(path, backend, crop=not is_crop)
     except VisualizeError as e:
         return f"**{Path(path).name}**: {e}", None
-    figure = masking_figure(face, parsing_map, region, pretrained, seed=int(seed))
+    seed = int(seed or 0)  # an emptied number box arrives as None
+    figure = masking_figure(face, parsing_map, region, pretrained, seed=seed)
     recon = f"reconstructions by {Path(pretrained.source).name}" if pretrained else "no `--pretrained`: masks only"
-    return f"**{Path(path).name}**: region {region}, seed {int(seed)}, {recon}", figure
+    return f"**{Path(path).name}**: region {region}, seed {seed}, {recon}", figure
 
 
 # ------------------------------------------------------------------------------------ page
@@ -139,6 +141,42 @@ def _import_gradio():
     except ImportError as e:
         raise SystemExit(f"error: the web app needs Gradio ({e}); install it with pip install -e '.[app]'") from e
     return gr
+
+
+def _detect_tab(gr, detectors: dict[str, Detector], max_bytes: int, workdir: Path) -> None:
+    gr.Markdown("Upload an image or a video. Every face is boxed with its P(real) (class 1 = real; "
+                ">= 0.5 reads as real); the record's score is the mean over faces and sampled frames.")
+    file = gr.File(label="image or video", type="filepath", elem_id="detect-file")
+    button = gr.Button("Detect", variant="primary")
+    status = gr.Markdown(elem_id="detect-status")
+    galleries, tables = [], []
+    with gr.Row():
+        for k, label in enumerate(detectors):
+            with gr.Column():
+                galleries.append(gr.Gallery(label=label, columns=1, format="png"))
+                tables.append(gr.Markdown(elem_id=f"detect-scores-{k}"))
+    records = gr.JSON(label="records (fsvfm.predict)")
+
+    def run(path):
+        message, recs, gals, tabs = detect(path, detectors, max_bytes, workdir)
+        return [message, recs, *gals, *tabs]
+    button.click(run, file, [status, records, *galleries, *tables], api_name="detect")
+
+
+def _masking_tab(gr, pretrained: Pretrained | None, max_bytes: int, backend: str) -> None:
+    gr.Markdown("Upload a face photo: its parsing map, the CRFR-P mask of a facial region (or all six)"
+                + (" and the pre-trained network's reconstruction." if pretrained else
+                   ". Start with `--pretrained CHECKPOINT` for reconstructions."))
+    file = gr.File(label="face photo", type="filepath", elem_id="masking-file")
+    with gr.Row():
+        region = gr.Dropdown(["all", *REGION_NAMES], value="all", label="region")
+        is_crop = gr.Checkbox(False, label="already a face crop (skip detection)")
+        seed = gr.Number(0, precision=0, label="mask seed")
+    button = gr.Button("Show masking", variant="primary")
+    status = gr.Markdown(elem_id="masking-status")
+    figure = gr.Image(label="CRFR-P masking", format="png", type="numpy", interactive=False)
+    button.click(lambda p, r, c, s: masking(p, r, c, s, pretrained, max_bytes, backend),
+                 [file, region, is_crop, seed], [status, figure], api_name="masking")
 
 
 def build_app(detectors: dict[str, Detector], pretrained: Pretrained | None, workdir: Path,
@@ -151,37 +189,9 @@ def build_app(detectors: dict[str, Detector], pretrained: Pretrained | None, wor
         gr.Markdown(f"# {TITLE}: face security foundation model\nFiles up to {max_bytes / MIB:.3g} MB; "
                     "nothing leaves this machine.")
         with gr.Tab("Detect"):
-            gr.Markdown("Upload an image or a video. Every face is boxed with its P(real) (class 1 = real; "
-                        ">= 0.5 reads as real); the record's score is the mean over faces and sampled frames.")
-            d_file = gr.File(label="image or video", type="filepath", elem_id="detect-file")
-            d_button = gr.Button("Detect", variant="primary")
-            d_status = gr.Markdown(elem_id="detect-status")
-            galleries, tables = [], []
-            with gr.Row():
-                for k, label in enumerate(detectors):
-                    with gr.Column():
-                        galleries.append(gr.Gallery(label=label, columns=1, format="png"))
-                        tables.append(gr.Markdown(elem_id=f"detect-scores-{k}"))
-            d_json = gr.JSON(label="records (fsvfm.predict)")
-
-            def _detect(path):
-                status, records, gals, tabs = detect(path, detectors, max_bytes, workdir)
-                return [status, records, *gals, *tabs]
-            d_button.click(_detect, d_file, [d_status, d_json, *galleries, *tables], api_name="detect")
+            _detect_tab(gr, detectors, max_bytes, workdir)
         with gr.Tab("Facial masking"):
-            gr.Markdown("Upload a face photo: its parsing map, the CRFR-P mask of a facial region (or all six)"
-                        + (" and the pre-trained network's reconstruction." if pretrained else
-                           ". Start with `--pretrained CHECKPOINT` for reconstructions."))
-            m_file = gr.File(label="face photo", type="filepath", elem_id="masking-file")
-            with gr.Row():
-                m_region = gr.Dropdown(["all", *REGION_NAMES], value="all", label="region")
-                m_crop = gr.Checkbox(False, label="already a face crop (skip detection)")
-                m_seed = gr.Number(0, precision=0, label="mask seed")
-            m_button = gr.Button("Show masking", variant="primary")
-            m_status = gr.Markdown(elem_id="masking-status")
-            m_figure = gr.Image(label="CRFR-P masking", format="png", type="numpy", interactive=False)
-            m_button.click(lambda p, r, c, s: masking(p, r, c, s, pretrained, max_bytes, backend),
-                           [m_file, m_region, m_crop, m_seed], [m_status, m_figure], api_name="masking")
+            _masking_tab(gr, pretrained, max_bytes, backend)
     return blocks
 
 

@@ -152,7 +152,7 @@ def test_browser_shows_scores(served, media):
     ../shared/faces and read the rendered scores."""
     if not os.path.exists(CHROMIUM) or not FACES.is_dir():
         pytest.skip("needs the chromium binary and ../shared/faces")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the app extra installs it; it drives the system's Chromium
     url, _, label, ref = served
     photo = FACES / BROWSER_PHOTO
     want = ref.predict(photo)
