@@ -6,7 +6,12 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint bench clean
+# What `make demo` leaves, and the toy detector `make app` fine-tunes from it once (about 15 s).
+DEMO_PRETRAIN := demo_output/pretrain/checkpoint-1.pth
+DEMO_DETECTOR := demo_output/finetune/checkpoint-min_val_loss.pth
+APP_ARGS ?=
+
+.PHONY: setup test demo app lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -29,6 +34,16 @@ test: setup
 
 demo: setup
 	$(PY) -m fsvfm.demo
+
+$(DEMO_PRETRAIN):
+	$(MAKE) demo
+
+$(DEMO_DETECTOR): $(DEMO_PRETRAIN)
+	$(PY) -m fsvfm.demo --stage finetune
+
+# The web app on http://127.0.0.1:7860 with the demo's detector and pre-training checkpoints.
+app: setup $(DEMO_DETECTOR)
+	$(PY) -m fsvfm.app --detector $(DEMO_DETECTOR) --pretrained $(DEMO_PRETRAIN) $(APP_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,24 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import evaluation, main_finetune_DfD, predict
+from fsvfm import evaluation, predict
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.predict import Detector
 from fsvfm.preprocess.faces import FaceCropper, square_box
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.util.checkpoint import load_checkpoint
 from tests.preprocess_helpers import face_frame, faces_dir, write_image, write_video
-from tests.test_finetune_data import make_split_tree
-from tests.test_finetune_e2e import eval_argv, finetune_argv, write_pretrain_checkpoint
+from tests.test_finetune_e2e import eval_argv
+from tests.tiny_checkpoints import detector_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("predict")
-    data = make_split_tree(root / "data", "train", videos=2, frames=2)
-    make_split_tree(data, "val", videos=1, frames=2)
-    main_finetune_DfD.cli(finetune_argv(write_pretrain_checkpoint(root / "pre"), data, root / "ft", "--epochs", "1"))
-    return root / "ft" / "checkpoint-min_val_loss.pth"
+    return detector_checkpoint(tmp_path_factory.mktemp("predict"))
 
 
 @pytest.fixture(scope="module")

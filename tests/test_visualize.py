@@ -10,25 +10,23 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsvfm import models_fsfm, visualize
+from fsvfm import visualize
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
-from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
 from fsvfm.util.crfrp import num_masked_patches
-from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
 from fsvfm.util.pretrain_data import FaceParsingDataset, PretrainTransform
 from fsvfm.util.synthetic import draw_parsing_map, make_synthetic_pretrain_dataset, render_face
-from tests.conftest import TINY_FSFM
+from tests.tiny_checkpoints import (
+    PRETRAIN_MEAN,
+    PRETRAIN_OVERRIDES,
+    PRETRAIN_STD,
+    pretrain_checkpoint,
+    tiny_fsfm,
+)
 
-OVERRIDES = {k: v for k, v in TINY_FSFM.items() if k != "img_size"}
-MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.2]
 PHOTO = "2008_001322.jpg"
-
-
-def _tiny(norm_pix_loss: bool = True) -> models_fsfm.FSFMViT:
-    return create_model("fsfm_vit_small_patch16", norm_pix_loss=norm_pix_loss, **TINY_FSFM).eval()
 
 
 def _face_and_map(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -40,16 +38,7 @@ def _face_and_map(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A checkpoint-1.pth of a tiny online network as main_pretrain writes it, with its mean/std file."""
-    out = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(1)
-    model = _tiny()
-    args = {"model": "fsfm_vit_small_patch16", "model_overrides": json.dumps(OVERRIDES), "input_size": 32,
-            "norm_pix_loss": True, "mask_ratio": 0.75}
-    save_checkpoint(out / "checkpoint-1.pth", model.state_dict(), epoch=1, args=args)
-    save_checkpoint(out / "checkpoint-te-1.pth", model.state_dict(), epoch=1, args=args, network="target")
-    write_mean_std(out / STATS_FILENAME, MEAN, STD)
-    return out / "checkpoint-1.pth", model
+    return pretrain_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 # ------------------------------------------------------------------------------------ colour table
@@ -92,7 +81,7 @@ def test_masking_views_pixel_exact():
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 def test_reconstruct_undoes_per_patch_normalisation(monkeypatch, norm_pix_loss):
     """A decoder that predicts the loss target exactly reconstructs the input exactly."""
-    model = _tiny(norm_pix_loss).train()
+    model = tiny_fsfm(norm_pix_loss).train()
     imgs = torch.randn(2, 3, 32, 32)
     target = model.patchify(imgs)
     if norm_pix_loss:
@@ -105,7 +94,7 @@ def test_reconstruct_undoes_per_patch_normalisation(monkeypatch, norm_pix_loss):
 
 def test_face_views_with_tiny_model_are_seeded_and_sized():
     face, pmap = _face_and_map()
-    pre = visualize.Pretrained(_tiny(), MEAN, STD, 0.75, "tiny")
+    pre = visualize.Pretrained(tiny_fsfm(), PRETRAIN_MEAN, PRETRAIN_STD, 0.75, "tiny")
     v = visualize.face_views(face, pmap, "eyes", pre, seed=3)
     assert set(v) == {"face", "parsing", "mask", "masked", "reconstruction", "pasted"}
     assert all(img.shape == (32, 32, 3) and img.dtype == np.uint8 for img in v.values())
@@ -128,7 +117,7 @@ def test_masking_figure_sizes_and_content():
     assert len(colours) > 200
     for k in np.unique(pmap):                        # parsing-map colours of present labels are drawn
         assert tuple(label_colours_rgb()[k]) in colours, k
-    pre = visualize.Pretrained(_tiny(), MEAN, STD, 0.75, "tiny")
+    pre = visualize.Pretrained(tiny_fsfm(), PRETRAIN_MEAN, PRETRAIN_STD, 0.75, "tiny")
     fig_all = visualize.masking_figure(face, pmap, "all", pre, dpi=50)
     assert fig_all.shape == (7 * 100, 4 * 100, 3) and fig_all.std() > 10
     with pytest.raises(visualize.VisualizeError, match="unknown region 'ears'"):
@@ -138,7 +127,7 @@ def test_masking_figure_sizes_and_content():
 def test_load_pretrained_rebuilds_model_and_statistics(tiny_checkpoint):
     path, model = tiny_checkpoint
     pre = visualize.load_pretrained(path)
-    assert (pre.mean, pre.std, pre.mask_ratio, pre.input_size, pre.patch_size) == (MEAN, STD, 0.75, 32, 8)
+    assert (pre.mean, pre.std, pre.mask_ratio, pre.input_size, pre.patch_size) == (PRETRAIN_MEAN, PRETRAIN_STD, 0.75, 32, 8)
     assert pre.model.norm_pix_loss and not pre.model.training
     assert all(torch.equal(a, b) for a, b in zip(pre.model.state_dict().values(), model.state_dict().values()))
     with pytest.raises(CheckpointError, match="target network.*checkpoint-1.pth"):
@@ -183,7 +172,7 @@ def vis_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     pretrain_main(get_args_parser().parse_args([
         "--pretrain_data_path", str(data), "--output_dir", str(out), "--device", "cpu", "--input_size", "32",
-        "--model_overrides", json.dumps(OVERRIDES), "--batch_size", "2", "--num_workers", "0", "--epochs", "1",
+        "--model_overrides", json.dumps(PRETRAIN_OVERRIDES), "--batch_size", "2", "--num_workers", "0", "--epochs", "1",
         "--warmup_epochs", "1", "--norm_pix_loss", "--vis_freq", "1"]))
     return out
 
@@ -219,13 +208,13 @@ class _Recorder:
 
 def test_image_logger_frequency_and_off_switch(tmp_path):
     data = make_synthetic_pretrain_dataset(tmp_path, 3, size=32, seed=1)
-    ds = FaceParsingDataset(data, PretrainTransform(32, MEAN, STD))
-    model, rec = _tiny(), _Recorder()
-    log = visualize.PretrainImageLogger(rec, ds, MEAN, STD, 8, 0.75, vis_freq=2)
+    ds = FaceParsingDataset(data, PretrainTransform(32, PRETRAIN_MEAN, PRETRAIN_STD))
+    model, rec = tiny_fsfm(), _Recorder()
+    log = visualize.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=2)
     for epoch in range(4):
         log(model, epoch)
     assert rec.images == [(visualize.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 1),
                           (visualize.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 3)]
-    off = visualize.PretrainImageLogger(rec, ds, MEAN, STD, 8, 0.75, vis_freq=0)
+    off = visualize.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=0)
     off(model, 1)
     assert off.images is None and len(rec.images) == 2

@@ -1,0 +1,274 @@
+"""A local web app over ``fsvfm.predict`` and ``fsvfm.visualize`` (Gradio; ``pip install -e .[app]``).
+
+    python -m fsvfm.app --detector DfD.pth [--detector DiFF.pth ...] [--pretrained checkpoint-1.pth]
+                        [--host 127.0.0.1 --port 7860] [--max_file_mb 100]
+
+Tabs: **Detect** (an image or a video in; every face boxed with its P(real), the mean over faces and
+frames as the video score; one column per detector checkpoint, labelled ``task: folder/file``) and
+**Facial masking** (a face in; its LaPa parsing map, the CRFR-P mask of each region and, with
+``--pretrained``, the online network's reconstruction). The app adds no model code: every picture and
+score comes from the two modules. It binds to 127.0.0.1 unless ``--host`` says otherwise, sends no
+analytics, and keeps every file it receives or makes in one temporary folder, deleted at exit.
+Uploads that are not images/videos or exceed ``--max_file_mb`` get a message in the page.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fsvfm.hub import HubError
+from fsvfm.predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Detector, save_visualisations
+from fsvfm.preprocess.parsing import BACKENDS
+from fsvfm.util.checkpoint import CheckpointError
+from fsvfm.util.norm_stats import StatsFileError
+from fsvfm.visualize import (
+    REGION_NAMES,
+    Pretrained,
+    VisualizeError,
+    load_pretrained,
+    masking_figure,
+    prepare_face,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_FILE_MB = 100.0
+MIB = 1024 * 1024
+TITLE = "FS-VFM"
+
+
+# ------------------------------------------------------------------------------------ checks
+def upload_problem(path: str | os.PathLike | None, max_bytes: int, suffixes: frozenset[str]) -> str | None:
+    """The message for an upload the app refuses (none, wrong type, too large), else None."""
+    if not path:
+        return "Upload a file first."
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        kinds = ", ".join(sorted(suffixes))
+        return f"**{p.name}** is not a file this tab reads; upload one of: {kinds}."
+    size = p.stat().st_size
+    if size > max_bytes:
+        return (f"**{p.name}** is {size / MIB:.1f} MB; this app takes files up to {max_bytes / MIB:.3g} MB "
+                "(`--max_file_mb`).")
+    return None
+
+
+def detector_labels(paths: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    """``task: folder/file`` per checkpoint, made unique with ``#k`` when two would read the same."""
+    labels = [f"{task}: {Path(p).parent.name}/{Path(p).name}" for p, task in zip(paths, tasks)]
+    return [f"{lab} #{i + 1}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def load_detectors(paths: Sequence[str], device: str | None) -> dict[str, Detector]:
+    """The detectors of ``--detector`` checkpoints, keyed by their labels (insertion order = given order)."""
+    detectors = []
+    for path in paths:
+        try:
+            detectors.append(Detector.from_checkpoint(path, device))
+        except ValueError as e:  # e.g. a pre-training checkpoint given as a detector
+            raise ValueError(f"--detector {path}: {e}; give a fine-tuned (main_finetune_DfD.py) checkpoint") from e
+    return dict(zip(detector_labels(paths, [d.info["task"] for d in detectors]), detectors))
+
+
+# ------------------------------------------------------------------------------------ handlers
+def score_table(label: str, record: dict) -> str:
+    """Markdown of one detector's record: verdict line and one row per face."""
+    head = f"#### {label}\n"
+    if record["score_real"] is None:
+        return head + f"No score: {record['error']}."
+    verdict = "real" if record["score_real"] >= 0.5 else "fake"
+    what = "video score (mean over faces and frames)" if record["type"] == "video" else "image score (mean over faces)"
+    rows = [f"| {i} | {'-' if f['frame'] is None else f['frame']} | {', '.join(map(str, f['box']))} | "
+            f"{f['score_real']:.4f} | {f['score_fake']:.4f} |" for i, f in enumerate(record["faces"], start=1)]
+    return (head + f"**P(real) = {record['score_real']:.4f}** ({verdict}), {what}, {len(record['faces'])} face(s)\n\n"
+            "| face | frame | box x1, y1, x2, y2 | P(real) | P(fake) |\n|---:|---:|---|---:|---:|\n" + "\n".join(rows))
+
+
+def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, workdir: Path
+           ) -> tuple[str, dict[str, dict], list[list[str]], list[str]]:
+    """One upload through every detector.
+
+    Returns ``(status markdown, {label: record}, [annotated image paths per detector], [score markdown
+    per detector])``, the records as ``Detector.predict`` gives them with ``file`` (the upload's name) in
+    place of ``path``; a refused upload gives the message and empty results.
+    """
+    problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+    if problem is None and not detectors:
+        problem = "No detector loaded: start the app with `--detector CHECKPOINT`."
+    if problem is not None:
+        return problem, {}, [[] for _ in detectors], ["" for _ in detectors]
+    records, galleries, tables = {}, [], []
+    for k, (label, det) in enumerate(detectors.items()):
+        record = det.predict(path)
+        out = Path(tempfile.mkdtemp(dir=workdir, prefix="detect-"))
+        galleries.append([str(p) for p in save_visualisations(record, out, k)])
+        tables.append(score_table(label, record))
+        # the upload's temp path stays private; a "path" key would also read as a file to Gradio's client
+        records[label] = {"file": Path(path).name, **{key: v for key, v in record.items() if key != "path"}}
+    return f"**{Path(path).name}**: {next(iter(records.values()))['type']}", records, galleries, tables
+
+
+def masking(path: str | None, region: str, is_crop: bool, seed: int | None, pretrained: Pretrained | None,
+            max_bytes: int, backend: str = "auto") -> tuple[str, np.ndarray | None]:
+    """``(status markdown, masking figure (H, W, 3) uint8 or None)`` of an uploaded face photo."""
+    problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES)
+    if problem is not None:
+        return problem, None
+    try:
+        face, parsing_map = prepare_face(path, backend, crop=not is_crop)
+    except VisualizeError as e:
+        return f"**{Path(path).name}**: {e}", None
+    seed = int(seed or 0)  # an emptied number box arrives as None
+    figure = masking_figure(face, parsing_map, region, pretrained, seed=seed)
+    recon = f"reconstructions by {Path(pretrained.source).name}" if pretrained else "no `--pretrained`: masks only"
+    return f"**{Path(path).name}**: region {region}, seed {seed}, {recon}", figure
+
+
+# ------------------------------------------------------------------------------------ page
+def _import_gradio():
+    try:
+        import gradio as gr
+    except ImportError as e:
+        raise SystemExit(f"error: the web app needs Gradio ({e}); install it with pip install -e '.[app]'") from e
+    return gr
+
+
+def _detect_tab(gr, detectors: dict[str, Detector], max_bytes: int, workdir: Path) -> None:
+    gr.Markdown("Upload an image or a video. Every face is boxed with its P(real) (class 1 = real; "
+                ">= 0.5 reads as real); the record's score is the mean over faces and sampled frames.")
+    file = gr.File(label="image or video", type="filepath", elem_id="detect-file")
+    button = gr.Button("Detect", variant="primary")
+    status = gr.Markdown(elem_id="detect-status")
+    galleries, tables = [], []
+    with gr.Row():
+        for k, label in enumerate(detectors):
+            with gr.Column():
+                galleries.append(gr.Gallery(label=label, columns=1, format="png"))
+                tables.append(gr.Markdown(elem_id=f"detect-scores-{k}"))
+    records = gr.JSON(label="records (fsvfm.predict)")
+
+    def run(path):
+        message, recs, gals, tabs = detect(path, detectors, max_bytes, workdir)
+        return [message, recs, *gals, *tabs]
+    button.click(run, file, [status, records, *galleries, *tables], api_name="detect")
+
+
+def _masking_tab(gr, pretrained: Pretrained | None, max_bytes: int, backend: str) -> None:
+    gr.Markdown("Upload a face photo: its parsing map, the CRFR-P mask of a facial region (or all six)"
+                + (" and the pre-trained network's reconstruction." if pretrained else
+                   ". Start with `--pretrained CHECKPOINT` for reconstructions."))
+    file = gr.File(label="face photo", type="filepath", elem_id="masking-file")
+    with gr.Row():
+        region = gr.Dropdown(["all", *REGION_NAMES], value="all", label="region")
+        is_crop = gr.Checkbox(False, label="already a face crop (skip detection)")
+        seed = gr.Number(0, precision=0, label="mask seed")
+    button = gr.Button("Show masking", variant="primary")
+    status = gr.Markdown(elem_id="masking-status")
+    figure = gr.Image(label="CRFR-P masking", format="png", type="numpy", interactive=False)
+    button.click(lambda p, r, c, s: masking(p, r, c, s, pretrained, max_bytes, backend),
+                 [file, region, is_crop, seed], [status, figure], api_name="masking")
+
+
+def build_app(detectors: dict[str, Detector], pretrained: Pretrained | None, workdir: Path,
+              max_bytes: int = int(DEFAULT_MAX_FILE_MB * MIB), backend: str = "auto"):
+    """The Gradio Blocks of both tabs. API names: ``/detect`` (file -> status, records JSON, then a
+    gallery and a score table per detector) and ``/masking`` (file, region, is_crop, seed -> status, figure).
+    Call inside ``app_workdir()`` so that Gradio's cache lands in ``workdir``."""
+    gr = _import_gradio()
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+        gr.Markdown(f"# {TITLE}: face security foundation model\nFiles up to {max_bytes / MIB:.3g} MB; "
+                    "nothing leaves this machine.")
+        with gr.Tab("Detect"):
+            _detect_tab(gr, detectors, max_bytes, workdir)
+        with gr.Tab("Facial masking"):
+            _masking_tab(gr, pretrained, max_bytes, backend)
+    return blocks
+
+
+@contextlib.contextmanager
+def app_workdir() -> Iterator[Path]:
+    """A fresh temporary folder that holds Gradio's cache (uploads, outputs) and the app's pictures;
+    Gradio's environment points there (and analytics off) while it lasts; deleted afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="fsvfm-app-"))
+    saved = {k: os.environ.get(k) for k in ("GRADIO_TEMP_DIR", "GRADIO_ANALYTICS_ENABLED")}
+    os.environ.update(GRADIO_TEMP_DIR=str(workdir), GRADIO_ANALYTICS_ENABLED="False")
+    try:
+        yield workdir
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def launch(blocks, host: str, port: int, max_bytes: int, block: bool = True) -> str:
+    """Serve ``blocks`` on ``host:port`` (no share link, no SSR/MCP); returns the local URL. With
+    ``block=False`` it returns at once (tests; stop with ``blocks.close()``)."""
+    _, url, _ = blocks.launch(server_name=host, server_port=port, share=False, max_file_size=max_bytes,
+                              prevent_thread_lock=not block, ssr_mode=False, mcp_server=False, pwa=False,
+                              quiet=not block, show_error=True)
+    return url
+
+
+# ------------------------------------------------------------------------------------ CLI
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m fsvfm.app", description=__doc__.split("\n")[0])
+    p.add_argument("--detector", action="append", default=[], metavar="CKPT",
+                   help="fine-tuned checkpoint (DfD, DiFF, ...; local or hf://); repeat for side-by-side columns")
+    p.add_argument("--pretrained", default=None, metavar="CKPT",
+                   help="pre-training checkpoint-N.pth: adds reconstructions to the masking tab")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
+    p.add_argument("--port", default=7860, type=int)
+    p.add_argument("--max_file_mb", default=DEFAULT_MAX_FILE_MB, type=float, help="largest upload accepted (MB)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="face parser of the masking tab")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    return p
+
+
+def load_models(args: argparse.Namespace) -> tuple[dict[str, Detector], Pretrained | None]:
+    """The models of the command line; a missing or wrong checkpoint raises a one-line error."""
+    for path in [*args.detector, *([args.pretrained] if args.pretrained else [])]:
+        if not str(path).startswith("hf://") and not Path(path).is_file():
+            raise CheckpointError(f"{path}: no such checkpoint file; give the path of a .pth file")
+    detectors = load_detectors(args.detector, args.device)
+    pretrained = load_pretrained(args.pretrained, args.device or "cpu") if args.pretrained else None
+    return detectors, pretrained
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.max_file_mb <= 0:
+        print("error: --max_file_mb must be positive", file=sys.stderr)
+        return 2
+    try:
+        detectors, pretrained = load_models(args)
+    except (CheckpointError, HubError, StatsFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    max_bytes = int(args.max_file_mb * MIB)
+    # a plain `kill` ends the app like Ctrl-C does, so the temporary folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with app_workdir() as workdir:
+        blocks = build_app(detectors, pretrained, workdir, max_bytes, args.backend)
+        try:
+            launch(blocks, args.host, args.port, max_bytes)
+        finally:
+            blocks.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

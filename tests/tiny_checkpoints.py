@@ -1,0 +1,45 @@
+"""Tiny checkpoints shared by the prediction, picture and web-app tests: a DfD detector fine-tuned by
+``main_finetune_DfD.py`` and an online pre-training network saved as ``main_pretrain.py`` saves it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fsvfm import main_finetune_DfD, models_fsfm
+from fsvfm.registry import create_model
+from fsvfm.util.checkpoint import save_checkpoint
+from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
+from tests.conftest import TINY_FSFM
+from tests.test_finetune_data import make_split_tree
+from tests.test_finetune_e2e import finetune_argv, write_pretrain_checkpoint
+
+PRETRAIN_OVERRIDES = {k: v for k, v in TINY_FSFM.items() if k != "img_size"}
+PRETRAIN_MEAN, PRETRAIN_STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.2]
+
+
+def tiny_fsfm(norm_pix_loss: bool = True) -> models_fsfm.FSFMViT:
+    return create_model("fsfm_vit_small_patch16", norm_pix_loss=norm_pix_loss, **TINY_FSFM).eval()
+
+
+def detector_checkpoint(root: Path) -> Path:
+    """``root/ft/checkpoint-min_val_loss.pth``: one epoch of DfD fine-tuning (32x32 input) on generated
+    crops, starting from a tiny pre-training checkpoint."""
+    data = make_split_tree(root / "data", "train", videos=2, frames=2)
+    make_split_tree(data, "val", videos=1, frames=2)
+    main_finetune_DfD.cli(finetune_argv(write_pretrain_checkpoint(root / "pre"), data, root / "ft", "--epochs", "1"))
+    return root / "ft" / "checkpoint-min_val_loss.pth"
+
+
+def pretrain_checkpoint(out: Path) -> tuple[Path, models_fsfm.FSFMViT]:
+    """``out/checkpoint-1.pth`` of a tiny online network (norm_pix_loss, mask ratio 0.75) as main_pretrain
+    writes it, the EMA target file beside it and its mean/std file; returns the path and the model."""
+    torch.manual_seed(1)
+    model = tiny_fsfm()
+    args = {"model": "fsfm_vit_small_patch16", "model_overrides": json.dumps(PRETRAIN_OVERRIDES), "input_size": 32,
+            "norm_pix_loss": True, "mask_ratio": 0.75}
+    save_checkpoint(out / "checkpoint-1.pth", model.state_dict(), epoch=1, args=args)
+    save_checkpoint(out / "checkpoint-te-1.pth", model.state_dict(), epoch=1, args=args, network="target")
+    write_mean_std(out / STATS_FILENAME, PRETRAIN_MEAN, PRETRAIN_STD)
+    return out / "checkpoint-1.pth", model
