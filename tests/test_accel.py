@@ -19,7 +19,7 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.crfrp import crfrp_masks
-from fsvfm.util.device_data import DeviceNormalize, loader_kwargs
+from fsvfm.util.device_data import DeviceNormalize, loader_kwargs, to_device
 from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.misc import NativeScalerWithGradNormCount
 from fsvfm.util.synthetic import synthetic_parsing_maps
@@ -120,3 +120,10 @@ def test_device_normalize_dtypes(dtype):
         with pytest.raises(TypeError, match="uint8"):
             norm(images)
     assert torch.equal(norm(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8)), torch.ones(1, 3, 1, 1))
+
+
+def test_uint8_images_without_statistics_are_refused():
+    with pytest.raises(ValueError, match="DeviceNormalize"):
+        to_device(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), "cpu")
+    floats = torch.zeros(1, 3, 2, 2)
+    assert to_device(floats, "cpu") is floats
