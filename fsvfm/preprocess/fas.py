@@ -17,11 +17,12 @@ import numpy as np
 
 from fsvfm.preprocess.align import extract_image_chip
 from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, register_kind, write_image
-from fsvfm.preprocess.layouts import IMAGE_EXTS, VIDEO_EXTS, flat_name, list_files
+from fsvfm.preprocess.layouts import VIDEO_EXTS, flat_name, list_files
 from fsvfm.preprocess.mtcnn import MTCNNDetector
 from fsvfm.preprocess.runner import Stage
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util.fas_data import FASDataError, read_list_file
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +372,7 @@ def fas_custom_stages(src: str | Path, dst: str | Path, img_format: str = ".png"
 
     def make() -> list[Job]:
         jobs = [Job("fas_image", str(f), (str(dst / (flat_name(f.with_suffix(""), src) + img_format)),))
-                for f in list_files(src, IMAGE_EXTS)]
+                for f in list_files(src, IMAGE_EXTENSIONS)]
         return jobs + [Job("fas_video", str(v), (str(dst),), flat_name(v.with_suffix(""), src))
                        for v in list_files(src, VIDEO_EXTS)]
     return [("custom chips", make)]
