@@ -77,6 +77,10 @@ class FSAdapterViT(VisionTransformer):
         self.projector = nn.Linear(d // adapter_reduction, d // adapter_reduction)
         self.head = nn.Linear(2 * d, self.num_classes) if self.num_classes > 0 else nn.Identity()
 
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> pooled, normalised feature ``h`` [N, D] (the adapter's input)."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
     def forward_adapter(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[N, 3, H, W] -> (``concat([h, a])`` [N, 2D], ``normalize(projector(b))`` [N, D // r])."""
         h = self.forward_pooled(x)

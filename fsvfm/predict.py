@@ -51,9 +51,11 @@ from fsvfm.preprocess.video import frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.fileio import atomic_path, atomic_write_text
-from fsvfm.util.finetune_data import FAKE, REAL
+from fsvfm.util.naming import DFD_VOCABULARY
 
 logger = logging.getLogger(__name__)
+
+REAL, FAKE = DFD_VOCABULARY.positive, DFD_VOCABULARY.names.index("fake")  # class indices of the DfD heads
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})

@@ -169,9 +169,10 @@ def find_latest_checkpoint(output_dir: str | os.PathLike, prefix: str = "checkpo
 
 # ------------------------------------------------------------------- resume and save policy
 def resume_path(args: argparse.Namespace, prefix: str = "checkpoint-") -> Path | None:
-    """``--resume``, else with ``--auto_resume`` the newest ``{prefix}{epoch}.pth`` in ``--output_dir``."""
+    """``--resume`` (an ``hf://`` path fetched to its local file), else with ``--auto_resume`` the newest
+    ``{prefix}{epoch}.pth`` in ``--output_dir``."""
     if args.resume:
-        return Path(args.resume)
+        return resolve_checkpoint_path(args.resume)
     if getattr(args, "auto_resume", False):
         latest = find_latest_checkpoint(args.output_dir, prefix)
         if latest is None:
