@@ -8,7 +8,9 @@
 * Scalar options come from ``args`` only (``amp``, ``accum_iter``, ``clip_grad``, ``print_freq``,
   and the schedule's ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``); collaborators (loss hook,
   mixup, writer) are arguments. The step policy (DDP ``no_sync`` on accumulation micro-steps,
-  all-reduced non-finite skip) is the pre-training engine's, from ``util.train_step``.
+  all-reduced non-finite skip of the accumulation window, consecutive-skip abort, grad-norm
+  logging, values read back at the print interval) is the pre-training engine's, from
+  ``util.train_step``.
 * ``predict`` takes an ``output_fn(model, images) -> logits [N, C]`` and returns the predictions
   of the **whole** set: per-rank shards are gathered with their sample indices, de-duplicated and
   put back in data-set order, so metrics are computed once on all samples.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,7 +34,7 @@ from fsvfm.util.finetune_data import IndexedDataset, ShardSampler
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.metrics import binary_metrics
-from fsvfm.util.train_step import NonFiniteGuard, micro_step, reduce_losses
+from fsvfm.util.train_step import StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +72,18 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
     """One epoch (spec 4.8): per-iteration lr, mixup, autocast, accumulation, optional clipping.
 
     Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
-    some rank is skipped on every rank; too many in a row raise ``FloatingPointError``. Returns the
-    epoch averages of the all-reduced ``loss``, the hook's components, ``lr`` and ``grad_norm``,
-    plus ``skipped_batches``.
+    some rank drops the update of its accumulation window on every rank; too many in a row raise
+    ``FloatingPointError``. Losses and grad norms are read back every ``args.print_freq``
+    iterations (``util.train_step.StepLog``). Returns the epoch averages of the all-reduced
+    ``loss``, the hook's components, ``lr`` and ``grad_norm``, plus ``skipped_batches``.
     """
     model.train()
     accum = max(int(args.accum_iter), 1)
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    guard = NonFiniteGuard()
     n_iter = len(data_loader)
+    log = StepLog(epoch, n_iter, args.print_freq, meters, log_writer)
+    device_skip, window_bad = device_skip_enabled(optimizer, args.amp), None
     optimizer.zero_grad(set_to_none=True)
     for it, batch in enumerate(meters.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
         update = (it + 1) % accum == 0
@@ -94,31 +97,13 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
             with autocast(device, args.amp):
                 loss, parts = loss_fn(model, samples, targets, args, labels=labels)
             losses = {"loss": loss, **parts}
-            means, non_finite = reduce_losses(losses)
-            if guard.skip(non_finite, optimizer, losses, epoch, it):
-                continue
-            norm = loss_scaler(loss / accum, optimizer, clip_grad=args.clip_grad, parameters=model.parameters(),
-                               update_grad=update)
-        if update:
-            optimizer.zero_grad(set_to_none=True)
-        _record(meters, log_writer if update else None, means, optimizer, norm, int((it / n_iter + epoch) * 1000))
+            row, _, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), args,
+                                               update=update, window_bad=window_bad, device_skip=device_skip)
+        log.add(losses, row, it, max(g["lr"] for g in optimizer.param_groups), update)
     stats = meters.global_averages()  # the meters hold all-reduced values
-    stats["skipped_batches"] = guard.skipped
-    logger.info("Averaged stats: %s  skipped batches: %d", meters, guard.skipped)
+    stats["skipped_batches"] = log.skipped
+    logger.info("Averaged stats: %s  skipped batches: %d", meters, log.skipped)
     return stats
-
-
-def _record(meters: MetricLogger, log_writer, means: dict[str, float], optimizer: torch.optim.Optimizer,
-            norm: torch.Tensor | None, step: int) -> None:
-    """Meters get the all-reduced losses, the lr and a finite grad norm; TensorBoard (when given,
-    on update steps) the losses and lr at ``step`` = 1000 x fractional epoch."""
-    lr = max(g["lr"] for g in optimizer.param_groups)
-    meters.update(lr=lr, **means)
-    if norm is not None and math.isfinite(float(norm)):
-        meters.update(grad_norm=float(norm))
-    if log_writer is not None:
-        for key, value in {**means, "lr": lr}.items():
-            log_writer.add_scalar(key, value, step)
 
 
 # ------------------------------------------------------------------------------- evaluation

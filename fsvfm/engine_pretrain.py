@@ -1,9 +1,16 @@
-"""One FS-VFM pre-training epoch (spec 3.9): losses, AMP, accumulation, clipping, EMA target."""
+"""One FS-VFM pre-training epoch (spec 3.9): losses, AMP, accumulation, clipping, EMA target.
+
+The step policy (``no_sync`` on micro-steps, all-reduced non-finite skip of the accumulation
+window, consecutive-skip abort, grad-norm logging) is the one of ``fsvfm.util.train_step``, shared
+with fine-tuning. On the fast path (fused AdamW, no fp16 loss scaling) the loop never waits for the
+device inside an iteration: losses and the non-finite flag stay on the device, a non-finite step is
+dropped there (``found_inf``) and the EMA weight is zeroed there; the values are read back once per
+``--print_freq`` iterations for the log.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,11 +18,15 @@ import torch
 
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
+from fsvfm.util.device_data import DeviceNormalize, to_device
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.train_step import NonFiniteGuard, micro_step, reduce_losses
+from fsvfm.util.train_step import StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)
+
+LOSS_KEYS = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
+TB_TAGS = {"loss": "train_loss"}  # TensorBoard names of the loss keys that differ
 
 
 class EMATarget:
@@ -40,20 +51,28 @@ class EMATarget:
             self.online_params.append(src)
 
     @torch.no_grad()
-    def update(self, momentum: float) -> None:
-        """``theta_t <- m * theta_t + (1 - m) * theta_o`` for every matched parameter, in one fused op."""
-        torch._foreach_lerp_(self.target_params, self.online_params, 1.0 - momentum)
+    def update(self, momentum: float, skip: torch.Tensor | None = None) -> None:
+        """``theta_t <- m * theta_t + (1 - m) * theta_o`` for every matched parameter, in one fused op.
+
+        ``skip``: a 0-dim device tensor; when it is true the weight is 0 and the target keeps its
+        values (decided on the device, no host sync).
+        """
+        weight: float | torch.Tensor = 1.0 - momentum
+        if skip is not None:
+            weight = (~skip).float() * weight
+        torch._foreach_lerp_(self.target_params, self.online_params, weight)
 
 
 def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[str, torch.Tensor],
                    cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device,
-                   amp: str) -> dict[str, torch.Tensor]:
+                   amp: str, normalize: DeviceNormalize | None = None) -> dict[str, torch.Tensor]:
     """Losses of one batch (spec 3.1, 3.8): ``L = L_rec_all + w_sfr L_rec_sfr + w_cl L_cl``.
 
-    batch: ``image`` [B,3,S,S], ``img_mask`` and ``specific_facial_region_mask`` [B,L] (1 = masked).
+    batch: ``image`` [B,3,S,S] (uint8, normalised on the device by ``normalize``, or float already
+    normalised), ``img_mask`` and ``specific_facial_region_mask`` [B,L] (1 = masked).
     The target encodes the full view without gradient; the online network the masked view.
     """
-    imgs = batch["image"].to(device, non_blocking=True)
+    imgs = to_device(batch["image"], device, normalize)
     img_mask = batch["img_mask"].to(device, non_blocking=True)
     sfr_mask = batch["specific_facial_region_mask"].to(device, non_blocking=True)
     with autocast(device, amp):
@@ -65,6 +84,27 @@ def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[
     return {"loss": loss, "loss_rec_all": loss_rec_all, "loss_rec_sfr": loss_rec_sfr, "loss_cl": loss_cl}
 
 
+def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, batch: dict[str, torch.Tensor],
+               optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
+               cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device, momentum: float, *,
+               update: bool = True, window_bad: torch.Tensor | None = None,
+               normalize: DeviceNormalize | None = None, device_skip: bool = False,
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One micro-batch: forward, then the shared ``backward_step`` (loss all-reduce, backward, the
+    optimizer step on ``update`` unless the window was non-finite), then the EMA, which skips a
+    non-finite micro-batch on the device.
+
+    Returns ``(row, window_bad)``: ``row`` float [10] on the device = this rank's 4 losses
+    (``LOSS_KEYS``), their 4 sums over ranks, the non-finite flag, the grad norm (``step_row``);
+    ``window_bad`` to pass to the next micro-batch of the window (None after an update).
+    """
+    losses = forward_losses(model, target, batch, cl_loss_fn, args, device, args.amp, normalize)
+    row, bad, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), args,
+                                         update=update, window_bad=window_bad, device_skip=device_skip)
+    ema.update(momentum, skip=bad)
+    return row, window_bad
+
+
 def _momentum_at(schedule: np.ndarray, step: int) -> float:
     return float(schedule[min(step, len(schedule) - 1)])
 
@@ -72,49 +112,39 @@ def _momentum_at(schedule: np.ndarray, step: int) -> float:
 def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
                     cl_loss_fn: torch.nn.Module, momentum_schedule: np.ndarray, epoch: int, device: torch.device,
-                    args: argparse.Namespace, log_writer=None) -> dict[str, float]:
+                    args: argparse.Namespace, log_writer=None,
+                    normalize: DeviceNormalize | None = None) -> dict[str, float]:
     """Train the online network for one epoch; returns the epoch's global averages and skip counts.
 
-    Per iteration: lr from the fractional epoch (every ``accum_iter`` steps), forward, one
-    all-reduce of the losses and a non-finite flag, backward (DDP gradient sync only on update
-    steps), clip at ``args.clip_grad`` and step on update steps, then the EMA with the momentum of
-    the global step ``epoch * len(loader) + i``.
+    Per iteration: lr from the fractional epoch (every ``accum_iter`` steps), ``train_step`` (DDP
+    gradient sync only on update steps, clip at ``args.clip_grad``, EMA with the momentum of the
+    global step ``epoch * len(loader) + i``). Loss values and grad norms are read back every
+    ``args.print_freq`` iterations (``StepLog``); a run of ``MAX_CONSECUTIVE_SKIPS`` non-finite
+    batches aborts there.
     """
     model.train()
     metric_logger = MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     num_iters, accum = len(data_loader), args.accum_iter
-    guard = NonFiniteGuard()
-    skipped_files = torch.zeros(1, dtype=torch.float64, device=device)
+    log = StepLog(epoch, num_iters, args.print_freq, metric_logger, log_writer, TB_TAGS)
+    device_skip = device_skip_enabled(optimizer, args.amp)
+    skipped_files, window_bad = 0, None
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
         update = (i + 1) % accum == 0
         if i % accum == 0:
             adjust_learning_rate(optimizer, i / num_iters + epoch, args)
-        skipped_files += float(batch.get("num_skipped", 0))
+        skipped_files += int(batch.get("num_skipped", 0))
         with micro_step(model, update):
-            losses = forward_losses(model, target, batch, cl_loss_fn, args, device, args.amp)
-            means, non_finite = reduce_losses(losses)
-            if guard.skip(non_finite, optimizer, losses, epoch, i):
-                continue
-            norm = loss_scaler(losses["loss"] / accum, optimizer, clip_grad=args.clip_grad,
-                               parameters=model.parameters(), update_grad=update)
-        if norm is not None and math.isfinite(float(norm)):
-            metric_logger.update(grad_norm=float(norm))
-        if update:
-            optimizer.zero_grad(set_to_none=True)
-        ema.update(_momentum_at(momentum_schedule, epoch * num_iters + i))
-        lr = optimizer.param_groups[0]["lr"]
-        metric_logger.update(lr=lr, **means)
-        if log_writer is not None and update:
-            epoch_1000x = int((i / num_iters + epoch) * 1000)
-            log_writer.add_scalar("train_loss", means["loss"], epoch_1000x)
-            log_writer.add_scalar("lr", lr, epoch_1000x)
-            for key in ("loss_rec_all", "loss_rec_sfr", "loss_cl"):
-                log_writer.add_scalar(key, means[key], epoch_1000x)
+            row, window_bad = train_step(model, target, ema, batch, optimizer, loss_scaler, cl_loss_fn, args,
+                                         device, _momentum_at(momentum_schedule, epoch * num_iters + i),
+                                         update=update, window_bad=window_bad, normalize=normalize,
+                                         device_skip=device_skip)
+        log.add(LOSS_KEYS, row, i, optimizer.param_groups[0]["lr"], update)
     stats = metric_logger.global_averages()  # meters already hold all-reduced values
-    stats["skipped_batches"] = guard.skipped
-    stats["skipped_files"] = int(dist.all_reduce_sum(skipped_files).item())
-    logger.info("Averaged stats: %s  skipped batches: %d  skipped files: %d", metric_logger, guard.skipped,
+    stats["skipped_batches"] = log.skipped
+    total_files = torch.tensor([skipped_files], dtype=torch.float64, device=device)
+    stats["skipped_files"] = int(dist.all_reduce_sum(total_files).item())
+    logger.info("Averaged stats: %s  skipped batches: %d  skipped files: %d", metric_logger, log.skipped,
                 stats["skipped_files"])
     return stats

@@ -21,7 +21,14 @@ from fsvfm.engine_pretrain import EMATarget, train_one_epoch
 from fsvfm.models_fsfm import vit_target_network
 from fsvfm.registry import create_model
 from fsvfm.util import dist
-from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
+from fsvfm.util.accel import (
+    add_speed_args,
+    build_adamw,
+    default_amp,
+    fused_attention_blocks,
+    maybe_compile,
+)
+from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import (
     default_output_dir,
     distributed_parser,
@@ -43,6 +50,7 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.crfrp import CRFRPCollate
+from fsvfm.util.device_data import DeviceNormalize, add_loader_args, loader_kwargs
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
@@ -84,6 +92,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "reconstruction (0 = off)")
     g.add_argument("--model_overrides", default="",
                    help='JSON dict of model constructor overrides, e.g. \'{"depth": 2}\' (tests, ablations)')
+    speed = parser.add_argument_group("speed")
+    add_speed_args(speed)
+    add_loader_args(speed)
     return parser
 
 
@@ -106,13 +117,13 @@ def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[torc
 
 
 def build_loader(args: argparse.Namespace, dataset: Dataset) -> DataLoader:
-    """Shuffled DistributedSampler (also for one process), drop_last, CRFR-P collate."""
+    """Shuffled DistributedSampler (also for one process), drop_last, CRFR-P collate of uint8 images;
+    pinned memory on CUDA, persistent workers, ``--prefetch_factor`` batches per worker."""
     sampler = DistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
                                  shuffle=True, seed=args.seed)
-    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-                        pin_memory=args.pin_mem and args.device.startswith("cuda"), drop_last=True,
+    loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, drop_last=True,
                         collate_fn=CRFRPCollate(args.input_size, args.patch_size, args.mask_ratio),
-                        persistent_workers=args.num_workers > 0)
+                        **loader_kwargs(args.num_workers, args.device, args.pin_mem, args.prefetch_factor))
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} samples give no full batch of {args.batch_size} on each of "
                          f"{dist.get_world_size()} process(es); lower --batch_size")
@@ -194,7 +205,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     logger.info("processes: %d (backend %s), device %s", dist.get_world_size(),
                 getattr(args, "dist_backend", "none"), args.device)
     device = torch.device(args.device)
-    args.amp = resolve_amp(args.amp, device)
+    args.amp = default_amp(args.amp, device)
     logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     torch.backends.cudnn.benchmark = True
     args.data_path = args.data_path or []
@@ -203,27 +214,25 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     seed_everything(args.seed)
     model, target = build_networks(args, device)
     seed_everything(args.seed + dist.get_rank())
-    dataset, mean, std = _normalised_dataset(args, device)
+    dataset, mean, std = _dataset_with_stats(args, device)
+    normalize = DeviceNormalize(mean, std, device)  # the workers deliver uint8 images
     loader = build_loader(args, dataset)
 
     model_ddp = dist.wrap_model(model, args)
-    eff_batch = set_effective_lr(args, dist.get_world_size())
-    logger.info("model %s: %.1fM trainable parameters; effective batch %d, lr %.3e (blr %.3e)", args.model,
-                sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, eff_batch, args.lr, args.blr)
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
-    loss_scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
+    optimizer, loss_scaler = build_optimizer(args, model, device)
     best_loss = resume(args, model, target, optimizer, loss_scaler)
     ema = EMATarget(model, target)
     momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
     cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
     log_writer = summary_writer(args)
     log_images = PretrainImageLogger(log_writer, dataset, mean, std, args.patch_size, args.mask_ratio, args.vis_freq)
+    step_model, step_target = maybe_compile(model_ddp, args.compile, device), maybe_compile(target, args.compile, device)
 
     stats: dict[str, float] = {}
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(model_ddp, target, ema, loader, optimizer, loss_scaler, cl_loss_fn,
-                                momentum_schedule, epoch, device, args, log_writer)
+        stats = train_one_epoch(step_model, step_target, ema, loader, optimizer, loss_scaler, cl_loss_fn,
+                                momentum_schedule, epoch, device, args, log_writer, normalize=normalize)
         log_images(model, epoch)
         best_loss = _end_of_epoch(args, epoch, stats, best_loss, model, target, optimizer, loss_scaler)
     check_replicas_identical(model, "online")
@@ -233,16 +242,14 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     return stats
 
 
-def _normalised_dataset(args: argparse.Namespace,
+def _dataset_with_stats(args: argparse.Namespace,
                         device: torch.device) -> tuple[Dataset, list[float], list[float]]:
-    """The pre-training data set with the run's normalisation statistics (computed once, spec 3.11),
-    and those statistics."""
-    dataset = build_pretrain_dataset(args.data_path, PretrainTransform(args.input_size))
+    """The pre-training data set (uint8 images, normalised on the device by the engine) and the
+    run's normalisation statistics (computed once, spec 3.11)."""
+    dataset = build_pretrain_dataset(args.data_path,
+                                     PretrainTransform(args.input_size, simple_augment=args.apply_simple_augment))
     mean, std = resolve_pretrain_mean_std(args.output_dir, dataset_image_paths(dataset), args.input_size,
                                           args.normalize_from_IMN, args.batch_size, args.num_workers, device)
-    transform = PretrainTransform(args.input_size, mean, std, args.apply_simple_augment)
-    for ds in getattr(dataset, "datasets", [dataset]):
-        ds.transform = transform
     return dataset, mean, std
 
 
@@ -259,6 +266,29 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float],
         record = {f"train_{k}": v for k, v in stats.items()}
         append_json_line(Path(args.output_dir) / "log.txt", {**record, "epoch": epoch})
     return best_loss
+
+
+def build_optimizer(args: argparse.Namespace, model: torch.nn.Module,
+                    device: torch.device) -> tuple[torch.optim.Optimizer, NativeScalerWithGradNormCount]:
+    """AdamW over ``model`` at the effective lr (``--blr`` x effective batch / 256 unless ``--lr``;
+    fused on CUDA unless ``--no_fused_optimizer``) and the loss scaler (active only for ``--amp
+    fp16``); logs the model size, lr and speed settings."""
+    eff_batch = set_effective_lr(args, dist.get_world_size())
+    logger.info("model %s: %.1fM trainable parameters; effective batch %d, lr %.3e (blr %.3e)", args.model,
+                sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, eff_batch, args.lr, args.blr)
+    optimizer = build_adamw(param_groups_weight_decay(model, args.weight_decay), args.lr, device,
+                            fused=args.fused_optimizer)
+    log_speed_settings(args, model, optimizer)
+    return optimizer, NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
+
+
+def log_speed_settings(args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """One line with what decides the step speed (precision, attention kernel, optimizer, compile)."""
+    fused, total = fused_attention_blocks(model)
+    logger.info("speed: amp %s, fused SDPA attention in %d/%d blocks, %s AdamW, compile %s, "
+                "%d loader workers (prefetch %d)", args.amp, fused, total,
+                "fused" if optimizer.defaults.get("fused") else "unfused", "on" if args.compile else "off",
+                args.num_workers, args.prefetch_factor)
 
 
 if __name__ == "__main__":

@@ -51,13 +51,13 @@ from fsvfm.preprocess.video import frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.fileio import atomic_path, atomic_write_text
-from fsvfm.util.naming import DFD_VOCABULARY
-
-REAL = DFD_VOCABULARY.positive  # class 1 = real (live for FAS): score_real = P(class 1)
+from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+REAL, FAKE = DFD_VOCABULARY.positive, DFD_VOCABULARY.names.index("fake")  # class indices of the DfD heads
+
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -258,7 +258,7 @@ class Detector:
         if queue:
             probs = self._score([t for _, t in queue])
             for (entry, _), p in zip(queue, probs):
-                entry["score_real"], entry["score_fake"] = float(p[REAL]), float(p[1 - REAL])
+                entry["score_real"], entry["score_fake"] = float(p[REAL]), float(p[FAKE])
             queue.clear()
 
     def predict_many(self, items: Iterable[ImageInput]) -> Iterator[dict[str, Any]]:

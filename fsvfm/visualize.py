@@ -30,6 +30,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid
 
 from fsvfm.preprocess.jobs import Options, Worker
@@ -44,6 +46,7 @@ from fsvfm.util.checkpoint import (
     model_state_from,
 )
 from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
+from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.fileio import atomic_path
 from fsvfm.util.norm_stats import STATS_FILENAME, StatsFileError, resolve_mean_std
 
@@ -220,10 +223,6 @@ def masking_views(images: torch.Tensor, img_mask: torch.Tensor, region_mask: tor
     return views
 
 
-def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-
-
 def _denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
 
@@ -239,17 +238,18 @@ def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
     size = pretrained.input_size if pretrained else FACE_SIZE
     patch = pretrained.patch_size if pretrained else PATCH_SIZE
     ratio = mask_ratio if mask_ratio is not None else (pretrained.mask_ratio if pretrained else MASK_RATIO)
-    images = torch.from_numpy(np.array(face_rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
+    pixels = torch.from_numpy(np.array(face_rgb, dtype=np.uint8)).permute(2, 0, 1)[None]
     labels = torch.from_numpy(np.array(parsing_map, dtype=np.uint8))[None, None]
-    if images.shape[-1] != size or images.shape[-2] != size:
-        images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+    if pixels.shape[-1] != size or pixels.shape[-2] != size:  # uint8 in and out, as in PretrainTransform
+        pixels = TF.resize(pixels, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
         labels = F.interpolate(labels.float(), size=(size, size), mode="nearest").to(torch.uint8)
+    images = pixels.float() / 255
     img_mask, region_mask, _ = crfrp_masks(labels[:, 0], patch, ratio, region=region_index(region),
                                            generator=torch.Generator().manual_seed(seed))
     recon = None
     if pretrained is not None:
         dev = pretrained.device
-        normed = _normalise(images, pretrained.mean, pretrained.std).to(dev)
+        normed = DeviceNormalize(pretrained.mean, pretrained.std, dev)(pixels)
         recon = _denormalise(reconstruct(pretrained.model, normed, img_mask.to(dev), ratio).cpu(),
                              pretrained.mean, pretrained.std)
     views = masking_views(images, img_mask, region_mask, patch, recon)
@@ -326,7 +326,9 @@ class PretrainImageLogger:
     """Every ``vis_freq`` epochs, a TensorBoard grid of fixed faces: input, CRFR-P mask, reconstruction.
 
     The faces (evenly spaced over the data set) and their masks (region ``i mod 6`` for face ``i``,
-    seeded) are drawn once, so the grids of different epochs compare like with like. Rows of the
+    seeded) are drawn once, so the grids of different epochs compare like with like. The items'
+    ``image`` is uint8 [3,S,S] as the pre-training workers deliver it (normalised here with
+    ``mean``/``std`` by the engine's ``DeviceNormalize``) or float, already normalised. Rows of the
     grid: input, mask, reconstruction, reconstruction pasted into the visible patches. Runs only
     where a SummaryWriter exists (rank 0); off with ``vis_freq = 0``.
     """
@@ -340,7 +342,7 @@ class PretrainImageLogger:
             return
         n = min(num_faces, len(dataset))
         items = [dataset[int(i)] for i in torch.linspace(0, len(dataset) - 1, n).round().long().unique()]
-        self.images = torch.stack([it["image"] for it in items])
+        self.images = DeviceNormalize(self.mean, self.std, "cpu")(torch.stack([it["image"] for it in items]))
         gen = torch.Generator().manual_seed(seed)
         masks = [crfrp_masks(it["parsing_map"], patch_size, mask_ratio, region=i % NUM_CHOOSABLE_REGIONS,
                              generator=gen)[:2] for i, it in enumerate(items)]

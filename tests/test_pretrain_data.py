@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import functional as TF
 
+from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME
 from fsvfm.util.pretrain_data import (
     FaceParsingDataset,
@@ -41,10 +43,25 @@ def test_items_keep_uint8_maps_and_accept_both_map_formats(root):
     ds = FaceParsingDataset(root, PretrainTransform(32))
     a, b = ds[0], ds[1]
     for item in (a, b):
-        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
         assert item["parsing_map"].shape == (1, 32, 32) and item["parsing_map"].dtype == torch.uint8
         assert item["num_skipped"] == 0
     np.testing.assert_array_equal(b["parsing_map"][0].numpy(), original[0])
+    pixels = np.asarray(Image.open(ds.samples[1][0]))                  # H, W, 3
+    np.testing.assert_array_equal(b["image"].permute(1, 2, 0).numpy(), pixels)
+
+
+def test_device_normalisation_equals_host_normalisation_bit_for_bit(root):
+    mean, std = [0.51, 0.42, 0.37], [0.29, 0.25, 0.24]
+    raw = FaceParsingDataset(root, PretrainTransform(32))
+    host = FaceParsingDataset(root, PretrainTransform(32, mean, std))
+    batch = torch.stack([raw[i]["image"] for i in range(3)])
+    on_device = DeviceNormalize(mean, std, "cpu")(batch)
+    expected = torch.stack([TF.normalize(TF.to_tensor(Image.open(raw.samples[i][0]).convert("RGB")), mean, std)
+                            for i in range(3)])                           # the former host pipeline
+    assert on_device.dtype == torch.float32 and torch.equal(on_device, expected)
+    assert torch.equal(torch.stack([host[i]["image"] for i in range(3)]), expected)
+    assert DeviceNormalize(mean, std, "cpu")(expected) is expected       # float input: moved only
 
 
 def test_resize_is_nearest_for_maps(root):
@@ -100,7 +117,7 @@ def test_simple_augment_moves_image_and_map_together(tmp_path):
     torch.manual_seed(3)
     for _ in range(5):
         item = ds[0]
-        gray, pmap = item["image"][0] * 255, item["parsing_map"][0]
+        gray, pmap = item["image"][0].float(), item["parsing_map"][0]
         for label in pmap.unique().tolist():
             if int((pmap == label).sum()) > 20:  # each region's pixels keep that region's colour
                 assert abs(float(gray[pmap == label].median()) - 20 * label) < 6

@@ -6,12 +6,14 @@ import math
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fsvfm.engine_pretrain import EMATarget, train_one_epoch
+from fsvfm.engine_pretrain import EMATarget, forward_losses, train_one_epoch, train_step
+from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.loss_contrastive import build_cl_loss
@@ -57,14 +59,14 @@ def _batches(n: int, nan_at: tuple[int, ...] = ()) -> list[dict]:
     return out
 
 
-def _run_epoch(batches, args, epoch=1, momentum=None, writer=None):
+def _run_epoch(batches, args, epoch=1, momentum=None, writer=None, fused=False):
     online, target = FakeOnline(), FakeTarget()
-    opt = torch.optim.AdamW(online.parameters(), lr=args.lr)
+    opt = build_adamw(online.parameters(), args.lr, "cpu", fused=fused)
     momentum = momentum if momentum is not None else cosine_scheduler(0.9, 1.0, args.epochs, len(batches))
     stats = train_one_epoch(online, target, EMATarget(online, target), batches, opt,
                             NativeScalerWithGradNormCount("cpu", enabled=False), build_cl_loss("SimSiam"),
                             momentum, epoch, torch.device("cpu"), args, writer)
-    return stats, online, target
+    return stats, online, target, opt
 
 
 def test_effective_lr_and_schedule_hand_computed():
@@ -123,7 +125,7 @@ def test_lr_per_iteration_with_accumulation_and_tensorboard_x():
 def test_ema_uses_global_step_momentum():
     args = _args(epochs=3)
     momentum = cosine_scheduler(0.9, 1.0, 3, 4)
-    _, online, target = _run_epoch(_batches(4), args, epoch=1, momentum=momentum)
+    _, online, target, _ = _run_epoch(_batches(4), args, epoch=1, momentum=momentum)
     # lr = 0 keeps the online weights at 1; the target starts at 0, so t = 1 - prod(m_i), i = 4..7
     expected = 1 - torch.tensor(momentum[4:8]).prod()
     assert torch.allclose(online.w, torch.ones(4))
@@ -133,7 +135,7 @@ def test_ema_uses_global_step_momentum():
 def test_non_finite_batch_is_skipped_without_ema():
     args = _args(epochs=3)
     momentum = cosine_scheduler(0.9, 1.0, 3, 4)
-    stats, _, target = _run_epoch(_batches(4, nan_at=(2,)), args, epoch=1, momentum=momentum)
+    stats, _, target, _ = _run_epoch(_batches(4, nan_at=(2,)), args, epoch=1, momentum=momentum)
     assert stats["skipped_batches"] == 1 and math.isfinite(stats["loss"])
     expected = 1 - momentum[4] * momentum[5] * momentum[7]
     assert torch.allclose(target.w, torch.full((4,), float(expected)))
@@ -164,3 +166,74 @@ def test_non_finite_decision_is_shared_by_all_ranks():
     results = ctx.Manager().dict()
     torch.multiprocessing.start_processes(_reduce_worker, args=(port, results), nprocs=2, start_method="spawn")
     assert results[0] == (1.5, True) and results[1] == (1.5, True)
+
+
+def test_ema_skip_flag_is_bit_identical_to_the_scalar_update():
+    online, target = FakeOnline(), FakeTarget()
+    online.w.data = torch.randn(4)
+    ema = EMATarget(online, target)
+    expected = torch.lerp(target.w.detach().clone(), online.w.detach(), 1.0 - 0.9973)
+    ema.update(0.9973, skip=torch.tensor(False))
+    assert torch.equal(target.w, expected)
+    ema.update(0.5, skip=torch.tensor(True))
+    assert torch.equal(target.w, expected)
+
+
+def test_meters_hold_every_finite_iteration_across_print_intervals():
+    args = _args(print_freq=2)
+    batches = _batches(5, nan_at=(3,))
+    stats, *_ = _run_epoch(batches, args)
+    per_batch = [float((b["image"].flatten(1)[:, :4] ** 2).mean()) for i, b in enumerate(batches) if i != 3]
+    assert stats["loss_rec_all"] == pytest.approx(sum(per_batch) / 4, rel=1e-12)
+    assert stats["skipped_batches"] == 1 and stats["skipped_files"] == 5
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_micro_batch_drops_its_whole_accumulation_window(fused):
+    args = _args(lr=1e-2, warmup_epochs=0, accum_iter=2)
+    stats, online, _, opt = _run_epoch(_batches(4, nan_at=(0,)), args, fused=fused)
+    assert supports_device_skip(opt) == fused
+    assert stats["skipped_batches"] == 1
+    assert [int(s["step"]) for s in opt.state.values()] == [1]  # only the second window stepped
+    assert torch.isfinite(online.w).all() and not torch.equal(online.w, torch.ones(4))
+
+
+def test_device_side_skip_equals_the_host_decision_bit_for_bit():
+    """A fused AdamW drops a non-finite step on the device exactly as the host-synced path does."""
+    args = _args(lr=1e-2)
+    results = []
+    for device_skip in (False, True):
+        torch.manual_seed(0)
+        online, target = FakeOnline(), FakeTarget()
+        ema, opt = EMATarget(online, target), build_adamw(online.parameters(), 1e-2, "cpu", fused=True)
+        scaler, cl = NativeScalerWithGradNormCount("cpu", enabled=False), build_cl_loss("SimSiam")
+        rows = []
+        for batch in _batches(3, nan_at=(1,)):
+            row, _ = train_step(online, target, ema, batch, opt, scaler, cl, args, torch.device("cpu"), 0.9,
+                                device_skip=device_skip)
+            opt.zero_grad(set_to_none=True)
+            rows.append(row)
+        results.append((online.w.detach().clone(), target.w.detach().clone(),
+                        {k: v.clone() for k, v in opt.state[online.w].items()}, torch.stack(rows)))
+    (w0, t0, s0, r0), (w1, t1, s1, r1) = results
+    assert torch.equal(w0, w1) and torch.equal(t0, t1) and int(s1["step"]) == 2
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert torch.equal(r0.nan_to_num(), r1.nan_to_num())  # this rank's losses are NaN in the bad row
+    assert r1[:, 8].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_grad_norm_is_read_back_at_the_print_interval():
+    """The scaler's norm of each step stays on the device in the step rows; the meters get the
+    finite ones (the non-finite batch's step is dropped) when the rows are read back."""
+    args = _args(print_freq=2)
+    batches = _batches(5, nan_at=(3,))
+    stats, *_ = _run_epoch(batches, args, momentum=np.ones(5))  # lr 0 and momentum 1: nothing moves
+    norms = []
+    for i, b in enumerate(batches):
+        if i == 3:
+            continue
+        online, target = FakeOnline(), FakeTarget()
+        forward_losses(online, target, b, build_cl_loss("SimSiam"), args, torch.device("cpu"), "none")["loss"].backward()
+        norms.append(float(online.w.grad.norm()))
+    assert stats["grad_norm"] == pytest.approx(sum(norms) / 4, rel=1e-6)
+    assert stats["skipped_batches"] == 1

@@ -218,3 +218,16 @@ def test_image_logger_frequency_and_off_switch(tmp_path):
     off = visualize.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=0)
     off(model, 1)
     assert off.images is None and len(rec.images) == 2
+
+
+def test_image_logger_normalises_uint8_items_like_the_host_pipeline(tmp_path):
+    """The pre-training workers deliver uint8 images; the grid equals the one of host-normalised items."""
+    data = make_synthetic_pretrain_dataset(tmp_path, 3, size=32, seed=2)
+    raw = FaceParsingDataset(data, PretrainTransform(32))
+    host = FaceParsingDataset(data, PretrainTransform(32, MEAN, STD))
+    assert raw[0]["image"].dtype == torch.uint8
+    model = _tiny()
+    from_uint8 = visualize.PretrainImageLogger(_Recorder(), raw, MEAN, STD, 8, 0.75, vis_freq=1)
+    from_float = visualize.PretrainImageLogger(_Recorder(), host, MEAN, STD, 8, 0.75, vis_freq=1)
+    assert torch.equal(from_uint8.images, from_float.images)
+    assert torch.equal(from_uint8.grid(model), from_float.grid(model))

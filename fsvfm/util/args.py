@@ -14,7 +14,8 @@ def distributed_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("device and distributed")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--amp", default=None, choices=AMP_CHOICES,
-                   help="mixed precision (default: fp16 on CUDA, none on CPU)")
+                   help="mixed precision (default: none on CPU; on CUDA fp16, but bf16 for pre-training "
+                        "where the card supports it)")
     g.add_argument("--seed", default=0, type=int, help="seed; each rank uses seed + rank")
     g.add_argument("--world_size", default=None, type=int,
                    help="expected number of processes (checked against the launcher's; default: the launcher's)")

@@ -176,7 +176,7 @@ def crfrp_masks(maps: torch.Tensor, patch_size: int, mask_ratio: float, region: 
 class CRFRPCollate:
     """Collate ``{'image', 'parsing_map'[, 'num_skipped']}`` samples and add CRFR-P masks.
 
-    Returns ``{'image': [B,3,S,S], 'img_mask': [B,L], 'specific_facial_region_mask': [B,L],
+    Returns ``{'image': [B,3,S,S] (the samples' dtype: uint8 from ``PretrainTransform``), 'img_mask': [B,L], 'specific_facial_region_mask': [B,L],
     'region': long scalar, 'num_skipped': long scalar}`` (masks float, 1 = masked). A picklable
     object, so DataLoader workers can use it under any start method.
     """

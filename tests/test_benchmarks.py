@@ -1,0 +1,54 @@
+"""The benchmark scripts run in their CPU smoke mode and print the JSON fields the issue asks for."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, TINY_FSFM, TINY_VIT
+
+TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
+TINY_CLASSIFIER = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})
+
+
+def _json_lines(script: str, *argv: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_datapath_smoke(tmp_path):
+    (out,) = _json_lines("bench_datapath.py", "--num_images", "8", "--input_size", "32", "--patch_size", "8",
+                         "--batch_size", "4", "--passes", "1", "--data_dir", str(tmp_path))
+    for key in ("pretrain_samples_per_s_per_worker", "finetune_samples_per_s_per_worker",
+                "pretrain_host_float_samples_per_s_per_worker"):
+        assert isinstance(out[key], float) and out[key] > 0, key
+    assert out["uint8_vs_host_float"] == round(out["pretrain_samples_per_s_per_worker"]
+                                               / out["pretrain_host_float_samples_per_s_per_worker"], 3)
+    assert (out["num_images"], out["input_size"], out["batch_size"], out["torch_threads"]) == (8, 32, 4, 1)
+    assert len(list((tmp_path / "pretrain" / "images").iterdir())) == 8
+    assert len(list((tmp_path / "finetune" / "train" / "real_faces").iterdir())) == 4
+
+
+def test_device_pretrain_step_smoke_with_baseline():
+    (out,) = _json_lines("device_pretrain_step.py", "--device", "cpu", "--batch_size", "2", "--steps", "1",
+                         "--mask_sets", "1", "--input_size", "32", "--model_overrides", TINY_PRETRAIN, "--baseline")
+    fast, base = out["fast"], out["baseline"]
+    assert (fast["host_sync_per_step"], base["host_sync_per_step"]) == (False, True)
+    assert (fast["fused_attention"], base["fused_attention"]) == (True, False)
+    assert (fast["uint8_input"], base["uint8_input"]) == (True, False)
+    assert fast["amp"] == base["amp"] == "none" and out["peak_mem_gib"] is None
+    assert out["speedup_vs_baseline"] == round(fast["images_per_s"] / base["images_per_s"], 3)
+    # same data, same fp32 arithmetic up to the attention kernel: the same loss
+    assert abs(fast["last_loss"] - base["last_loss"]) < 1e-4
+
+
+def test_bench_eval_smoke_with_baseline():
+    (out,) = _json_lines("bench_eval.py", "--device", "cpu", "--iters", "1", "--warmup", "0", "--batch_size", "2",
+                         "--input_size", "32", "--model_kwargs", TINY_CLASSIFIER, "--baseline")
+    assert set(out["images_per_s"]) == {"fp32"}
+    assert out["fast"]["fused_attention"] and not out["baseline"]["fused_attention"]
+    assert out["speedup_vs_baseline"] == round(out["fast"]["images_per_s"] / out["baseline"]["images_per_s"], 3)
