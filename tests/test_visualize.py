@@ -224,10 +224,10 @@ def test_image_logger_normalises_uint8_items_like_the_host_pipeline(tmp_path):
     """The pre-training workers deliver uint8 images; the grid equals the one of host-normalised items."""
     data = make_synthetic_pretrain_dataset(tmp_path, 3, size=32, seed=2)
     raw = FaceParsingDataset(data, PretrainTransform(32))
-    host = FaceParsingDataset(data, PretrainTransform(32, MEAN, STD))
+    host = FaceParsingDataset(data, PretrainTransform(32, PRETRAIN_MEAN, PRETRAIN_STD))
     assert raw[0]["image"].dtype == torch.uint8
-    model = _tiny()
-    from_uint8 = visualize.PretrainImageLogger(_Recorder(), raw, MEAN, STD, 8, 0.75, vis_freq=1)
-    from_float = visualize.PretrainImageLogger(_Recorder(), host, MEAN, STD, 8, 0.75, vis_freq=1)
+    model = tiny_fsfm()
+    from_uint8 = visualize.PretrainImageLogger(_Recorder(), raw, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
+    from_float = visualize.PretrainImageLogger(_Recorder(), host, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
     assert torch.equal(from_uint8.images, from_float.images)
     assert torch.equal(from_uint8.grid(model), from_float.grid(model))
