@@ -20,7 +20,7 @@ from PIL import Image
 from fsvfm.preprocess.faces import FaceCropper
 from fsvfm.preprocess.parsing import build_parser, output_paths, save_parsed, to_parser_input
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_path, atomic_write_image
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,17 @@ class Options:
     facer_model_dir: str | None = None
     device: str | None = None
     save_vis: bool = False
+    max_faces: int = 1            # faces kept per photo (crop_image, crop_parse); 0 = all
+
+
+def face_name(name: str, k: int) -> str:
+    """Output stem of the ``k``-th face of a photo: ``name`` for the first, ``{name}_face{k}`` after."""
+    return name if k == 0 else f"{name}_face{k}"
+
+
+def face_path(path: str | Path, k: int) -> Path:
+    path = Path(path)
+    return path.with_name(face_name(path.stem, k) + path.suffix)
 
 
 @dataclass(frozen=True)
@@ -63,12 +74,6 @@ class Outcome:
         self.counts[status] += 1
         if status not in ("done", "skipped"):
             self.failures.append((status, item, reason))
-
-
-def write_image(path: str | Path, bgr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, bgr):
-            raise OSError(f"cv2.imwrite failed for {path}")
 
 
 class Worker:
@@ -100,27 +105,30 @@ class Worker:
             out.add("error", job.src, f"{type(e).__name__}: {e}")
         return out
 
-    def _read_and_crop(self, job: Job, out: Outcome):
-        """The face crop of an image file, or None after counting it as unreadable / no face."""
+    def _read_and_crop(self, job: Job, out: Outcome) -> list:
+        """The face crops ``(bgr, rect)`` of an image file, at most ``max_faces`` of them; [] after
+        counting the file as unreadable / no face."""
         bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
         if bgr is None:
             out.add("unreadable", job.src, "not an image")
-            return None
-        res = self.cropper.crop(bgr)
-        if res is None:
+            return []
+        crops = self.cropper.crops(bgr, self.opts.max_faces)
+        if not crops:
             out.add("no_face", job.src)
-        return res
+        return crops
 
     def _crop_image(self, job: Job, out: Outcome) -> None:
+        """One output per kept face and ``dst`` file; the first face's file is written last, so its
+        presence marks the photo as done (a resumed run skips it)."""
         todo = [d for d in job.dst if not Path(d).exists()]
         if not todo:
             return out.add("skipped")
-        res = self._read_and_crop(job, out)
-        if res is None:
-            return None
-        for d in todo:
-            write_image(d, res[0])
-        out.add("done")
+        crops = self._read_and_crop(job, out)
+        for k in reversed(range(len(crops))):
+            for d in todo:
+                atomic_write_image(face_path(d, k), crops[k][0])
+            out.add("done")
+        return None
 
     def _crop_video(self, job: Job, out: Outcome) -> None:
         n = frame_count(job.src)
@@ -141,7 +149,7 @@ class Worker:
             if res is None:
                 out.add("no_face", item)
                 continue
-            write_image(paths[idx], res[0])
+            atomic_write_image(paths[idx], res[0])
             out.add("done")
 
     def _copy(self, job: Job, out: Outcome) -> None:
@@ -149,7 +157,7 @@ class Worker:
             return out.add("skipped")
         if not Path(job.src).is_file():
             return out.add("unreadable", job.src, "missing")
-        with atomic_path(job.dst[0]) as tmp:
+        with atomic_path(job.dst[0], keep_suffix=False) as tmp:
             shutil.copyfile(job.src, tmp)
         out.add("done")
 
@@ -166,17 +174,18 @@ class Worker:
     def _crop_parse(self, job: Job, out: Outcome) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
-        res = self._read_and_crop(job, out)
-        if res is None:
-            return None
-        crop, rect = res
-        scale = self.opts.face_size / crop.shape[0]
-        image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), self.opts.face_size)
-        self._parse_and_save(job, out, image, tuple(int(round(v * scale)) for v in rect))
+        crops = self._read_and_crop(job, out)
+        for k in reversed(range(len(crops))):      # the first face last: it marks the photo as done
+            crop, rect = crops[k]
+            scale = self.opts.face_size / crop.shape[0]
+            image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), self.opts.face_size)
+            self._parse_and_save(job, out, image, tuple(int(round(v * scale)) for v in rect),
+                                 face_name(job.name, k))
+        return None
 
-    def _parse_and_save(self, job: Job, out: Outcome, image: Image.Image, rect) -> None:
+    def _parse_and_save(self, job: Job, out: Outcome, image: Image.Image, rect, name: str | None = None) -> None:
         label_map = self.parser.parse(np.asarray(image), rect)
         if label_map is None:
             return out.add("no_face", job.src, f"no face found by the {self.parser.name} parser")
-        save_parsed(job.dst[0], job.name, image, label_map, self.opts.save_vis)
+        save_parsed(job.dst[0], name or job.name, image, label_map, self.opts.save_vis)
         out.add("done")

@@ -14,7 +14,7 @@ from PIL import Image
 from fsvfm.preprocess.labels import colorize
 from fsvfm.preprocess.parse_facer import FacerParser, facer_available
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_path, atomic_write_image
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def save_parsed(out_root: str | Path, stem: str, image: Image.Image, label_map: 
     """Write ``images/{stem}.png`` and ``parsing_maps/{stem}.npy`` (int8, (1, H, W)); map first, so an
     interrupted run never leaves an image without its map (the image marks the item as done)."""
     img_path, map_path = output_paths(out_root, stem)
-    with atomic_path(map_path) as tmp:
-        np.save(tmp, label_map.astype(np.int8)[None])
+    with atomic_path(map_path, keep_suffix=False) as tmp, open(tmp, "wb") as f:
+        np.save(f, label_map.astype(np.int8)[None])
     if save_vis:
         save_visualisation(Path(out_root) / VIS_DIR, stem, np.asarray(image.convert("RGB")), label_map)
-    with atomic_path(img_path) as tmp:
+    with atomic_path(img_path, keep_suffix=False) as tmp:
         image.save(tmp, format="PNG")
 
 
@@ -67,5 +67,4 @@ def save_visualisation(vis_dir: Path, stem: str, rgb: np.ndarray, label_map: np.
     colours = colorize(label_map)
     overlay = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.6, colours, 0.6, 0)
     for name, img in ((f"{stem}.png", colours), (f"{stem}_with_pm.png", overlay)):
-        with atomic_path(vis_dir / name) as tmp:
-            cv2.imwrite(tmp, img)
+        atomic_write_image(vis_dir / name, img)

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fsvfm.preprocess.jobs import STATUSES, Job, Options, Outcome, Worker
+from fsvfm.preprocess.parse_facer import facer_available, missing_weights_message
 from fsvfm.preprocess.parsing import resolve_backend
 from fsvfm.util.fileio import atomic_write_text
 
@@ -39,6 +40,14 @@ class Summary:
         """An input left out at planning time (e.g. a video in no split file)."""
         self.counts["excluded"] += 1
         self.failures.append(("excluded", item, reason))
+
+    def total(self) -> int:
+        """Items seen, whatever their status (0: the run found nothing to do)."""
+        return int(sum(self.counts.values()))
+
+    def error_reasons(self) -> Counter:
+        """How many items failed with each distinct ``error`` reason (e.g. a backend that cannot load)."""
+        return Counter(reason for status, _, reason in self.failures if status == "error")
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded")}
@@ -70,10 +79,16 @@ def _run_one(job: Job) -> Outcome:
 
 
 def prepare_options(opts: Options, jobs: Iterable[Job]) -> Options:
-    """Resolve ``backend='auto'`` once, in the main process, and log which backend runs."""
+    """Resolve ``backend='auto'`` once, in the main process, and log which backend runs.
+
+    Raises ``FileNotFoundError`` with FACER's set-up instructions when ``facer`` is asked for and its
+    package or weights are missing (once, instead of one failure per job).
+    """
     if not any(j.kind in PARSE_KINDS for j in jobs):
         return opts
     backend = resolve_backend(opts.backend, opts.facer_model_dir)
+    if backend == "facer" and not facer_available(opts.facer_model_dir):
+        raise FileNotFoundError(missing_weights_message(opts.facer_model_dir))
     logger.info("face parsing backend: %s%s", backend,
                 "" if opts.backend != "auto" else " (auto)")
     return replace(opts, backend=backend)
@@ -115,8 +130,13 @@ def run_stages(stages: list[Stage], opts: Options, workers: int = 1, log_dir: st
         jobs = make_jobs()
         logger.info("%s: %d jobs", name, len(jobs))
         only_copies = all(j.kind == "copy" for j in jobs)
-        run_jobs(jobs, opts, 1 if only_copies else workers, desc=name, summary=summary)
+        part = run_jobs(jobs, opts, 1 if only_copies else workers, desc=name)
+        summary.merge(part)
+        if len(stages) > 1:
+            logger.info("%s: %s", name, part)
     logger.info("summary: %s", summary)
+    for reason, n in summary.error_reasons().most_common(3):
+        logger.error("%d item(s) failed with: %s", n, reason)
     if log_dir is not None:
         path = summary.write(log_dir, run_name)
         logger.info("failures list (%d): %s", len(summary.failures), path)

@@ -1,25 +1,45 @@
-"""Atomic file writing: outputs appear complete or not at all."""
+"""Atomic file writing: outputs appear complete or not at all, with the user's umask."""
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_MARK = ".tmp"
+
+
+def _create_temp(path: Path, keep_suffix: bool) -> str:
+    """Create an empty, hidden, unique temporary file next to ``path`` and return its name.
+
+    ``os.open`` with mode 0o666 lets the kernel apply the umask, as for any file a program creates
+    (``tempfile.mkstemp`` always makes 0600 files, and ``os.replace`` keeps that mode).
+    """
+    for _ in range(100):
+        suffix = TEMP_MARK + (path.suffix if keep_suffix else "")
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name next to {path}")
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = True) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    The temporary name keeps the final suffix (``x.png`` -> ``.x.png.<rand>.tmp.png``) so writers
-    that infer the format from the extension (OpenCV, PIL) still work. On error the temporary file
-    is removed and ``path`` is left untouched.
+    ``keep_suffix=True`` keeps the final suffix (``x.png`` -> ``.x.png.<rand>.tmp.png``) for writers
+    that infer the format from the extension (OpenCV ``imwrite``, matplotlib). ``False`` ends the
+    name in ``.tmp``, so a temporary file left by a killed process is never listed as an image or
+    a checkpoint by an extension filter; writers must then name the format themselves.
+    On error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path, keep_suffix)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -29,7 +49,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, keep_suffix=False) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_image(path: str | os.PathLike, bgr) -> None:
+    """Encode a BGR (H, W, 3) uint8 image in the format of ``path``'s suffix and write it atomically."""
+    import cv2
+    ok, buf = cv2.imencode(Path(path).suffix, bgr)
+    if not ok:
+        raise OSError(f"cv2.imencode failed for {path}")
+    atomic_write_bytes(path, buf.tobytes())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path, keep_suffix=False) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

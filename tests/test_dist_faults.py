@@ -1,0 +1,72 @@
+"""Distributed faults on gloo/CPU: a hung rank times out, a dead launcher or rank stops the workers."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from fsvfm.util import dist
+from tests.conftest import REPO
+
+DRILL = REPO / "tests" / "dist_drill.py"
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drill reads /proc, uses prctl")
+
+
+def test_dist_timeout_sources(monkeypatch):
+    monkeypatch.delenv(dist.DIST_TIMEOUT_ENV, raising=False)
+    assert dist.dist_timeout(argparse.Namespace()) == datetime.timedelta(minutes=30)
+    monkeypatch.setenv(dist.DIST_TIMEOUT_ENV, "0.5")
+    assert dist.dist_timeout(argparse.Namespace()) == datetime.timedelta(seconds=30)
+    assert dist.dist_timeout(argparse.Namespace(dist_timeout=2)) == datetime.timedelta(minutes=2)  # flag wins
+    for bad in ("abc", "0", "-1", "inf"):
+        monkeypatch.setenv(dist.DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=f"FSVFM_DIST_TIMEOUT={bad!r}: .* positive number of minutes"):
+            dist.dist_timeout(None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_hung_rank_times_out_after_the_set_timeout(tmp_path):
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+           dist.DIST_TIMEOUT_ENV: "0.05"}                                  # 3 s
+    procs = [subprocess.Popen([sys.executable, str(DRILL), "worker", str(tmp_path), "hang"],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    try:
+        _, err = procs[0].communicate(timeout=120)
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    assert procs[0].returncode == 3, err[-2000:]
+    assert "rank 0 collective failed" in err and "3000ms" in err
+
+
+@linux_only
+@pytest.mark.slow
+def test_workers_exit_when_the_launcher_is_killed(tmp_path):
+    r = subprocess.run([sys.executable, str(DRILL), "kill-launcher", str(tmp_path)], capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.splitlines()[-1]) == {"0": dist.LAUNCHER_GONE_EXIT_CODE,
+                                                     "1": dist.LAUNCHER_GONE_EXIT_CODE}
+    assert r.stderr.count("has exited; this worker stops too") == 2
+
+
+@linux_only
+@pytest.mark.slow
+def test_killed_rank_stops_the_other_rank(tmp_path):
+    r = subprocess.run([sys.executable, str(DRILL), "kill-rank", str(tmp_path)], capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.splitlines()[-1]) == {"torchrun": 1, "rank0_running": False}
