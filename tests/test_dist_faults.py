@@ -52,21 +52,22 @@ def test_hung_rank_times_out_after_the_set_timeout(tmp_path):
     assert "rank 0 collective failed" in err and "3000ms" in err
 
 
+def _drill(mode: str, out) -> tuple[dict, str]:
+    """Run a torchrun drill of tests/dist_drill.py; its JSON result and the stderr of all processes."""
+    r = subprocess.run([sys.executable, str(DRILL), mode, str(out)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.splitlines()[-1]), r.stderr
+
+
 @linux_only
 @pytest.mark.slow
 def test_workers_exit_when_the_launcher_is_killed(tmp_path):
-    r = subprocess.run([sys.executable, str(DRILL), "kill-launcher", str(tmp_path)], capture_output=True,
-                       text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.splitlines()[-1]) == {"0": dist.LAUNCHER_GONE_EXIT_CODE,
-                                                     "1": dist.LAUNCHER_GONE_EXIT_CODE}
-    assert r.stderr.count("has exited; this worker stops too") == 2
+    result, stderr = _drill("kill-launcher", tmp_path)
+    assert result == {"0": dist.LAUNCHER_GONE_EXIT_CODE, "1": dist.LAUNCHER_GONE_EXIT_CODE}
+    assert stderr.count("has exited; this worker stops too") == 2
 
 
 @linux_only
 @pytest.mark.slow
 def test_killed_rank_stops_the_other_rank(tmp_path):
-    r = subprocess.run([sys.executable, str(DRILL), "kill-rank", str(tmp_path)], capture_output=True,
-                       text=True, timeout=180)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout.splitlines()[-1]) == {"torchrun": 1, "rank0_running": False}
+    assert _drill("kill-rank", tmp_path)[0] == {"torchrun": 1, "rank0_running": False}

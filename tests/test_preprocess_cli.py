@@ -95,6 +95,7 @@ def test_missing_facer_weights_print_the_instructions_once(tmp_path, capsys, mon
     assert err.count("FACER weights not found in") == 1
     assert str(tmp_path / "weights" / "mobilenet0.25_Final.pth") in err
     assert "face_parsing.farl.lapa.main_ema_136500_jit191.pt" in err
+    assert not (tmp_path / "ds").exists()                    # refused before any work
 
 
 def test_distinct_job_errors_are_logged_once_each(tmp_path, caplog, monkeypatch):

@@ -24,7 +24,7 @@ from fsvfm.preprocess.layouts import (
     run_name_for,
 )
 from fsvfm.preprocess.parsing import BACKENDS
-from fsvfm.preprocess.runner import Summary, run_stages
+from fsvfm.preprocess.runner import Summary, check_backend, run_stages
 from fsvfm.util.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -158,4 +158,6 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     else:
         stages = parse_stages(cfg, args.dataset)
     opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
+    with _user_errors(FileNotFoundError):       # before any work: FACER weights
+        check_backend(opts)
     return _run(stages, opts, args, default_file, "face_parse_" + run_name_for(args.dataset), Summary())

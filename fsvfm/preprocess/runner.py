@@ -78,17 +78,20 @@ def _run_one(job: Job) -> Outcome:
     return _WORKER.run(job)
 
 
-def prepare_options(opts: Options, jobs: Iterable[Job]) -> Options:
-    """Resolve ``backend='auto'`` once, in the main process, and log which backend runs.
-
-    Raises ``FileNotFoundError`` with FACER's set-up instructions when ``facer`` is asked for and its
-    package or weights are missing (once, instead of one failure per job).
-    """
-    if not any(j.kind in PARSE_KINDS for j in jobs):
-        return opts
+def check_backend(opts: Options) -> str:
+    """The parsing backend that will run; ``FileNotFoundError`` with FACER's set-up instructions when
+    ``facer`` is asked for and its package or weights are missing (once, not one failure per job)."""
     backend = resolve_backend(opts.backend, opts.facer_model_dir)
     if backend == "facer" and not facer_available(opts.facer_model_dir):
         raise FileNotFoundError(missing_weights_message(opts.facer_model_dir))
+    return backend
+
+
+def prepare_options(opts: Options, jobs: Iterable[Job]) -> Options:
+    """Resolve ``backend='auto'`` once, in the main process (``check_backend``), and log which runs."""
+    if not any(j.kind in PARSE_KINDS for j in jobs):
+        return opts
+    backend = check_backend(opts)
     logger.info("face parsing backend: %s%s", backend,
                 "" if opts.backend != "auto" else " (auto)")
     return replace(opts, backend=backend)
