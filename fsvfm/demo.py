@@ -24,7 +24,7 @@ from skimage import data as skdata
 from fsvfm import main_pretrain
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
@@ -33,8 +33,7 @@ logger = logging.getLogger("fsvfm.demo")
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
     if not path.exists():
-        with atomic_path(path) as tmp:
-            cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        atomic_write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def collect_photos(photo_dir: Path, faces_dir: str | None, variants: int, seed: int) -> int:

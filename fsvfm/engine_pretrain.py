@@ -69,7 +69,7 @@ def _momentum_at(schedule: np.ndarray, step: int) -> float:
     return float(schedule[min(step, len(schedule) - 1)])
 
 
-def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, data_loader: Iterable,
+def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget | None, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
                     cl_loss_fn: torch.nn.Module, momentum_schedule: np.ndarray, epoch: int, device: torch.device,
                     args: argparse.Namespace, log_writer=None) -> dict[str, float]:
@@ -103,7 +103,8 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
             metric_logger.update(grad_norm=float(norm))
         if update:
             optimizer.zero_grad(set_to_none=True)
-        ema.update(_momentum_at(momentum_schedule, epoch * num_iters + i))
+        if ema is not None:  # None: frozen target (--ema_mode frozen)
+            ema.update(_momentum_at(momentum_schedule, epoch * num_iters + i))
         lr = optimizer.param_groups[0]["lr"]
         metric_logger.update(lr=lr, **means)
         if log_writer is not None and update:
