@@ -29,7 +29,7 @@ from skimage import data as skdata
 from fsvfm import main_finetune_DfD, main_pretrain
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
@@ -39,8 +39,7 @@ INNER_FACE = np.arange(2, 10)   # LaPa brows, eyes, nose, lips, inner mouth: wha
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
     if not path.exists():
-        with atomic_path(path) as tmp:
-            cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        atomic_write_image(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 def collect_photos(photo_dir: Path, faces_dir: str | None, variants: int, seed: int) -> int:
@@ -99,8 +98,7 @@ def toy_deepfakes(data_dir: Path, out: Path, val_every: int = 4) -> dict[str, in
         for cls, img in (("real", rgb), ("fake", fake)):
             path = out / split / cls / f"{stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                cv2.imwrite(tmp, img)
+            atomic_write_image(path, img)
             counts[f"{split}/{cls}"] = counts.get(f"{split}/{cls}", 0) + 1
     return counts
 

@@ -84,7 +84,7 @@ def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[
     return {"loss": loss, "loss_rec_all": loss_rec_all, "loss_rec_sfr": loss_rec_sfr, "loss_cl": loss_cl}
 
 
-def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, batch: dict[str, torch.Tensor],
+def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget | None, batch: dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
                cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device, momentum: float, *,
                update: bool = True, window_bad: torch.Tensor | None = None,
@@ -101,7 +101,8 @@ def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, 
     losses = forward_losses(model, target, batch, cl_loss_fn, args, device, args.amp, normalize)
     row, bad, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), args,
                                          update=update, window_bad=window_bad, device_skip=device_skip)
-    ema.update(momentum, skip=bad)
+    if ema is not None:  # None: frozen target (--ema_mode frozen)
+        ema.update(momentum, skip=bad)
     return row, window_bad
 
 
@@ -109,7 +110,7 @@ def _momentum_at(schedule: np.ndarray, step: int) -> float:
     return float(schedule[min(step, len(schedule) - 1)])
 
 
-def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget, data_loader: Iterable,
+def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget | None, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
                     cl_loss_fn: torch.nn.Module, momentum_schedule: np.ndarray, epoch: int, device: torch.device,
                     args: argparse.Namespace, log_writer=None,

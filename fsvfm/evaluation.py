@@ -150,7 +150,7 @@ def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarr
            title=name, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 

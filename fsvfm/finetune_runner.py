@@ -36,6 +36,7 @@ from fsvfm.util.checkpoint import epoch_checkpoint_tags, restore_training_state,
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.log import setup_logging, summary_writer
+from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
 from fsvfm.util.seeding import seed_everything
 
@@ -80,6 +81,7 @@ class _Run:
 
 
 def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
+    warn_if_warmup_too_long(args)
     seed_everything(args.seed + dist.get_rank())
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)

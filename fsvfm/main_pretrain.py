@@ -54,7 +54,7 @@ from fsvfm.util.device_data import DeviceNormalize, add_loader_args, loader_kwar
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
-from fsvfm.util.lr_sched import cosine_scheduler
+from fsvfm.util.lr_sched import cosine_scheduler, warn_if_warmup_too_long
 from fsvfm.util.pretrain_data import (
     PretrainTransform,
     build_pretrain_dataset,
@@ -82,6 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cl_sample", default="all", choices=("all", "positive"), help="InfoNCE logits")
     g.add_argument("--weight_cl", default=0.1, type=float, help="weight of the contrastive loss")
     g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
+    g.add_argument("--ema_mode", default="update", choices=("update", "frozen"),
+                   help="update: the target follows the online network by EMA (spec 3.9.4); frozen: the "
+                        "target keeps its initial weights, as under the original's launch (spec 9.1 P1)")
     g.add_argument("--clip_grad", default=1.0, type=float, help="global gradient-norm clip on update steps")
     g.add_argument("--pretrain_data_path", dest="data_path", action="append", default=None,
                    help="data root with images/ and parsing_maps/ (repeat for several data sets)")
@@ -208,6 +211,7 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     args.amp = default_amp(args.amp, device)
     logger.info("arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
     torch.backends.cudnn.benchmark = True
+    warn_if_warmup_too_long(args)
     args.data_path = args.data_path or []
     # Same seed on every rank for the weights (so each rank's target copy equals rank 0's online
     # network, which DDP broadcasts), then seed + rank for data order and masks.
@@ -221,7 +225,9 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     model_ddp = dist.wrap_model(model, args)
     optimizer, loss_scaler = build_optimizer(args, model, device)
     best_loss = resume(args, model, target, optimizer, loss_scaler)
-    ema = EMATarget(model, target)
+    ema = EMATarget(model, target) if args.ema_mode == "update" else None
+    if ema is None:
+        logger.info("--ema_mode frozen: the target network keeps its initial weights (the original's behaviour)")
     momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
     cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
     log_writer = summary_writer(args)

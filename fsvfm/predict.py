@@ -50,7 +50,7 @@ from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
-from fsvfm.util.fileio import atomic_path, atomic_write_text
+from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
 from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -357,8 +357,7 @@ def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int) ->
             continue
         name = f"{stem}.jpg" if idx is None else f"{stem}_frame_{idx}.jpg"
         drawn = annotate(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), faces)
-        with atomic_path(Path(out_dir) / name) as tmp:
-            cv2.imwrite(tmp, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        atomic_write_image(Path(out_dir) / name, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         written.append(Path(out_dir) / name)
     return written
 

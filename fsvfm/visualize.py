@@ -47,7 +47,7 @@ from fsvfm.util.checkpoint import (
 )
 from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.util.device_data import DeviceNormalize
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.norm_stats import STATS_FILENAME, StatsFileError, resolve_mean_std
 
 logger = logging.getLogger(__name__)
@@ -316,8 +316,7 @@ def masking_figure(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 RGB array atomically; the format follows the extension."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp)
+    atomic_write_image(path, np.ascontiguousarray(image[:, :, ::-1]))
     return path
 
 

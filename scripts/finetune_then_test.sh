@@ -54,6 +54,7 @@ if [[ "${row[9]}" != - ]]; then
 fi
 OUTPUT_DIR="${OUTPUT_DIR:-${OUTPUT_ROOT:-$output_root}/${row[5]}/$RUN_NAME}"
 export NPROC_PER_NODE="${NPROC_PER_NODE:-2}" MASTER_PORT="${MASTER_PORT:-${row[6]}}"
+export FSVFM_GPU_RECIPE="$TASK $SIZE fine-tuning"
 
 finetune=(fsvfm/main_finetune_DfD.py --model "$MODEL" --finetune "$PRETRAINED"
   --finetune_data_path "${FINETUNE_DATA_PATH:-$DATA_DEFAULT}" --output_dir "$OUTPUT_DIR"

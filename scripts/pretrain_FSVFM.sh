@@ -33,6 +33,7 @@ OUT="checkpoint/pretrain_models/FS-VFM_ViT-${SIZE}_VF2_600e"
 DEVICE_ARGS=()
 [[ -n "${DEVICE:-}" ]] && DEVICE_ARGS=(--device "$DEVICE")
 read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+export FSVFM_GPU_RECIPE="pretrain_FSVFM_ViT-$SIZE"
 exec "$HERE/launch.sh" fsvfm/main_pretrain.py \
   --model "$MODEL" --batch_size "$BATCH" --accum_iter "$ACCUM" --epochs 600 --input_size 224 \
   --num_workers 32 --mask_ratio 0.75 --norm_pix_loss --weight_sfr 0.007 --weight_cl 0.1 \

@@ -1,10 +1,15 @@
 """Shared test fixtures: tiny model configurations and the workspace's shared/ folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# A hung collective in a multi-process test fails it after 2 minutes instead of fsvfm's 30 (the
+# subprocesses inherit it); a test may still set its own.
+os.environ.setdefault("FSVFM_DIST_TIMEOUT", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 
 import pytest
 import torch
@@ -127,3 +128,32 @@ def test_find_latest_checkpoint(tmp_path):
     assert ckpt.find_latest_checkpoint(tmp_path).name == "checkpoint-19.pth"
     assert ckpt.find_latest_checkpoint(tmp_path, "checkpoint-te-").name == "checkpoint-te-39.pth"
     assert ckpt.find_latest_checkpoint(tmp_path / "empty") is None
+
+
+class _WindowsPathArg:
+    """Pickles as ``pathlib.WindowsPath`` (what a run on Windows stored), which Linux cannot build."""
+
+    def __reduce__(self):
+        return (pathlib.WindowsPath, ("C:\\data", "faces"))
+
+
+def test_legacy_args_holding_pathlib_paths_load(tmp_path):
+    args = argparse.Namespace(output_dir=pathlib.Path("/runs/x"), data_path=[pathlib.PurePosixPath("data/a")],
+                              log_dir=_WindowsPathArg(), epochs=600)
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 5, "args": args}, tmp_path / "legacy.pth")
+    loaded = ckpt.load_checkpoint(tmp_path / "legacy.pth")
+    got = ckpt.args_dict(loaded)
+    assert got == {"output_dir": pathlib.PurePosixPath("/runs/x"), "data_path": [pathlib.PurePosixPath("data/a")],
+                   "log_dir": pathlib.PureWindowsPath("C:/data/faces"), "epochs": 600}
+    assert type(got["output_dir"]) is pathlib.PurePosixPath      # pure: no file-system access, any OS
+    ckpt.save_checkpoint(tmp_path / "resaved.pth", loaded["model"], args=loaded["args"])
+    assert ckpt.load_checkpoint(tmp_path / "resaved.pth")["args"]["log_dir"] == "C:\\data\\faces"
+
+
+def test_saved_checkpoint_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "checkpoint-0.pth", {"w": torch.ones(1)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

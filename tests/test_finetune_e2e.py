@@ -227,6 +227,7 @@ def test_stats_fallback_warns(workspace, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         main_finetune_DfD.cli(finetune_argv(bare / "ckpt.pth", data, tmp_path / "out", "--epochs", "1"))
     assert "VGGFace2" in caplog.text and str(bare / STATS_FILENAME) in caplog.text
+    assert "--epochs 1 <= --warmup_epochs 1: the learning rate never leaves" in caplog.text
 
 
 def test_finetune_from_main_pretrain_output(workspace, tmp_path):

@@ -173,6 +173,17 @@ def test_wcs_missing_list_exits_2(tmp_path, capsys):
     assert len(err) == 1 and "cefa_fake_test.txt: list file not found" in err[0]
 
 
+def test_mcio_custom_without_input_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for src, message in ((tmp_path / "empty", "holds no image"), (tmp_path / "absent", "no such folder")):
+        with pytest.raises(SystemExit) as e:
+            main_fas_preprocess(FAS_DEFAULT, "MCIO", ["--dataset", "custom", "--src", str(src),
+                                                      "--dst", str(tmp_path / "dst"), "--workers", "1"])
+        assert e.value.code == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+        assert len(err) == 1 and f"--src {src}" in err[0] and message in err[0], err
+
+
 def test_wcs_run_writes_list_targets(tmp_path):
     data = tmp_path / "data"
     txt = data / "WCS" / "txt"

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from fsvfm.preprocess.config import load_config
@@ -13,16 +16,18 @@ from fsvfm.preprocess.finetune_layouts import FINETUNE_DATASETS
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.layouts import (
     PARSE_SOURCES,
+    VIDEO_EXTS,
+    custom_parse_stages,
     custom_stages,
-    parse_jobs,
     parse_stages,
     pretrain_stages,
     run_name_for,
 )
 from fsvfm.preprocess.parsing import BACKENDS
-from fsvfm.preprocess.runner import Summary, run_stages
+from fsvfm.preprocess.runner import Summary, check_backend, run_stages
 from fsvfm.util.fas_data import FASDataError
 from fsvfm.util.log import setup_logging
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ def crop_parser() -> argparse.ArgumentParser:
     g.add_argument("--align", action="store_true", help="5-point aligned face_size crops instead of native")
     g.add_argument("--num_frames", default=None,
                    help="custom mode: frames per video (int or 'all'; default FF_num_frames)")
+    g.add_argument("--max_faces", type=int, default=1,
+                   help="faces kept per photo, in --face_select order (1: one, as the original; 0: all); "
+                        "the k-th extra face is saved as NAME_face{k}; video frames keep one face")
     return p
 
 
@@ -71,7 +79,7 @@ def _options(cfg, args, save_vis: bool = False) -> Options:
                    upsample=args.upsample, face_select=args.face_select, align=args.align,
                    backend=getattr(args, "backend", "landmarks"),
                    facer_model_dir=getattr(args, "facer_model_dir", None),
-                   device=getattr(args, "device", None), save_vis=save_vis)
+                   device=getattr(args, "device", None), save_vis=save_vis, max_faces=args.max_faces)
 
 
 def _num_frames(value, default):
@@ -88,13 +96,45 @@ def _log_dir(args, default_file: Path) -> Path:
     return (Path(default_file).resolve().parent.parent / "../../preprocess_logs").resolve()
 
 
+def _fail(message: str) -> None:
+    """A user mistake: the message (one line, or FACER's set-up instructions) and exit code 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def _user_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Exceptions of ``kinds`` (missing files, bad settings) end with their message, not a traceback."""
+    try:
+        yield
+    except kinds as e:
+        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
+
+
 def _setup(parser: argparse.ArgumentParser, argv, default_file):
     args = parser.parse_args(argv)
     setup_logging()
     if args.dataset == "custom" and not (args.src and args.dst):
         parser.error("--dataset custom needs --src and --dst")
-    cfg = load_config(default_file, args.config, args.opts)
+    if getattr(args, "max_faces", 1) < 0:
+        parser.error("--max_faces must be >= 0 (0 keeps every face)")
+    if args.dataset == "custom" and not Path(args.src).is_dir():
+        _fail(f"--src {args.src}: no such folder (give the folder of images or videos to process)")
+    with _user_errors(FileNotFoundError, ValueError, KeyError):   # --config / --opts
+        cfg = load_config(default_file, args.config, args.opts)
     return args, cfg
+
+
+def _run(stages, opts: Options, args, default_file, run_name: str, summary: Summary) -> Summary:
+    """``run_stages``, then exit code 2 when the run found no input at all."""
+    with _user_errors(FileNotFoundError, FASDataError):       # a split or list file, FACER weights
+        run_stages(stages, opts, args.workers, _log_dir(args, default_file), run_name, summary)
+    if summary.total() == 0:
+        if args.dataset == "custom":
+            _fail(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) or video ({' '.join(VIDEO_EXTS)})")
+        _fail(f"nothing to process for --dataset {args.dataset}: its input folders are missing or empty "
+              "(see the warnings above; paths come from config/default.py, --config and --opts)")
+    return summary
 
 
 def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> Summary:
@@ -111,8 +151,7 @@ def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> S
         stages = pretrain_stages(cfg, args.dataset, summary)
     else:
         stages = FINETUNE_DATASETS[args.dataset](cfg, summary)
-    return run_stages(stages, _options(cfg, args), args.workers, _log_dir(args, default_file),
-                      run_name_for(args.dataset), summary)
+    return _run(stages, _options(cfg, args), args, default_file, run_name_for(args.dataset), summary)
 
 
 def main_face_parse(default_file: str | Path, argv=None) -> Summary:
@@ -122,12 +161,14 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     parser.add_argument("--dataset", choices=(*PARSE_SOURCES, "custom"), required=True)
     args, cfg = _setup(parser, argv, default_file)
     if args.dataset == "custom":
-        stages = [("custom parse", lambda: parse_jobs([args.src], args.dst, crop=args.crop))]
+        stages = custom_parse_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames),
+                                     crop=args.crop)
     else:
         stages = parse_stages(cfg, args.dataset)
     opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
-    return run_stages(stages, opts, args.workers, _log_dir(args, default_file),
-                      "face_parse_" + run_name_for(args.dataset), Summary())
+    with _user_errors(FileNotFoundError):       # before any work: FACER weights
+        check_backend(opts)
+    return _run(stages, opts, args, default_file, "face_parse_" + run_name_for(args.dataset), Summary())
 
 
 def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summary:
@@ -146,10 +187,7 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
     opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
                    device=args.device, chip_padding=cfg.chip_padding)
     summary = Summary()
-    try:
+    with _user_errors(FASDataError):
         stages = (fas_custom_stages(args.src, args.dst, cfg.img_format) if args.dataset == "custom"
                   else make_stages(cfg, args.dataset, summary))
-        return run_stages(stages, opts, args.workers, _log_dir(args, default_file),
-                          run_name_for(f"FAS_{group}_{args.dataset}"), summary)
-    except FASDataError as e:
-        parser.exit(2, f"error: {e}\n")
+    return _run(stages, opts, args, default_file, run_name_for(f"FAS_{group}_{args.dataset}"), summary)

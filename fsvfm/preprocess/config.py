@@ -5,7 +5,8 @@ defaults against the script folder (the parent of ``config/``, as the original's
 a ``--config`` file's values against that file's folder, ``--opts`` values against the current
 directory (they are typed on a command line). Derived keys (``DERIVED`` in the defaults file) are
 recomputed from their base keys unless they were overridden themselves, so changing
-``FF_num_frames`` also moves the folders derived from it.
+``FF_num_frames`` also moves the folders derived from it. A ``--config`` file is read as YAML only:
+yacs would execute a ``.py`` file, so any other suffix is refused.
 """
 from __future__ import annotations
 
@@ -14,7 +15,25 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import yaml
 from yacs.config import CfgNode
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_yaml_config(path: str | Path) -> CfgNode:
+    """A ``--config`` file as a yacs node; ``ValueError`` for a non-YAML suffix, never executed."""
+    path = Path(path)
+    if path.suffix.lower() not in YAML_SUFFIXES:
+        raise ValueError(f"--config {path}: only YAML files ({', '.join(YAML_SUFFIXES)}) are read; "
+                         "Python config files are not executed, put the keys in a .yaml file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected 'KEY: value' lines, found a {type(data).__name__}")
+    return CfgNode(data)
 
 
 def import_file(path: str | Path, name: str = "preprocess_default_config") -> ModuleType:
@@ -70,8 +89,7 @@ def load_config(default_file: str | Path, config_file: str | Path | None = None,
     origin = {k: base for k in cfg}
     if config_file:
         config_file = Path(config_file).resolve()
-        with open(config_file, encoding="utf-8") as f:
-            other = CfgNode.load_cfg(f)
+        other = read_yaml_config(config_file)
         cfg.merge_from_other_cfg(other)
         origin.update({k: config_file.parent for k in other})
     _merge_opts(cfg, list(opts or []), origin, Path.cwd())

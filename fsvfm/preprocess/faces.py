@@ -117,12 +117,15 @@ class FaceCropper:
         rects, scores, _ = self.detector.run(rgb, self.upsample if upsample is None else upsample, 0.0)
         return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
 
-    def select(self, faces: list[Face]) -> Face | None:
-        if not faces:
-            return None
+    def ranked(self, faces: list[Face]) -> list[Face]:
+        """Faces in the order ``face_select`` prefers: dlib's score order, or largest box first."""
         if self.face_select == "largest":
-            return max(faces, key=lambda f: (f.rect[2] - f.rect[0]) * (f.rect[3] - f.rect[1]))
-        return faces[0]
+            return sorted(faces, key=lambda f: -(f.rect[2] - f.rect[0]) * (f.rect[3] - f.rect[1]))
+        return list(faces)
+
+    def select(self, faces: list[Face]) -> Face | None:
+        ranked = self.ranked(faces)
+        return ranked[0] if ranked else None
 
     def landmarks(self, rgb: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
         """(68, 2) landmark coordinates inside ``rect``."""
@@ -130,17 +133,29 @@ class FaceCropper:
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
     def crop(self, bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-        """Return ``(crop_bgr, face_rect_in_crop)`` or None when no face is kept.
+        """Return ``(crop_bgr, face_rect_in_crop)`` of the selected face, or None when no face is kept.
 
         Unaligned: native-size square crop. Aligned: ``face_size`` square warped onto the template,
         kept only if dlib finds a face in it again (as the original intended).
         """
+        crops = self.crops(bgr, 1)
+        return crops[0] if crops else None
+
+    def crops(self, bgr: np.ndarray, max_faces: int = 1) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+        """``crop`` for the first ``max_faces`` faces in ``face_select`` order (0 = every face).
+
+        Faces whose crop is empty or fails the aligned re-detection are dropped, not replaced.
+        """
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        face = self.select(self.detect(rgb))
-        if face is None:
-            return None
-        if self.align:
-            return self._aligned(bgr, rgb, face)
+        faces = self.ranked(self.detect(rgb))
+        out = []
+        for face in faces[:max_faces] if max_faces > 0 else faces:
+            res = self._aligned(bgr, rgb, face) if self.align else self._unaligned(bgr, face)
+            if res is not None:
+                out.append(res)
+        return out
+
+    def _unaligned(self, bgr: np.ndarray, face: Face):
         cut = square_crop(bgr, face.rect, self.face_scale)
         if cut is None:
             return None

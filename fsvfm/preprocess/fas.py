@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 
 from fsvfm.preprocess.align import extract_image_chip
-from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, register_kind, write_image
-from fsvfm.preprocess.layouts import VIDEO_EXTS, flat_name, list_files
+from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, register_kind
+from fsvfm.preprocess.layouts import custom_inputs, flat_name, list_files
 from fsvfm.preprocess.mtcnn import MTCNNDetector
 from fsvfm.preprocess.runner import Stage
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util.fas_data import FASDataError, read_list_file
-from fsvfm.util.naming import IMAGE_EXTENSIONS
+from fsvfm.util.fileio import atomic_write_image
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
         if chip is None:
             continue
         for k in due:
-            write_image(paths[k], chip)
+            atomic_write_image(paths[k], chip)
             out.add("done")
             pending.discard(k)
         if not pending:
@@ -115,12 +115,12 @@ def _fas_image(worker: Worker, job: Job, out: Summary) -> None:
     if chip is None:
         return out.add("no_face", job.src)
     for d in todo:
-        write_image(d, chip)
+        atomic_write_image(d, chip)
     out.add("done")
 
 
 def _write_cropped(job: Job, out: Summary, img: np.ndarray) -> None:
-    write_image(job.dst[0], remove_black_borders(img))
+    atomic_write_image(job.dst[0], remove_black_borders(img))
     out.add("done")
 
 
@@ -371,10 +371,10 @@ def fas_custom_stages(src: str | Path, dst: str | Path, img_format: str = ".png"
     src, dst = Path(src), Path(dst)
 
     def make() -> list[Job]:
+        images, videos = custom_inputs(src, dst)
         jobs = [Job("fas_image", str(f), (str(dst / (flat_name(f.with_suffix(""), src) + img_format)),))
-                for f in list_files(src, IMAGE_EXTENSIONS)]
-        return jobs + [Job("fas_video", str(v), (str(dst),), flat_name(v.with_suffix(""), src))
-                       for v in list_files(src, VIDEO_EXTS)]
+                for f in images]
+        return jobs + [Job("fas_video", str(v), (str(dst),), flat_name(v.with_suffix(""), src)) for v in videos]
     return [("custom chips", make)]
 
 

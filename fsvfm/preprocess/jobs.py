@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from fsvfm.preprocess.faces import FaceCropper
-from fsvfm.preprocess.parsing import build_parser, crop_for_parsing, output_paths, save_parsed
+from fsvfm.preprocess.parsing import build_parser, output_paths, parser_input, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
-from fsvfm.util.fileio import atomic_path, atomic_write_text
+from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,17 @@ class Options:
     device: str | None = None
     save_vis: bool = False
     chip_padding: float = 0.37
+    max_faces: int = 1            # faces kept per photo (crop_image, crop_parse); 0 = all
+
+
+def face_name(name: str, k: int) -> str:
+    """Output stem of the ``k``-th face of a photo: ``name`` for the first, ``{name}_face{k}`` after."""
+    return name if k == 0 else f"{name}_face{k}"
+
+
+def face_path(path: str | Path, k: int) -> Path:
+    path = Path(path)
+    return path.with_name(face_name(path.stem, k) + path.suffix)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,14 @@ class Summary:
         """An input left out at planning time (e.g. a video in no split file)."""
         self.add("excluded", item, reason)
 
+    def total(self) -> int:
+        """Items seen, whatever their status (0: the run found nothing to do)."""
+        return int(sum(self.counts.values()))
+
+    def error_reasons(self) -> Counter:
+        """How many items failed with each distinct ``error`` reason (e.g. a backend that cannot load)."""
+        return Counter(reason for status, _, reason in self.failures if status == "error")
+
     def as_dict(self) -> dict[str, int]:
         return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded")}
 
@@ -103,12 +122,6 @@ class Summary:
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         atomic_write_text(log_dir / f"{run_name}_summary.json", json.dumps(self.as_dict(), indent=1) + "\n")
         return path
-
-
-def write_image(path: str | Path, bgr: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, bgr):
-            raise OSError(f"cv2.imwrite failed for {path}")
 
 
 class Worker:
@@ -150,28 +163,30 @@ class Worker:
             out.add("error", job.src, f"{type(e).__name__}: {e}")
         return out
 
-    def _read_and_crop(self, job: Job, out: Summary, crop=None):
-        """``crop(bgr)`` (default: the face crop) of an image file, or None after counting it as
-        unreadable / no face."""
+    def _read_and_crop(self, job: Job, out: Summary) -> list:
+        """The face crops ``(bgr, rect)`` of an image file, at most ``max_faces`` of them; [] after
+        counting the file as unreadable / no face."""
         bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
         if bgr is None:
             out.add("unreadable", job.src, "not an image")
-            return None
-        res = (crop or self.cropper.crop)(bgr)
-        if res is None:
+            return []
+        crops = self.cropper.crops(bgr, self.opts.max_faces)
+        if not crops:
             out.add("no_face", job.src)
-        return res
+        return crops
 
     def _crop_image(self, job: Job, out: Summary) -> None:
+        """One output per kept face and ``dst`` file; the first face's file is written last, so its
+        presence marks the photo as done (a resumed run skips it)."""
         todo = [d for d in job.dst if not Path(d).exists()]
         if not todo:
             return out.add("skipped")
-        res = self._read_and_crop(job, out)
-        if res is None:
-            return None
-        for d in todo:
-            write_image(d, res[0])
-        out.add("done")
+        crops = self._read_and_crop(job, out)
+        for k in reversed(range(len(crops))):
+            for d in todo:
+                atomic_write_image(face_path(d, k), crops[k][0])
+            out.add("done")
+        return None
 
     def _crop_video(self, job: Job, out: Summary) -> None:
         n = frame_count(job.src)
@@ -192,7 +207,7 @@ class Worker:
             if res is None:
                 out.add("no_face", item)
                 continue
-            write_image(paths[idx], res[0])
+            atomic_write_image(paths[idx], res[0])
             out.add("done")
 
     def _copy(self, job: Job, out: Summary) -> None:
@@ -217,14 +232,15 @@ class Worker:
     def _crop_parse(self, job: Job, out: Summary) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
-        res = self._read_and_crop(job, out, lambda bgr: crop_for_parsing(self.cropper, bgr, self.opts.face_size))
-        if res is None:
-            return None
-        self._parse_and_save(job, out, *res)
+        crops = self._read_and_crop(job, out)
+        for k in reversed(range(len(crops))):      # the first face last: it marks the photo as done
+            image, rect = parser_input(*crops[k], self.opts.face_size)
+            self._parse_and_save(job, out, image, rect, face_name(job.name, k))
+        return None
 
-    def _parse_and_save(self, job: Job, out: Summary, image: Image.Image, rect) -> None:
+    def _parse_and_save(self, job: Job, out: Summary, image: Image.Image, rect, name: str | None = None) -> None:
         label_map = self.parser.parse(np.asarray(image), rect)
         if label_map is None:
             return out.add("no_face", job.src, f"no face found by the {self.parser.name} parser")
-        save_parsed(job.dst[0], job.name, image, label_map, self.opts.save_vis)
+        save_parsed(job.dst[0], name or job.name, image, label_map, self.opts.save_vis)
         out.add("done")

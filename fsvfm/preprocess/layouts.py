@@ -23,6 +23,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 SPLITS = ("train", "val", "test")
 DIFF_SUBSETS = ("FS", "FE", "I2I", "T2I")
 DIFF_SPLITS = ("test", "val")
+VIDEO_FRAMES_DIR = "video_frames"   # face_parse.py custom: frame crops of the source videos
 
 
 def list_files(root: str | Path, exts: Iterable[str], recursive: bool = True) -> list[Path]:
@@ -181,14 +182,18 @@ PARSE_SOURCES: dict[str, tuple[str, str]] = {
 }
 
 
+def named_parse_jobs(files: list[tuple[Path, Path, str]], dst_root: str | Path) -> list[Job]:
+    """(image, its source root, job kind) -> jobs writing ``dst_root/{images,parsing_maps}/{stem}``; the
+    stem is the file name without its extension, or the flattened relative path where two collide."""
+    names = unique_names([(f.stem, flat_name(f.with_suffix(""), base)) for f, base, _ in files])
+    return [Job(kind, str(f), (str(dst_root),), n) for (f, _, kind), n in zip(files, names)]
+
+
 def parse_jobs(src_dirs: Iterable[str | Path], dst_root: str | Path, crop: bool = False) -> list[Job]:
-    """Every image under ``src_dirs`` -> ``dst_root/{images,parsing_maps}/{stem}``; the stem is the
-    file name without its extension, or the flattened relative path where two stems collide."""
-    files = [(f, Path(s)) for s in ([src_dirs] if isinstance(src_dirs, (str, Path)) else src_dirs)
-             for f in list_files(s, IMAGE_EXTENSIONS)]
-    names = unique_names([(f.stem, flat_name(f.with_suffix(""), base)) for f, base in files])
+    """Every image under ``src_dirs`` -> a ``parse`` (or, with ``crop``, ``crop_parse``) job."""
+    dirs = [src_dirs] if isinstance(src_dirs, (str, Path)) else src_dirs
     kind = "crop_parse" if crop else "parse"
-    return [Job(kind, str(f), (str(dst_root),), n) for (f, _), n in zip(files, names)]
+    return named_parse_jobs([(f, Path(s), kind) for s in dirs for f in list_files(s, IMAGE_EXTENSIONS)], dst_root)
 
 
 def parse_stages(cfg, dataset: str) -> list[Stage]:
@@ -197,15 +202,52 @@ def parse_stages(cfg, dataset: str) -> list[Stage]:
     return [(f"{dataset} parse", lambda: parse_jobs(src, cfg[dst_key]))]
 
 
+def custom_inputs(src: str | Path, dst: str | Path, log: bool = True) -> tuple[list[Path], list[Path]]:
+    """Images and videos under ``src`` (recursive, outside ``dst``), logged with their counts."""
+    out = Path(dst).resolve()
+
+    def inputs(exts):
+        return [f for f in list_files(src, exts) if not f.resolve().is_relative_to(out)]
+    images, videos = inputs(IMAGE_EXTENSIONS), inputs(VIDEO_EXTS)
+    if log:
+        logger.info("%s: %d image(s), %d video(s)", src, len(images), len(videos))
+    return images, videos
+
+
+def custom_video_jobs(src: Path, videos: list[Path], dst: Path, num_frames: int | None) -> list[Job]:
+    """Sampled face crops of every video, named by its path relative to ``src`` (``/`` -> ``_``)."""
+    return video_jobs([(v, dst, flat_name(v.with_suffix(""), src)) for v in videos], num_frames)
+
+
 def custom_stages(src: str | Path, dst: str | Path, num_frames: int | None) -> list[Stage]:
     """Any folder: images -> flat crops (relative path, ``/`` -> ``_``), videos -> sampled frames."""
     src, dst = Path(src), Path(dst)
 
     def make() -> list[Job]:
-        jobs = [Job("crop_image", str(f), (str(dst / flat_name(f, src)),)) for f in list_files(src, IMAGE_EXTENSIONS)]
-        videos = [(v, dst, flat_name(v.with_suffix(""), src)) for v in list_files(src, VIDEO_EXTS)]
-        return jobs + video_jobs(videos, num_frames)
+        images, videos = custom_inputs(src, dst)
+        jobs = [Job("crop_image", str(f), (str(dst / flat_name(f, src)),)) for f in images]
+        return jobs + custom_video_jobs(src, videos, dst, num_frames)
     return [("custom crop", make)]
+
+
+def custom_parse_stages(src: str | Path, dst: str | Path, num_frames: int | None,
+                        crop: bool = False) -> list[Stage]:
+    """Any folder -> pre-training set: videos first give face crops of sampled frames in
+    ``dst/VIDEO_FRAMES_DIR`` (as ``custom_stages``), then those and the photos are parsed (photos
+    cropped first with ``crop``)."""
+    src, dst = Path(src), Path(dst)
+    frames = dst / VIDEO_FRAMES_DIR
+
+    def extract() -> list[Job]:
+        return custom_video_jobs(src, custom_inputs(src, dst)[1], frames, num_frames)
+
+    def parse() -> list[Job]:
+        kind = "crop_parse" if crop else "parse"
+        files = [(f, src, kind) for f in custom_inputs(src, dst, log=False)[0]]
+        if frames.is_dir():
+            files += [(f, frames, "parse") for f in list_files(frames, IMAGE_EXTENSIONS)]
+        return named_parse_jobs(files, dst)
+    return [("custom video frames", extract), ("custom parse", parse)]
 
 
 def run_name_for(dataset: str) -> str:

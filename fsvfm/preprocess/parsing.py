@@ -15,7 +15,7 @@ from fsvfm.preprocess.faces import FaceCropper
 from fsvfm.preprocess.labels import colorize, with_legend
 from fsvfm.preprocess.parse_facer import FacerParser, facer_available
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_path, atomic_write_image
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,13 @@ def crop_for_parsing(cropper: FaceCropper, bgr: np.ndarray,
     """The face crop of a BGR photo as the parser's input (RGB, ``face_size`` square) and the face box
     (left, top, right, bottom) in it; None when no face is kept."""
     res = cropper.crop(bgr)
-    if res is None:
-        return None
-    crop, rect = res
+    return None if res is None else parser_input(*res, face_size)
+
+
+def parser_input(crop: np.ndarray, rect: tuple[int, int, int, int],
+                 face_size: int = 224) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A BGR face crop (S, S, 3) and its face box -> the parser's input (RGB, ``face_size`` square)
+    and the box scaled into it."""
     scale = face_size / crop.shape[0]
     image = to_parser_input(np.ascontiguousarray(crop[:, :, ::-1]), face_size)
     return image, tuple(int(round(v * scale)) for v in rect)
@@ -68,8 +72,8 @@ def save_parsed(out_root: str | Path, stem: str, image: Image.Image, label_map: 
     """Write ``images/{stem}.png`` and ``parsing_maps/{stem}.npy`` (int8, (1, H, W)); map first, so an
     interrupted run never leaves an image without its map (the image marks the item as done)."""
     img_path, map_path = output_paths(out_root, stem)
-    with atomic_path(map_path) as tmp:
-        np.save(tmp, label_map.astype(np.int8)[None])
+    with atomic_path(map_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, label_map.astype(np.int8)[None])
     if save_vis:
         save_visualisation(Path(out_root) / VIS_DIR, stem, np.asarray(image.convert("RGB")), label_map)
     with atomic_path(img_path) as tmp:
@@ -82,5 +86,4 @@ def save_visualisation(vis_dir: Path, stem: str, rgb: np.ndarray, label_map: np.
     colours = colorize(label_map)
     overlay = cv2.addWeighted(np.ascontiguousarray(rgb[:, :, ::-1]), 0.6, colours, 0.6, 0)
     for name, img in ((f"{stem}.png", with_legend(colours)), (f"{stem}_with_pm.png", with_legend(overlay))):
-        with atomic_path(vis_dir / name) as tmp:
-            cv2.imwrite(tmp, img)
+        atomic_write_image(vis_dir / name, img)

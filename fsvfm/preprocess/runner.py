@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fsvfm.preprocess.jobs import Job, Options, Summary, Worker
+from fsvfm.preprocess.parse_facer import facer_available, missing_weights_message
 from fsvfm.preprocess.parsing import resolve_backend
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,20 @@ def _run_one(job: Job) -> Summary:
     return _WORKER.run(job)
 
 
+def check_backend(opts: Options) -> str:
+    """The parsing backend that will run; ``FileNotFoundError`` with FACER's set-up instructions when
+    ``facer`` is asked for and its package or weights are missing (once, not one failure per job)."""
+    backend = resolve_backend(opts.backend, opts.facer_model_dir)
+    if backend == "facer" and not facer_available(opts.facer_model_dir):
+        raise FileNotFoundError(missing_weights_message(opts.facer_model_dir))
+    return backend
+
+
 def prepare_options(opts: Options, jobs: Iterable[Job]) -> Options:
-    """Resolve ``backend='auto'`` once, in the main process, and log which backend runs."""
+    """Resolve ``backend='auto'`` once, in the main process (``check_backend``), and log which runs."""
     if not any(j.kind in PARSE_KINDS for j in jobs):
         return opts
-    backend = resolve_backend(opts.backend, opts.facer_model_dir)
+    backend = check_backend(opts)
     logger.info("face parsing backend: %s%s", backend,
                 "" if opts.backend != "auto" else " (auto)")
     return replace(opts, backend=backend)
@@ -82,8 +92,13 @@ def run_stages(stages: list[Stage], opts: Options, workers: int = 1, log_dir: st
         jobs = make_jobs()
         logger.info("%s: %d jobs", name, len(jobs))
         only_copies = all(j.kind == "copy" for j in jobs)
-        run_jobs(jobs, opts, 1 if only_copies else workers, desc=name, summary=summary)
+        part = run_jobs(jobs, opts, 1 if only_copies else workers, desc=name)
+        summary.merge(part)
+        if len(stages) > 1:
+            logger.info("%s: %s", name, part)
     logger.info("summary: %s", summary)
+    for reason, n in summary.error_reasons().most_common(3):
+        logger.error("%d item(s) failed with: %s", n, reason)
     if log_dir is not None:
         path = summary.write(log_dir, run_name)
         logger.info("failures list (%d): %s", len(summary.failures), path)

@@ -23,6 +23,8 @@ def distributed_parser() -> argparse.ArgumentParser:
                    help="set by torch.distributed.launch (both spellings accepted)")
     g.add_argument("--dist_on_itp", action="store_true", help="read ranks from OpenMPI variables")
     g.add_argument("--dist_url", default="env://", help="process-group init URL")
+    g.add_argument("--dist_timeout", type=float, default=None,
+                   help="minutes a collective may wait (default $FSVFM_DIST_TIMEOUT or 30)")
     return p
 
 

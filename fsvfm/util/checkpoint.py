@@ -5,8 +5,10 @@ File format (compatible with the released weights): a dict with ``model`` (state
 ``argparse.Namespace``; new files store a plain dict plus ``model_name`` (and ``norm_stats`` for
 fine-tuned models) so a checkpoint says how to rebuild its model and normalise its inputs.
 
-Loading always uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` allowlisted, so
-a file that pickles anything else (code, arbitrary classes) is refused. Every checkpoint path may also be
+Loading always uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` and the ``pathlib``
+path classes allowlisted (older runs stored ``Path`` values in ``args``; they come back as pure
+paths, which never touch the file system and load on any OS), so a file that pickles anything
+else (code, arbitrary classes) is refused. Every checkpoint path may also be
 ``hf://Wolowolo/fsfm-3c/<path in the repository>`` (see ``resolve_checkpoint_path``).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +30,15 @@ from fsvfm.util.fileio import atomic_path
 logger = logging.getLogger(__name__)
 
 _PREFIXES = ("module.", "_orig_mod.")
+
+
+# (class rebuilt on load, name in the file): concrete paths become pure ones; "pathlib._local" is
+# where Python >= 3.13 defines them.
+_PATH_CLASSES = {"PosixPath": pathlib.PurePosixPath, "PurePosixPath": pathlib.PurePosixPath,
+                 "WindowsPath": pathlib.PureWindowsPath, "PureWindowsPath": pathlib.PureWindowsPath,
+                 "Path": pathlib.PurePath, "PurePath": pathlib.PurePath}
+SAFE_GLOBALS = [argparse.Namespace] + [(cls, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
+                                       for name, cls in _PATH_CLASSES.items()]
 
 
 class CheckpointError(RuntimeError):
@@ -59,12 +71,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refusing to load {path}: it pickles objects other than tensors, containers and "
-            f"argparse.Namespace, which could run code on load ({str(e).splitlines()[0]})") from e
+            f"refusing to load {path}: it pickles objects other than tensors, containers, "
+            f"argparse.Namespace and paths, which could run code on load ({str(e).splitlines()[0]})") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(obj, dict):

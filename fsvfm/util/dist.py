@@ -1,17 +1,32 @@
 """Distributed set-up in one place: rank/world size from torchrun / torch.distributed.launch /
-SLURM / OpenMPI environments, NCCL on CUDA, gloo on CPU, DDP wrap exactly once."""
+SLURM / OpenMPI environments, NCCL on CUDA, gloo on CPU, DDP wrap exactly once.
+
+Faults: collectives time out after ``FSVFM_DIST_TIMEOUT`` minutes (default 30; ``args.dist_timeout``
+wins when a program has that flag), so a hung rank ends the run instead of blocking it for good;
+each worker exits when its launcher dies (a watchdog thread, ``FSVFM_EXIT_WITH_LAUNCHER=0`` turns
+it off). A rank that dies is handled by the launcher: torchrun stops the other ranks.
+"""
 from __future__ import annotations
 
 import argparse
 import datetime
 import logging
+import math
 import os
+import threading
+import time
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
+
+DIST_TIMEOUT_ENV = "FSVFM_DIST_TIMEOUT"
+DEFAULT_DIST_TIMEOUT_MINUTES = 30.0
+EXIT_WITH_LAUNCHER_ENV = "FSVFM_EXIT_WITH_LAUNCHER"
+LAUNCHER_GONE_EXIT_CODE = 1
+_watchdog_pid: int | None = None     # the process whose watchdog runs (a forked child needs its own)
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -43,6 +58,49 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
     return device
+
+
+def dist_timeout(args: argparse.Namespace | None = None) -> datetime.timedelta:
+    """Collective timeout: ``args.dist_timeout`` (minutes) when set, else ``$FSVFM_DIST_TIMEOUT``
+    (minutes), else 30 minutes. A value that is not a positive number is an error naming its source."""
+    value, source = getattr(args, "dist_timeout", None), "--dist_timeout"
+    if value is None:
+        value, source = os.environ.get(DIST_TIMEOUT_ENV) or None, DIST_TIMEOUT_ENV
+    if value is None:
+        return datetime.timedelta(minutes=DEFAULT_DIST_TIMEOUT_MINUTES)
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"{source}={value!r}: the collective timeout must be a positive number of minutes")
+    return datetime.timedelta(minutes=minutes)
+
+
+def exit_with_launcher(poll_seconds: float = 0.5) -> bool:
+    """End this process when its parent (torchrun, ``torch.distributed.launch``, srun) dies.
+
+    A daemon thread polls the parent pid: a killed launcher leaves workers that would otherwise go on
+    training, unseen, holding the GPUs. Polling is used rather than ``PR_SET_PDEATHSIG``, which fires
+    when the parent *thread* that started the worker ends and exists on Linux only. Started once per
+    process; returns whether it runs (``FSVFM_EXIT_WITH_LAUNCHER=0`` disables it).
+    """
+    global _watchdog_pid
+    if os.environ.get(EXIT_WITH_LAUNCHER_ENV, "1") == "0":
+        return False
+    if _watchdog_pid == os.getpid():
+        return True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        logger.error("the launcher (pid %d) has exited; this worker stops too", parent)
+        os._exit(LAUNCHER_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="fsvfm-launcher-watchdog", daemon=True).start()
+    _watchdog_pid = os.getpid()
+    return True
 
 
 def _set_ranks(args: argparse.Namespace) -> None:
@@ -81,6 +139,7 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     if not args.distributed:
         args.device = str(resolve_device(getattr(args, "device", None)))
         return
+    exit_with_launcher()
     device = resolve_device(getattr(args, "device", None))
     if device.type == "cuda":
         torch.cuda.set_device(args.gpu)
@@ -89,7 +148,7 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     args.dist_backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=args.dist_backend, init_method=getattr(args, "dist_url", "env://"),
                             world_size=args.world_size, rank=args.rank,
-                            timeout=datetime.timedelta(minutes=30))
+                            timeout=dist_timeout(args))
     dist.barrier()
     logger.info("distributed init: rank %d/%d, backend %s, device %s", args.rank, args.world_size,
                 args.dist_backend, args.device)

@@ -1,26 +1,46 @@
-"""File writing: atomic outputs (complete or not at all) and the JSON-lines appender of `log.txt`."""
+"""File writing: atomic outputs (complete or not at all, with the user's umask) and the JSON-lines
+appender of `log.txt`."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+TEMP_MARK = ".tmp"
+
+
+def _create_temp(path: Path) -> str:
+    """Create an empty, hidden, unique temporary file next to ``path`` and return its name
+    (``x.png`` -> ``.x.png.<rand>.tmp``).
+
+    ``os.open`` with mode 0o666 lets the kernel apply the umask, as for any file a program creates
+    (``tempfile.mkstemp`` always makes 0600 files, and ``os.replace`` keeps that mode).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_MARK}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    The temporary name keeps the final suffix (``x.png`` -> ``.x.png.<rand>.tmp.png``) so writers
-    that infer the format from the extension (OpenCV, PIL) still work. On error the temporary file
-    is removed and ``path`` is left untouched.
+    The temporary name ends in ``.tmp``, so a file left by a killed process is never listed as an
+    image or a checkpoint by an extension filter; writers must name the format themselves
+    (``atomic_write_image``, ``savefig(format=...)``, ``PIL.Image.save(format=...)``).
+    On error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temp(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -28,6 +48,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_image(path: str | os.PathLike, bgr) -> None:
+    """Encode a BGR (H, W, 3) uint8 image in the format of ``path``'s suffix and write it atomically."""
+    import cv2
+    ok, buf = cv2.imencode(Path(path).suffix, bgr)
+    if not ok:
+        raise OSError(f"cv2.imencode failed for {path}")
+    atomic_write_bytes(path, buf.tobytes())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def lr_at(epoch: float, args: argparse.Namespace) -> float:
@@ -14,6 +17,18 @@ def lr_at(epoch: float, args: argparse.Namespace) -> float:
         return args.lr * epoch / args.warmup_epochs
     span = max(args.epochs - args.warmup_epochs, 1e-12)
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / span))
+
+
+def warn_if_warmup_too_long(args: argparse.Namespace) -> str | None:
+    """Warn (and return the message) when ``--epochs <= --warmup_epochs``: the run then ends inside
+    the linear warm-up and never trains at the learning rate it asked for."""
+    if args.warmup_epochs <= 0 or args.epochs > args.warmup_epochs:
+        return None
+    msg = (f"--epochs {args.epochs} <= --warmup_epochs {args.warmup_epochs}: the learning rate never leaves "
+           f"its warm-up ramp and reaches at most {args.epochs / args.warmup_epochs:.0%} of the set value; "
+           f"lower --warmup_epochs (e.g. --warmup_epochs {max(args.epochs // 10, 0)})")
+    logger.warning(msg)
+    return msg
 
 
 def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, args: argparse.Namespace) -> float:
