@@ -62,14 +62,6 @@ def eval_argv(resume: Path, out: Path, *extra: str) -> list[str]:
             "--batch_size", "5", "--num_workers", "0", "--device", "cpu", *extra]
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    data = make_split_tree(root / "data", "train", videos=2, frames=3)
-    make_split_tree(data, "val", videos=2, frames=2)
-    return root, write_pretrain_checkpoint(root / "pretrain"), data
-
-
 def test_pretrained_encoder_missing_and_ignored_keys(workspace, tmp_path):
     _, ckpt, _ = workspace
     model = tiny_classifier()

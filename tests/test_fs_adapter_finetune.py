@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fsvfm import adapter_hooks, evaluation, main_finetune_DfD
@@ -24,7 +25,6 @@ from tests.test_finetune_e2e import (
     eval_argv,
     finetune_argv,
     pretrain_with_main,
-    write_pretrain_checkpoint,
 )
 
 ADAPTER = "vit_small_patch16_fs_adapter"
@@ -35,14 +35,6 @@ def adapter_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[s
     """The spec 7.6 recipe (layer decay 0, weight decay 0, fs-adapter mode) on the tiny configuration."""
     return finetune_argv(pretrained, data, out, "--model", ADAPTER, "--trainable_modules", "fs-adapter",
                          "--layer_decay", "0", "--weight_decay", "0", "--weight_cl", "0.1", *extra)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapter")
-    data = make_split_tree(root / "data", "train", videos=2, frames=3)
-    make_split_tree(data, "val", videos=2, frames=2)
-    return root, write_pretrain_checkpoint(root / "pretrain"), data
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +167,6 @@ def test_adapter_finetune_then_test_from_main_pretrain(tmp_path):
     model, transform, _ = load_classifier_from_checkpoint(out / "checkpoint-0.pth")
     assert model.adapter.linear1.weight.shape == (6, 48)
     rows = (tmp_path / "test" / "scores_DiFF_T2I_frames.csv").read_text().splitlines()[1:]
-    from PIL import Image
     for row in rows:
         path, *_, score, _ = row.split(",")
         with Image.open(path) as im, torch.no_grad():
