@@ -176,7 +176,8 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     The model name, ``model_kwargs``, ``input_size``, ``nb_classes``, ``global_pool`` and
     ``adapter_reduction`` come from the checkpoint (``model_name`` / stored ``args``) unless given in
     ``overrides`` (None = not given); a checkpoint holding adapter weights under a plain ViT name
-    (the original's adapter programs) is rebuilt as that size's ``*_fs_adapter`` model; ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
+    (the original's adapter programs) is rebuilt as that size's ``*_fs_adapter`` model;
+    ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
     ``normalize_from_IMN`` are off unless given; normalisation statistics come from the checkpoint's
     ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
     ``info``: ``model``, ``input_size``, ``mean``, ``std``, ``norm_source``, ``eval_transform``.
