@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_ROOT = "datasets/finetune_datasets"
 # settings a test command may override; None (not given) = the checkpoint's
-REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "apply_simple_augment",
-                "normalize_from_IMN")
+REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "adapter_reduction",
+                "apply_simple_augment", "normalize_from_IMN")
 
 
 def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     existing commands keep working; model settings default to the checkpoint's."""
     parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser(task.description or f"FS-VFM test ({task.name})", parents=parents)
-    p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None)
+    p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None, adapter_reduction=None)
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
     g.add_argument("--test_sets", nargs="+", default=None, help="names from the table (default: all present)")
@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     device = torch.device(args.device)
     amp = resolve_amp(args.amp, device)
     model, transform, info = load_classifier_from_checkpoint(
-        args.resume, device, **{k: getattr(args, k) for k in REBUILD_KEYS})
+        args.resume, device, **{k: getattr(args, k, None) for k in REBUILD_KEYS})
     args.model = info["model"]
     out = Path(args.output_dir)
     report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": args.metric_mode,

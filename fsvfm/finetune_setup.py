@@ -16,7 +16,8 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 
-from fsvfm.registry import create_model
+from fsvfm.models_vit import FS_ADAPTER_SUFFIX, is_fs_adapter
+from fsvfm.registry import create_model, list_models
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
@@ -49,8 +50,11 @@ def parse_model_kwargs(value: str | dict | None) -> dict[str, Any]:
 
 def build_classifier(args: argparse.Namespace) -> torch.nn.Module:
     """Registered classifier ``--model`` with ``--nb_classes``, ``--drop_path``, ``--global_pool``
-    and ``--model_kwargs`` (``img_size`` defaults to ``--input_size``)."""
+    and ``--model_kwargs`` (``img_size`` defaults to ``--input_size``); an FS-Adapter model also
+    gets ``--adapter_reduction``."""
     kwargs = {"img_size": args.input_size, **parse_model_kwargs(args.model_kwargs)}
+    if is_fs_adapter(args.model):
+        kwargs.setdefault("adapter_reduction", getattr(args, "adapter_reduction", 4))
     return create_model(args.model, family="classifier", num_classes=args.nb_classes,
                         drop_path_rate=getattr(args, "drop_path", 0.0), global_pool=args.global_pool, **kwargs)
 
@@ -63,15 +67,20 @@ def _summarise(keys: Iterable[str]) -> str:
 
 def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
                             new_prefixes: tuple[str, ...] = ("head.", "fc_norm."),
-                            head_init_std: float = 2e-5) -> dict[str, list[str]]:
+                            head_init_std: float = 2e-5, zero_head_bias: bool | None = None) -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into a classifier (spec 4.2).
 
     Keys the classifier does not have (decoders, projector, predictor, ``norm`` with global
     pooling, ...) are ignored and listed once; ``pos_embed`` is interpolated if the grid differs; a
     head of another shape is dropped. Every model key not in the file must start with one of
-    ``new_prefixes`` (adapters add theirs), otherwise ``CheckpointError``. A freshly initialised
-    head gets trunc-normal(std ``head_init_std``) weights. Returns ``{'missing', 'ignored'}``.
+    ``new_prefixes`` or the model's own ``new_param_prefixes`` (an adapter's), otherwise
+    ``CheckpointError``. A freshly initialised head gets trunc-normal(std ``head_init_std``) weights
+    and a zero bias unless ``zero_head_bias`` is False (None: the model's ``zero_head_bias_on_load``,
+    default True; the FS-Adapter keeps its uniform bias, spec 7.1). Returns ``{'missing', 'ignored'}``.
     """
+    new_prefixes = (*new_prefixes, *getattr(model, "new_param_prefixes", ()))
+    if zero_head_bias is None:
+        zero_head_bias = getattr(model, "zero_head_bias_on_load", True)
     state = dict(model_state_from(load_checkpoint(path), path))
     own = model.state_dict()
     for key in ("head.weight", "head.bias"):
@@ -89,7 +98,7 @@ def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
                               f"{len(unexpected_missing)} encoder key(s) missing, e.g. {unexpected_missing[:5]}")
     if "head.weight" in missing:
         torch.nn.init.trunc_normal_(model.head.weight, std=head_init_std)
-        if "head.bias" in missing:
+        if "head.bias" in missing and zero_head_bias:
             torch.nn.init.zeros_(model.head.bias)
     logger.info("Loaded pre-trained encoder from %s (%d tensors). Newly initialised (expected): %s. "
                 "Ignored checkpoint keys not used by the classifier (expected for pre-training "
@@ -142,9 +151,15 @@ def _rebuild_args(path: str | os.PathLike, checkpoint: dict, overrides: dict[str
     stored = args_dict(checkpoint)
     pick = {k: v for k, v in overrides.items() if v is not None}
     model = pick.get("model") or checkpoint.get("model_name") or stored.get("model") or FALLBACK_MODEL
+    if (not is_fs_adapter(model) and "adapter.linear1.weight" in model_state_from(checkpoint, path)
+            and model + FS_ADAPTER_SUFFIX in list_models(family="classifier")):
+        # the original's adapter programs record the plain factory name (same names, another module)
+        logger.info("%s holds FS-Adapter weights: rebuilding %s%s", path, model, FS_ADAPTER_SUFFIX)
+        model += FS_ADAPTER_SUFFIX
     kwargs = pick.get("model_kwargs", stored.get("model_kwargs"))
     return argparse.Namespace(
         model=model, model_kwargs=parse_model_kwargs(kwargs), resume=str(path),
+        adapter_reduction=int(pick.get("adapter_reduction", stored.get("adapter_reduction") or 4)),
         input_size=int(pick.get("input_size", stored.get("input_size") or DEFAULT_INPUT_SIZE)),
         nb_classes=int(pick.get("nb_classes", stored.get("nb_classes") or 2)),
         global_pool=bool(pick.get("global_pool", stored.get("global_pool", True))),
@@ -158,9 +173,11 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     """Rebuild a fine-tuned classifier from its checkpoint, in eval mode on ``device``, with the
     test programs' eval transform (PIL image -> normalised tensor [3, S, S]).
 
-    The model name, ``model_kwargs``, ``input_size``, ``nb_classes`` and ``global_pool`` come from
-    the checkpoint (``model_name`` / stored ``args``) unless given in ``overrides`` (None = not
-    given); ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
+    The model name, ``model_kwargs``, ``input_size``, ``nb_classes``, ``global_pool`` and
+    ``adapter_reduction`` come from the checkpoint (``model_name`` / stored ``args``) unless given in
+    ``overrides`` (None = not given); a checkpoint holding adapter weights under a plain ViT name
+    (the original's adapter programs) is rebuilt as that size's ``*_fs_adapter`` model;
+    ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
     ``normalize_from_IMN`` are off unless given; normalisation statistics come from the checkpoint's
     ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
     ``info``: ``model``, ``input_size``, ``mean``, ``std``, ``norm_source``, ``eval_transform``.

@@ -71,8 +71,10 @@ class FSAdapterViT(VisionTransformer):
     ``head.weight`` (trunc-normal, std 2e-5); ``head.bias`` keeps its uniform init (not zero).
     """
 
-    # Keys a pre-training checkpoint does not hold (the encoder loader accepts them as missing).
+    # Keys a pre-training checkpoint does not hold (the encoder loader accepts them as missing), and the
+    # loader keeps the uniform head bias instead of zeroing it (spec 7.1).
     new_param_prefixes: tuple[str, ...] = ("head.", "fc_norm.", "adapter.", "projector.")
+    zero_head_bias_on_load: bool = False
 
     def __init__(self, adapter_reduction: int = 4, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -92,6 +94,14 @@ class FSAdapterViT(VisionTransformer):
         features, projected = self.forward_adapter(x)
         logits = self.head(features)
         return (logits, projected) if training else logits
+
+
+FS_ADAPTER_SUFFIX = "_fs_adapter"
+
+
+def is_fs_adapter(name: str) -> bool:
+    """Whether the registered classifier ``name`` is an FS-Adapter model (``vit_*_fs_adapter``)."""
+    return name.endswith(FS_ADAPTER_SUFFIX)
 
 
 def _vit(model_name: str, cls: type[VisionTransformer] = VisionTransformer, **kwargs) -> VisionTransformer:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fsvfm.adapter_hooks import classifier_loss, configure_classifier
 from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
 from fsvfm.finetune_setup import build_classifier
+from fsvfm.util.args import adapter_parser
 from fsvfm.util.finetune_data import build_finetune_datasets
 from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 
@@ -88,10 +90,13 @@ DIFF_TEST_SETS = (
     *(TestSet(f"DiFF_{s}_val", f"{_DIFF}/val_subsets/{s}", split="val") for s in ("T2I", "I2I", "FS", "FE")),
 )
 
-# DfD and DiFF fine-tune identically (only the training folder differs); they differ in testing.
-DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video",
+# DfD and DiFF fine-tune identically (only the training folder differs); they differ in testing. Both take
+# a plain ViT (full fine-tuning) or a vit_*_fs_adapter model (FS-Adapter, spec 7) with the adapter flags.
+_CLASSIFIER_HOOKS = dict(configure_model=configure_classifier, make_loss=classifier_loss(DFD_VOCABULARY),
+                         extra_parsers=(adapter_parser,))
+DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video", **_CLASSIFIER_HOOKS,
                         description="FS-VFM cross-dataset deepfake detection (DfD)")
-DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image",
+DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image", **_CLASSIFIER_HOOKS,
                          description="FS-VFM unseen diffusion-face detection (DiFF)")
 
 TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK)}

@@ -32,3 +32,14 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not present")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """One per test module: ``(root, tiny pre-training checkpoint, data tree with train/ (12) and val/ (8))``."""
+    from tests.test_finetune_data import make_split_tree
+    from tests.test_finetune_e2e import write_pretrain_checkpoint
+    root = tmp_path_factory.mktemp("ft")
+    data = make_split_tree(root / "data", "train", videos=2, frames=3)
+    make_split_tree(data, "val", videos=2, frames=2)
+    return root, write_pretrain_checkpoint(root / "pretrain"), data

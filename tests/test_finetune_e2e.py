@@ -62,14 +62,6 @@ def eval_argv(resume: Path, out: Path, *extra: str) -> list[str]:
             "--batch_size", "5", "--num_workers", "0", "--device", "cpu", *extra]
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    data = make_split_tree(root / "data", "train", videos=2, frames=3)
-    make_split_tree(data, "val", videos=2, frames=2)
-    return root, write_pretrain_checkpoint(root / "pretrain"), data
-
-
 def test_pretrained_encoder_missing_and_ignored_keys(workspace, tmp_path):
     _, ckpt, _ = workspace
     model = tiny_classifier()
@@ -230,19 +222,25 @@ def test_stats_fallback_warns(workspace, tmp_path, caplog):
     assert "--epochs 1 <= --warmup_epochs 1: the learning rate never leaves" in caplog.text
 
 
-def test_finetune_from_main_pretrain_output(workspace, tmp_path):
-    """The real chain: main_pretrain's checkpoint and statistics file feed the fine-tuning program."""
+def pretrain_with_main(folder: Path) -> Path:
+    """One epoch of main_pretrain (tiny FSFM, 4 synthetic faces); returns its checkpoint under ``folder/pre``."""
     main_pretrain = pytest.importorskip("fsvfm.main_pretrain")
     synthetic = pytest.importorskip("fsvfm.util.synthetic")
-    _, _, data = workspace
-    faces = synthetic.make_synthetic_pretrain_dataset(tmp_path / "faces", 4, size=32, seed=0)
-    pre = tmp_path / "pre"
+    faces = synthetic.make_synthetic_pretrain_dataset(folder / "faces", 4, size=32, seed=0)
+    pre = folder / "pre"
     overrides = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
     main_pretrain.main(main_pretrain.get_args_parser().parse_args([
         "--pretrain_data_path", str(faces), "--output_dir", str(pre), "--device", "cpu", "--input_size", "32",
         "--model_overrides", overrides, "--batch_size", "2", "--num_workers", "0", "--epochs", "1",
         "--warmup_epochs", "1"]))
-    ckpt = pre / "checkpoint-0.pth"
+    return pre / "checkpoint-0.pth"
+
+
+def test_finetune_from_main_pretrain_output(workspace, tmp_path):
+    """The real chain: main_pretrain's checkpoint and statistics file feed the fine-tuning program."""
+    _, _, data = workspace
+    ckpt = pretrain_with_main(tmp_path)
+    pre = ckpt.parent
     out = tmp_path / "ft"
     main_finetune_DfD.cli(finetune_argv(ckpt, data, out, "--epochs", "1"))
     saved = load_checkpoint(out / "checkpoint-0.pth")

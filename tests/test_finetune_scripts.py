@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fsvfm import evaluation, main_finetune_DfD
+from fsvfm.tasks import TASKS
 from tests.test_finetune_data import make_split_tree
 from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
 
@@ -51,7 +53,7 @@ def _dry_run(script: str, cwd: Path, **env: str) -> list[dict[str, str]]:
         flags = {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else "")
                  for i, w in enumerate(words) if w.startswith("--")}
         env_vars = dict(w.split("=", 1) for w in words[:launcher])
-        commands.append({"program": words[launcher + 1], **env_vars, **flags})
+        commands.append({"program": words[launcher + 1], "argv": words[launcher + 2:], **env_vars, **flags})
     return commands
 
 
@@ -90,6 +92,13 @@ def test_fs_adapter_script_settings(task, size, tmp_path):
     assert (test["--nb_classes"], test["--batch_size"], test["--output_dir"]) == ("2", "320", f"{out}/experiments_test/")
     assert ("DS_FF++_all_cls/c23" if task == "DfD" else "DS_FF++_each_cls/c23/DeepFakes") in ft["--finetune_data_path"]
     assert ft["MASTER_PORT"] == test["MASTER_PORT"] == port and ft["NPROC_PER_NODE"] == "2"
+    # the programs accept the commands: adapter flags parsed, the test rebuilds the reduction from the checkpoint
+    args = main_finetune_DfD.get_args_parser().parse_args(ft["argv"])
+    assert (args.model, args.trainable_modules, args.weight_cl, args.temperature, args.adapter_reduction) == (
+        model, "fs-adapter", float(weight_cl), 0.07, 4)
+    assert (args.layer_decay, args.weight_decay, args.train_fc_norm) == (0.0, 0.0, False)
+    test_args = evaluation.test_parser(TASKS[task]).parse_args(test["argv"])
+    assert test_args.model == model and test_args.adapter_reduction is None
 
 
 def test_script_overrides(tmp_path):
@@ -100,7 +109,9 @@ def test_script_overrides(tmp_path):
 
 
 @pytest.mark.slow
-def test_script_runs_tiny_end_to_end(tmp_path):
+@pytest.mark.parametrize("script, model", [("run_DfD-ViT-S.sh", "vit_small_patch16"),
+                                           ("run_DfD-FS-Adapter-ViT-S.sh", "vit_small_patch16_fs_adapter")])
+def test_script_runs_tiny_end_to_end(tmp_path, script, model):
     ckpt = write_pretrain_checkpoint(tmp_path / "pretrain")
     data = make_split_tree(tmp_path / "data", "train", videos=2, frames=2)
     make_split_tree(data, "val", videos=1, frames=2)
@@ -112,8 +123,9 @@ def test_script_runs_tiny_end_to_end(tmp_path):
            "PYTHON": sys.executable, "TEST_EXTRA_ARGS": "--device cpu --input_size 32 --num_workers 0"}
     flags = ["--device", "cpu", "--input_size", "32", "--model_kwargs", MODEL_KWARGS, "--num_workers", "0",
              "--warmup_epochs", "1"]
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_DfD-ViT-S.sh"), *flags], cwd=tmp_path, env=env,
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script), *flags], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "experiments_test" / "test_results.json").read_text())
     assert list(report["results"]) == ["DFDC"] and report["results"]["DFDC"]["num_images"] == 8
+    assert report["model"] == model
