@@ -127,3 +127,13 @@ def test_find_latest_checkpoint(tmp_path):
     assert ckpt.find_latest_checkpoint(tmp_path).name == "checkpoint-19.pth"
     assert ckpt.find_latest_checkpoint(tmp_path, "checkpoint-te-").name == "checkpoint-te-39.pth"
     assert ckpt.find_latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_state_dict_key_of_the_fas_files(tmp_path):
+    state = {"w": torch.arange(3.0)}
+    path = ckpt.save_checkpoint(tmp_path / "r.pth.tar", state, model_key="state_dict", threshold=0.5)
+    loaded = ckpt.load_checkpoint(path)
+    assert "model" not in loaded and loaded["threshold"] == 0.5
+    assert torch.equal(ckpt.model_state_from(loaded)["w"], state["w"])
+    with pytest.raises(ValueError, match="model_key must be one of"):
+        ckpt.save_checkpoint(tmp_path / "x.pth", state, model_key="weights")

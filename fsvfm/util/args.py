@@ -122,6 +122,23 @@ def finetune_data_parser() -> argparse.ArgumentParser:
     return p
 
 
+def adapter_parser() -> argparse.ArgumentParser:
+    """FS-Adapter flags (spec 7.2-7.5), shared by the DfD/DiFF and FAS programs. They act on ``*_fs_adapter``
+    models only; other models ignore ``--adapter_reduction``, ``--temperature`` and ``--weight_cl``."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("FS-Adapter (*_fs_adapter models)")
+    g.add_argument("--adapter_reduction", default=4, type=int, help="adapter bottleneck width = D / r")
+    g.add_argument("--temperature", default=0.07, type=float, help="temperature of the real-anchored contrastive loss")
+    g.add_argument("--weight_cl", default=0.1, type=float,
+                   help="loss = classification + weight_cl x real-anchored contrastive loss")
+    g.add_argument("--trainable_modules", default="all", choices=("all", "fs-adapter"),
+                   help="fs-adapter: train only the adapter, projector and head (the encoder stays frozen)")
+    g.add_argument("--train_fc_norm", action="store_true",
+                   help="with --trainable_modules fs-adapter, also train fc_norm (the original leaves it frozen at "
+                        "identity, A5; released adapter checkpoints were trained that way)")
+    return p
+
+
 def downstream_parents(model: str | None) -> list[argparse.ArgumentParser]:
     """Parent groups of the fine-tuning and the test programs (tests accept the fine-tuning flags, so
     one command line works for both); ``model`` is the ``--model`` default."""
