@@ -40,8 +40,8 @@ from fsvfm.util.fas_data import (
 )
 from fsvfm.util.finetune_data import dataset_video_names
 from fsvfm.util.loss_contrastive import RealAnchorConLoss
-from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
 from fsvfm.util.metrics import ScoredSet
+from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
 from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 from fsvfm.util.trainable import apply_trainable_modules
 
