@@ -198,6 +198,8 @@ def test_released_layouts_load_by_their_weights(tmp_path):
     with torch.device("meta"):
         for name in ("vit_base_patch16", "vit_large_patch16_fs_adapter", "vit_huge_patch14"):
             assert engine_fas.infer_fas_model_name(create_fas_model(name).state_dict()) == name
+    with pytest.raises(ValueError, match="not a FAS checkpoint: no backbone.vit"):
+        engine_fas.infer_fas_model_name({"cls_token": torch.zeros(1, 1, 384)})
     model = create_fas_model("vit_small_patch16").eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedder.bottleneck_layer.0.")}
     torch.save({"state_dict": state, "epoch": 3.0, "best_model_EER": 0.1, "threshold": 0.5}, tmp_path / "r.pth.tar")

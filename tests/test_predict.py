@@ -183,7 +183,7 @@ def test_usage_errors_exit_2(ckpt, inputs, tmp_path, capsys):
     relabelled["task"] = "FAS"  # a DfD classifier's weights under the FAS task
     torch.save(relabelled, tmp_path / "fas.pth")
     assert predict.main(["--checkpoint", str(tmp_path / "fas.pth"), photo, "--device", "cpu"]) == 2
-    assert "not a FAS checkpoint: no backbone.vit.* weights" in capsys.readouterr().err
+    assert f"checkpoint {tmp_path / 'fas.pth'} does not fit FASModel" in capsys.readouterr().err
     relabelled["task"] = "Other"
     torch.save(relabelled, tmp_path / "other.pth")
     assert predict.main(["--checkpoint", str(tmp_path / "other.pth"), photo, "--device", "cpu", "--no_detect"]) == 2
