@@ -139,11 +139,13 @@ def make_train_loader(dataset: Dataset, args: argparse.Namespace, device: torch.
     return loader
 
 
-def make_eval_loader(dataset: Dataset, args: argparse.Namespace, shard: bool) -> DataLoader:
-    """Loader of ``(image, label, index)``; with ``shard`` each rank reads an unpadded 1/W slice."""
+def make_eval_loader(dataset: Dataset, args: argparse.Namespace, shard: bool,
+                     batch_size: int | None = None) -> DataLoader:
+    """Loader of ``(image, label, index)``; with ``shard`` each rank reads an unpadded 1/W slice.
+    ``batch_size`` defaults to ``args.batch_size``."""
     sampler = (ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size())  # type: ignore[arg-type]
                if shard else SequentialSampler(dataset))
-    return DataLoader(IndexedDataset(dataset), sampler=sampler, batch_size=args.batch_size,
+    return DataLoader(IndexedDataset(dataset), sampler=sampler, batch_size=batch_size or args.batch_size,
                       num_workers=args.num_workers, drop_last=False,
                       pin_memory=args.pin_mem and torch.cuda.is_available())
 

@@ -10,6 +10,12 @@ prediction is token 0, ``logits[:, 0]``. The backbone returns every token: token
 With ``norm_flag`` the embedding is divided by ``sqrt(max(||f||, 1e-12)) * sqrt(2)``: by default the
 norm is taken over the token axis (``embed_norm='tokens'``, the original's numerics, S1);
 ``embed_norm='vector'`` normalises each token's 512-d vector instead.
+
+FS-Adapter variant (spec 7.5, ``fas_vit_*_fs_adapter``): the backbone is an FS-Adapter ViT (``vit_*_fs_adapter``
+with a 2-class ``head`` that stays unused), returning ``(concat([h, a]) [B, 2D], normalize(projector(b)) [B, D/r])``;
+the embedder takes the 2D-wide vector (its normalisation is then per vector), and ``forward`` returns
+``(logits [B, 2], embedding [B, 512], adapter features [B, D/r])``. Extra parameter names:
+``backbone.vit.adapter.linear{1,2}.weight``, ``backbone.vit.projector.*``, ``backbone.vit.head.*``.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import math
 import torch
 import torch.nn as nn
 
-from fsvfm.models_vit import VisionTransformer
+from fsvfm.models_vit import FSAdapterViT, VisionTransformer
 from fsvfm.registry import create_model, register_model
 
 EMBED_DIM = 512
@@ -107,8 +113,42 @@ class FASModel(nn.Module):
         return self.classifier(embedding, norm_flag), embedding
 
 
-def _fas(vit_name: str, drop_path: float = 0.0, embed_norm: str = "tokens", **vit_kwargs) -> FASModel:
+class AdapterFeatureGenerator(nn.Module):
+    """``backbone`` of the FS-Adapter FAS network: [B, 3, H, W] -> (concat([h, a]) [B, 2D], projected [B, D/r])."""
+
+    def __init__(self, vit: FSAdapterViT):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vit.forward_adapter(x)
+
+
+class FASAdapterModel(nn.Module):
+    """``fas_model_fix`` of the FS-Adapter FAS code (spec 7.5): adapter backbone -> embedder (2D in) -> classifier."""
+
+    def __init__(self, vit: FSAdapterViT, embed_norm: str = "tokens"):
+        super().__init__()
+        self.backbone = AdapterFeatureGenerator(vit)
+        self.embedder = FeatureEmbedder(2 * vit.embed_dim, embed_norm)
+        self.classifier = Classifier()
+
+    def forward(self, x: torch.Tensor, norm_flag: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (logits [B, 2], embedding [B, 512], adapter features [B, D/r])."""
+        features, projected = self.backbone(x)
+        embedding = self.embedder(features, norm_flag)
+        return self.classifier(embedding, norm_flag), embedding, projected
+
+
+ADAPTER_SUFFIX = "_fs_adapter"
+
+
+def _fas(vit_name: str, drop_path: float = 0.0, embed_norm: str = "tokens", **vit_kwargs) -> nn.Module:
     # The embedder width comes from the ViT itself, so every size works (S3: huge failed by name).
+    if vit_name.endswith(ADAPTER_SUFFIX):  # the original built it with 2 classes; its head stays, unused
+        vit = create_model(vit_name, family="classifier", num_classes=2, global_pool=True,
+                           drop_path_rate=drop_path, **vit_kwargs)
+        return FASAdapterModel(vit, embed_norm)
     vit = create_model(vit_name, family="classifier", num_classes=0, global_pool=True,
                        drop_path_rate=drop_path, **vit_kwargs)
     return FASModel(vit, embed_norm)
@@ -134,8 +174,35 @@ def fas_vit_huge_patch14(**kwargs) -> FASModel:
     return _fas("vit_huge_patch14", **kwargs)
 
 
-def create_fas_model(model_name: str, drop_path: float = 0.0, embed_norm: str = "tokens", **vit_kwargs) -> FASModel:
-    """Build the FAS network for a ``--model`` name (``vit_base_patch16``; the registry name
-    ``fas_vit_base_patch16`` works too). ``vit_kwargs`` go to the ViT (e.g. a tiny ``img_size``/``depth``)."""
-    name = model_name if model_name.startswith("fas_") else f"fas_{model_name}"
-    return create_model(name, family="fas", drop_path=drop_path, embed_norm=embed_norm, **vit_kwargs)
+@register_model("fas")
+def fas_vit_small_patch16_fs_adapter(**kwargs) -> FASAdapterModel:
+    return _fas("vit_small_patch16_fs_adapter", **kwargs)
+
+
+@register_model("fas")
+def fas_vit_base_patch16_fs_adapter(**kwargs) -> FASAdapterModel:
+    return _fas("vit_base_patch16_fs_adapter", **kwargs)
+
+
+@register_model("fas")
+def fas_vit_large_patch16_fs_adapter(**kwargs) -> FASAdapterModel:
+    return _fas("vit_large_patch16_fs_adapter", **kwargs)
+
+
+@register_model("fas")
+def fas_vit_huge_patch14_fs_adapter(**kwargs) -> FASAdapterModel:
+    return _fas("vit_huge_patch14_fs_adapter", **kwargs)
+
+
+def fas_registry_name(model_name: str) -> str:
+    """``vit_base_patch16`` -> ``fas_vit_base_patch16`` (a ``fas_`` name is returned as it is)."""
+    return model_name if model_name.startswith("fas_") else f"fas_{model_name}"
+
+
+def create_fas_model(model_name: str, drop_path: float = 0.0, embed_norm: str = "tokens",
+                     **vit_kwargs) -> FASModel | FASAdapterModel:
+    """Build the FAS network for a ``--model`` name (``vit_base_patch16``, ``vit_base_patch16_fs_adapter``; the
+    registry names ``fas_vit_base_patch16...`` work too). ``vit_kwargs`` go to the ViT (e.g. a tiny
+    ``img_size``/``depth``, or ``adapter_reduction`` for an adapter model)."""
+    return create_model(fas_registry_name(model_name), family="fas", drop_path=drop_path, embed_norm=embed_norm,
+                        **vit_kwargs)

@@ -6,8 +6,9 @@
 **Class 1 = real**: ``score_real`` = P(real) = softmax(logits)[1], ``score_fake`` = P(fake) = softmax(logits)[0],
 as in the test programs. Every face of an image (or of each sampled video frame) is detected and cropped
 exactly as the training data of the checkpoint's task was (DfD/DiFF: dlib HOG, upsample 1, square x1.3 box,
-native resolution; ``fsvfm.preprocess.faces``), then resized and normalised with the test programs'
-evaluation transform. Videos are sampled like the test data (``--num_frames 32`` uniformly, first and last
+native resolution; ``fsvfm.preprocess.faces``; FAS: the most confident MTCNN faces, each as the 5-point aligned
+224x224 chip of the FAS preprocessing, ``fsvfm.preprocess.align``), then resized and normalised with the test
+programs' evaluation transform (FAS: as its test frames). Videos are sampled like the test data (``--num_frames 32`` uniformly, first and last
 frame included) or every K-th frame (``--every K``).
 
 One record per input::
@@ -97,8 +98,26 @@ def whole_image_crops() -> CropFn:
     return lambda rgb: [FaceCrop((0, 0, rgb.shape[1], rgb.shape[0]), None, rgb)]
 
 
-# Crop modes by name, and the mode each task's training data used. The FAS aligned-chip cropper
-# (MTCNN + 5-point alignment) joins with ``register_crop_mode("fas_aligned", factory, tasks=("FAS",))``.
+def fas_aligned_crops() -> CropFn:
+    """The FAS training chip (spec 1.5.2): every MTCNN face (most confident first; the preprocessing kept the
+    first), warped to the ``face_size`` x ``face_size`` chip aligned on its 5 landmarks. ``box`` is MTCNN's box."""
+    from fsvfm.preprocess.align import extract_image_chip
+    from fsvfm.preprocess.mtcnn import MTCNNDetector
+    opts, detector = Options(), MTCNNDetector()
+
+    def crop(rgb: np.ndarray) -> list[FaceCrop]:
+        faces = []
+        for face in detector.detect(rgb):
+            chip = extract_image_chip(rgb, face.points, opts.face_size, opts.chip_padding)
+            x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+            faces.append(FaceCrop((max(x1, 0), max(y1, 0), min(x2, rgb.shape[1]), min(y2, rgb.shape[0])),
+                                  face.prob, chip))
+        return faces
+    return crop
+
+
+# Crop modes by name, and the mode each task's training data used; a new task adds its own with
+# ``register_crop_mode(name, factory, tasks=(task,))``.
 CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops}
 TASK_CROP_MODES: dict[str, str] = {"DfD": "dlib_square", "DiFF": "dlib_square"}
 DEFAULT_TASK = "DfD"
@@ -109,6 +128,9 @@ def register_crop_mode(name: str, factory: Callable[[], CropFn], tasks: Sequence
     as the mode of ``tasks``."""
     CROP_MODES[name] = factory
     TASK_CROP_MODES.update({t: name for t in tasks})
+
+
+register_crop_mode("fas_aligned", fas_aligned_crops, tasks=("FAS",))
 
 
 def crop_mode_for(task: str) -> str:
@@ -122,19 +144,27 @@ def crop_mode_for(task: str) -> str:
 def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = False
                        ) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor], dict[str, Any]]:
     """The fine-tuned classifier of a checkpoint (local or ``hf://``) and the test programs' evaluation
-    transform (PIL image -> [3, S, S]), rebuilt as the test programs rebuild it
-    (:func:`fsvfm.finetune_setup.load_classifier_from_checkpoint`). Returns ``(model in eval mode,
-    transform, info)``."""
-    from fsvfm.finetune_setup import load_classifier_from_checkpoint
+    transform (PIL image -> [3, S, S]), rebuilt by its task's ``rebuild`` (DfD/DiFF:
+    :func:`fsvfm.finetune_setup.load_classifier_from_checkpoint`, as the test programs; FAS:
+    :func:`fsvfm.engine_fas.load_fas_from_checkpoint`). A file that names no task is FAS when its weights are
+    a FAS network's (the released ``.pth.tar``), else DfD. Returns ``(model in eval mode, transform, info)``."""
+    from fsvfm.tasks import TASKS
     local = resolve_checkpoint_path(path)
     checkpoint = load_checkpoint(local)
     stored = args_dict(checkpoint)
-    model, transform, built = load_classifier_from_checkpoint(
+    task = checkpoint.get("task") or stored.get("task") or _task_of_weights(checkpoint)
+    if task not in TASKS:
+        raise ValueError(f"{path}: unknown task {task!r} (known: {sorted(TASKS)})")
+    model, transform, built = TASKS[task].rebuild(
         local, apply_simple_augment=apply_simple_augment, normalize_from_IMN=stored.get("normalize_from_IMN"))
-    task = checkpoint.get("task") or stored.get("task") or DEFAULT_TASK
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
             "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]}}
     return model, transform, info
+
+
+def _task_of_weights(checkpoint: dict) -> str:
+    state = checkpoint.get("state_dict", checkpoint.get("model"))
+    return "FAS" if isinstance(state, dict) and "backbone.vit.cls_token" in state else DEFAULT_TASK
 
 
 # ------------------------------------------------------------------------------------ inputs

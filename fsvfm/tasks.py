@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fsvfm import engine_fas
 from fsvfm.adapter_hooks import classifier_loss, configure_classifier
 from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
-from fsvfm.finetune_setup import build_classifier
+from fsvfm.finetune_setup import build_classifier, load_classifier_from_checkpoint
 from fsvfm.util.args import adapter_parser
 from fsvfm.util.finetune_data import build_finetune_datasets
-from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
+from fsvfm.util.naming import DFD_VOCABULARY, FAS_VOCABULARY, ClassVocabulary
 
 # (args, train transform, val transform, vocabulary) -> (train set, val set); items (image, label, ...)
 DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabulary], "tuple[Dataset, Dataset]"]
@@ -28,6 +29,8 @@ DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabula
 LoaderBuilder = Callable[[Dataset, argparse.Namespace, torch.device], DataLoader]
 # (criterion matching mixup/smoothing, args) -> loss hook
 LossFactory = Callable[[torch.nn.Module, argparse.Namespace], LossFn]
+# (checkpoint path, device, **overrides) -> (model in eval mode returning logits [N, C], eval transform, info)
+Rebuilder = Callable[..., "tuple[torch.nn.Module, Callable, dict]"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class FinetuneTask:
     * ``make_loss(criterion, args) -> loss_fn``: see ``engine_finetune.LossFn``.
     * ``output_fn(model, images) -> logits [N, C]``: evaluation forward.
     * ``extra_parsers``: argparse parents with the task's own flags, for its fine-tuning and test programs.
+    * ``rebuild(path, device, **overrides)``: a fine-tuned checkpoint of the task, ready for inference
+      (``fsvfm.predict``).
     """
 
     name: str
@@ -69,6 +74,7 @@ class FinetuneTask:
     metric_mode: str = "image"
     extra_parsers: tuple[Callable[[], argparse.ArgumentParser], ...] = ()
     description: str = ""
+    rebuild: Rebuilder = load_classifier_from_checkpoint
 
 
 _FF = "deepfakes_detection/FaceForensics/32_frames"
@@ -99,4 +105,13 @@ DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video", **_
 DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image", **_CLASSIFIER_HOOKS,
                          description="FS-VFM unseen diffusion-face detection (DiFF)")
 
-TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK)}
+# FAS (spec 6, 7.5): leave-one-out over domains, balanced per-source batches, an iteration-based loop with
+# several runs (``fsvfm.fas_runner``); tested on the held-out domain during training (no test program).
+FAS_TASK = FinetuneTask(
+    "FAS", vocabulary=FAS_VOCABULARY, build_datasets=engine_fas.build_fas_datasets,
+    build_train_loader=engine_fas.fas_train_loader, build_model=engine_fas.build_fas_model,
+    configure_model=engine_fas.configure_fas_model, make_loss=engine_fas.fas_loss, output_fn=engine_fas.fas_output,
+    metric_mode="fas", extra_parsers=(adapter_parser,), rebuild=engine_fas.load_fas_from_checkpoint,
+    description="FS-VFM cross-domain face anti-spoofing (FAS): leave-one-out MCIO / WCS protocols")
+
+TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK, FAS_TASK)}

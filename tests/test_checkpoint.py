@@ -157,3 +157,13 @@ def test_saved_checkpoint_follows_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_state_dict_key_of_the_fas_files(tmp_path):
+    state = {"w": torch.arange(3.0)}
+    path = ckpt.save_checkpoint(tmp_path / "r.pth.tar", state, model_key="state_dict", threshold=0.5)
+    loaded = ckpt.load_checkpoint(path)
+    assert "model" not in loaded and loaded["threshold"] == 0.5
+    assert torch.equal(ckpt.model_state_from(loaded)["w"], state["w"])
+    with pytest.raises(ValueError, match="model_key must be one of"):
+        ckpt.save_checkpoint(tmp_path / "x.pth", state, model_key="weights")

@@ -25,8 +25,8 @@ def test_fixture_names_and_shapes_for_s_b_l(shared_dir):
 
 
 def test_registry_family_and_huge_builds():
-    assert list_models(family="fas") == ["fas_vit_base_patch16", "fas_vit_huge_patch14", "fas_vit_large_patch16",
-                                         "fas_vit_small_patch16"]
+    assert list_models(family="fas") == [f"fas_vit_{s}{a}" for s in ("base_patch16", "huge_patch14", "large_patch16",
+                                                                      "small_patch16") for a in ("", "_fs_adapter")]
     assert model_family("fas_vit_small_patch16") == "fas"
     with torch.device("meta"):   # S3: the original's name map made huge raise ValueError
         model = create_fas_model("vit_huge_patch14")
@@ -84,3 +84,31 @@ def test_strict_load_under_either_alias():
 def test_unknown_norm_mode_is_an_error():
     with pytest.raises(ValueError, match="embed_norm"):
         _tiny(embed_norm="channels")
+
+
+def test_adapter_fas_names_and_shapes_follow_spec_7_5(shared_dir):
+    """No released adapter-FAS fixture exists: the ViT part must equal the DfD adapter fixture (with its 2-class
+    head) under ``backbone.vit.``, plus the embedder on 2D features and the classifier."""
+    ref = json.loads((shared_dir / "fixtures" / "reference_state_dict_shapes.json").read_text())
+    with torch.device("meta"):
+        for size, width in (("small", 384), ("base", 768), ("large", 1024)):
+            model = create_fas_model(f"vit_{size}_patch16_fs_adapter")
+            shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+            vit = {k[len("backbone.vit."):]: v for k, v in shapes.items() if k.startswith("backbone.vit.")}
+            assert vit == ref[f"vit_{size}_patch16:fs_adapter"]
+            assert {k: v for k, v in shapes.items() if not k.startswith("backbone.")} == {
+                "embedder.bottleneck_layer_fc.weight": [512, 2 * width], "embedder.bottleneck_layer_fc.bias": [512],
+                "embedder.bottleneck_layer.0.weight": [512, 2 * width], "embedder.bottleneck_layer.0.bias": [512],
+                "classifier.classifier_layer.weight": [2, 512], "classifier.classifier_layer.bias": [2]}
+
+
+def test_adapter_fas_forward_returns_logits_embedding_and_projected_features():
+    model = create_fas_model("vit_small_patch16_fs_adapter", **TINY_VIT, adapter_reduction=4).eval()
+    x = torch.randn(3, 3, 32, 32)
+    logits, emb, feats = model(x)
+    assert logits.shape == (3, 2) and emb.shape == (3, 512) and feats.shape == (3, 12)
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(3))
+    concat, _ = model.backbone.vit.forward_adapter(x)
+    raw = torch.relu(model.embedder.bottleneck_layer_fc(concat))  # eval: dropout off
+    # 2-D input: the norm is per vector (spec 7.5), f / (sqrt(||f||) * sqrt(2))
+    assert torch.allclose(emb, raw / (raw.norm(dim=1, keepdim=True).sqrt() * math.sqrt(2)), atol=1e-6)

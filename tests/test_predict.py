@@ -175,12 +175,17 @@ def test_usage_errors_exit_2(ckpt, inputs, tmp_path, capsys):
     assert predict.main(["--checkpoint", str(ckpt), photo, "--output", str(tmp_path / "o.txt")]) == 2
     assert ".json or .csv" in capsys.readouterr().err
     assert predict.main(["--checkpoint", str(ckpt), str(tmp_path / "empty_dir_missing.mp4"), "--device", "cpu"]) == 0
-    fas = load_checkpoint(ckpt)
-    fas["task"] = "FAS"
-    torch.save(fas, tmp_path / "fas.pth")
+    relabelled = load_checkpoint(ckpt)
+    relabelled["task"] = "FAS"  # a DfD classifier's weights under the FAS task
+    torch.save(relabelled, tmp_path / "fas.pth")
     assert predict.main(["--checkpoint", str(tmp_path / "fas.pth"), photo, "--device", "cpu"]) == 2
-    assert "no face-crop mode for task 'FAS'" in capsys.readouterr().err
-    assert predict.main(["--checkpoint", str(tmp_path / "fas.pth"), photo, "--device", "cpu", "--no_detect"]) == 0
+    assert f"checkpoint {tmp_path / 'fas.pth'} does not fit FASModel" in capsys.readouterr().err
+    relabelled["task"] = "Other"
+    torch.save(relabelled, tmp_path / "other.pth")
+    assert predict.main(["--checkpoint", str(tmp_path / "other.pth"), photo, "--device", "cpu", "--no_detect"]) == 2
+    assert "unknown task 'Other' (known: ['DfD', 'DiFF', 'FAS'])" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no face-crop mode for task 'Other'"):
+        predict.crop_mode_for("Other")
 
 
 def test_real_photos_of_shared_faces(ckpt):

@@ -98,11 +98,15 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+MODEL_KEYS = ("model", "state_dict")  # the released FAS ``.pth.tar`` files use ``state_dict``
+
+
 def model_state_from(checkpoint: Mapping[str, Any], path: str | os.PathLike = "<memory>") -> dict:
-    """The un-prefixed model state dict of a loaded checkpoint (``model`` key, or the dict itself)."""
-    state = checkpoint.get("model", checkpoint)
+    """The un-prefixed model state dict of a loaded checkpoint (its ``model`` or ``state_dict`` entry,
+    or the dict itself)."""
+    state = next((checkpoint[k] for k in MODEL_KEYS if k in checkpoint), checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: no model state dict (expected a 'model' entry of tensors)")
+        raise CheckpointError(f"{path}: no model state dict (expected a 'model' or 'state_dict' entry of tensors)")
     return strip_prefixes(state)
 
 
@@ -127,11 +131,15 @@ def _plain(value: Any) -> Any:
 def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Tensor], *,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int | None = None,
                     scaler: Any = None, args: argparse.Namespace | Mapping | None = None,
-                    model_name: str | None = None, **extra: Any) -> Path:
-    """Atomically write a checkpoint (temp file, then ``os.replace``). Call it on rank 0 only."""
+                    model_name: str | None = None, model_key: str = "model", **extra: Any) -> Path:
+    """Atomically write a checkpoint (temp file, then ``os.replace``). Call it on rank 0 only.
+
+    The weights go under ``model_key`` (``model``; the FAS files keep the original's ``state_dict``)."""
+    if model_key not in MODEL_KEYS:
+        raise ValueError(f"model_key must be one of {MODEL_KEYS}, got {model_key!r}")
     args_map = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
     payload: dict[str, Any] = {
-        "model": strip_prefixes(model_state),
+        model_key: strip_prefixes(model_state),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "scaler": scaler.state_dict() if scaler is not None else None,

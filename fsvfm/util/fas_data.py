@@ -8,7 +8,7 @@ A test video is one list line ``..._frame0.png`` plus its ``..._frame1.png``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,16 +181,25 @@ class FASDataset(Dataset):
     """Fake frames (label 0) followed by real frames (label 1).
 
     Training items: ``(img [3, S, S], label)`` with the saturation jitter; test items:
-    ``(img, label, video_id, path)``.
+    ``(img, label, video_id, path)``. ``transform`` (PIL RGB -> tensor) defaults to
+    ``fas_transform(is_train, mean, std, input_size)``.
     """
 
     def __init__(self, fake_paths: Sequence[str], real_paths: Sequence[str], is_train: bool,
-                 mean: Sequence[float], std: Sequence[float], input_size: int = 224):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, input_size: int = 224,
+                 transform: Callable | None = None):
+        if transform is None and (mean is None or std is None):
+            raise ValueError("FASDataset needs mean and std, or a transform")
         self.paths = list(fake_paths) + list(real_paths)
         self.labels = [FAKE] * len(fake_paths) + [REAL] * len(real_paths)
         self.video_ids = video_ids(self.paths) if self.paths else np.zeros(0, np.int64)
         self.is_train = is_train
-        self.transform = fas_transform(is_train, mean, std, input_size)
+        self.transform = transform or fas_transform(is_train, mean, std, input_size)  # type: ignore[arg-type]
+
+    @property
+    def video_names(self) -> list[str]:
+        """The video of each item (its path without ``frame0.png``/``frame1.png``): the metrics' grouping key."""
+        return [video_key(p) for p in self.paths]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -205,19 +214,24 @@ class FASDataset(Dataset):
         return img, self.labels[index], int(self.video_ids[index]), path
 
 
-def build_train_sets(protocol: Protocol, root: str | os.PathLike, mean: Sequence[float], std: Sequence[float],
-                     input_size: int = 224) -> list[tuple[str, FASDataset, FASDataset]]:
+def build_train_sets(protocol: Protocol, root: str | os.PathLike, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, input_size: int = 224,
+                     transform: Callable | None = None) -> list[tuple[str, FASDataset, FASDataset]]:
     """``[(domain, real set, fake set)]`` for the protocol's training sources, in source order."""
-    return [(d, FASDataset([], train_frames(root, d, "real"), True, mean, std, input_size),
-             FASDataset(train_frames(root, d, "fake"), [], True, mean, std, input_size))
+    kw = dict(mean=mean, std=std, input_size=input_size, transform=transform)
+    return [(d, FASDataset([], train_frames(root, d, "real"), True, **kw),  # type: ignore[arg-type]
+             FASDataset(train_frames(root, d, "fake"), [], True, **kw))  # type: ignore[arg-type]
             for d in protocol.train_sources]
 
 
-def build_test_set(domain: str, root: str | os.PathLike, mean: Sequence[float], std: Sequence[float],
-                   input_size: int = 224) -> FASDataset:
-    """The test frames of one domain (the protocol's target, or a source held out for a threshold)."""
-    fake, real = test_frames(root, domain)
-    return FASDataset(fake, real, False, mean, std, input_size)
+def build_test_set(domains: str | Sequence[str], root: str | os.PathLike, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, input_size: int = 224,
+                   transform: Callable | None = None) -> FASDataset:
+    """The test frames of one domain (the protocol's target) or of several (held-out source data for a
+    threshold), fakes first."""
+    lists = [test_frames(root, d) for d in ([domains] if isinstance(domains, str) else domains)]
+    return FASDataset([p for fake, _ in lists for p in fake], [p for _, real in lists for p in real], False,
+                      mean, std, input_size, transform)
 
 
 def source_test_domains(protocol: Protocol, root: str | os.PathLike) -> list[str]:
@@ -261,8 +275,9 @@ class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
 
 def fas_mean_std(pt_model: str | os.PathLike | None, imagenet: bool = False) -> tuple[list[float], list[float], str]:
     """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else the first line of
-    ``dirname(pt_model)/pretrain_ds_mean_std.txt``; else ImageNet (also without ``--pt_model``, S5)."""
+    ``dirname(pt_model)/pretrain_ds_mean_std.txt`` (``hf://`` too); else ImageNet (also without ``--pt_model``, S5)."""
+    from fsvfm.util.checkpoint import resolve_checkpoint_path
     from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
-    files = [Path(pt_model).parent / STATS_FILENAME] if pt_model else []
+    files = [resolve_checkpoint_path(pt_model).parent / STATS_FILENAME] if pt_model and not imagenet else []
     return resolve_mean_std(imagenet=imagenet, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
                             fallback_name="ImageNet")

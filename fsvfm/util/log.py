@@ -41,9 +41,11 @@ def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0,
     return root
 
 
-def summary_writer(args: argparse.Namespace):
-    """TensorBoard ``SummaryWriter`` on ``args.log_dir`` (default ``--output_dir``) on rank 0, else None."""
+def summary_writer(args: argparse.Namespace, subdir: str = ""):
+    """TensorBoard ``SummaryWriter`` on ``args.log_dir`` (default ``--output_dir``; ``/subdir`` when given,
+    e.g. one folder per FAS run) on rank 0, else None."""
     if not dist.is_main_process():
         return None
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=getattr(args, "log_dir", "") or args.output_dir)
+    log_dir = Path(getattr(args, "log_dir", "") or args.output_dir)
+    return SummaryWriter(log_dir=str(log_dir / subdir if subdir else log_dir))

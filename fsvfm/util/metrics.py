@@ -155,14 +155,6 @@ def image_level_val_threshold(test: ScoredSet, val: ScoredSet | None) -> dict[st
     return {"frame": {**binary_metrics(test.labels, test.scores, test.preds), "val_threshold": threshold, **at}}
 
 
-METRIC_MODES: dict[str, MetricMode] = {
-    "image": MetricMode(image_level, description="image-level metrics"),
-    "video": MetricMode(frame_and_video_level, description="frame- and video-level metrics"),
-    "image_val_threshold": MetricMode(image_level_val_threshold, needs_validation=True,
-                                      description="image level + HTER at the validation EER threshold"),
-}
-
-
 # --- face anti-spoofing (spec 6.6; SSDG-style definitions, vectorised) -------------------------
 # Label 1 = real = positive, ``probs`` = P(real); prediction "real" iff prob >= threshold.
 # FAR = FP / (FP + TN) (fakes accepted), FRR = FN / (FN + TP) (reals rejected); with no real samples
@@ -259,3 +251,29 @@ def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float
         out["hter_src"] = get_HTER_at_thr(probs, labels, source_threshold)
         out["acc_src"] = calculate_threshold(probs, labels, source_threshold)
     return out
+
+
+def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
+    """Frame-level metrics and, under ``fas``, the FAS figures (spec 6.6, fractions) of the per-video means of
+    ``test`` (video = ``names``): HTER/ACC at the EER threshold chosen on the test set itself (the original's
+    ``hter``, S2) and, when ``val`` is given, at the EER threshold of ``val``'s videos (``hter_src``,
+    ``acc_src``, ``threshold_src``)."""
+    probs, labels, _ = video_level_average(test.names, test.scores, test.labels)
+    threshold = None
+    if val is not None:
+        v_probs, v_labels, _ = video_level_average(val.names, val.scores, val.labels)
+        threshold = get_EER_states(v_probs, v_labels)[1]
+    out = fas_metrics(probs, labels.round().astype(int), source_threshold=threshold)
+    if threshold is not None:
+        out["threshold_src"] = threshold
+    return {"frame": binary_metrics(test.labels, test.scores, test.preds), "fas": {"num_videos": len(probs), **out}}
+
+
+METRIC_MODES: dict[str, MetricMode] = {
+    "image": MetricMode(image_level, description="image-level metrics"),
+    "video": MetricMode(frame_and_video_level, description="frame- and video-level metrics"),
+    "image_val_threshold": MetricMode(image_level_val_threshold, needs_validation=True,
+                                      description="image level + HTER at the validation EER threshold"),
+    "fas": MetricMode(fas_video_level, description="FAS video level: HTER/AUC/TPR@FPR=1% (+ HTER at a "
+                                                   "threshold from held-out source data when given)"),
+}

@@ -46,3 +46,5 @@ class ClassVocabulary:
 
 
 DFD_VOCABULARY = ClassVocabulary(words=(("fake",), ("real",)), positive=1)
+# FAS: class 0 = spoof (attack), class 1 = live (bona fide); scores are P(live).
+FAS_VOCABULARY = ClassVocabulary(words=(("spoof", "attack", "fake"), ("live", "real")), positive=1)

@@ -1,0 +1,47 @@
+"""Cross-domain face anti-spoofing (spec 6, 7.5): leave-one-out fine-tuning of a pre-trained FS-VFM encoder on
+the MCIO / WCS protocols, tested on the held-out domain (HTER, AUC, TPR@FPR=1%).
+
+    python fsvfm/main_finetune_FAS.py --config M --model vit_base_patch16 \
+        --pt_model checkpoint/pretrained_models/FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth \
+        --lr 2.5e-5 --wd 1e-6 --op_dir OUT/OCI2M --report_logger_path OUT/OCI2M/performance.csv
+
+``--model vit_*_fs_adapter --trainable_modules fs-adapter`` trains the FS-Adapter instead (3 runs, 24 frames
+per source and class by default). Class indices: spoof 0, live 1; scores are P(live). The task entry is
+``fsvfm.tasks.FAS_TASK``; the loop is ``fsvfm.fas_runner``. A usage mistake (missing list file or frame,
+empty domain, bad ``--pt_model``) ends with one ``error:`` line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fsvfm import fas_runner
+from fsvfm.hub import HubError
+from fsvfm.tasks import FAS_TASK
+from fsvfm.util.checkpoint import CheckpointError
+
+TASK = FAS_TASK
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    return fas_runner.fas_parser(TASK)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Fine-tune ``--runs`` runs; returns ``{'runs', 'mean', 'std', 'output_dir'}``. Never calls ``exit``."""
+    return fas_runner.run(args, TASK)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Exit status: 0, or 2 after one ``error:`` line for a usage mistake."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, CheckpointError, HubError) as e:  # FASDataError and StatsFileError are ValueErrors
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

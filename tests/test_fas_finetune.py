@@ -1,0 +1,269 @@
+"""main_finetune_FAS.py on a generated MCIO/WCS tree (CPU, tiny ViT): protocol use, runs, report CSV, checkpoints,
+the FS-Adapter variant, usage errors, and predict on a FAS checkpoint."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsvfm import engine_fas, fas_runner, main_finetune_FAS, predict
+from fsvfm.engine_finetune import train_one_epoch
+from fsvfm.models_fas import create_fas_model
+from fsvfm.registry import create_model
+from fsvfm.util.amp import NativeScalerWithGradNormCount
+from fsvfm.util.checkpoint import load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.fas_data import fas_transform
+from fsvfm.util.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
+from fsvfm.util.synthetic import make_synthetic_fas_tree
+from tests.conftest import TINY_FSFM, TINY_VIT
+from tests.preprocess_helpers import faces_dir
+from tests.test_finetune_e2e import MODEL_KWARGS, PRETRAIN_STATS, write_pretrain_checkpoint
+
+ORIGINAL_KEYS = {"epoch", "state_dict", "valid_arg", "best_model_EER", "best_model_ACER", "best_model_ACC", "threshold"}
+
+
+def fas_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", "M", "--model", "vit_small_patch16", "--pt_model", str(pretrained), "--fas_data_root", str(data),
+            "--iters", "4", "--eval_freq", "2", "--runs", "2", "--batch_size", "2", "--op_dir", str(out),
+            "--report_logger_path", str(out / "performance.csv"), "--device", "cpu", "--input_size", "32",
+            "--model_kwargs", MODEL_KWARGS, "--test_batch_size", "5", "--print_freq", "50", *extra]
+
+
+def read_report(path: Path) -> tuple[list[str], dict[str, list[float]]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh, skipinitialspace=True))
+    return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fas_ft")
+    return root, make_synthetic_fas_tree(root / "data", n_videos=3, size=32), write_pretrain_checkpoint(root / "pre")
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    root, data, pre = workspace
+    out = root / "out"
+    assert main_finetune_FAS.cli(fas_argv(pre, data, out)) == 0
+    return out
+
+
+# ----------------------------------------------------------------------------------- protocol
+def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
+    _, data, _ = workspace
+    tf = fas_transform(False, (0.5,) * 3, (0.5,) * 3, 32)
+    for config, sources, target, held_out, frames in (
+            ("M", ["oulu", "casia", "replay", "celeb"], "msu", ["oulu", "casia", "replay"], 2),
+            ("cefa", ["wmca", "surf", "celeb"], "cefa", ["wmca", "surf"], 1)):  # WCS: one image per "video"
+        args = fas_runner.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
+        train, test = engine_fas.build_fas_datasets(args, tf, tf)
+        assert [d for d, _, _ in train] == sources
+        assert all(set(real.labels) == {1} and set(fake.labels) == {0} for _, real, fake in train)
+        assert {Path(p).parts[-4] for p in test.paths} == {target}
+        source, domains = engine_fas.build_source_test_set(args, tf)
+        assert domains == held_out and {Path(p).parts[-4] for p in source.paths} == set(held_out)
+        assert len(source) == len(held_out) * 2 * 3 * frames  # live + spoof, 3 videos each
+
+
+def test_defaults_of_full_and_adapter_models():
+    parse = fas_runner.fas_parser().parse_args
+    full = parse(["--config", "M", "--scratch"])
+    fas_runner.check_args(full)
+    assert (full.model, full.iters, full.eval_freq, full.runs, full.batch_size, full.test_batch_size) == (
+        "vit_base_patch16", 4001, 100, 5, 12, 512)
+    assert (full.lr, full.wd, full.drop_path, full.epochs, full.min_lr, full.warmup_epochs) == (1e-4, 1e-6, 0.0, 40, 1e-4, 0)
+    adapter = parse(["--config", "O", "--model", "vit_small_patch16_fs_adapter", "--pt_model", "x.pth"])
+    fas_runner.check_args(adapter)
+    assert (adapter.runs, adapter.batch_size, adapter.weight_cl, adapter.temperature) == (3, 24, 0.1, 0.07)
+    assert [parse(["--config", "M", *f]).scratch for f in ([], ["--scratch"], ["--scratch", "False"], ["--scratch", "true"])] == [
+        False, True, False, True]  # S4: a real boolean
+
+
+# --------------------------------------------------------------------------- two-run training
+def test_report_csv_has_runs_mean_and_population_std(trained):
+    header, rows = read_report(trained / "performance.csv")
+    assert header == ["Run", "HTER", "AUC", "TPR@FPR=1%", "HTER@src_thr(oulu+casia+replay test)"]
+    assert list(rows) == ["0", "1", "Mean", "Std dev"]
+    runs = np.array([rows["0"], rows["1"]])
+    assert rows["Mean"] == pytest.approx(runs.mean(axis=0).round(4).tolist(), abs=1e-4)
+    assert rows["Std dev"] == pytest.approx((np.abs(runs[0] - runs[1]) / 2).tolist(), abs=1e-4)
+
+
+def test_checkpoint_keys_and_strict_reload(trained):
+    models = []
+    for run, row in ((0, "0"), (1, "1")):
+        ckpt = load_checkpoint(trained / f"msu_vit_0_shot_checkpoint_run_{run}.pth.tar")
+        assert ORIGINAL_KEYS <= set(ckpt) and "model" not in ckpt
+        assert (ckpt["task"], ckpt["model_name"], ckpt["run"]) == ("FAS", "fas_vit_small_patch16", run)
+        assert ckpt["epoch"] == (ckpt["iteration"] + 1) // 2 and ckpt["iteration"] in (1, 3)
+        hter = read_report(trained / "performance.csv")[1][row][0]
+        assert ckpt["best_model_EER"] == pytest.approx(hter / 100, abs=1e-5) == ckpt["valid_arg"][3]
+        assert ckpt["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
+        model = create_fas_model("vit_small_patch16", **TINY_VIT)
+        load_model_weights(model, model_state_from(ckpt), strict=True)
+        models.append(model.eval())
+    rebuilt, transform, info = engine_fas.load_fas_from_checkpoint(trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
+    assert (info["model"], info["input_size"], info["norm_source"]) == ("fas_vit_small_patch16", 32, "checkpoint norm_stats")
+    x = transform(Image.new("RGB", (32, 32), (120, 80, 60)))[None]
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), models[0](x, norm_flag=True)[0][:, 0])
+        assert not torch.equal(rebuilt(x), models[1](x, norm_flag=True)[0][:, 0])  # runs differ (seeds 0, 1)
+
+
+def test_log_files_have_a_row_per_evaluation(trained):
+    detail = (trained / "log_detail.txt").read_text()
+    rows = [line for line in detail.splitlines() if line.split("] ", 1)[-1].lstrip().split(" | ")[0] in ("1", "3")]
+    assert len(rows) == 4  # 2 runs x 2 evaluations
+    lines = [json.loads(x) for x in (trained / "log.txt").read_text().splitlines()]
+    assert [(r["run"], r["iteration"]) for r in lines] == [(0, 1), (0, 3), (1, 1), (1, 3)]
+    assert all(r["train_lr"] == 1e-4 for r in lines)  # constant lr
+    assert sorted(p.name for p in trained.iterdir() if p.is_dir()) == ["run_0", "run_1"]
+
+
+# ----------------------------------------------------------------------------- metric mode
+def test_fas_metric_mode_averages_videos_and_applies_a_source_threshold():
+    # target: 3 live videos, 3 spoof videos, 2 frames each (frame scores average per video)
+    names = [f"v{i}" for i in range(6) for _ in range(2)]
+    labels = np.repeat([1, 1, 1, 0, 0, 0], 2)
+    scores = np.array([.9, .7, .6, .6, .4, .2, .5, .3, .1, .1, .7, .5])  # videos: .8 .6 .3 | .4 .1 .6
+    test = ScoredSet(labels, scores, (scores >= .5).astype(int), names)
+    source = ScoredSet(np.array([1, 1, 0, 0]), np.array([.75, .95, .2, .7]), np.zeros(4, int), ["a", "b", "c", "d"])
+    out = METRIC_MODES["fas"].compute(test, source)["fas"]
+    v_probs, v_labels = np.array([.8, .6, .3, .4, .1, .6]), np.array([1, 1, 1, 0, 0, 0])
+    eer, thr, _, _ = get_EER_states(v_probs, v_labels)
+    assert out["num_videos"] == 6 and out["threshold"] == thr and out["hter"] == pytest.approx(get_HTER_at_thr(v_probs, v_labels, thr))
+    assert out["auc"] == pytest.approx(6.5 / 9)  # live > spoof pairs: .8 > 3, .6 > 2 (+ a tie, 1/2), .3 > 1
+    # source (live .75/.95, spoof .2/.7): FAR = FRR = 0 for thresholds in (.7, .75]; ties -> the last, .75
+    assert out["threshold_src"] == 0.75
+    # at .75: live .8 accepted, .6/.3 rejected (FRR 2/3); no spoof accepted (FAR 0)
+    assert out["hter_src"] == pytest.approx(1 / 3) and out["acc_src"] == pytest.approx(4 / 6)
+    assert "hter_src" not in METRIC_MODES["fas"].compute(test, None)["fas"]
+
+
+# ---------------------------------------------------------------------------------- adapter
+def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
+    _, data, pre = workspace
+    args = fas_runner.fas_parser().parse_args(
+        ["--config", "M", "--model", "vit_small_patch16_fs_adapter", "--trainable_modules", "fs-adapter",
+         "--pt_model", str(pre), "--fas_data_root", str(data), "--batch_size", "2", "--eval_freq", "2", "--iters", "2",
+         "--input_size", "32", "--model_kwargs", MODEL_KWARGS, "--device", "cpu", "--print_freq", "50"])
+    fas_runner.check_args(args)
+    args.amp, args.distributed = "none", False
+    task = fas_runner.FAS_TASK
+    model = fas_runner._model(args, task, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = engine_fas.fas_optimizer(model, args)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for n, p in model.named_parameters() if n in trainable}
+    assert trainable == {n for n in before if n.startswith(("embedder.bottleneck_layer_fc", "classifier."))
+                         or ".adapter." in n or ".projector." in n}
+    tf = fas_transform(True, (0.5,) * 3, (0.5,) * 3, 32)
+    train, _ = task.build_datasets(args, tf, tf, task.vocabulary)
+    stats = train_one_epoch(model, task.make_loss(torch.nn.CrossEntropyLoss(), args), task.build_train_loader(train, args, torch.device("cpu")),
+                            optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False), args)
+    assert {"loss", "cls_loss", "con_loss", "acc"} <= set(stats)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = [k for k in before if k.startswith("backbone.vit.") and ".adapter." not in k and ".projector." not in k]
+    assert frozen and not changed & set(frozen)  # backbone tensors bit-equal
+    assert {k.replace("bottleneck_layer.0.", "bottleneck_layer_fc.") for k in changed} == trainable
+
+
+def test_adapter_end_to_end_keeps_pretrained_encoder(workspace, tmp_path):
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--model", "vit_small_patch16_fs_adapter", "--trainable_modules", "fs-adapter",
+                    "--runs", "1", "--iters", "2", "--config", "O")
+    assert main_finetune_FAS.cli(argv) == 0
+    ckpt = load_checkpoint(tmp_path / "oulu_vit_0_shot_checkpoint_run_0.pth.tar")
+    state, pretrained = ckpt["state_dict"], model_state_from(load_checkpoint(pre))
+    encoder = [k for k in pretrained if k.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed"))]
+    assert encoder and all(torch.equal(state[f"backbone.vit.{k}"], pretrained[k]) for k in encoder)
+    assert torch.equal(state["backbone.vit.fc_norm.weight"], torch.ones(48))  # A5: frozen at identity
+    assert state["backbone.vit.head.weight"].shape == (2, 96) and state["embedder.bottleneck_layer_fc.weight"].shape == (512, 96)
+    _, rows = read_report(tmp_path / "performance.csv")
+    assert list(rows) == ["0", "Mean", "Std dev"] and rows["Std dev"] == [0.0] * 4
+    model, _, info = engine_fas.load_fas_from_checkpoint(tmp_path / "oulu_vit_0_shot_checkpoint_run_0.pth.tar")
+    assert info["model"] == "fas_vit_small_patch16_fs_adapter"
+
+
+def test_released_layouts_load_by_their_weights(tmp_path):
+    """A released ``.pth.tar`` holds only ``state_dict`` (+ metrics): the model is told from the weights."""
+    with torch.device("meta"):
+        for name in ("vit_base_patch16", "vit_large_patch16_fs_adapter", "vit_huge_patch14"):
+            assert engine_fas.infer_fas_model_name(create_fas_model(name).state_dict()) == name
+    with pytest.raises(ValueError, match="not a FAS checkpoint: no backbone.vit"):
+        engine_fas.infer_fas_model_name({"cls_token": torch.zeros(1, 1, 384)})
+    model = create_fas_model("vit_small_patch16").eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedder.bottleneck_layer.0.")}
+    torch.save({"state_dict": state, "epoch": 3.0, "best_model_EER": 0.1, "threshold": 0.5}, tmp_path / "r.pth.tar")
+    rebuilt, transform, info = engine_fas.load_fas_from_checkpoint(tmp_path / "r.pth.tar")
+    assert (info["model"], info["norm_source"], info["mean"]) == ("fas_vit_small_patch16", "ImageNet fallback",
+                                                                  [0.485, 0.456, 0.406])
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x)[0][:, 0])
+
+
+# ----------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("case", ["missing_list", "empty_domain", "missing_frame", "no_pt_model", "bad_pt_model",
+                                  "wrong_size_pt_model", "adapter_mode_on_plain_model"])
+def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
+    _, data, pre = workspace
+    tree = tmp_path / "data"
+    shutil.copytree(data / "MCIO" / "txt", tree / "MCIO" / "txt")
+    (tree / "MCIO" / "frame").symlink_to(data / "MCIO" / "frame")
+    txt = tree / "MCIO" / "txt"
+    argv = fas_argv(pre, tree, tmp_path / "out", "--runs", "1", "--iters", "2")
+    expected = {"missing_list": f"{txt / 'casia_real_train.txt'}: list file not found",
+                "empty_domain": f"{txt / 'replay_fake_train.txt'}: lists no frames (empty domain)",
+                "missing_frame": f"{txt / 'msu_real_test.txt'}:2: frame",
+                "no_pt_model": "give --pt_model",
+                "bad_pt_model": f"--pt_model: checkpoint not found: {tmp_path / 'none.pth'}",
+                "wrong_size_pt_model": "--pt_model: checkpoint",
+                "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model"}[case]
+    if case == "missing_list":
+        (txt / "casia_real_train.txt").unlink()
+    elif case == "empty_domain":
+        (txt / "replay_fake_train.txt").write_text("\n")
+    elif case == "missing_frame":
+        lines = (txt / "msu_real_test.txt").read_text().splitlines()
+        (txt / "msu_real_test.txt").write_text("\n".join([lines[0], "msu/test/real/gone_frame0.png", *lines[1:]]) + "\n")
+    elif case == "no_pt_model":
+        argv = [a for a in argv if a not in ("--pt_model", str(pre))]
+    elif case == "bad_pt_model":
+        argv[argv.index(str(pre))] = str(tmp_path / "none.pth")
+    elif case == "wrong_size_pt_model":
+        other = create_model("fsfm_vit_small_patch16", **{**TINY_FSFM, "embed_dim": 64, "rep_decoder_embed_dim": 64})
+        torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
+        argv[argv.index(str(pre))] = str(tmp_path / "other.pth")
+    else:
+        argv += ["--trainable_modules", "fs-adapter"]
+    assert main_finetune_FAS.cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and expected in err[-1]
+    assert not (tmp_path / "out" / "performance.csv").exists()
+
+
+# ---------------------------------------------------------------------------------- predict
+def test_predict_scores_aligned_chips_of_a_real_photo(trained):
+    photo = faces_dir() / "Tom_Cruise_avp_2014_4.jpg"
+    ckpt = trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    det = predict.Detector.from_checkpoint(ckpt, device="cpu")
+    assert (det.crop_mode, det.info["task"]) == ("fas_aligned", "FAS")
+    record = det.predict(str(photo))
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    crops = predict.fas_aligned_crops()(rgb)
+    assert len(record["faces"]) == len(crops) == 1 and crops[0].image.shape == (224, 224, 3)
+    model, transform, _ = engine_fas.load_fas_from_checkpoint(ckpt)
+    with torch.no_grad():
+        expected = model(transform(Image.fromarray(crops[0].image))[None]).softmax(-1)[0, 1].item()
+    assert record["faces"][0]["score_real"] == pytest.approx(expected, abs=1e-6)
+    assert record["faces"][0]["box"] == list(crops[0].box)
+    assert predict.main(["--checkpoint", str(ckpt), str(photo), "--device", "cpu"]) == 0
