@@ -70,7 +70,7 @@ def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
     existing commands keep working; model settings default to the checkpoint's."""
     parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
-    p = argparse.ArgumentParser(task.description or f"FS-VFM test ({task.name})", parents=parents)
+    p = argparse.ArgumentParser(description=task.description or f"FS-VFM test ({task.name})", parents=parents)
     p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None)
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")

@@ -60,7 +60,8 @@ logger = logging.getLogger(__name__)
 def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own."""
     parents = [*downstream_parents("vit_base_patch16"), *(make() for make in task.extra_parsers)]
-    p = argparse.ArgumentParser(task.description or f"FS-VFM fine-tuning ({task.name})", parents=parents)
+    p = argparse.ArgumentParser(description=task.description or f"FS-VFM fine-tuning ({task.name})",
+                                parents=parents)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
     g.add_argument("--clip_grad", default=None, type=float, help="gradient norm clipping (default off)")
@@ -120,6 +121,8 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
             train_loader.sampler.set_epoch(epoch)
         train = train_one_epoch(run_state.model, loss_fn, train_loader, run_state.optimizer, device, epoch,
                                 run_state.scaler, args, mixup_fn=mixup_fn, log_writer=log_writer)
+        check_finite_state(run_state.model_without_ddp, f"the model after epoch {epoch}", hint="; training "
+                           "diverged and this epoch is not saved: lower --blr/--lr, set --clip_grad, or use --amp bf16")
         val = evaluate(run_state.model_without_ddp, val_loader, device, amp=args.amp, output_fn=task.output_fn,
                        gather=shard)
         _end_of_epoch(args, epoch, run_state, train, val, log_writer)
@@ -180,8 +183,6 @@ def _resume(args: argparse.Namespace, run_state: _Run, path: Path) -> None:
 def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: dict[str, float],
                   val: dict[str, Any], log_writer) -> None:
     """Checkpoints (best validation loss, periodic), then the ``log.txt`` line and TensorBoard."""
-    check_finite_state(run_state.model_without_ddp, f"the model after epoch {epoch}",
-                       hint="; training diverged, nothing saved: lower --blr/--lr, set --clip_grad, or use --amp bf16")
     skipped = [len(unreadable_files(ds, next(run_state.model_without_ddp.parameters()).device))
                for ds in run_state.datasets]
     improved = val["loss"] < run_state.min_val_loss

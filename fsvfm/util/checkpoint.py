@@ -86,11 +86,11 @@ _OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"
 
 
 def _check_format(path: Path) -> None:
-    """Refuse, before unpickling, a file that is neither a zip-format (``PK``) nor a legacy pickle
+    """Refuse, before unpickling, a file that is neither a zip-format (``PK\\x03\\x04``) nor a legacy pickle
     (``\\x80``) PyTorch file: an image or a text file is not a "malicious pickle"."""
     with open(path, "rb") as f:
         head = f.read(8)
-    if head.startswith(b"PK") or head.startswith(b"\x80"):
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
         return
     if not head:
         raise CheckpointError(f"{path} is empty (an interrupted copy or save?); give a complete checkpoint file")
@@ -385,7 +385,9 @@ def _verified_set(folder: Path, tag: int, names: Mapping[str, str]) -> Checkpoin
     record = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
     if record is not None:
         for role, entry in record["files"].items():
-            size = paths[role].stat().st_size if paths[role].is_file() else None
+            if not paths[role].is_file():
+                raise CheckpointError(f"{paths[role]} is missing")
+            size = paths[role].stat().st_size
             if size != entry["size"]:
                 raise CheckpointError(f"{paths[role]} is {size} bytes, its manifest says {entry['size']}")
     loaded = load_checkpoint_set(paths, str(tag))
