@@ -347,10 +347,10 @@ def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Map
 
 def check_same_set(checkpoints: Mapping[str, tuple[Path, Mapping[str, Any]]]) -> None:
     """``checkpoints``: role -> (path, loaded checkpoint). Raise ``CheckpointError`` naming the files
-    when they come from different runs (``run_id``, when every file has one) or epochs."""
+    when they come from different runs (``run_id``) or epochs (each compared when every file has it)."""
     for key in ("run_id", "epoch"):
         values = {role: ckpt.get(key) for role, (_, ckpt) in checkpoints.items()}
-        if key == "run_id" and None in values.values():
+        if None in values.values():
             continue
         if len(set(map(str, values.values()))) > 1:
             listing = ", ".join(f"{checkpoints[r][0]} has {key} {v}" for r, v in values.items())
