@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
-from fsvfm.util.finetune_data import IndexedDataset, ShardSampler
+from fsvfm.util.errors import DataError
+from fsvfm.util.finetune_data import IndexedDataset, ShardSampler, collate_readable
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.metrics import binary_metrics
@@ -134,19 +135,20 @@ def make_train_loader(dataset: Dataset, args: argparse.Namespace, device: torch.
     loader = DataLoader(dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
                         pin_memory=args.pin_mem and device.type == "cuda", drop_last=True)
     if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training images per {dist.get_world_size()} process(es) do not "  # type: ignore[arg-type]
+        raise DataError(f"{len(dataset)} training images per {dist.get_world_size()} process(es) do not "  # type: ignore[arg-type]
                          f"fill one batch of {args.batch_size}")
     return loader
 
 
 def make_eval_loader(dataset: Dataset, args: argparse.Namespace, shard: bool,
                      batch_size: int | None = None) -> DataLoader:
-    """Loader of ``(image, label, index)``; with ``shard`` each rank reads an unpadded 1/W slice.
-    ``batch_size`` defaults to ``args.batch_size``."""
+    """Loader of ``(image, label, index)`` batches without the unreadable images (a batch of only
+    unreadable ones is None); with ``shard`` each rank reads an unpadded 1/W slice. ``batch_size``
+    defaults to ``args.batch_size``."""
     sampler = (ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size())  # type: ignore[arg-type]
                if shard else SequentialSampler(dataset))
     return DataLoader(IndexedDataset(dataset), sampler=sampler, batch_size=batch_size or args.batch_size,
-                      num_workers=args.num_workers, drop_last=False,
+                      num_workers=args.num_workers, drop_last=False, collate_fn=collate_readable,
                       pin_memory=args.pin_mem and torch.cuda.is_available())
 
 
@@ -158,7 +160,10 @@ def predict(model: torch.nn.Module, data_loader: DataLoader, device: torch.devic
     ``gather`` (de-duplicating by index) and return all predictions sorted by index."""
     model.eval()
     rows = []
-    for images, labels, indices in MetricLogger().log_every(data_loader, print_freq, header):
+    for batch in MetricLogger().log_every(data_loader, print_freq, header):
+        if batch is None:  # every image of this batch was unreadable
+            continue
+        images, labels, indices = batch
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = output_fn(model, images)

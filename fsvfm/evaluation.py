@@ -6,8 +6,14 @@ that ``needs_validation`` (a threshold chosen on validation data) also gets the 
 ``--val_split`` / ``--finetune_data_path``'s ``val/``.
 
 Outputs in ``--output_dir``: ``test_results.txt`` (appended, spec 5.4 layout), ``test_results.json``,
-``roc_{set}.png``, ``scores_{set}.csv`` (one row per video; an image without ``_frame_`` in its
-name is its own video) and ``scores_{set}_frames.csv`` (one row per image: P(real) of each frame).
+``roc_{set}.png``, ``scores_{set}.csv`` (one row per video ``{class folder}/{name before _frame_}``;
+an image without ``_frame_`` in its name is its own video) and ``scores_{set}_frames.csv`` (one row
+per image: P(real) of each frame).
+
+Unreadable images are left out, named once in the log and counted per set (``skipped_files`` and
+``unreadable_files`` in ``test_results.json``). A set that cannot be tested (bad folder, bad split
+file, one class, no readable image) is reported and the other sets still run; only when every set
+fails does the program stop with an error.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +36,25 @@ from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
+from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
+from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
 from fsvfm.util.finetune_data import (
     LabelledImageFolder,
     SplitFileDataset,
     TestImageFolder,
     dataset_video_names,
+    unreadable_files,
 )
 from fsvfm.util.log import setup_logging
-from fsvfm.util.metrics import METRIC_MODES, OneClassError, ScoredSet, get_video_level_label_pred, roc_points
+from fsvfm.util.metrics import (
+    METRIC_MODES,
+    OneClassError,
+    ScoredSet,
+    VideoGroupingError,
+    get_video_level_label_pred,
+    roc_points,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +62,15 @@ DEFAULT_TEST_ROOT = "datasets/finetune_datasets"
 # settings a test command may override; None (not given) = the checkpoint's
 REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "adapter_reduction",
                 "apply_simple_augment", "normalize_from_IMN")
+# fine-tuning flags a test command may carry (one command line for both programs); they do nothing here
+IGNORED_TRAINING_FLAGS = ("--layer_decay", "--clip_grad", "--finetune", "--data_path")
 
 
 def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
     existing commands keep working; model settings default to the checkpoint's."""
     parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
-    p = argparse.ArgumentParser(task.description or f"FS-VFM test ({task.name})", parents=parents)
+    p = argparse.ArgumentParser(description=task.description or f"FS-VFM test ({task.name})", parents=parents)
     p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None, adapter_reduction=None)
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
@@ -60,6 +78,9 @@ def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     g.add_argument("--test_split", default=None, help="split file to test instead of the table")
     g.add_argument("--metric_mode", default=None, choices=sorted(METRIC_MODES),
                    help="default: the task's ('image' for --test_split lists)")
+    ignored = p.add_argument_group("fine-tuning flags, accepted and ignored")
+    for flag in IGNORED_TRAINING_FLAGS:
+        ignored.add_argument(flag, dest=f"ignored_{flag[2:]}", default=None, metavar="VALUE", help="ignored")
     return p
 
 
@@ -70,7 +91,7 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
     by_name = {t.name: t for t in table}
     unknown = [n for n in names or () if n not in by_name]
     if unknown:
-        raise ValueError(f"unknown test set(s) {unknown}; choose from {list(by_name)}")
+        raise UsageError(f"unknown test set(s) {unknown} in --test_sets; choose from {list(by_name)}")
     chosen = [by_name[n] for n in names] if names else [t for t in table if t.in_default]
     present = [t for t in chosen if (Path(root) / t.folder / t.split).is_dir()]
     missing = [t for t in chosen if t not in present]
@@ -80,27 +101,33 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
     if missing:
         logger.info("Test sets not found under %s (skipped): %s", root, ", ".join(t.name for t in missing))
     if not present:
-        raise FileNotFoundError(f"none of the test sets {[t.name for t in chosen]} exists under {root}")
+        raise FileNotFoundError(
+            f"none of the test sets {[t.name for t in chosen]} exists under --test_root {root} (each is "
+            f"{{test_root}}/{{folder}}/{{split}}, e.g. {Path(root) / chosen[0].folder / chosen[0].split}); "
+            "set --test_root, pick sets with --test_sets, or test a list file with --test_split")
     return present
 
 
-def _datasets(args: argparse.Namespace, task: FinetuneTask, transform) -> Iterator[tuple[str, Dataset, str]]:
+def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform,
+               num_classes: int) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
+    """``(name, source, build)`` per selected set; ``build()`` makes the data set (it may fail alone)."""
     if args.test_split:
-        ds = SplitFileDataset(args.test_split, transform, args.delimiter_in_split, args.dataset_abs_path)
-        yield Path(args.test_split).stem, ds, args.test_split
+        yield Path(args.test_split).stem, args.test_split, lambda: SplitFileDataset(
+            args.test_split, transform, args.delimiter_in_split, args.dataset_abs_path, num_classes, "skip")
         return
     for t in select_test_sets(task.test_sets, args.test_root, args.test_sets):
-        folder = Path(args.test_root) / t.folder / t.split
-        yield t.name, TestImageFolder(str(folder), transform, task.vocabulary), str(folder)
+        folder = str(Path(args.test_root) / t.folder / t.split)
+        yield t.name, folder, lambda folder=folder: TestImageFolder(folder, transform, task.vocabulary)
 
 
-def _validation_set(args: argparse.Namespace, task: FinetuneTask, transform) -> Dataset:
+def _validation_set(args: argparse.Namespace, task: FinetuneTask, transform, num_classes: int) -> Dataset:
     """The validation data a threshold is chosen on: ``--val_split``, else ``--finetune_data_path``'s ``val/``."""
     if args.val_split:
-        return SplitFileDataset(args.val_split, transform, args.delimiter_in_split, args.dataset_abs_path)
+        return SplitFileDataset(args.val_split, transform, args.delimiter_in_split, args.dataset_abs_path,
+                                num_classes, "skip")
     if args.data_path:
-        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, task.vocabulary)
-    raise ValueError(f"metric mode {args.metric_mode!r} chooses its threshold on validation data: "
+        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, task.vocabulary, "skip")
+    raise UsageError(f"metric mode {args.metric_mode!r} chooses its threshold on validation data: "
                      "give --val_split FILE or --finetune_data_path DIR (with DIR/val)")
 
 
@@ -114,17 +141,20 @@ def _stamp() -> str:
     return datetime.datetime.now().strftime("[%Y-%m-%d %H:%M:%S] ")
 
 
-def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict) -> list[str]:
+def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict, skipped: int = 0) -> list[str]:
     """``test_results.txt`` block: header, FRAME-LEVEL line, and a VIDEO-LEVEL line in video mode."""
     f = metrics["frame"]
-    lines = [f"===== {name}: {n_images} test images ({source}) =====",
+    unreadable = f", {skipped} unreadable image(s) skipped" if skipped else ""
+    lines = [f"===== {name}: {n_images} test images ({source}){unreadable} =====",
              f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
              f"EER: {f['eer']:.3f}  loss: {loss:.4f}"]
     if "hter_at_val_threshold" in f:
         lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
                      f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
                      f"ACC: {f['acc_at_val_threshold']:.3f}")
-    if "video" in metrics:
+    if "video" in metrics and "error" in metrics["video"]:
+        lines.append(f"VIDEO-LEVEL  skipped: {metrics['video']['error']}")
+    elif "video" in metrics:
         v = metrics["video"]
         lines.append(f"VIDEO-LEVEL  Balanced ACC: {v['balanced_acc']:.3f}  AUC: {v['auc']:.3f}  "
                      f"EER: {v['eer']:.3f}  ({v['num_videos']} videos)")
@@ -189,7 +219,7 @@ def _default_test_dir(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     """Test ``--resume`` on every selected set of ``task``; returns the ``test_results.json`` content."""
     if not args.resume:
-        raise ValueError("--resume FINE_TUNED_CHECKPOINT is required")
+        raise UsageError("--resume FINE_TUNED_CHECKPOINT is required")
     _default_test_dir(args)
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())
@@ -199,8 +229,10 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
 def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     start = time.time()
     args.metric_mode = args.metric_mode or ("image" if args.test_split else task.metric_mode)
+    ignored = [f for f in IGNORED_TRAINING_FLAGS if getattr(args, f"ignored_{f[2:]}") is not None]
+    if ignored:
+        logger.info("ignored (fine-tuning flags): %s", " ".join(ignored))
     device = torch.device(args.device)
-    amp = resolve_amp(args.amp, device)
     model, transform, info = load_classifier_from_checkpoint(
         args.resume, device, **{k: getattr(args, k, None) for k in REBUILD_KEYS})
     args.model = info["model"]
@@ -212,53 +244,92 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
         append_results(out / "test_results.txt", [
             f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
             f"normalisation from {info['norm_source']})"])
-    shard = dist.get_world_size() > 1
+    evaluate_set = _set_evaluator(args, task, model, device)
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
-        val_ds = _validation_set(args, task, transform)
-        val = _scored(val_ds, predict(model, make_eval_loader(val_ds, args, shard), device, amp=amp, gather=shard,
-                                      output_fn=task.output_fn, header="Validation:", print_freq=args.print_freq))
-    for name, dataset, source in _datasets(args, task, transform):
-        pred = predict(model, make_eval_loader(dataset, args, shard), device, amp=amp, gather=shard,
-                       output_fn=task.output_fn, header=f"Test {name}:", print_freq=args.print_freq)
-        report["results"][name] = _test_one(args, name, source, _scored(dataset, pred), pred.loss, val)
+        val = evaluate_set(_validation_set(args, task, transform, info["nb_classes"]), "Validation:")[1]
+    for name, source, build in _test_sets(args, task, transform, info["nb_classes"]):
+        try:
+            dataset = build()
+            pred, test, skipped = evaluate_set(dataset, f"Test {name}:")
+            report["results"][name] = _test_one(args, name, source, test, pred.loss, val, skipped)
+        except USER_ERRORS as e:  # this set only: report it and go on with the others
+            report["results"][name] = _set_failed(args, name, source, one_line(e))
+            continue
         if dist.is_main_process():
-            save_frame_scores(Path(args.output_dir) / f"scores_{name}_frames.csv", pred, dataset,
-                              report["results"][name].get("names") or _scored(dataset, pred).names)
+            save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, test.names)
+    _finish(args, report, start)
+    return report
+
+
+def _set_evaluator(args: argparse.Namespace, task: FinetuneTask, model: torch.nn.Module,
+                   device: torch.device) -> Callable[[Dataset, str], tuple[Predictions, ScoredSet, list[str]]]:
+    """``evaluate(dataset, header) -> (predictions, scored set, unreadable files)``, on every rank."""
+    shard, amp = dist.get_world_size() > 1, resolve_amp(args.amp, device)
+
+    def evaluate(dataset: Dataset, header: str) -> tuple[Predictions, ScoredSet, list[str]]:
+        pred = predict(model, make_eval_loader(dataset, args, shard), device, amp=amp, gather=shard,
+                       output_fn=task.output_fn, header=header, print_freq=args.print_freq)
+        return pred, _scored(dataset, pred), unreadable_files(dataset, device)
+    return evaluate
+
+
+def _set_failed(args: argparse.Namespace, name: str, source: str, reason: str, **counts: int) -> dict:
+    logger.error("test set %s (%s) not evaluated: %s", name, source, reason)
+    if dist.is_main_process():
+        append_results(Path(args.output_dir) / "test_results.txt", [f"{name}: not evaluated: {reason}"])
+    return {"source": source, **counts, "error": reason}
+
+
+def _finish(args: argparse.Namespace, report: dict, start: float) -> None:
+    """Timing, ``test_results.json``; a ``DataError`` when no set could be evaluated."""
     elapsed = str(datetime.timedelta(seconds=int(time.time() - start)))
     report["testing_time"] = elapsed
+    out = Path(args.output_dir)
     if dist.is_main_process():
         append_results(out / "test_results.txt", [f"Testing time {elapsed}"])
         atomic_write_text(out / "test_results.json", json.dumps(report, indent=2) + "\n")
     logger.info("Testing time %s", elapsed)
-    return report
+    failed = [n for n, r in report["results"].items() if "error" in r]
+    if failed and len(failed) == len(report["results"]):
+        reasons = "; ".join(f"{n}: {report['results'][n]['error']}" for n in failed)
+        raise DataError(f"no test set could be evaluated ({reasons}); see {out / 'test_results.txt'}")
 
 
 def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet, loss: float,
-              val: ScoredSet | None) -> dict:
+              val: ScoredSet | None, skipped: Sequence[str] = ()) -> dict:
     """Metrics of one set, its ``test_results.txt`` block, ROC plot and per-video CSV (rank 0)."""
-    out, main = Path(args.output_dir), dist.is_main_process()
-    n = len(test.labels)
+    out, main, n = Path(args.output_dir), dist.is_main_process(), len(test.labels)
+    counts = {"num_images": n, "skipped_files": len(skipped)}
+    if n == 0:
+        return _set_failed(args, name, source, f"none of its images could be read ({len(skipped)} unreadable)",
+                           **counts) | {"unreadable_files": list(skipped)}
     try:
         metrics = METRIC_MODES[args.metric_mode].compute(test, val)
-    except OneClassError as e:  # report it and go on with the other sets
-        logger.warning("test set %s (%s): %s", name, source, e)
-        if main:
-            append_results(out / "test_results.txt", [f"{_stamp()}{name}: {n} images, skipped: {e}"])
-        return {"num_images": n, "source": source, "error": str(e)}
-    lines = result_lines(name, n, source, loss, metrics)
+    except OneClassError as e:
+        return _set_failed(args, name, source, str(e), **counts) | {"unreadable_files": list(skipped)}
+    lines = result_lines(name, n, source, loss, metrics, len(skipped))
     for line in lines:
         logger.info(line)
     if main:
         append_results(out / "test_results.txt", lines)
         curves = {"frame": (*roc_points(test.labels, test.scores), metrics["frame"]["auc"])}
-        if "video" in metrics:
+        if "auc" in metrics.get("video", {}):
             v_labels, v_scores, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
             curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
         save_roc(out / f"roc_{name}.png", name, curves)
-        save_video_scores(out / f"scores_{name}.csv", test)
-    return {"num_images": n, "loss": loss, "source": source, **metrics}
+        try:
+            save_video_scores(out / f"scores_{name}.csv", test)
+        except VideoGroupingError as e:
+            logger.warning("%s: no per-video scores file: %s", name, e)
+    return {**counts, "loss": loss, "source": source, **metrics, "unreadable_files": list(skipped)}
 
 
 def cli(task: FinetuneTask, argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and test (errors propagate: the library entry)."""
     return run(test_parser(task).parse_args(argv), task)
+
+
+def main_for(task: FinetuneTask, argv: list[str] | None = None) -> dict:
+    """The test program of ``task`` (user mistakes: one line, exit code 2; see ``util.cli.run_cli``)."""
+    return run_cli(lambda args: run(args, task), test_parser(task), argv)

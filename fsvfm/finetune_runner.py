@@ -6,6 +6,12 @@ arguments in, checkpoints, ``log.txt``, ``log_detail.txt`` and TensorBoard scala
 Per epoch: ``engine_finetune.train_one_epoch`` with the task's loss hook, validation on the full
 gathered set, ``checkpoint-min_val_loss.pth`` when the validation loss improved and
 ``checkpoint-{epoch}.pth`` every ``--save_freq`` epochs and after the last.
+
+Safety: weights with NaN/inf stop the run before any save (``NonFiniteWeightsError``); a resumed run
+takes its best validation loss from ``checkpoint-min_val_loss.pth`` too (so a worse re-run never
+replaces a better best), drops the ``log.txt`` records it will write again, and stale temp files of
+killed saves are removed at start. Unreadable images are counted (``train_skipped_files``,
+``val_skipped_files`` in ``log.txt``: distinct files so far).
 """
 from __future__ import annotations
 
@@ -32,9 +38,18 @@ from fsvfm.tasks import FinetuneTask
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents, set_effective_lr
-from fsvfm.util.checkpoint import epoch_checkpoint_tags, restore_training_state, resume_path, save_checkpoint
+from fsvfm.util.checkpoint import (
+    best_value_in,
+    check_finite_state,
+    drop_log_records_from,
+    epoch_checkpoint_tags,
+    remove_stale_temp_files,
+    restore_training_state,
+    resume_path,
+    save_checkpoint,
+)
 from fsvfm.util.fileio import append_json_line
-from fsvfm.util.finetune_data import build_transform, check_classes
+from fsvfm.util.finetune_data import build_transform, check_classes, unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
@@ -46,7 +61,8 @@ logger = logging.getLogger(__name__)
 def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own."""
     parents = [*downstream_parents("vit_base_patch16"), *(make() for make in task.extra_parsers)]
-    p = argparse.ArgumentParser(task.description or f"FS-VFM fine-tuning ({task.name})", parents=parents)
+    p = argparse.ArgumentParser(description=task.description or f"FS-VFM fine-tuning ({task.name})",
+                                parents=parents)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
     g.add_argument("--clip_grad", default=None, type=float, help="gradient norm clipping (default off)")
@@ -78,6 +94,7 @@ class _Run:
     n_parameters: int
     task: str
     min_val_loss: float = math.inf
+    datasets: tuple = ()  # (training set, validation set): their unreadable files are counted
 
 
 def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
@@ -85,12 +102,17 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
     seed_everything(args.seed + dist.get_rank())
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)
-    mean, std, source = finetune_mean_std(args.output_dir, args.finetune, args.normalize_from_IMN)
-    logger.info("normalisation: mean %s std %s (from %s)", mean, std, source)
     if dist.is_main_process():
-        record_mean_std(args.output_dir, mean, std)  # the test programs find it next to the checkpoints
+        remove_stale_temp_files(args.output_dir)
+    resume_from = resume_path(args)
+    mean, std, source = finetune_mean_std(args.output_dir, args.finetune, args.normalize_from_IMN,
+                                          resumed=resume_from is not None)
+    logger.info("normalisation: mean %s std %s (from %s)", mean, std, source)
+    if dist.is_main_process():  # the test programs find it next to the checkpoints
+        record_mean_std(args.output_dir, mean, std, replace=resume_from is None)
     train_loader, val_loader, shard = _data(args, task, mean, std, device)
-    run_state = _build(args, task, device, {"mean": mean, "std": std})
+    run_state = _build(args, task, device, {"mean": mean, "std": std}, resume_from)
+    run_state.datasets = (train_loader.dataset, val_loader.dataset)
     mixup_fn, criterion = build_mixup_and_criterion(args)
     logger.info("criterion %s, mixup %s", criterion.__class__.__name__, mixup_fn is not None)
     loss_fn = task.make_loss(criterion, args)
@@ -101,6 +123,8 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
             train_loader.sampler.set_epoch(epoch)
         train = train_one_epoch(run_state.model, loss_fn, train_loader, run_state.optimizer, device, epoch,
                                 run_state.scaler, args, mixup_fn=mixup_fn, log_writer=log_writer)
+        check_finite_state(run_state.model_without_ddp, f"the model after epoch {epoch}", hint="; training "
+                           "diverged and this epoch is not saved: lower --blr/--lr, set --clip_grad, or use --amp bf16")
         val = evaluate(run_state.model_without_ddp, val_loader, device, amp=args.amp, output_fn=task.output_fn,
                        gather=shard)
         _end_of_epoch(args, epoch, run_state, train, val, log_writer)
@@ -124,7 +148,7 @@ def _data(args: argparse.Namespace, task: FinetuneTask, mean: list[float], std: 
 
 
 def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
-           norm_stats: dict[str, list[float]]) -> _Run:
+           norm_stats: dict[str, list[float]], resume_from: Path | None) -> _Run:
     """Model (pre-trained encoder loaded, task configuration applied, DDP-wrapped once), optimizer,
     scaler, and the state of a resumed run."""
     model = task.build_model(args)
@@ -141,28 +165,40 @@ def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
     optimizer = build_optimizer(model, args)
     scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
     run_state = _Run(dist.wrap_model(model, args), model, optimizer, scaler, norm_stats, n_parameters, task.name)
-    path = resume_path(args)
-    if path is not None:
-        ckpt = restore_training_state(path, model, optimizer, scaler, args)
-        run_state.min_val_loss = float(ckpt.get("min_val_loss", math.inf))
-        logger.info("Resumed from %s (next epoch %d)", path, args.start_epoch)
+    if resume_from is not None:
+        _resume(args, run_state, resume_from)
     return run_state
+
+
+def _resume(args: argparse.Namespace, run_state: _Run, path: Path) -> None:
+    """Training state from ``path``; the best validation loss is the lower of the file's and that of
+    ``checkpoint-min_val_loss.pth`` in ``--output_dir``; ``log.txt`` records from the next epoch on go."""
+    ckpt = restore_training_state(path, run_state.model_without_ddp, run_state.optimizer, run_state.scaler, args)
+    best_file = Path(args.output_dir) / "checkpoint-min_val_loss.pth"
+    run_state.min_val_loss = min(float(ckpt.get("min_val_loss", math.inf)), best_value_in(best_file, "min_val_loss"))
+    logger.info("Resumed from %s (next epoch %d); best validation loss so far %.4f", path, args.start_epoch,
+                run_state.min_val_loss)
+    if dist.is_main_process():
+        drop_log_records_from(Path(args.output_dir) / "log.txt", args.start_epoch)
 
 
 def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: dict[str, float],
                   val: dict[str, Any], log_writer) -> None:
     """Checkpoints (best validation loss, periodic), then the ``log.txt`` line and TensorBoard."""
+    skipped = [len(unreadable_files(ds, next(run_state.model_without_ddp.parameters()).device))
+               for ds in run_state.datasets]
     improved = val["loss"] < run_state.min_val_loss
     run_state.min_val_loss = val["loss"] if improved else run_state.min_val_loss
     for tag in epoch_checkpoint_tags(epoch, args, improved, "min_val_loss"):
         _save(args, run_state, tag, epoch)
-    logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f)", epoch, val["auc"], val["loss"],
-                run_state.min_val_loss)
+    logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f); unreadable images skipped: %d training, "
+                "%d validation", epoch, val["auc"], val["loss"], run_state.min_val_loss, *skipped)
     if not dist.is_main_process():
         return
     append_json_line(Path(args.output_dir) / "log.txt", {
         **{f"train_{k}": v for k, v in train.items()}, "val_loss": val["loss"], "val_auc": val["auc"],
-        "val_acc": val["acc"], "epoch": epoch, "n_parameters": run_state.n_parameters})
+        "val_acc": val["acc"], "train_skipped_files": skipped[0], "val_skipped_files": skipped[1], "epoch": epoch,
+        "n_parameters": run_state.n_parameters})
     for key in ("auc", "loss", "acc"):
         log_writer.add_scalar(f"perf/val_{key}", val[key], epoch)
     log_writer.flush()

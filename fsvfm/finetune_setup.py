@@ -16,8 +16,9 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 
+from fsvfm.models_vit import _SIZES as VIT_SIZES
 from fsvfm.models_vit import FS_ADAPTER_SUFFIX, is_fs_adapter
-from fsvfm.registry import create_model, list_models
+from fsvfm.registry import create_model, list_models, model_family
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
@@ -26,6 +27,7 @@ from fsvfm.util.checkpoint import (
     model_state_from,
 )
 from fsvfm.util.dist import unwrap_model
+from fsvfm.util.errors import UsageError
 from fsvfm.util.finetune_data import build_transform
 from fsvfm.util.norm_stats import checkpoint_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
@@ -42,9 +44,9 @@ def parse_model_kwargs(value: str | dict | None) -> dict[str, Any]:
     try:
         kwargs = json.loads(value)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--model_kwargs must be a JSON object, got {value!r} ({e})") from e
+        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r} ({e})") from e
     if not isinstance(kwargs, dict):
-        raise ValueError(f"--model_kwargs must be a JSON object, got {value!r}")
+        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r}")
     return kwargs
 
 
@@ -146,12 +148,41 @@ FALLBACK_MODEL = "vit_large_patch16"
 DEFAULT_INPUT_SIZE = 224
 
 
-def _rebuild_args(path: str | os.PathLike, checkpoint: dict, overrides: dict[str, Any]) -> argparse.Namespace:
-    """Model/input settings: an override when not None, else the checkpoint's, else the default."""
+def infer_classifier_name(state: dict[str, torch.Tensor]) -> str | None:
+    """The ``models_vit`` name whose patch size, width and depth match a state dict, or None."""
+    try:
+        patch, width = int(state["patch_embed.proj.weight"].shape[-1]), int(state["patch_embed.proj.weight"].shape[0])
+    except KeyError:
+        return None
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    for name, size in VIT_SIZES.items():
+        if (size["patch_size"], size["embed_dim"], size["depth"]) == (patch, width, depth):
+            return name + ("_fs_adapter" if any("adapter" in k for k in state) else "")
+    return None
+
+
+def _check_is_classifier(path: str | os.PathLike, model: str, state: dict[str, torch.Tensor]) -> None:
+    """A pre-training (or other non-classifier) checkpoint is a ``CheckpointError`` saying what to do."""
+    family = model_family(model) if model in list_models() else None
+    pretrain_keys = "head.weight" not in state and any(k.startswith(("mask_token", "decoder_")) for k in state)
+    if family == "pretrain" or (family is None and pretrain_keys):
+        raise CheckpointError(f"{path} is a pre-training checkpoint ({model}), not a classifier: fine-tune it first "
+                              f"(main_finetune_DfD.py --finetune {path} ...) and test the fine-tuned checkpoint")
+    if family not in (None, "classifier"):
+        raise CheckpointError(f"{path} holds a {family} model ({model}), not a classifier of the DfD/DiFF programs; "
+                              f"classifiers: {list_models(family='classifier')}")
+
+
+def _rebuild_args(path: str | os.PathLike, checkpoint: dict, state: dict[str, torch.Tensor],
+                  overrides: dict[str, Any]) -> argparse.Namespace:
+    """Model/input settings: an override when not None, else the checkpoint's, else inferred from the
+    weights' shapes, else the default."""
     stored = args_dict(checkpoint)
     pick = {k: v for k, v in overrides.items() if v is not None}
-    model = pick.get("model") or checkpoint.get("model_name") or stored.get("model") or FALLBACK_MODEL
-    if (not is_fs_adapter(model) and "adapter.linear1.weight" in model_state_from(checkpoint, path)
+    recorded = checkpoint.get("model_name") or stored.get("model")
+    _check_is_classifier(path, recorded or pick.get("model") or "", state)
+    model = pick.get("model") or recorded or infer_classifier_name(state) or FALLBACK_MODEL
+    if (not is_fs_adapter(model) and "adapter.linear1.weight" in state
             and model + FS_ADAPTER_SUFFIX in list_models(family="classifier")):
         # the original's adapter programs record the plain factory name (same names, another module)
         logger.info("%s holds FS-Adapter weights: rebuilding %s%s", path, model, FS_ADAPTER_SUFFIX)
@@ -161,7 +192,7 @@ def _rebuild_args(path: str | os.PathLike, checkpoint: dict, overrides: dict[str
         model=model, model_kwargs=parse_model_kwargs(kwargs), resume=str(path),
         adapter_reduction=int(pick.get("adapter_reduction", stored.get("adapter_reduction") or 4)),
         input_size=int(pick.get("input_size", stored.get("input_size") or DEFAULT_INPUT_SIZE)),
-        nb_classes=int(pick.get("nb_classes", stored.get("nb_classes") or 2)),
+        nb_classes=int(pick.get("nb_classes", stored.get("nb_classes") or len(state.get("head.weight", [0, 0])))),
         global_pool=bool(pick.get("global_pool", stored.get("global_pool", True))),
         drop_path=float(pick.get("drop_path", 0.0)),
         apply_simple_augment=bool(pick.get("apply_simple_augment", False)),
@@ -180,14 +211,16 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     ``apply_simple_augment`` (resize-256 + centre crop instead of a full resize) and
     ``normalize_from_IMN`` are off unless given; normalisation statistics come from the checkpoint's
     ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
-    ``info``: ``model``, ``input_size``, ``mean``, ``std``, ``norm_source``, ``eval_transform``.
+    ``info``: ``model``, ``input_size``, ``nb_classes``, ``mean``, ``std``, ``norm_source``,
+    ``eval_transform``. A pre-training checkpoint is a ``CheckpointError`` saying "fine-tune it first".
     """
     checkpoint = load_checkpoint(path)
-    args = _rebuild_args(path, checkpoint, overrides)
+    state = model_state_from(checkpoint, path)
+    args = _rebuild_args(path, checkpoint, state, overrides)
     model = build_classifier(args)
-    load_model_weights(model, model_state_from(checkpoint, path), strict=True, source=path)
+    load_model_weights(model, state, strict=True, source=path)
     mean, std, source = checkpoint_mean_std(checkpoint, path, imagenet=args.normalize_from_IMN)
     resize = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
-    info = {"model": args.model, "input_size": args.input_size, "mean": mean, "std": std, "norm_source": source,
+    info = {"model": args.model, "input_size": args.input_size, "nb_classes": args.nb_classes, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"{resize} to {args.input_size}"}
     return model.to(device).eval(), build_transform(False, args, mean, std), info

@@ -13,6 +13,7 @@ import argparse
 
 from fsvfm import finetune_runner
 from fsvfm.tasks import DFD_TASK
+from fsvfm.util.cli import run_cli
 
 TASK = DFD_TASK
 
@@ -31,4 +32,4 @@ def cli(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(main, get_args_parser())

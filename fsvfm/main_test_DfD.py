@@ -5,10 +5,10 @@ table of ``fsvfm.tasks.DFD_TASK``.
 """
 from __future__ import annotations
 
-from fsvfm.evaluation import cli
+from fsvfm.evaluation import main_for
 from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS
 
 __all__ = ["DFD_TASK", "DFD_TEST_SETS"]
 
 if __name__ == "__main__":
-    cli(DFD_TASK)
+    main_for(DFD_TASK)

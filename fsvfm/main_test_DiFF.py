@@ -5,10 +5,10 @@
 """
 from __future__ import annotations
 
-from fsvfm.evaluation import cli
+from fsvfm.evaluation import main_for
 from fsvfm.tasks import DIFF_TASK, DIFF_TEST_SETS
 
 __all__ = ["DIFF_TASK", "DIFF_TEST_SETS"]
 
 if __name__ == "__main__":
-    cli(DIFF_TASK)
+    main_for(DIFF_TASK)

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from fsvfm.util.errors import UsageError
+
 # Modules whose import registers factories; a new model module adds itself here.
 MODEL_MODULES: tuple[str, ...] = ("fsvfm.models_fsfm", "fsvfm.models_vit", "fsvfm.models_fas")
 
@@ -54,9 +56,10 @@ def model_family(name: str) -> str:
 
 
 def create_model(name: str, family: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model; with ``family`` the name must belong to it (``ValueError`` otherwise)."""
+    """Build a registered model; with ``family`` the name must belong to it (``UsageError``, a
+    ``ValueError``, otherwise)."""
     _load_all()
     if name not in _FACTORIES or (family is not None and _FAMILIES[name] != family):
-        raise ValueError(f"unknown {family or ''} model {name!r}; choose from {list_models(family=family)}"
+        raise UsageError(f"unknown {family or ''} model {name!r}; choose from {list_models(family=family)}"
                          .replace("unknown  model", "unknown model"))
     return _FACTORIES[name](**kwargs)

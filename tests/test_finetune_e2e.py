@@ -104,7 +104,7 @@ def _frame_scores(model, transform, folder: Path) -> tuple[list[int], list[float
             score = float(model(transform(im.convert("RGB"))[None]).softmax(-1)[0, 1])
         labels.append(int(img.parent.name.startswith("real")))
         scores.append(score)
-        videos.setdefault(img.name.split("_frame_")[0], []).append(score)
+        videos.setdefault(f"{img.parent.name}/{img.name.split('_frame_')[0]}", []).append(score)
     return labels, scores, videos
 
 
@@ -263,7 +263,7 @@ def test_one_class_test_set_is_reported_and_the_others_still_run(workspace, tmp_
     assert report["results"]["DFDC"]["num_images"] == 4 and "both fake=0 and real=1" in report["results"]["DFDC"]["error"]
     assert report["results"]["Celeb-DF-v1"]["num_images"] == 8 and "error" not in report["results"]["Celeb-DF-v1"]
     text = (tmp_path / "test" / "test_results.txt").read_text()
-    assert "DFDC: 4 images, skipped" in text and text.count("FRAME-LEVEL") == 1
+    assert "DFDC: not evaluated: AUC is undefined" in text and text.count("FRAME-LEVEL") == 1
     assert json.loads((tmp_path / "test" / "test_results.json").read_text())["results"]["DFDC"]["num_images"] == 4
 
 

@@ -47,9 +47,15 @@ def test_video_grouping_first_seen_order_and_mean():
     assert out["auc"] == pytest.approx(100.0)
 
 
-def test_video_label_is_first_frame_label():
-    v_labels, _, _ = M.get_video_level_label_pred([0, 1], ["v", "v"], [0.1, 0.9])
-    assert v_labels.tolist() == [0]
+def test_video_with_frames_of_both_classes_is_refused_and_frame_metrics_stay():
+    with pytest.raises(M.VideoGroupingError, match="1 video\\(s\\) hold frames of both classes, e.g. 'v'"):
+        M.get_video_level_label_pred([0, 1], ["v", "v"], [0.1, 0.9])
+    test = M.ScoredSet(np.array([0, 1, 0, 1]), np.array([0.2, 0.9, 0.1, 0.6]), np.array([0, 1, 0, 1]),
+                       ["v", "v", "w", "w"])
+    metrics = M.frame_and_video_level(test)
+    assert metrics["frame"]["auc"] == 100.0 and metrics["frame"]["acc"] == 100.0
+    assert list(metrics["video"]) == ["error"]
+    assert "2 video(s) hold frames of both classes" in metrics["video"]["error"]
 
 
 def test_length_mismatch_is_an_error():

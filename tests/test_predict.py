@@ -101,7 +101,7 @@ def test_scores_equal_the_test_program(ckpt, inputs, tmp_path):
         rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
     assert sorted(rows) == ["clip_frame_0.png", "clip_frame_3.png", "clip_frame_6.png", "clip_frame_9.png",
                             "photo_frame_0.png"]
-    assert rows["photo_frame_0.png"]["video"] == "photo" and rows["photo_frame_0.png"]["label"] == "1"
+    assert rows["photo_frame_0.png"]["video"] == "real/photo" and rows["photo_frame_0.png"]["label"] == "1"
 
     det = Detector.from_checkpoint(ckpt, device="cpu", num_frames=4)
     assert det.predict(inputs["photo"])["faces"][0]["score_real"] == pytest.approx(
@@ -113,7 +113,7 @@ def test_scores_equal_the_test_program(ckpt, inputs, tmp_path):
     crop_score = Detector.from_checkpoint(ckpt, device="cpu", detect=False).predict(crop)["faces"][0]["score_real"]
     assert crop_score == pytest.approx(float(rows["photo_frame_0.png"]["score_real"]), abs=1e-5)
     video_row = next(csv.DictReader(open(out / "scores_Celeb-DF-v1.csv", newline="")))
-    assert video_row["video"] == "clip" and float(video_row["score_real"]) == pytest.approx(video["score_real"], abs=1e-5)
+    assert video_row["video"] == "fake/clip" and float(video_row["score_real"]) == pytest.approx(video["score_real"], abs=1e-5)
 
 
 def test_api_accepts_paths_pil_and_arrays(ckpt, inputs, tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from fsvfm.util import dist
-from fsvfm.util.checkpoint import epoch_checkpoint_tags, resume_path
+from fsvfm.util.checkpoint import CheckpointError, epoch_checkpoint_tags, resume_path
 from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 
 
@@ -22,7 +22,10 @@ def test_resume_path(tmp_path):
     for name in ("checkpoint-1.pth", "checkpoint-10.pth", "checkpoint-min_val_loss.pth", "checkpoint-te-12.pth"):
         (tmp_path / name).write_bytes(b"")
     assert resume_path(args) == tmp_path / "checkpoint-10.pth"
-    assert resume_path(argparse.Namespace(resume="x.pth", auto_resume=True, output_dir="")).name == "x.pth"
+    with pytest.raises(CheckpointError, match="--resume checkpoint not found: .*x.pth"):
+        resume_path(argparse.Namespace(resume=str(tmp_path / "x.pth"), auto_resume=True, output_dir=""))
+    (tmp_path / "x.pth").write_bytes(b"")
+    assert resume_path(argparse.Namespace(resume=str(tmp_path / "x.pth"), auto_resume=True, output_dir="")).name == "x.pth"
 
 
 def test_world_size_flag_is_checked(monkeypatch):

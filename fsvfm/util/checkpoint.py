@@ -14,11 +14,18 @@ else (code, arbitrary classes) is refused. Every checkpoint path may also be
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import math
 import os
 import pathlib
 import pickle
+import re
+import time
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +77,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _check_format(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -82,6 +90,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+# First bytes of files that are not checkpoints, to name what was given instead.
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+                  b"BM": "a BMP image", b"RIFF": "a RIFF (WebP/AVI) file", b"{": "a JSON/text file"}
+
+
+def _check_format(path: Path) -> None:
+    """Refuse, before unpickling, a file that is neither a zip-format (``PK\\x03\\x04``) nor a legacy pickle
+    (``\\x80``) PyTorch file: an image or a text file is not a "malicious pickle"."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return
+    if not head:
+        raise CheckpointError(f"{path} is empty (an interrupted copy or save?); give a complete checkpoint file")
+    kind = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None)
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint" + (f": it is {kind}" if kind else
+                          f" (it starts with bytes {head!r})") + "; give a .pth file saved by torch.save")
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -107,6 +134,7 @@ def model_state_from(checkpoint: Mapping[str, Any], path: str | os.PathLike = "<
     state = next((checkpoint[k] for k in MODEL_KEYS if k in checkpoint), checkpoint)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no model state dict (expected a 'model' or 'state_dict' entry of tensors)")
+    check_finite_state(state, f"checkpoint {path}", hint="; it cannot be used: take an earlier checkpoint")
     return strip_prefixes(state)
 
 
@@ -132,9 +160,21 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
                     optimizer: torch.optim.Optimizer | None = None, epoch: int | None = None,
                     scaler: Any = None, args: argparse.Namespace | Mapping | None = None,
                     model_name: str | None = None, model_key: str = "model", **extra: Any) -> Path:
-    """Atomically write a checkpoint (temp file, then ``os.replace``). Call it on rank 0 only.
+    """Atomically write a checkpoint (temp file, ``fsync``, then ``os.replace``). Call it on rank 0 only.
 
     The weights go under ``model_key`` (``model``; the FAS files keep the original's ``state_dict``)."""
+    path = Path(path)
+    write_synced(checkpoint_payload(model_state, optimizer=optimizer, epoch=epoch, scaler=scaler, args=args,
+                                    model_name=model_name, model_key=model_key, **extra), path)
+    logger.info("Saved checkpoint %s", path)
+    return path
+
+
+def checkpoint_payload(model_state: Mapping[str, torch.Tensor], *, optimizer: torch.optim.Optimizer | None = None,
+                       epoch: int | None = None, scaler: Any = None, args: argparse.Namespace | Mapping | None = None,
+                       model_name: str | None = None, model_key: str = "model", **extra: Any) -> dict[str, Any]:
+    """The dict a checkpoint file holds (see the module docstring); the weights go under ``model_key``;
+    ``extra`` entries are made plain."""
     if model_key not in MODEL_KEYS:
         raise ValueError(f"model_key must be one of {MODEL_KEYS}, got {model_key!r}")
     args_map = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
@@ -147,11 +187,32 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
         "model_name": model_name or args_map.get("model"),
     }
     payload.update({k: _plain(v) for k, v in extra.items()})
+    return payload
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a folder fsync the OS refuses is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_synced(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file, ``fsync`` it, rename it onto ``path``, ``fsync`` the folder: after
+    a crash or power loss ``path`` holds the old or the new checkpoint, complete."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    logger.info("Saved checkpoint %s", path)
-    return path
+        torch.save(dict(payload), tmp)
+        _fsync(tmp)
+    _fsync(path.parent)
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
@@ -192,7 +253,10 @@ def resume_path(args: argparse.Namespace, prefix: str = "checkpoint-") -> Path |
     """``--resume`` (local, or fetched from ``hf://``), else with ``--auto_resume`` the newest
     ``{prefix}{epoch}.pth`` in ``--output_dir``."""
     if args.resume:
-        return resolve_checkpoint_path(args.resume)
+        path = resolve_checkpoint_path(args.resume)
+        if not path.is_file():
+            raise CheckpointError(f"--resume checkpoint not found: {path}")
+        return path
     if getattr(args, "auto_resume", False):
         latest = find_latest_checkpoint(args.output_dir, prefix)
         if latest is None:
@@ -227,3 +291,204 @@ def epoch_checkpoint_tags(epoch: int, args: argparse.Namespace, improved: bool, 
     if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
         tags.append(epoch)
     return tags
+
+
+# ------------------------------------------------------------------- non-finite weights
+class NonFiniteWeightsError(CheckpointError):
+    """Weights hold NaN or infinite values: never saved, never loaded."""
+
+
+def check_finite_state(state: Mapping[str, torch.Tensor] | torch.nn.Module, name: str, hint: str = "") -> None:
+    """Raise ``NonFiniteWeightsError`` naming ``name`` (a file or a model) and its first non-finite
+    tensors when any floating-point tensor of ``state`` (a state dict, or a module's parameters and
+    buffers) holds NaN or +-inf; ``hint`` is appended to the message."""
+    items = state.state_dict().items() if isinstance(state, torch.nn.Module) else state.items()
+    floating = [(k, t) for k, t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    bad = [(k, t) for k, t in floating if not bool(torch.isfinite(t).all())]
+    if not bad:
+        return
+    first = ", ".join(f"{k} ({int(t.isnan().sum())} NaN, {int(t.isinf().sum())} inf of {t.numel()})"
+                      for k, t in bad[:3])
+    raise NonFiniteWeightsError(f"{name} holds non-finite weights in {len(bad)} of {len(floating)} tensors, "
+                                f"first: {first}{hint}")
+
+
+# ------------------------------------------------------------------- checkpoint sets
+# A set is several files written for one epoch that are only usable together (pre-training: the online
+# network with its optimizer and the target network). ``save_checkpoint_set`` writes and fsyncs every
+# member to a temp file, removes the tag's manifest, renames the members into place, then writes the
+# manifest ``checkpoint-{tag}.set.json`` (atomic, fsynced) last: a set is complete exactly when its
+# manifest exists and every member carries the manifest's run id and epoch. A kill at any moment leaves
+# the previous complete sets readable; ``load_latest_checkpoint_set`` skips anything else.
+PRETRAIN_SET = {"online": "checkpoint-{tag}.pth", "target": "checkpoint-te-{tag}.pth"}
+MANIFEST_TEMPLATE = "checkpoint-{tag}.set.json"
+DRILL_ENV = "FSVFM_DRILL_PAUSE_AT"  # tests: pause (sleep) at a named moment of a set save, to be killed there
+
+
+def new_run_id() -> str:
+    """A fresh id stored in every checkpoint of a set (and its manifest)."""
+    return uuid.uuid4().hex
+
+
+def _drill_pause(stage: str) -> None:
+    if os.environ.get(DRILL_ENV) == stage:
+        logger.warning("checkpoint drill: pausing at %s", stage)
+        time.sleep(float(os.environ.get("FSVFM_DRILL_PAUSE_S", "60")))
+
+
+def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Mapping[str, Mapping[str, Any]], *,
+                        epoch: int, run_id: str, names: Mapping[str, str] = PRETRAIN_SET) -> Path:
+    """Write one checkpoint set (rank 0 only): ``payloads`` maps a role of ``names`` (role -> file name
+    template with ``{tag}``) to a ``checkpoint_payload``; each member gets ``run_id``, ``epoch`` and
+    ``set_role``. Returns the manifest path. Complete-or-absent: see the comment above."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_TEMPLATE.format(tag=tag)
+    files = {role: folder / names[role].format(tag=tag) for role in payloads}
+    with contextlib.ExitStack() as stack:
+        for i, (role, payload) in enumerate(payloads.items()):
+            tmp = stack.enter_context(atomic_path(files[role]))
+            torch.save({**payload, "run_id": run_id, "epoch": epoch, "set_role": role}, tmp)
+            _fsync(tmp)
+            if i == 0:  # runs on exit after the later members are renamed, before this one is
+                stack.callback(_drill_pause, "between-renames")
+        manifest.unlink(missing_ok=True)
+        _fsync(folder)
+        _drill_pause("before-renames")
+    _fsync(folder)
+    _drill_pause("before-manifest")
+    record = {"tag": str(tag), "epoch": epoch, "run_id": run_id,
+              "files": {role: {"name": p.name, "size": p.stat().st_size} for role, p in files.items()}}
+    with atomic_path(manifest) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        _fsync(tmp)
+    _fsync(folder)
+    logger.info("Saved checkpoint set %s: %s", manifest.name, ", ".join(p.name for p in files.values()))
+    return manifest
+
+
+def check_same_set(checkpoints: Mapping[str, tuple[Path, Mapping[str, Any]]]) -> None:
+    """``checkpoints``: role -> (path, loaded checkpoint). Raise ``CheckpointError`` naming the files
+    when they come from different runs (``run_id``) or epochs (each compared when every file has it)."""
+    for key in ("run_id", "epoch"):
+        values = {role: ckpt.get(key) for role, (_, ckpt) in checkpoints.items()}
+        if None in values.values():
+            continue
+        if len(set(map(str, values.values()))) > 1:
+            listing = ", ".join(f"{checkpoints[r][0]} has {key} {v}" for r, v in values.items())
+            raise CheckpointError(f"these checkpoints do not belong together: {listing}; "
+                                  "resume from a pair written by the same save")
+
+
+@dataclass
+class CheckpointSet:
+    """A loaded, verified set: ``paths`` and ``checkpoints`` by role."""
+
+    tag: str
+    epoch: int | None
+    paths: dict[str, Path]
+    checkpoints: dict[str, dict[str, Any]]
+
+
+def load_checkpoint_set(paths: Mapping[str, str | os.PathLike], tag: str = "") -> CheckpointSet:
+    """Load every member (``CheckpointError`` naming a missing or unreadable one) and check that they
+    belong together (``check_same_set``)."""
+    loaded = {role: (resolve_checkpoint_path(p), load_checkpoint(p)) for role, p in paths.items()}
+    check_same_set(loaded)
+    first = next(iter(loaded.values()))[1]
+    return CheckpointSet(tag, first.get("epoch"), {r: p for r, (p, _) in loaded.items()},
+                         {r: c for r, (_, c) in loaded.items()})
+
+
+def _verified_set(folder: Path, tag: int, names: Mapping[str, str]) -> CheckpointSet:
+    """The set of ``tag`` in ``folder`` if complete and readable, else ``CheckpointError`` saying why."""
+    paths = {role: folder / t.format(tag=tag) for role, t in names.items()}
+    manifest = folder / MANIFEST_TEMPLATE.format(tag=tag)
+    record = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None
+    if record is not None:
+        for role, entry in record["files"].items():
+            if not paths[role].is_file():
+                raise CheckpointError(f"{paths[role]} is missing")
+            size = paths[role].stat().st_size
+            if size != entry["size"]:
+                raise CheckpointError(f"{paths[role]} is {size} bytes, its manifest says {entry['size']}")
+    loaded = load_checkpoint_set(paths, str(tag))
+    if record is None and any(c.get("run_id") for c in loaded.checkpoints.values()):
+        raise CheckpointError(f"no {manifest.name}: the save of this set was interrupted")
+    if record is not None and any(c.get("run_id") != record["run_id"] or c.get("epoch") != record["epoch"]
+                                  for c in loaded.checkpoints.values()):
+        raise CheckpointError(f"the files of set {tag} are not the ones its manifest lists")
+    return loaded
+
+
+def load_latest_checkpoint_set(folder: str | os.PathLike,
+                               names: Mapping[str, str] = PRETRAIN_SET) -> CheckpointSet | None:
+    """The complete, readable set with the highest integer tag in ``folder`` (``--auto_resume``), or
+    None. Newer sets that are incomplete (interrupted save), truncated, unreadable or mismatched are
+    skipped with a warning saying why. Sets saved before manifests existed (no ``run_id`` in the files)
+    count as complete when every member loads and the epochs agree."""
+    folder = Path(folder)
+    first = names[next(iter(names))]
+    prefix, suffix = first.split("{tag}")
+    tags = sorted({int(p.name[len(prefix):len(p.name) - len(suffix)]) for p in folder.glob(first.format(tag="*"))
+                   if p.name[len(prefix):len(p.name) - len(suffix)].isdigit()}, reverse=True)
+    for tag in tags:
+        try:
+            found = _verified_set(folder, tag, names)
+        except (CheckpointError, OSError, ValueError, KeyError) as e:
+            logger.warning("--auto_resume: skipping checkpoint set %d: %s", tag, e)
+            continue
+        return found
+    return None
+
+
+# ------------------------------------------------------------------- resume hygiene
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temp files (``.{name}.{random}.tmp[.ext]``) that a killed save left in
+    ``folder``; call on rank 0 at start, before any save. Returns the removed paths."""
+    folder = Path(folder)
+    removed = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if _TEMP_NAME.match(p.name) and p.is_file():
+            size = p.stat().st_size
+            p.unlink()
+            removed.append(p)
+            logger.info("removed stale temp file %s (%.1f MB) left by an interrupted save", p, size / 2**20)
+    return removed
+
+
+def drop_log_records_from(path: str | os.PathLike, epoch: int) -> int:
+    """Rewrite a JSON-lines ``log.txt`` without the records of ``epoch`` and later (a resumed run logs
+    them again); lines that are not JSON objects with an ``epoch`` stay. Returns the number dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record_epoch = json.loads(line).get("epoch")
+        except (json.JSONDecodeError, AttributeError):
+            record_epoch = None
+        if isinstance(record_epoch, int) and record_epoch >= epoch:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(kept), encoding="utf-8")
+        logger.info("%s: dropped %d record(s) of epoch >= %d (they are logged again)", path, dropped, epoch)
+    return dropped
+
+
+def best_value_in(path: str | os.PathLike, key: str) -> float:
+    """``key`` (e.g. ``min_val_loss``) of a best-metric checkpoint; +inf when the file is absent or
+    unreadable (with a warning), so a missing best never blocks a save."""
+    if not Path(path).is_file():
+        return math.inf
+    try:
+        return float(load_checkpoint(path).get(key, math.inf))
+    except (CheckpointError, TypeError, ValueError) as e:
+        logger.warning("cannot read %s from %s (%s); it will be replaced by the next best", key, path, e)
+        return math.inf

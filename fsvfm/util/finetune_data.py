@@ -4,6 +4,13 @@ Class indices come from the task's ``ClassVocabulary`` (DfD / DiFF: **fake = 0, 
 released models; scores are P(class ``positive``)). Folder labels are decided by meaning, not by
 alphabetical order: a class folder is labelled by the vocabulary word its name contains; none or
 several is an error naming it.
+
+Unreadable images (empty, truncated, not an image, a decompression bomb) never stop a run: each is
+named once in the log and flagged in a shared-memory tensor (so DataLoader workers' findings reach
+the main process); training sets then return the next readable sample, evaluation sets return
+``None`` as the image and ``collate_readable`` drops it. ``unreadable_files`` lists them (all ranks).
+Video names (the grouping key of video-level metrics) include the frame's folder, so frames named
+alike in ``real/`` and ``fake/`` never form one video.
 """
 from __future__ import annotations
 
@@ -14,30 +21,78 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
-from torch.utils.data import ConcatDataset, Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler, default_collate
 from torchvision import datasets, transforms
 
+from fsvfm.util import dist
+from fsvfm.util.errors import DataError, UsageError
+from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary, video_name_from_path
 
 logger = logging.getLogger(__name__)
 
 
-class SplitFileError(ValueError):
-    """A split file line is malformed (message names file and line number)."""
+MAX_UNREADABLE_IN_A_ROW = 50
+ON_UNREADABLE = ("next", "skip")
 
 
-class LabelledImageFolder(datasets.ImageFolder):
+class SplitFileError(DataError):
+    """Bad split-file lines (the message names the file and every bad line number)."""
+
+
+class SkipsUnreadable:
+    """Mixin for data sets of ``self.samples = [(path, label), ...]`` and ``self.transform``: reads
+    an image with ``read_rgb``; an unreadable one is flagged and named once, then replaced by the next
+    readable sample (``on_unreadable='next'``, training) or returned as image ``None``
+    (``'skip'``, evaluation). Items are ``(image, label)``."""
+
+    samples: list[tuple[str, int]]
+    transform: Callable | None
+
+    def _track_unreadable(self, on_unreadable: str) -> None:
+        if on_unreadable not in ON_UNREADABLE:
+            raise ValueError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
+        self.on_unreadable = on_unreadable
+        self.unreadable_flags = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    def _read(self, index: int) -> Image.Image | None:
+        try:
+            return read_rgb(self.samples[index][0])
+        except UnreadableImageError as e:
+            if not self.unreadable_flags[index]:
+                self.unreadable_flags[index] = True
+                logger.warning("skipping %s", e)
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for attempt in range(MAX_UNREADABLE_IN_A_ROW):
+            i = (index + attempt) % len(self.samples)
+            image = self._read(i)
+            if image is None and self.on_unreadable == "next":
+                continue
+            label = self.samples[i][1]
+            if image is not None and self.transform is not None:
+                image = self.transform(image)
+            return image, label
+        raise DataError(f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row from {self.samples[index][0]}; "
+                        "check the data folder (see the warnings above)")
+
+
+class LabelledImageFolder(SkipsUnreadable, datasets.ImageFolder):
     """``ImageFolder`` whose class index comes from the folder's meaning under ``vocabulary``.
 
-    Several folders may share a label (e.g. ``fake_DeepFakes`` and ``fake_FaceSwap``).
+    Several folders may share a label (e.g. ``fake_DeepFakes`` and ``fake_FaceSwap``). Unreadable
+    images: see ``SkipsUnreadable`` (``on_unreadable``: ``'next'`` or ``'skip'``).
     """
 
     def __init__(self, root: str, transform: Callable | None = None,
-                 vocabulary: ClassVocabulary = DFD_VOCABULARY) -> None:
+                 vocabulary: ClassVocabulary = DFD_VOCABULARY, on_unreadable: str = "next") -> None:
         self.vocabulary = vocabulary  # find_classes runs inside ImageFolder.__init__
         super().__init__(root, transform=transform)
+        self._track_unreadable(on_unreadable)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         names = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
@@ -48,77 +103,108 @@ class LabelledImageFolder(datasets.ImageFolder):
 
     @property
     def video_names(self) -> list[str]:
-        return [video_name_from_path(p) for p, _ in self.samples]
+        """``{folder relative to root}/{video}`` per sample, e.g. ``real/id0_0001``."""
+        return [video_key(p, self.root) for p, _ in self.samples]
 
 
 class TestImageFolder(LabelledImageFolder):
-    """Items are ``(image, label, video_name)`` (spec 5.2)."""
+    """Items are ``(image, label, video_name)`` (spec 5.2); an unreadable image is ``None``."""
+
+    def __init__(self, root: str, transform: Callable | None = None,
+                 vocabulary: ClassVocabulary = DFD_VOCABULARY, on_unreadable: str = "skip") -> None:
+        super().__init__(root, transform, vocabulary, on_unreadable)
 
     def __getitem__(self, index: int) -> tuple[Any, int, str]:
         image, label = super().__getitem__(index)
-        return image, label, video_name_from_path(self.samples[index][0])
+        return image, label, video_key(self.samples[index][0], self.root)
 
 
-def read_split_file(path: str | os.PathLike, delimiter: str = " ",
-                    root: str | os.PathLike | None = None) -> list[tuple[str, int]]:
+def video_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """Grouping key of a frame: its folder (relative to ``root`` when given) and its video name
+    (``video_name_from_path``), so same-named frames in different folders stay apart."""
+    folder = os.path.dirname(path)
+    if root is not None:
+        folder = os.path.relpath(folder, root)
+    return f"{folder}/{video_name_from_path(path)}"
+
+
+def _split_line(line: str, delimiter: str, num_classes: int | None) -> tuple[str, int]:
+    """``(image, label)`` of one split-file line; ``ValueError`` saying what is wrong."""
+    fields = line.split(delimiter)
+    if len(fields) != 2:
+        raise ValueError(f"expected '<image path>{delimiter}<integer label>' (delimiter {delimiter!r}), "
+                         f"got {len(fields)} field(s) in {line[:80]!r}")
+    try:
+        label = int(fields[1])
+    except ValueError:
+        raise ValueError(f"label {fields[1].strip()[:20]!r} is not an integer") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise ValueError(f"label {label} is outside 0..{num_classes - 1 if num_classes else 'N'}")
+    return fields[0].strip(), label
+
+
+def _bad_lines_message(path: Path, what: str, bad: Sequence[tuple[int, str]], hint: str = "") -> str:
+    """``{path}: 3 {what} (lines 2, 7, 9): line 2: ...; line 7: ...`` (details of the first 5)."""
+    details = "; ".join(f"line {n}: {msg}" for n, msg in bad[:5]) + ("; ..." if len(bad) > 5 else "")
+    return f"{path}: {len(bad)} {what} (lines {', '.join(str(n) for n, _ in bad)}): {details}{hint}"
+
+
+def read_split_file(path: str | os.PathLike, delimiter: str = " ", root: str | os.PathLike | None = None,
+                    num_classes: int | None = None) -> list[tuple[str, int]]:
     """Parse ``<image path><delimiter><integer label>`` lines (blank lines skipped).
 
     With ``root`` the path's leading ``/`` or ``\\`` is stripped and it is joined to ``root``.
-    Raises ``SplitFileError`` naming the file and line of a malformed line, and
-    ``FileNotFoundError`` listing images that do not exist (checked before any training).
+    Labels must be in ``0..num_classes-1`` (``>= 0`` when ``num_classes`` is None). Every bad line is
+    reported at once: ``SplitFileError`` naming the file and each malformed or out-of-range line,
+    then ``FileNotFoundError`` listing the lines whose image does not exist (before any training).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split file not found: {path}")
     samples: list[tuple[str, int]] = []
+    lines: list[int] = []
+    bad: list[tuple[int, str]] = []
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
+        if not raw.strip():
             continue
-        fields = line.split(delimiter)
         try:
-            if len(fields) != 2:
-                raise ValueError(f"{len(fields)} field(s)")
-            label = int(fields[1])
+            image, label = _split_line(raw.strip(), delimiter, num_classes)
         except ValueError as e:
-            raise SplitFileError(f"{path}:{lineno}: expected '<image path>{delimiter}<integer label>' "
-                                 f"(delimiter {delimiter!r}), got {line!r} ({e})") from None
-        image = fields[0].strip()
-        if root is not None:
-            image = os.path.join(root, image.lstrip("/\\"))
-        samples.append((image, label))
+            bad.append((lineno, str(e)))
+            continue
+        samples.append((os.path.join(root, image.lstrip("/\\")) if root is not None else image, label))
+        lines.append(lineno)
+    if bad:
+        raise SplitFileError(_bad_lines_message(path, "bad line(s)", bad))
     if not samples:
         raise SplitFileError(f"{path}: no samples")
-    missing = [(i, p) for i, (p, _) in enumerate(samples) if not os.path.isfile(p)]
+    missing = [(n, f"{p} does not exist") for n, (p, _) in zip(lines, samples) if not os.path.isfile(p)]
     if missing:
-        shown = ", ".join(p for _, p in missing[:3])
-        raise FileNotFoundError(f"{path}: {len(missing)} of {len(samples)} listed images do not exist "
-                                f"(e.g. {shown}); check --dataset_abs_path")
+        raise FileNotFoundError(_bad_lines_message(path, f"of {len(samples)} listed images missing", missing,
+                                                   "; check --dataset_abs_path"))
     return samples
 
 
-class SplitFileDataset(Dataset):
-    """Samples listed in a split file (spec 4.3 ``CustomDataset``); labels are used as written."""
+class SplitFileDataset(SkipsUnreadable, Dataset):
+    """Samples listed in a split file (spec 4.3 ``CustomDataset``); labels are used as written
+    (checked against ``num_classes`` when given). Unreadable images: see ``SkipsUnreadable``."""
 
     def __init__(self, split_file: str | os.PathLike, transform: Callable | None = None,
-                 delimiter: str = " ", root: str | os.PathLike | None = None) -> None:
-        self.samples = read_split_file(split_file, delimiter, root)
+                 delimiter: str = " ", root: str | os.PathLike | None = None, num_classes: int | None = None,
+                 on_unreadable: str = "next") -> None:
+        self.samples = read_split_file(split_file, delimiter, root, num_classes)
         self.targets = [label for _, label in self.samples]
         self.transform = transform
         self.root = str(split_file)
+        self._track_unreadable(on_unreadable)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        return (self.transform(image) if self.transform else image), label
-
     @property
     def video_names(self) -> list[str]:
-        return [video_name_from_path(p) for p, _ in self.samples]
+        """``{image folder}/{video}`` per sample."""
+        return [video_key(p) for p, _ in self.samples]
 
 
 class IndexedDataset(Dataset):
@@ -134,6 +220,29 @@ class IndexedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         item = self.dataset[index]
         return item[0], item[1], index
+
+
+def collate_readable(batch: list[tuple]) -> Any:
+    """``default_collate`` of the items whose image (item[0]) could be read; None when none could."""
+    kept = [item for item in batch if item[0] is not None]
+    return default_collate(kept) if kept else None
+
+
+def unreadable_files(dataset: Dataset, device: torch.device | str = "cpu") -> list[str]:
+    """Distinct files of ``dataset`` found unreadable so far on any rank (a collective when
+    distributed: call it on every rank). Sees through ``IndexedDataset`` and ``ConcatDataset``; data
+    sets that do not track unreadable files contribute none."""
+    inner = getattr(dataset, "dataset", dataset)
+    parts = inner.datasets if isinstance(inner, ConcatDataset) else [inner]
+    found: list[str] = []
+    for part in parts:
+        flags = getattr(part, "unreadable_flags", None)
+        if flags is None:
+            continue
+        if dist.get_world_size() > 1:
+            flags = dist.all_reduce_sum(flags.to(device=device, dtype=torch.int32)) > 0
+        found += [part.samples[i][0] for i in flags.nonzero().flatten().tolist()]
+    return found
 
 
 def dataset_video_names(dataset: Dataset) -> list[str]:
@@ -160,10 +269,10 @@ def check_classes(dataset: Dataset, name: str, nb_classes: int,
     present = sorted(set(dataset_targets(dataset)))
     if len(present) < 2:
         needed = " and ".join(f"{n} ({i})" for i, n in enumerate(vocabulary.names))
-        raise ValueError(f"the {name} set holds only class(es) {present} ({len(dataset)} images): "  # type: ignore[arg-type]
+        raise DataError(f"the {name} set holds only class(es) {present} ({len(dataset)} images): "  # type: ignore[arg-type]
                          f"it needs both {needed} images")
     if present[-1] >= nb_classes:
-        raise ValueError(f"the {name} set has label {present[-1]} but --nb_classes is {nb_classes}")
+        raise DataError(f"the {name} set has label {present[-1]} but --nb_classes is {nb_classes}")
 
 
 class ShardSampler(Sampler[int]):
@@ -222,11 +331,12 @@ def _posterize_zero_bits_compat(transform: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------------------------ data sets
-def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabulary: ClassVocabulary) -> Dataset:
+def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabulary: ClassVocabulary,
+                   on_unreadable: str) -> Dataset:
     missing = [str(Path(d) / split) for d in dirs if not (Path(d) / split).is_dir()]
     if missing:
         raise FileNotFoundError(f"data folder(s) not found: {', '.join(missing)}")
-    parts = [LabelledImageFolder(str(Path(d) / split), transform, vocabulary) for d in dirs]
+    parts = [LabelledImageFolder(str(Path(d) / split), transform, vocabulary, on_unreadable) for d in dirs]
     for d in parts:
         logger.info("%s: %d images, classes %s", d.root, len(d), d.class_to_idx)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
@@ -235,19 +345,21 @@ def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabul
 def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
                             vocabulary: ClassVocabulary = DFD_VOCABULARY) -> tuple[Dataset, Dataset]:
     """Training and validation sets from ``--finetune_data_path`` (repeatable; ``DIR/train`` and
-    ``DIR/val``) or from ``--train_split``/``--val_split`` (then ``args.nb_classes`` = max label + 1)."""
+    ``DIR/val``) or from ``--train_split``/``--val_split`` (then ``args.nb_classes`` = max label + 1,
+    and validation labels must be below it). Unreadable training images are replaced by the next
+    readable one, unreadable validation images are left out (both counted)."""
     if args.data_path:
-        return (_image_folders(args.data_path, "train", train_transform, vocabulary),
-                _image_folders(args.data_path, "val", val_transform, vocabulary))
+        return (_image_folders(args.data_path, "train", train_transform, vocabulary, "next"),
+                _image_folders(args.data_path, "val", val_transform, vocabulary, "skip"))
     if args.train_split and args.val_split:
         kw = dict(delimiter=args.delimiter_in_split, root=args.dataset_abs_path)
         train = SplitFileDataset(args.train_split, train_transform, **kw)
-        val = SplitFileDataset(args.val_split, val_transform, **kw)
         nb_classes = max(train.targets) + 1
         if nb_classes != args.nb_classes:
             logger.info("--nb_classes set to %d from the labels of %s", nb_classes, args.train_split)
             args.nb_classes = nb_classes
+        val = SplitFileDataset(args.val_split, val_transform, num_classes=nb_classes, on_unreadable="skip", **kw)
         return train, val
-    raise ValueError("no training data: give --finetune_data_path DIR (with DIR/train and DIR/val) "
+    raise UsageError("no training data: give --finetune_data_path DIR (with DIR/train and DIR/val) "
                      "or both --train_split and --val_split")
 

@@ -15,9 +15,15 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
 
+from fsvfm.util.errors import DataError
 
-class OneClassError(ValueError):
+
+class OneClassError(DataError):
     """AUC/EER are undefined because the labels contain a single class."""
+
+
+class VideoGroupingError(DataError):
+    """Frames grouped into one video carry different labels (the grouping key merges videos)."""
 
 
 def _check_binary(labels: np.ndarray, what: str) -> None:
@@ -52,7 +58,8 @@ def frame_level_eer(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequence[str],
                                frame_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group frames by video (first-seen order) -> (video labels, mean scores, ``score >= 0.5``)."""
+    """Group frames by video (first-seen order) -> (video labels, mean scores, ``score >= 0.5``).
+    A video whose frames carry different labels is a ``VideoGroupingError`` naming it."""
     if not len(frame_labels) == len(video_names) == len(frame_scores):
         raise ValueError(f"length mismatch: {len(frame_labels)} labels, {len(video_names)} names, "
                          f"{len(frame_scores)} scores")
@@ -60,14 +67,20 @@ def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequenc
     first_label: list[int] = []
     sums: list[float] = []
     counts: list[int] = []
+    mixed: dict[str, None] = {}
     for label, name, score in zip(frame_labels, video_names, frame_scores):
         if name not in order:
             order[name] = len(order)
             first_label.append(int(label))
             sums.append(0.0)
             counts.append(0)
+        elif int(label) != first_label[order[name]]:
+            mixed.setdefault(name, None)
         sums[order[name]] += float(score)
         counts[order[name]] += 1
+    if mixed:
+        raise VideoGroupingError(f"{len(mixed)} video(s) hold frames of both classes, e.g. {next(iter(mixed))!r}: "
+                                 "frames of different videos share a name; give each video a distinct name")
     scores = np.asarray(sums) / np.asarray(counts)
     return np.asarray(first_label), scores, (scores >= 0.5).astype(int)
 
@@ -141,9 +154,14 @@ def image_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict
 
 
 def frame_and_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
-    """Frame-level and video-level metrics (DfD)."""
-    return {"frame": binary_metrics(test.labels, test.scores, test.preds),
-            "video": video_metrics(test.labels, test.scores, test.names)}
+    """Frame-level and video-level metrics (DfD). When the videos cannot be scored (mixed labels,
+    one class), ``video`` is ``{'error': reason}`` and the frame-level metrics stay."""
+    out = {"frame": binary_metrics(test.labels, test.scores, test.preds)}
+    try:
+        out["video"] = video_metrics(test.labels, test.scores, test.names)
+    except (VideoGroupingError, OneClassError) as e:
+        out["video"] = {"error": str(e)}  # type: ignore[dict-item]
+    return out
 
 
 def image_level_val_threshold(test: ScoredSet, val: ScoredSet | None) -> dict[str, dict[str, float]]:

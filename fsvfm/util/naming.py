@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsvfm.util.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FRAME_SEPARATOR = "_frame_"
 
@@ -34,13 +36,14 @@ class ClassVocabulary:
         return tuple(w[0] for w in self.words)
 
     def label_of(self, folder: str, parent: str | os.PathLike = "") -> int:
-        """The class a folder name names; none or several classes is a ``ValueError`` naming it."""
+        """The class a folder name names; none or several classes is a ``DataError`` (a ``ValueError``)
+        naming it."""
         low = folder.lower()
         hits = [i for i, words in enumerate(self.words) if any(w in low for w in words)]
         if len(hits) != 1:
             where = Path(parent) / folder if parent else folder
             choices = " / ".join("'" + "', '".join(w) + "'" for w in self.words)
-            raise ValueError(f"cannot tell the class of folder {str(where)!r}: its name must contain a word of "
+            raise DataError(f"cannot tell the class of folder {str(where)!r}: its name must contain a word of "
                              f"exactly one class ({choices}), e.g. {self.names[-1]}_youtube, {self.names[0]}_four")
         return hits[0]
 

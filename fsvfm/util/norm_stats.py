@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fsvfm.util.errors import UserError
 from fsvfm.util.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ VGGFACE2_MEAN = (0.5482207536697388, 0.42340534925460815, 0.3654651641845703)
 VGGFACE2_STD = (0.2789176106452942, 0.2438540756702423, 0.23493893444538116)
 
 
-class StatsFileError(ValueError):
+class StatsFileError(UserError, ValueError):
     """A statistics file is missing, empty or malformed."""
 
 
@@ -95,14 +96,30 @@ def resolve_mean_std(*, imagenet: bool = False, embedded: object = None,
 
 
 def finetune_mean_std(output_dir: str | os.PathLike, finetune: str | os.PathLike | None,
-                      imagenet: bool = False) -> tuple[list[float], list[float], str]:
-    """Spec 4.4, training side: ``output_dir``'s statistics file (a resumed run), else the one next
-    to the pre-trained checkpoint ``finetune``; a warning names what was missing. The caller
-    records the result in ``output_dir`` (:func:`record_mean_std`) for the test programs."""
+                      imagenet: bool = False, resumed: bool = True) -> tuple[list[float], list[float], str]:
+    """Spec 4.4, training side: ``output_dir``'s statistics file, then the one next to the
+    pre-trained checkpoint ``finetune`` (a fresh run, ``resumed=False``, tries that one first); a
+    warning names what was missing, and another both files when they differ (the output folder holds
+    statistics of another data set). The caller records the result in ``output_dir``
+    (:func:`record_mean_std`) for the test programs."""
     files = [Path(output_dir) / STATS_FILENAME]
     if finetune:
         files.append(_local(finetune).parent / STATS_FILENAME)  # hf:// too
+    if not resumed:
+        files.reverse()
+    if not imagenet and len(files) == 2:
+        _warn_if_different(files)
     return resolve_mean_std(imagenet=imagenet, files=files)
+
+
+def _warn_if_different(files: Sequence[Path]) -> None:
+    try:
+        first, second = read_mean_std(files[0]), read_mean_std(files[1])
+    except StatsFileError:
+        return
+    if first != second:
+        logger.warning("normalisation statistics differ: %s has mean %s std %s, %s has mean %s std %s (another "
+                       "data set?); this run uses %s", files[0], *first, files[1], *second, files[0])
 
 
 def checkpoint_mean_std(checkpoint: Mapping, path: str | os.PathLike,
@@ -112,8 +129,17 @@ def checkpoint_mean_std(checkpoint: Mapping, path: str | os.PathLike,
                             files=[_local(path).parent / STATS_FILENAME])
 
 
-def record_mean_std(output_dir: str | os.PathLike, mean: list[float], std: list[float]) -> None:
-    """Write ``output_dir``'s statistics file unless it exists (call on rank 0)."""
+def record_mean_std(output_dir: str | os.PathLike, mean: list[float], std: list[float],
+                    replace: bool = False) -> None:
+    """Write ``output_dir``'s statistics file unless it exists (call on rank 0); with ``replace`` an
+    existing file holding other values is rewritten."""
     path = Path(output_dir) / STATS_FILENAME
     if not path.exists():
         write_mean_std(path, mean, std)
+    elif replace:
+        try:
+            same = read_mean_std(path) == (list(mean), list(std))
+        except StatsFileError:
+            same = False
+        if not same:
+            write_mean_std(path, mean, std)
