@@ -46,7 +46,7 @@ from fsvfm.util.finetune_data import (
     dataset_video_names,
     unreadable_files,
 )
-from fsvfm.util.log import setup_logging
+from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.metrics import (
     METRIC_MODES,
     OneClassError,
@@ -167,8 +167,10 @@ def append_results(path: Path, lines: Sequence[str]) -> None:
         fh.writelines(stamp + line + "\n" for line in lines)
 
 
-def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> None:
-    """ROC curves (one per level) with real as the positive class; matplotlib's Agg backend."""
+def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarray, float]],
+             writer=None) -> None:
+    """ROC curves (one per level) with real as the positive class; matplotlib's Agg backend. With a
+    TensorBoard ``writer`` the figure also goes there (tag ``roc/{name}``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -181,6 +183,10 @@ def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarr
     ax.legend(loc="lower right")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    if writer is not None:
+        writer.add_figure(f"roc/{name}", fig, close=False)
+        for level, (_, _, auc) in curves.items():
+            writer.add_scalar(f"test_auc/{name}/{level}", auc, 0)
     plt.close(fig)
 
 
@@ -245,6 +251,7 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
             f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
             f"normalisation from {info['norm_source']})"])
     evaluate_set = _set_evaluator(args, task, model, device)
+    writer = summary_writer(args)   # ROC figures and AUCs of the test sets (rank 0)
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
         val = evaluate_set(_validation_set(args, task, transform, info["nb_classes"]), "Validation:")[1]
@@ -252,12 +259,14 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
         try:
             dataset = build()
             pred, test, skipped = evaluate_set(dataset, f"Test {name}:")
-            report["results"][name] = _test_one(args, name, source, test, pred.loss, val, skipped)
+            report["results"][name] = _test_one(args, name, source, test, pred.loss, val, skipped, writer)
         except USER_ERRORS as e:  # this set only: report it and go on with the others
             report["results"][name] = _set_failed(args, name, source, one_line(e))
             continue
         if dist.is_main_process():
             save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, test.names)
+    if writer is not None:
+        writer.close()
     _finish(args, report, start)
     return report
 
@@ -297,7 +306,7 @@ def _finish(args: argparse.Namespace, report: dict, start: float) -> None:
 
 
 def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet, loss: float,
-              val: ScoredSet | None, skipped: Sequence[str] = ()) -> dict:
+              val: ScoredSet | None, skipped: Sequence[str] = (), writer=None) -> dict:
     """Metrics of one set, its ``test_results.txt`` block, ROC plot and per-video CSV (rank 0)."""
     out, main, n = Path(args.output_dir), dist.is_main_process(), len(test.labels)
     counts = {"num_images": n, "skipped_files": len(skipped)}
@@ -317,7 +326,7 @@ def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet,
         if "auc" in metrics.get("video", {}):
             v_labels, v_scores, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
             curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
-        save_roc(out / f"roc_{name}.png", name, curves)
+        save_roc(out / f"roc_{name}.png", name, curves, writer)
         try:
             save_video_scores(out / f"scores_{name}.csv", test)
         except VideoGroupingError as e:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
@@ -151,6 +152,13 @@ def test_finetune_then_test(workspace):
     text = (test_out / "test_results.txt").read_text()
     assert text.count("FRAME-LEVEL") == 2 and text.count("VIDEO-LEVEL") == 2 and "Testing time" in text
     assert json.loads((test_out / "test_results.json").read_text())["results"].keys() == report["results"].keys()
+    # TensorBoard: the ROC figure and the AUCs of each test set
+    events = EventAccumulator(str(test_out), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert set(events.Tags()["images"]) == {f"roc/{n}" for n in report["results"]}
+    for name, res in report["results"].items():
+        for level in ("frame", "video"):
+            (point,) = events.Scalars(f"test_auc/{name}/{level}")
+            assert point.value == pytest.approx(res[level]["auc"])
 
     # a threshold chosen on the validation folder, applied to each test set
     thr = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", out / "thr", "--test_root",
