@@ -16,9 +16,9 @@ from fsvfm.engine_pretrain import EMATarget, forward_losses, train_one_epoch, tr
 from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
+from fsvfm.util.errors import UserError
 from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
-from fsvfm.util.errors import UserError
 from fsvfm.util.train_step import MAX_CONSECUTIVE_SKIPS, SkipStreak, TrainingDivergedError, reduce_losses
 
 
