@@ -27,14 +27,14 @@ def data_root(tmp_path_factory):
     return make_synthetic_pretrain_dataset(tmp_path_factory.mktemp("faces"), 8, size=32, seed=0)
 
 
-def _argv(data_root, out, *extra) -> list[str]:
+def pretrain_argv(data_root, out, *extra) -> list[str]:
     return ["--pretrain_data_path", str(data_root), "--output_dir", str(out), "--device", "cpu",
             "--input_size", "32", "--model_overrides", OVERRIDES, "--batch_size", "2", "--num_workers", "0",
             "--epochs", "2", "--warmup_epochs", "1", "--save_freq", "1", "--norm_pix_loss", *extra]
 
 
 def _run(data_root, out, *extra) -> dict:
-    return main(get_args_parser().parse_args(_argv(data_root, out, *extra)))
+    return main(get_args_parser().parse_args(pretrain_argv(data_root, out, *extra)))
 
 
 def _load(path) -> dict:
@@ -87,7 +87,7 @@ def test_checkpoints_load_safely_and_hold_both_networks(two_epoch_run):
 
 def test_resume_restores_optimizer_and_continues(two_epoch_run, data_root, tmp_path):
     ckpt0 = two_epoch_run / "checkpoint-0.pth"
-    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(ckpt0)))
+    args = get_args_parser().parse_args(pretrain_argv(data_root, tmp_path / "r", "--resume", str(ckpt0)))
     args.device = "cpu"
     model, target = build_networks(args, torch.device("cpu"))
     opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
@@ -121,7 +121,7 @@ def test_resume_from_released_format_pair(two_epoch_run, data_root, tmp_path):
     torch.save(online, tmp_path / "checkpoint-600.pth")
     target["optimizer"] = online["optimizer"]
     torch.save(target, tmp_path / "checkpoint-te-600.pth")
-    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(tmp_path / "checkpoint-600.pth")))
+    args = get_args_parser().parse_args(pretrain_argv(data_root, tmp_path / "r", "--resume", str(tmp_path / "checkpoint-600.pth")))
     model, tnet = build_networks(args, torch.device("cpu"))
     opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
     run = _Run(model, tnet, opt, NativeScalerWithGradNormCount("cpu", enabled=False))
@@ -174,7 +174,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
     _subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                  "127.0.0.1", "--master_port", str(_free_port()), "fsvfm/main_pretrain.py",
-                 *_argv(data_root, out)])
+                 *pretrain_argv(data_root, out)])
     detail = (out / "log_detail.txt").read_text()
     assert "processes: 2 (backend gloo)" in detail
     assert "online weights identical on all 2 ranks" in detail
@@ -191,7 +191,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
 def test_torch_distributed_launch_and_module_entry_points(data_root, tmp_path):
     out = tmp_path / "launch"
     _subprocess([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "1", "--master_port",
-                 str(_free_port()), "fsvfm/main_pretrain.py", *_argv(data_root, out, "--epochs", "1")])
+                 str(_free_port()), "fsvfm/main_pretrain.py", *pretrain_argv(data_root, out, "--epochs", "1")])
     assert (out / "checkpoint-0.pth").is_file()
     result = _subprocess([sys.executable, "-m", "fsvfm.main_pretrain", "--help"])
     assert "--pretrain_data_path" in result.stdout and "--resume_target_network" in result.stdout
