@@ -196,23 +196,28 @@ def find_resume_set(args: argparse.Namespace) -> CheckpointSet | None:
 
 def resume(args: argparse.Namespace, run: _Run, found: CheckpointSet | None) -> None:
     """Load the pair ``found`` into ``run`` (online/target weights, optimizer, scaler, epoch, best loss,
-    run id); a fresh run (``found`` None) draws a new run id.
-
-    The optimizer state is taken from the online file, or from the target file when only that
-    one has it (released files hold it in both; ours only in the online one, spec 9.1 P15).
-    """
+    run id); a fresh run (``found`` None) draws a new run id. With ``--resume``/``--auto_resume`` the
+    ``log.txt`` records from the start epoch on are dropped on rank 0 (they are logged again)."""
     if found is None:
         run.run_id = new_run_id()
-        return
+    else:
+        _load_pair(args, run, found)
+    if dist.is_main_process() and (args.resume or args.auto_resume):
+        drop_log_records_from(Path(args.output_dir) / "log.txt", args.start_epoch)
+
+
+def _load_pair(args: argparse.Namespace, run: _Run, found: CheckpointSet) -> None:
+    """The optimizer state is taken from the online file, or from the target file when only that
+    one has it (released files hold it in both; ours only in the online one, spec 9.1 P15)."""
     online_path, target_path = found.paths["online"], found.paths["target"]
     online_ckpt, target_ckpt = found.checkpoints["online"], found.checkpoints["target"]
     _check_pretrain_checkpoint(online_path, online_ckpt)
     hint = (f"; resume with the --model and --model_overrides it was trained with "
             f"({online_ckpt.get('model_name') or args_dict(online_ckpt).get('model', 'see its args')})")
     try:
-        load_model_weights(run.target, model_state_from(target_ckpt, target_path), strict=True, source=target_path)
         restore_training_state(online_path, run.model, run.optimizer, run.loss_scaler, args, fallback=target_ckpt,
                                checkpoint=online_ckpt)
+        load_model_weights(run.target, model_state_from(target_ckpt, target_path), strict=True, source=target_path)
     except NonFiniteWeightsError:
         raise
     except CheckpointError as e:  # a pair of another size
@@ -274,7 +279,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         dist.cleanup()
 
 
-def _train(args: argparse.Namespace) -> dict[str, float]:
+def _prepare(args: argparse.Namespace) -> torch.device:
+    """Log the job and its arguments, fill the defaults that depend on the device; returns the device."""
     logger.info("job dir: %s", Path(__file__).resolve().parent)
     logger.info("processes: %d (backend %s), device %s", dist.get_world_size(),
                 getattr(args, "dist_backend", "none"), args.device)
@@ -284,6 +290,11 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     torch.backends.cudnn.benchmark = True
     warn_if_warmup_too_long(args)
     args.data_path = args.data_path or []
+    return device
+
+
+def _train(args: argparse.Namespace) -> dict[str, float]:
+    device = _prepare(args)
     # Same seed on every rank for the weights (so each rank's target copy equals rank 0's online
     # network, which DDP broadcasts), then seed + rank for data order and masks.
     seed_everything(args.seed)
@@ -297,8 +308,6 @@ def _train(args: argparse.Namespace) -> dict[str, float]:
     model_ddp = dist.wrap_model(model, args)
     run = _Run(model, target, *build_optimizer(args, model, device))
     resume(args, run, found)
-    if dist.is_main_process() and (args.resume or args.auto_resume):  # epochs from here on are logged again
-        drop_log_records_from(Path(args.output_dir) / "log.txt", args.start_epoch)
     ema = EMATarget(model, target) if args.ema_mode == "update" else None
     if ema is None:
         logger.info("--ema_mode frozen: the target network keeps its initial weights (the original's behaviour)")

@@ -277,8 +277,8 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(case, data_root, tmp_pa
         "no_parsing_maps": f"{tmp_path / 'photos'} has no parsing_maps/ folder; make images/ and parsing_maps/ "
                            "with: python datasets/pretrain/preprocess/face_parse.py --dataset custom",
         "wrong_model": "unknown pretrain model 'fsfm_vit_tiny_patch16'; choose from ['fsfm_vit_base_patch16'",
-        "wrong_size": "checkpoint-te-0.pth does not fit TargetNetworkViT:; 43 shape mismatch(es): cls_token: file "
-                      "(1, 1, 64) vs model (1, 1, 48)",
+        "wrong_size": f"checkpoint {tmp_path / 'pairs' / 'size' / 'checkpoint-0.pth'} does not fit FSFMViT:; "
+                      "49 shape mismatch(es): cls_token: file (1, 1, 64) vs model (1, 1, 48)",
         "wrong_family": "holds a vit_base_patch16 model (classifier checkpoint), not a pre-training one; --resume takes",
         "target_without_resume": "--resume_target_network needs --resume",
     }[case]
