@@ -21,7 +21,7 @@ from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.device_data import DeviceNormalize, to_device
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.train_step import StepLog, backward_step, device_skip_enabled, micro_step
+from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)
 
@@ -114,28 +114,28 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
                     optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
                     cl_loss_fn: torch.nn.Module, momentum_schedule: np.ndarray, epoch: int, device: torch.device,
                     args: argparse.Namespace, log_writer=None,
-                    normalize: DeviceNormalize | None = None) -> dict[str, float]:
-    """Train the online network for one epoch; returns the epoch's global averages and skip counts.
+                    normalize: DeviceNormalize | None = None, streak: SkipStreak | None = None) -> dict[str, float]:
+    """Train the online network for one epoch; returns the epoch's global averages and
+    ``skipped_batches`` (non-finite batches of this epoch).
 
     Per iteration: lr from the fractional epoch (every ``accum_iter`` steps), ``train_step`` (DDP
     gradient sync only on update steps, clip at ``args.clip_grad``, EMA with the momentum of the
     global step ``epoch * len(loader) + i``). Loss values and grad norms are read back every
     ``args.print_freq`` iterations (``StepLog``); a run of ``MAX_CONSECUTIVE_SKIPS`` non-finite
-    batches aborts there.
+    batches aborts there, counted across epochs in ``streak`` (one per run; default: this epoch only).
     """
     model.train()
     metric_logger = MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     num_iters, accum = len(data_loader), args.accum_iter
-    log = StepLog(epoch, num_iters, args.print_freq, metric_logger, log_writer, TB_TAGS)
+    log = StepLog(epoch, num_iters, args.print_freq, metric_logger, log_writer, TB_TAGS, streak)
     device_skip = device_skip_enabled(optimizer, args.amp)
-    skipped_files, window_bad = 0, None
+    window_bad = None
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
         update = (i + 1) % accum == 0
         if i % accum == 0:
             adjust_learning_rate(optimizer, i / num_iters + epoch, args)
-        skipped_files += int(batch.get("num_skipped", 0))
         with micro_step(model, update):
             row, window_bad = train_step(model, target, ema, batch, optimizer, loss_scaler, cl_loss_fn, args,
                                          device, _momentum_at(momentum_schedule, epoch * num_iters + i),
@@ -144,8 +144,5 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
         log.add(LOSS_KEYS, row, i, optimizer.param_groups[0]["lr"], update)
     stats = metric_logger.global_averages()  # meters already hold all-reduced values
     stats["skipped_batches"] = log.skipped
-    total_files = torch.tensor([skipped_files], dtype=torch.float64, device=device)
-    stats["skipped_files"] = int(dist.all_reduce_sum(total_files).item())
-    logger.info("Averaged stats: %s  skipped batches: %d  skipped files: %d", metric_logger, log.skipped,
-                stats["skipped_files"])
+    logger.info("Averaged stats: %s  skipped batches: %d", metric_logger, log.skipped)
     return stats

@@ -42,6 +42,7 @@ from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import classifier_parser, default_output_dir, distributed_parser, input_parser
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
+from fsvfm.util.errors import UsageError
 from fsvfm.util.fas_data import PROTOCOLS, fas_mean_std, fas_transform, get_protocol
 from fsvfm.util.fileio import append_json_line, atomic_write_text
 from fsvfm.util.log import setup_logging, summary_writer
@@ -99,22 +100,22 @@ def fas_parser(task: FinetuneTask = FAS_TASK) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Fill the model-dependent defaults and the engine's schedule settings; ``ValueError`` on a usage mistake."""
+    """Fill the model-dependent defaults and the engine's schedule settings; ``UsageError`` on a usage mistake."""
     adapter = is_adapter(args.model)
     args.runs = RUNS[adapter] if args.runs is None else args.runs
     args.batch_size = BATCH_PER_SOURCE_CLASS[adapter] if args.batch_size is None else args.batch_size
     for name in ("runs", "batch_size", "eval_freq", "test_batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1")
+            raise UsageError(f"--{name} must be at least 1")
     if args.iters < args.eval_freq:
-        raise ValueError(f"--iters {args.iters} < --eval_freq {args.eval_freq}: no evaluation would run")
+        raise UsageError(f"--iters {args.iters} < --eval_freq {args.eval_freq}: no evaluation would run")
     if args.trainable_modules == "fs-adapter" and not adapter:
-        raise ValueError(f"--trainable_modules fs-adapter needs a *_fs_adapter --model, got {args.model}")
+        raise UsageError(f"--trainable_modules fs-adapter needs a *_fs_adapter --model, got {args.model}")
     if not args.pt_model and not args.scratch:
-        raise ValueError("give --pt_model (a pre-training checkpoint) or --scratch (random initialisation); "
+        raise UsageError("give --pt_model (a pre-training checkpoint) or --scratch (random initialisation); "
                          "ImageNet-initialised backbones are not provided")
     if args.nb_classes != 2 or not args.global_pool:
-        raise ValueError("FAS models have 2 classes and global pooling; drop --nb_classes/--cls_token")
+        raise UsageError("FAS models have 2 classes and global pooling; drop --nb_classes/--cls_token")
     args.report_logger_path = args.report_logger_path or str(Path(args.output_dir or ".") / "performance.csv")
     # train_one_epoch's schedule: a constant lr (min_lr = lr, no warm-up), one interval per "epoch"
     args.epochs, args.warmup_epochs, args.min_lr = args.iters // args.eval_freq, 0, args.lr

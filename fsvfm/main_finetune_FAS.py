@@ -8,17 +8,15 @@ the MCIO / WCS protocols, tested on the held-out domain (HTER, AUC, TPR@FPR=1%).
 ``--model vit_*_fs_adapter --trainable_modules fs-adapter`` trains the FS-Adapter instead (3 runs, 24 frames
 per source and class by default). Class indices: spoof 0, live 1; scores are P(live). The task entry is
 ``fsvfm.tasks.FAS_TASK``; the loop is ``fsvfm.fas_runner``. A usage mistake (missing list file or frame,
-empty domain, bad ``--pt_model``) ends with one ``error:`` line and exit code 2.
+empty domain, bad ``--pt_model``) ends with one ``error:`` line and exit code 2 (``util.cli.run_cli``).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fsvfm import fas_runner
-from fsvfm.hub import HubError
 from fsvfm.tasks import FAS_TASK
-from fsvfm.util.checkpoint import CheckpointError
+from fsvfm.util.cli import run_cli
 
 TASK = FAS_TASK
 
@@ -32,16 +30,11 @@ def main(args: argparse.Namespace) -> dict:
     return fas_runner.run(args, TASK)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status: 0, or 2 after one ``error:`` line for a usage mistake."""
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ValueError, CheckpointError, HubError) as e:  # FASDataError and StatsFileError are ValueErrors
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
-    return 0
+def cli(argv: list[str] | None = None) -> dict:
+    """``main`` behind the command-line boundary (``util.cli.run_cli``): a user mistake prints one
+    ``error:`` line and exits with code 2 (``SystemExit``)."""
+    return run_cli(main, get_args_parser(), argv)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    cli()

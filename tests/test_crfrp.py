@@ -174,10 +174,10 @@ def test_seeded_generator_is_reproducible(maps224):
 
 
 def test_collate_output(maps224):
-    samples = [{"image": torch.randn(3, 224, 224), "parsing_map": m[None], "num_skipped": 1} for m in maps224[:4]]
+    samples = [{"image": torch.randn(3, 224, 224), "parsing_map": m[None]} for m in maps224[:4]]
     out = CRFRPCollate(224, 16, 0.75)(samples)
-    assert set(out) == {"image", "img_mask", "specific_facial_region_mask", "region", "num_skipped"}
+    assert set(out) == {"image", "img_mask", "specific_facial_region_mask", "region"}
     assert out["image"].shape == (4, 3, 224, 224) and out["img_mask"].shape == (4, 196)
-    assert out["specific_facial_region_mask"].dtype == torch.float32 and int(out["num_skipped"]) == 4
+    assert out["specific_facial_region_mask"].dtype == torch.float32
     with pytest.raises(ValueError):
         CRFRPCollate(224, 15)

@@ -51,7 +51,7 @@ def workspace(tmp_path_factory):
 def trained(workspace):
     root, data, pre = workspace
     out = root / "out"
-    assert main_finetune_FAS.cli(fas_argv(pre, data, out)) == 0
+    assert main_finetune_FAS.cli(fas_argv(pre, data, out))["runs"]
     return out
 
 
@@ -180,7 +180,7 @@ def test_adapter_end_to_end_keeps_pretrained_encoder(workspace, tmp_path):
     _, data, pre = workspace
     argv = fas_argv(pre, data, tmp_path, "--model", "vit_small_patch16_fs_adapter", "--trainable_modules", "fs-adapter",
                     "--runs", "1", "--iters", "2", "--config", "O")
-    assert main_finetune_FAS.cli(argv) == 0
+    assert main_finetune_FAS.cli(argv)["runs"]
     ckpt = load_checkpoint(tmp_path / "oulu_vit_0_shot_checkpoint_run_0.pth.tar")
     state, pretrained = ckpt["state_dict"], model_state_from(load_checkpoint(pre))
     encoder = [k for k in pretrained if k.startswith(("blocks.", "patch_embed.", "cls_token", "pos_embed"))]
@@ -245,9 +245,11 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
         argv[argv.index(str(pre))] = str(tmp_path / "other.pth")
     else:
         argv += ["--trainable_modules", "fs-adapter"]
-    assert main_finetune_FAS.cli(argv) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main_finetune_FAS.cli(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and expected in err[-1]
+    assert ": error: " in err[-1] and expected in err[-1]
     assert not (tmp_path / "out" / "performance.csv").exists()
 
 

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from fsvfm import hub, main_pretrain
-from fsvfm.util.checkpoint import CheckpointError, beside, load_checkpoint, resolve_checkpoint_path
+from fsvfm.util.checkpoint import (
+    CheckpointError,
+    beside,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    save_checkpoint,
+)
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.test_finetune_e2e import PRETRAIN_STATS, write_pretrain_checkpoint
 
@@ -41,8 +47,9 @@ def released(tmp_path_factory) -> dict[str, bytes]:
     """Repository path -> bytes: a tiny pre-trained release (online, target, statistics) and a fine-tuned folder."""
     src = tmp_path_factory.mktemp("release")
     write_pretrain_checkpoint(src)
+    save_checkpoint(src / "checkpoint-te-1.pth", {"w": torch.zeros(1)}, epoch=1, network="target")
     files = {f"{PRE}/checkpoint-599.pth": (src / "checkpoint-1.pth").read_bytes(),
-             f"{PRE}/checkpoint-te-599.pth": (src / "checkpoint-1.pth").read_bytes()[::-1],
+             f"{PRE}/checkpoint-te-599.pth": (src / "checkpoint-te-1.pth").read_bytes(),
              f"{PRE}/{STATS_FILENAME}": (src / STATS_FILENAME).read_bytes(),
              f"{FT}/log_detail.txt": b"fine-tuning log\n",
              f"{FT}/experiments_test/test_results.txt": b"results\n"}
@@ -142,7 +149,8 @@ def test_hf_uri_loads_and_brings_its_statistics(cache, released):
 def test_pretraining_resume_from_hf_finds_the_target(cache):
     args = argparse.Namespace(resume=f"hf://Wolowolo/fsfm-3c/{PRE}/checkpoint-599.pth", auto_resume=False,
                               resume_target_network=None, output_dir="")
-    online, target = main_pretrain.resume_paths(args)
+    found = main_pretrain.find_resume_set(args)
+    online, target = found.paths["online"], found.paths["target"]
     assert (online.name, target.name) == ("checkpoint-599.pth", "checkpoint-te-599.pth")
     assert target.parent == online.parent
 

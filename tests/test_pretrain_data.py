@@ -11,14 +11,14 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from fsvfm.util.device_data import DeviceNormalize
-from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME
+from fsvfm.util.errors import DataError
+from fsvfm.util.finetune_data import unreadable_files
+from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
 from fsvfm.util.pretrain_data import (
     FaceParsingDataset,
     PretrainTransform,
     build_pretrain_dataset,
-    compute_mean_std,
     dataset_image_paths,
-    resolve_pretrain_mean_std,
 )
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 
@@ -45,7 +45,7 @@ def test_items_keep_uint8_maps_and_accept_both_map_formats(root):
     for item in (a, b):
         assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
         assert item["parsing_map"].shape == (1, 32, 32) and item["parsing_map"].dtype == torch.uint8
-        assert item["num_skipped"] == 0
+        assert set(item) == {"image", "parsing_map"}
     np.testing.assert_array_equal(b["parsing_map"][0].numpy(), original[0])
     pixels = np.asarray(Image.open(ds.samples[1][0]))                  # H, W, 3
     np.testing.assert_array_equal(b["image"].permute(1, 2, 0).numpy(), pixels)
@@ -81,17 +81,21 @@ def test_bad_files_are_skipped_and_counted(root, caplog):
         ds = FaceParsingDataset(root, PretrainTransform(32))
         assert len(ds) == 5 and ds.num_missing_maps == 1
         item = ds[1]
-    assert item["num_skipped"] == 2  # indices 1 and 2 are bad, index 3 is returned
+        again = ds[2]  # index 2 is bad: index 3 again; no second warning for file 2
+    assert torch.equal(item["image"], again["image"]) and torch.equal(item["image"], ds[3]["image"])
+    assert unreadable_files(ds) == [ds.samples[1][0], ds.samples[2][0]]
     text = caplog.text
-    assert f"{stems[5]}.png" in text and f"{stems[1]}.png" in text and f"{stems[2]}.npy" in text
+    assert f"{stems[5]}.png" in text and f"{stems[1]}.png" in text and text.count(f"{stems[2]}.npy") == 1
 
 
 def test_empty_or_missing_root_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="images/ and parsing_maps/"):
+    with pytest.raises(FileNotFoundError, match="--pretrain_data_path .*nowhere does not exist"):
         FaceParsingDataset(tmp_path / "nowhere")
     (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"has no parsing_maps/ folder; .*datasets/pretrain/preprocess/face_parse.py"):
+        FaceParsingDataset(tmp_path / "empty")
     (tmp_path / "empty" / "parsing_maps").mkdir()
-    with pytest.raises(ValueError, match="no image with a parsing map"):
+    with pytest.raises(DataError, match="no image with a parsing map"):
         FaceParsingDataset(tmp_path / "empty")
     with pytest.raises(ValueError, match="--pretrain_data_path"):
         build_pretrain_dataset([], PretrainTransform(32))
@@ -135,15 +139,16 @@ def test_stats_file_written_once_and_reused(root, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     paths = sorted((root / "images").glob("*.png"))
-    first = resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False)
+    first = resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False, data_paths=[root])
     lines = (out / STATS_FILENAME).read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0]) == {"mean": first[0], "std": first[1]}
+    assert len(lines) == 1 and json.loads(lines[0]) == {"mean": first[0], "std": first[1], "data_paths": [str(root)]}
 
     def fail(*a, **k):
         raise AssertionError("statistics recomputed on resume")
 
-    monkeypatch.setattr("fsvfm.util.pretrain_data.compute_mean_std", fail)
-    assert resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False) == first
+    monkeypatch.setattr("fsvfm.util.norm_stats.compute_mean_std", fail)
+    assert resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False, data_paths=[root]) == first
+    assert resolve_pretrain_mean_std(out, paths, 32, normalize_from_imn=False) == first  # no roots: not compared
     assert len((out / STATS_FILENAME).read_text().splitlines()) == 1
 
 

@@ -16,9 +16,10 @@ from fsvfm.engine_pretrain import EMATarget, forward_losses, train_one_epoch, tr
 from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
+from fsvfm.util.errors import UserError
 from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
-from fsvfm.util.train_step import MAX_CONSECUTIVE_SKIPS, reduce_losses
+from fsvfm.util.train_step import MAX_CONSECUTIVE_SKIPS, SkipStreak, TrainingDivergedError, reduce_losses
 
 
 class FakeOnline(nn.Module):
@@ -54,18 +55,17 @@ def _batches(n: int, nan_at: tuple[int, ...] = ()) -> list[dict]:
     out = []
     for i in range(n):
         img = torch.full((2, 3, 4, 4), float("nan")) if i in nan_at else torch.randn(2, 3, 4, 4)
-        out.append({"image": img, "img_mask": torch.ones(2, 4), "specific_facial_region_mask": torch.zeros(2, 4),
-                    "num_skipped": torch.tensor(1)})
+        out.append({"image": img, "img_mask": torch.ones(2, 4), "specific_facial_region_mask": torch.zeros(2, 4)})
     return out
 
 
-def _run_epoch(batches, args, epoch=1, momentum=None, writer=None, fused=False):
+def _run_epoch(batches, args, epoch=1, momentum=None, writer=None, fused=False, streak=None):
     online, target = FakeOnline(), FakeTarget()
     opt = build_adamw(online.parameters(), args.lr, "cpu", fused=fused)
     momentum = momentum if momentum is not None else cosine_scheduler(0.9, 1.0, args.epochs, len(batches))
     stats = train_one_epoch(online, target, EMATarget(online, target), batches, opt,
                             NativeScalerWithGradNormCount("cpu", enabled=False), build_cl_loss("SimSiam"),
-                            momentum, epoch, torch.device("cpu"), args, writer)
+                            momentum, epoch, torch.device("cpu"), args, writer, streak=streak)
     return stats, online, target, opt
 
 
@@ -119,7 +119,7 @@ def test_lr_per_iteration_with_accumulation_and_tensorboard_x():
     # lr is set at iterations 0 and 2 (epoch 1.0 and 1.5), logged on update steps 1 and 3
     assert lrs == [(pytest.approx(0.5e-3), 1250), (pytest.approx(0.75e-3), 1750)]
     assert [t for t, _, _ in writer.calls].count("train_loss") == 2
-    assert stats["skipped_files"] == 4 and stats["skipped_batches"] == 0
+    assert stats["skipped_batches"] == 0
 
 
 def test_ema_uses_global_step_momentum():
@@ -143,8 +143,22 @@ def test_non_finite_batch_is_skipped_without_ema():
 
 def test_too_many_consecutive_non_finite_batches_abort():
     n = MAX_CONSECUTIVE_SKIPS + 3
-    with pytest.raises(FloatingPointError, match=f"{MAX_CONSECUTIVE_SKIPS} consecutive"):
+    with pytest.raises(FloatingPointError, match=f"{MAX_CONSECUTIVE_SKIPS} consecutive") as err:
         _run_epoch(_batches(n, nan_at=tuple(range(1, n))), _args())
+    assert isinstance(err.value, UserError)  # the entry points print it as one line
+
+
+def test_consecutive_skips_are_counted_across_epochs():
+    """Epochs of 12 batches, the last 11 non-finite, then an epoch of 12 non-finite ones: each epoch alone
+    stays under the limit; the run of 11 + 9 reaches it at iteration 8 of the second epoch."""
+    streak = SkipStreak()
+    stats, *_ = _run_epoch(_batches(12, nan_at=tuple(range(1, 12))), _args(), epoch=0, streak=streak)
+    assert stats["skipped_batches"] == 11 and streak.count == 11
+    with pytest.raises(TrainingDivergedError, match=r"20 consecutive batches \(last: epoch 1 iteration 8"):
+        _run_epoch(_batches(12, nan_at=tuple(range(12))), _args(), epoch=1, streak=streak)
+    fresh = SkipStreak()  # a finite batch ends the run of skips
+    _run_epoch(_batches(12, nan_at=tuple(range(11))), _args(), epoch=0, streak=fresh)
+    assert fresh.count == 0
 
 
 def _reduce_worker(rank: int, port: int, results) -> None:
@@ -185,7 +199,7 @@ def test_meters_hold_every_finite_iteration_across_print_intervals():
     stats, *_ = _run_epoch(batches, args)
     per_batch = [float((b["image"].flatten(1)[:, :4] ** 2).mean()) for i, b in enumerate(batches) if i != 3]
     assert stats["loss_rec_all"] == pytest.approx(sum(per_batch) / 4, rel=1e-12)
-    assert stats["skipped_batches"] == 1 and stats["skipped_files"] == 5
+    assert stats["skipped_batches"] == 1
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -7,12 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from timm.optim import param_groups_weight_decay
 
-from fsvfm.main_pretrain import build_networks, get_args_parser, main, resume
+from fsvfm.main_pretrain import _Run, build_networks, find_resume_set, get_args_parser, main, resume
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_FSFM
@@ -26,14 +27,14 @@ def data_root(tmp_path_factory):
     return make_synthetic_pretrain_dataset(tmp_path_factory.mktemp("faces"), 8, size=32, seed=0)
 
 
-def _argv(data_root, out, *extra) -> list[str]:
+def pretrain_argv(data_root, out, *extra) -> list[str]:
     return ["--pretrain_data_path", str(data_root), "--output_dir", str(out), "--device", "cpu",
             "--input_size", "32", "--model_overrides", OVERRIDES, "--batch_size", "2", "--num_workers", "0",
             "--epochs", "2", "--warmup_epochs", "1", "--save_freq", "1", "--norm_pix_loss", *extra]
 
 
 def _run(data_root, out, *extra) -> dict:
-    return main(get_args_parser().parse_args(_argv(data_root, out, *extra)))
+    return main(get_args_parser().parse_args(pretrain_argv(data_root, out, *extra)))
 
 
 def _load(path) -> dict:
@@ -51,7 +52,7 @@ def two_epoch_run(data_root, tmp_path_factory):
     return out
 
 
-def test_two_epoch_run_writes_every_output(two_epoch_run):
+def test_two_epoch_run_writes_every_output(two_epoch_run, data_root):
     out = two_epoch_run
     for name in ("checkpoint-0.pth", "checkpoint-te-0.pth", "checkpoint-1.pth", "checkpoint-te-1.pth",
                  "checkpoint-min_pretrain_loss.pth", "checkpoint-te-min_pretrain_loss.pth",
@@ -61,7 +62,8 @@ def test_two_epoch_run_writes_every_output(two_epoch_run):
     log = _log(out)
     assert [r["epoch"] for r in log] == [0, 1] and all(LOG_KEYS <= set(r) for r in log)
     stats = (out / "pretrain_ds_mean_std.txt").read_text().splitlines()
-    assert len(stats) == 1 and set(json.loads(stats[0])) == {"mean", "std"}
+    assert len(stats) == 1 and set(json.loads(stats[0])) == {"mean", "std", "data_paths"}
+    assert json.loads(stats[0])["data_paths"] == [str(Path(data_root).resolve())]
     detail = (out / "log_detail.txt").read_text()
     assert "Epoch: [1]" in detail and "Averaged stats" in detail
 
@@ -85,13 +87,14 @@ def test_checkpoints_load_safely_and_hold_both_networks(two_epoch_run):
 
 def test_resume_restores_optimizer_and_continues(two_epoch_run, data_root, tmp_path):
     ckpt0 = two_epoch_run / "checkpoint-0.pth"
-    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(ckpt0)))
+    args = get_args_parser().parse_args(pretrain_argv(data_root, tmp_path / "r", "--resume", str(ckpt0)))
     args.device = "cpu"
     model, target = build_networks(args, torch.device("cpu"))
     opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
-    resume(args, model, target, opt, NativeScalerWithGradNormCount("cpu", enabled=False))
+    run = _Run(model, target, opt, NativeScalerWithGradNormCount("cpu", enabled=False))
+    resume(args, run, find_resume_set(args))
     saved = _load(ckpt0)
-    assert args.start_epoch == 1
+    assert args.start_epoch == 1 and run.run_id == saved["run_id"]  # a resumed run keeps its run id
     for key, state in saved["optimizer"]["state"].items():
         assert torch.equal(opt.state_dict()["state"][key]["exp_avg"], state["exp_avg"])
     assert all(torch.equal(v, target.state_dict()[k]) for k, v in _load(two_epoch_run / "checkpoint-te-0.pth")["model"].items())
@@ -104,6 +107,7 @@ def test_resume_restores_optimizer_and_continues(two_epoch_run, data_root, tmp_p
     steps = [s["step"] for s in _load(out / "checkpoint-1.pth")["optimizer"]["state"].values()]
     full = [s["step"] for s in _load(two_epoch_run / "checkpoint-1.pth")["optimizer"]["state"].values()]
     assert steps == full
+    assert _load(out / "checkpoint-1.pth")["run_id"] == saved["run_id"]
 
 
 def test_resume_from_released_format_pair(two_epoch_run, data_root, tmp_path):
@@ -112,15 +116,17 @@ def test_resume_from_released_format_pair(two_epoch_run, data_root, tmp_path):
     ns = argparse.Namespace(**online["args"])
     for ckpt in (online, target):
         ckpt.update(args=ns, optimizer=online["optimizer"], scaler={})
-        for key in ("model_name", "min_pretrain_loss", "network"):
+        for key in ("model_name", "min_pretrain_loss", "network", "run_id", "set_role"):
             ckpt.pop(key, None)
     torch.save(online, tmp_path / "checkpoint-600.pth")
     target["optimizer"] = online["optimizer"]
     torch.save(target, tmp_path / "checkpoint-te-600.pth")
-    args = get_args_parser().parse_args(_argv(data_root, tmp_path / "r", "--resume", str(tmp_path / "checkpoint-600.pth")))
+    args = get_args_parser().parse_args(pretrain_argv(data_root, tmp_path / "r", "--resume", str(tmp_path / "checkpoint-600.pth")))
     model, tnet = build_networks(args, torch.device("cpu"))
     opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-3, betas=(0.9, 0.95))
-    assert resume(args, model, tnet, opt, NativeScalerWithGradNormCount("cpu", enabled=False)) == float("inf")
+    run = _Run(model, tnet, opt, NativeScalerWithGradNormCount("cpu", enabled=False))
+    resume(args, run, find_resume_set(args))
+    assert run.best_loss == float("inf") and len(run.run_id) == 32  # no run id in released files: a new one
     assert args.start_epoch == 1 and len(opt.state_dict()["state"]) == len(online["optimizer"]["state"])
 
 
@@ -168,7 +174,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
     _subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                  "127.0.0.1", "--master_port", str(_free_port()), "fsvfm/main_pretrain.py",
-                 *_argv(data_root, out)])
+                 *pretrain_argv(data_root, out)])
     detail = (out / "log_detail.txt").read_text()
     assert "processes: 2 (backend gloo)" in detail
     assert "online weights identical on all 2 ranks" in detail
@@ -185,7 +191,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
 def test_torch_distributed_launch_and_module_entry_points(data_root, tmp_path):
     out = tmp_path / "launch"
     _subprocess([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "1", "--master_port",
-                 str(_free_port()), "fsvfm/main_pretrain.py", *_argv(data_root, out, "--epochs", "1")])
+                 str(_free_port()), "fsvfm/main_pretrain.py", *pretrain_argv(data_root, out, "--epochs", "1")])
     assert (out / "checkpoint-0.pth").is_file()
     result = _subprocess([sys.executable, "-m", "fsvfm.main_pretrain", "--help"])
     assert "--pretrain_data_path" in result.stdout and "--resume_target_network" in result.stdout

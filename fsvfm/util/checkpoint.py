@@ -267,11 +267,13 @@ def resume_path(args: argparse.Namespace, prefix: str = "checkpoint-") -> Path |
 
 def restore_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                            scaler: Any, args: argparse.Namespace,
-                           fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                           fallback: Mapping[str, Any] | None = None,
+                           checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Resume: the model's weights (strict), the optimizer and scaler state (from ``fallback`` when
     the file has none, e.g. a released target-network file), and ``args.start_epoch = epoch + 1``.
+    ``checkpoint``: the file's content when already loaded (e.g. by ``load_checkpoint_set``).
     Returns the loaded checkpoint (for best-metric entries)."""
-    ckpt = load_checkpoint(path)
+    ckpt = dict(checkpoint) if checkpoint is not None else load_checkpoint(path)
     load_model_weights(model, model_state_from(ckpt, path), strict=True, source=path)
     state = ckpt if ckpt.get("optimizer") else (fallback or {})
     if state.get("optimizer"):

@@ -174,10 +174,10 @@ def crfrp_masks(maps: torch.Tensor, patch_size: int, mask_ratio: float, region: 
 
 
 class CRFRPCollate:
-    """Collate ``{'image', 'parsing_map'[, 'num_skipped']}`` samples and add CRFR-P masks.
+    """Collate ``{'image', 'parsing_map'}`` samples and add CRFR-P masks.
 
     Returns ``{'image': [B,3,S,S] (the samples' dtype: uint8 from ``PretrainTransform``), 'img_mask': [B,L], 'specific_facial_region_mask': [B,L],
-    'region': long scalar, 'num_skipped': long scalar}`` (masks float, 1 = masked). A picklable
+    'region': long scalar}`` (masks float, 1 = masked). A picklable
     object, so DataLoader workers can use it under any start method.
     """
 
@@ -195,8 +195,7 @@ class CRFRPCollate:
             raise ValueError(f"parsing maps are {tuple(maps.shape[-2:])}, expected {self.input_size}^2")
         img_mask, sfr_mask, region = crfrp_masks(maps, self.patch_size, self.mask_ratio)
         return {"image": images, "img_mask": img_mask, "specific_facial_region_mask": sfr_mask,
-                "region": torch.tensor(region),
-                "num_skipped": torch.tensor(sum(int(s.get("num_skipped", 0)) for s in samples))}
+                "region": torch.tensor(region)}
 
 
 def collate_fn_crfrp(input_size: int = 224, patch_size: int = 16, mask_ratio: float = 0.75) -> CRFRPCollate:

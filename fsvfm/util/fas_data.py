@@ -19,6 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from fsvfm.util.errors import DataError
+
 FAKE, REAL = 0, 1
 CLASSES = (("fake", FAKE), ("real", REAL))
 MCIO_DOMAINS = ("casia", "replay", "oulu", "msu", "celeb")
@@ -27,8 +29,9 @@ FRAME_SUFFIXES = ("frame0.png", "frame1.png")
 SHOTS, SHOT_REPEATS = 5, 4
 
 
-class FASDataError(ValueError):
-    """A FAS list file or frame is missing or malformed (the message names the file and line)."""
+class FASDataError(DataError):
+    """A FAS list file or frame is missing or malformed (the message names the file and line); a
+    ``DataError`` (so a ``ValueError``): the entry points print it as one line."""
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,24 @@
 """Data-set normalisation statistics (`pretrain_ds_mean_std.txt`: JSON lines, the first is used):
-read, write, validate, and resolve them for pre-training, fine-tuning and evaluation (spec 3.11, 4.4).
-Computing them over a data set lives with the pre-training data (`util.pretrain_data.compute_mean_std`)."""
+compute them over a data set, read, write, validate, and resolve them for pre-training, fine-tuning and
+evaluation (spec 3.11, 4.4).
+
+Pre-training records which data roots the statistics were computed from (``"data_paths"`` in the JSON
+line; files written before, and ImageNet statistics, have none), so a run into a folder that holds the
+statistics of another data set is refused instead of silently training with them.
+
+torch and torchvision are imported only where statistics are computed: ``fsvfm.hub`` (a command-line tool
+that never needs torch) imports this module for ``STATS_FILENAME``.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fsvfm.util.errors import UserError
+from fsvfm.util.errors import DataError, UsageError, UserError
 from fsvfm.util.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -50,9 +59,24 @@ def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
     return mean, std
 
 
-def write_mean_std(path: str | os.PathLike, mean: list[float], std: list[float]) -> None:
-    """Write a one-line statistics file atomically (replacing any earlier one)."""
-    atomic_write_text(path, json.dumps({"mean": [float(m) for m in mean], "std": [float(s) for s in std]}) + "\n")
+def write_mean_std(path: str | os.PathLike, mean: list[float], std: list[float],
+                   data_paths: Sequence[str] | None = None) -> None:
+    """Write a one-line statistics file atomically (replacing any earlier one); ``data_paths``: the data
+    roots the statistics were computed from, recorded as ``"data_paths"``."""
+    record: dict = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if data_paths is not None:
+        record["data_paths"] = [str(p) for p in data_paths]
+    atomic_write_text(path, json.dumps(record) + "\n")
+
+
+def recorded_data_paths(path: str | os.PathLike) -> list[str] | None:
+    """The ``"data_paths"`` recorded in a statistics file's first line; None when absent or unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8").splitlines()[0])
+    except (OSError, IndexError, json.JSONDecodeError):
+        return None
+    paths = obj.get("data_paths") if isinstance(obj, dict) else None
+    return [str(p) for p in paths] if isinstance(paths, list) else None
 
 
 def stats_from_mapping(obj: object, source: str) -> tuple[list[float], list[float]]:
@@ -143,3 +167,130 @@ def record_mean_std(output_dir: str | os.PathLike, mean: list[float], std: list[
             same = False
         if not same:
             write_mean_std(path, mean, std)
+
+
+# ------------------------------------------------------------------------- computing (pre-training)
+MIN_STD = 1e-6  # below it a channel is constant (up to float64 rounding): normalising would divide by ~0
+
+
+class _ImageMoments:
+    """Map-style data set, per image: float64 [7] = per-channel sums (3), sums of squares (3), pixel count
+    (zeros for an unreadable image, which is logged)."""
+
+    def __init__(self, paths: Sequence[Path], input_size: int) -> None:
+        self.paths, self.size = list(paths), input_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        from fsvfm.util.images import UnreadableImageError, read_rgb
+        try:
+            img = TF.pil_to_tensor(read_rgb(self.paths[index])).float().div_(255)
+        except UnreadableImageError as e:
+            logger.warning("mean/std: skipping %s", e)
+            return torch.zeros(7, dtype=torch.float64)
+        if list(img.shape[-2:]) != [self.size, self.size]:
+            img = TF.resize(img, [self.size, self.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        img = img.double()
+        count = torch.tensor([img[0].numel()], dtype=torch.float64)
+        return torch.cat([img.sum(dim=(1, 2)), (img * img).sum(dim=(1, 2)), count])
+
+
+def compute_mean_std(image_paths: Sequence[Path], input_size: int, batch_size: int = 64, num_workers: int = 0,
+                     device=None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std of the images in [0, 1] after resizing to ``input_size``.
+
+    Exact pixel moments over every image (the original averaged per-batch moments and dropped the
+    last partial batch). Under DDP each rank reads an interleaved shard and the sums are
+    all-reduced, so every image is read once and all ranks get the same result. ``DataError`` when
+    no image is readable or a channel is constant (std below ``MIN_STD``).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from fsvfm.util import dist
+    shard = list(image_paths)[dist.get_rank()::dist.get_world_size()]
+    loader = DataLoader(_ImageMoments(shard, input_size), batch_size=batch_size, num_workers=num_workers)
+    acc = torch.zeros(7, dtype=torch.float64)
+    for batch in tqdm(loader, desc="data-set mean/std", disable=not dist.is_main_process()):
+        acc += batch.sum(dim=0)
+    acc = dist.all_reduce_sum(acc.to(device or "cpu")).cpu()
+    where = f"the {len(image_paths)} images under {Path(image_paths[0]).parent}" if image_paths else "no images"
+    if acc[6] == 0:
+        raise DataError(f"cannot compute the data-set mean/std: no readable image among {where}")
+    mean = acc[:3] / acc[6]
+    std = (acc[3:6] / acc[6] - mean * mean).clamp_min(0).sqrt()
+    if float(std.min()) < MIN_STD:
+        raise DataError(f"{where} have standard deviation {[round(float(s), 9) for s in std]} per channel: "
+                        "every pixel has the same value in a channel (blank or constant images?); "
+                        "check the data set, or use --normalize_from_IMN")
+    return mean.tolist(), std.tolist()
+
+
+def resolve_pretrain_mean_std(output_dir: str | os.PathLike, image_paths: Sequence[Path], input_size: int,
+                              normalize_from_imn: bool, batch_size: int = 64, num_workers: int = 0,
+                              device=None, *, data_paths: Sequence[str | os.PathLike] = (),
+                              resumed: bool = False) -> tuple[list[float], list[float]]:
+    """Mean/std for the run, recorded as the first (only) line of ``output_dir/pretrain_ds_mean_std.txt``
+    with the data roots ``data_paths`` (absolute).
+
+    ``normalize_from_imn``: ImageNet statistics, also written to the file so fine-tuning never falls
+    back to other statistics silently (P10). Otherwise an existing file is reused when it records the
+    same data roots (or none, an older file); when it records other roots, a fresh run is refused
+    (``UsageError``: the folder belongs to another data set) and a resumed run keeps them with a warning
+    (its checkpoint was trained with them). Without a usable file the statistics are computed once over
+    the data set; nothing is written when that fails. Call on every rank.
+    """
+    from fsvfm.util import dist
+    path = Path(output_dir) / STATS_FILENAME
+    roots = [str(Path(p).resolve()) for p in data_paths]
+    if normalize_from_imn:
+        stats = (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    else:
+        stats, problem = dist.broadcast_object(_reusable(path, roots, resumed) if dist.is_main_process() else None)
+        if problem:
+            raise UsageError(problem)
+        if stats is None:
+            stats = compute_mean_std(image_paths, input_size, batch_size, num_workers, device)
+    if dist.is_main_process():
+        existing = _read_existing(path)
+        if existing != stats:
+            if existing is not None:
+                logger.warning("replacing the statistics in %s (%s) with %s", path, existing, stats)
+            write_mean_std(path, *stats, data_paths=roots if roots and not normalize_from_imn else None)
+        logger.info("normalisation mean %s std %s (%s)", stats[0], stats[1], path)
+    return stats
+
+
+def _reusable(path: Path, roots: list[str], resumed: bool) -> tuple[tuple[list[float], list[float]] | None,
+                                                                    str | None]:
+    """``(statistics to reuse or None, refusal message or None)`` for an existing statistics file."""
+    stats = _read_existing(path)
+    recorded = recorded_data_paths(path) if stats is not None else None
+    if recorded is None or not roots or sorted(recorded) == sorted(roots):
+        return stats, None
+    message = (f"{path} holds the statistics of the data {', '.join(recorded)}, not of this run's data "
+               f"{', '.join(roots)}")
+    if resumed:
+        logger.warning("%s; the resumed run keeps them (its checkpoint was trained with them)", message)
+        return stats, None
+    return None, f"{message}; give a new --output_dir (or delete the file to compute the statistics of this data)"
+
+
+def _read_existing(path: Path) -> tuple[list[float], list[float]] | None:
+    if not path.is_file():
+        return None
+    try:
+        stats = read_mean_std(path)
+    except StatsFileError as e:
+        logger.warning("ignoring %s", e)
+        return None
+    if not all(math.isfinite(v) for v in stats[0] + stats[1]):
+        return None
+    return stats

@@ -1,41 +1,35 @@
-"""Pre-training data (spec 3.2, 3.11): face images with parsing maps, transforms, data-set mean/std.
+"""Pre-training data (spec 3.2): face images with parsing maps, and their transforms.
 
 A data root holds ``images/<stem>.png`` and ``parsing_maps/<stem>.npy`` (int8 or uint8, shape
 (1, H, W) or (H, W)). Maps stay uint8 end to end and are resized nearest-neighbour; with
 ``--apply_simple_augment`` the crop and flip are applied to the image and its map together (the
-original transformed only the image, spec 9.1 P9).
+original transformed only the image, spec 9.1 P9). The data-set mean/std is computed in
+``fsvfm.util.norm_stats``.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
-from tqdm import tqdm
 
-from fsvfm.util import dist
+from fsvfm.util.errors import DataError, UsageError
+from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.naming import IMAGE_EXTENSIONS
-from fsvfm.util.norm_stats import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    STATS_FILENAME,
-    StatsFileError,
-    read_mean_std,
-    write_mean_std,
-)
 
 logger = logging.getLogger(__name__)
 
 MAX_LOAD_ATTEMPTS = 16
+
+
+FACE_PARSE = "datasets/pretrain/preprocess/face_parse.py"
 
 
 class SampleError(ValueError):
@@ -43,11 +37,17 @@ class SampleError(ValueError):
 
 
 def list_samples(root: str | os.PathLike) -> tuple[list[tuple[Path, Path]], int]:
-    """Sorted ``(image, map)`` pairs of a data root, and the number of images without a map."""
+    """Sorted ``(image, map)`` pairs of a data root, and the number of images without a map.
+    A missing root is a ``FileNotFoundError``, a root without ``images/`` or ``parsing_maps/`` a
+    ``DataError`` pointing to the face-parsing script that makes them."""
     root = Path(root)
     image_dir, map_dir = root / "images", root / "parsing_maps"
-    if not image_dir.is_dir() or not map_dir.is_dir():
-        raise FileNotFoundError(f"pre-training data root {root} needs the folders images/ and parsing_maps/")
+    if not root.is_dir():
+        raise FileNotFoundError(f"--pretrain_data_path {root} does not exist")
+    for folder in (image_dir, map_dir):
+        if not folder.is_dir():
+            raise DataError(f"pre-training data root {root} has no {folder.name}/ folder; make images/ and "
+                            f"parsing_maps/ with: python {FACE_PARSE} --dataset custom --src PHOTOS --dst {root}")
     pairs, missing = [], 0
     for name in sorted(os.listdir(image_dir)):
         if not name.lower().endswith(IMAGE_EXTENSIONS):
@@ -59,7 +59,7 @@ def list_samples(root: str | os.PathLike) -> tuple[list[tuple[Path, Path]], int]
             missing += 1
             logger.warning("skipping %s: parsing map %s is missing", image_dir / name, map_path)
     if not pairs:
-        raise ValueError(f"pre-training data root {root} holds no image with a parsing map")
+        raise DataError(f"pre-training data root {root} holds no image with a parsing map (run {FACE_PARSE})")
     return pairs, missing
 
 
@@ -74,17 +74,6 @@ def load_parsing_map(path: str | os.PathLike) -> torch.Tensor:
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
         raise SampleError(f"parsing map {path} has shape {arr.shape} / dtype {arr.dtype}, expected (1,H,W) integers")
     return torch.from_numpy(arr.astype(np.uint8))[None]
-
-
-def read_rgb(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as RGB uint8 [3, H, W] (Pillow; no mode conversion copy for RGB files)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise SampleError(f"unreadable image {path}: {e}") from e
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 class PretrainTransform:
@@ -127,15 +116,18 @@ class FaceParsingDataset(Dataset):
     """Images with LaPa parsing maps under one data root (spec 3.2).
 
     Items: ``{'image': uint8 [3,S,S] (float when the transform normalises), 'parsing_map': uint8
-    [1,S,S], 'num_skipped': int}``. An image or map that cannot be read, or a map whose size
-    differs from its image, is skipped with a warning naming the file: the next sample is returned
-    instead and ``num_skipped`` counts the files passed over, so the epoch log can report them.
+    [1,S,S]}``. A sample whose image or map cannot be read (``util.images.read_rgb``: also a small file
+    that decodes to a huge image), or whose map size differs from its image, is skipped: the next sample
+    is returned instead. Each such sample is flagged in ``unreadable_flags`` (shared memory, so the
+    loader's worker processes share it) and named once in the log;
+    ``util.finetune_data.unreadable_files`` lists the distinct flagged files (all ranks).
     """
 
     def __init__(self, root: str | os.PathLike, transform: PretrainTransform | None = None) -> None:
         self.root = Path(root)
         self.samples, self.num_missing_maps = list_samples(self.root)
         self.transform = transform or PretrainTransform()
+        self.unreadable_flags = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -147,7 +139,11 @@ class FaceParsingDataset(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 image [3,H,W] and parsing map [1,H,W] of sample ``index``."""
         image_path, map_path = self.samples[index]
-        image, parsing_map = read_rgb(image_path), load_parsing_map(map_path)
+        try:
+            image = TF.pil_to_tensor(read_rgb(image_path))
+        except UnreadableImageError as e:
+            raise SampleError(str(e)) from e
+        parsing_map = load_parsing_map(map_path)
         if parsing_map.shape[-2:] != image.shape[-2:]:
             raise SampleError(f"parsing map {map_path} is {tuple(parsing_map.shape[-2:])} but image "
                               f"{image_path} is {tuple(image.shape[-2:])}")
@@ -155,20 +151,24 @@ class FaceParsingDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         for attempt in range(MAX_LOAD_ATTEMPTS):
+            i = (index + attempt) % len(self)
             try:
-                image, parsing_map = self.load((index + attempt) % len(self))
+                image, parsing_map = self.load(i)
             except SampleError as e:
-                logger.warning("skipping sample: %s", e)
+                if not self.unreadable_flags[i]:  # named once per file, however often it is drawn
+                    self.unreadable_flags[i] = True
+                    logger.warning("skipping sample: %s", e)
                 continue
             img, parsing_map = self.transform(image, parsing_map)
-            return {"image": img, "parsing_map": parsing_map, "num_skipped": attempt}
-        raise RuntimeError(f"{MAX_LOAD_ATTEMPTS} unreadable samples in a row from index {index} in {self.root}")
+            return {"image": img, "parsing_map": parsing_map}
+        raise DataError(f"{MAX_LOAD_ATTEMPTS} unreadable samples in a row from {self.samples[index][0]}; "
+                        "check the data folder (see the warnings above)")
 
 
 def build_pretrain_dataset(roots: Sequence[str | os.PathLike], transform: PretrainTransform) -> Dataset:
     """One ``FaceParsingDataset`` per root, concatenated (repeated ``--pretrain_data_path``)."""
     if not roots:
-        raise ValueError("no pre-training data: give at least one --pretrain_data_path")
+        raise UsageError("no pre-training data: give at least one --pretrain_data_path")
     datasets = [FaceParsingDataset(root, transform) for root in roots]
     for ds in datasets:
         logger.info("data root %s: %d samples (%d images without a map skipped)", ds.root, len(ds),
@@ -180,87 +180,3 @@ def dataset_image_paths(dataset: Dataset) -> list[Path]:
     """Image paths of a ``FaceParsingDataset`` or a ``ConcatDataset`` of them, in index order."""
     parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
     return [p for ds in parts for p in ds.image_paths]
-
-
-# ------------------------------------------------------------------------------- mean / std
-class _ImageMoments(Dataset):
-    """Per image: float64 [7] = per-channel sums (3), sums of squares (3), pixel count."""
-
-    def __init__(self, paths: Sequence[Path], input_size: int) -> None:
-        self.paths, self.size = list(paths), input_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        try:
-            img = read_rgb(self.paths[index]).float().div_(255)
-        except SampleError as e:
-            logger.warning("mean/std: skipping %s", e)
-            return torch.zeros(7, dtype=torch.float64)
-        if list(img.shape[-2:]) != [self.size, self.size]:
-            img = TF.resize(img, [self.size, self.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
-        img = img.double()
-        count = torch.tensor([img[0].numel()], dtype=torch.float64)
-        return torch.cat([img.sum(dim=(1, 2)), (img * img).sum(dim=(1, 2)), count])
-
-
-def compute_mean_std(image_paths: Sequence[Path], input_size: int, batch_size: int = 64, num_workers: int = 0,
-                     device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of the images in [0, 1] after resizing to ``input_size``.
-
-    Exact pixel moments over every image (the original averaged per-batch moments and dropped the
-    last partial batch). Under DDP each rank reads an interleaved shard and the sums are
-    all-reduced, so every image is read once and all ranks get the same result.
-    """
-    shard = list(image_paths)[dist.get_rank()::dist.get_world_size()]
-    loader = DataLoader(_ImageMoments(shard, input_size), batch_size=batch_size, num_workers=num_workers)
-    acc = torch.zeros(7, dtype=torch.float64)
-    for batch in tqdm(loader, desc="data-set mean/std", disable=not dist.is_main_process()):
-        acc += batch.sum(dim=0)
-    acc = dist.all_reduce_sum(acc.to(device)).cpu()
-    if acc[6] == 0:
-        raise ValueError("cannot compute the data-set mean/std: no readable image")
-    mean = acc[:3] / acc[6]
-    std = (acc[3:6] / acc[6] - mean * mean).clamp_min(0).sqrt()
-    return mean.tolist(), std.tolist()
-
-
-def resolve_pretrain_mean_std(output_dir: str | os.PathLike, image_paths: Sequence[Path], input_size: int,
-                              normalize_from_imn: bool, batch_size: int = 64, num_workers: int = 0,
-                              device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
-    """Mean/std for the run, recorded as the first (only) line of ``output_dir/pretrain_ds_mean_std.txt``.
-
-    ``normalize_from_imn``: ImageNet statistics, also written to the file so fine-tuning never falls
-    back to other statistics silently (P10). Otherwise an existing file (a resumed run) is reused,
-    else the statistics are computed once over the data set. Call on every rank.
-    """
-    path = Path(output_dir) / STATS_FILENAME
-    if normalize_from_imn:
-        stats = (list(IMAGENET_MEAN), list(IMAGENET_STD))
-    else:
-        stats = _read_existing(path) if dist.is_main_process() else None
-        stats = dist.broadcast_object(stats)
-        if stats is None:
-            stats = compute_mean_std(image_paths, input_size, batch_size, num_workers, device)
-    if dist.is_main_process():
-        existing = _read_existing(path)
-        if existing != stats:
-            if existing is not None:
-                logger.warning("replacing the statistics in %s (%s) with %s", path, existing, stats)
-            write_mean_std(path, *stats)
-        logger.info("normalisation mean %s std %s (%s)", stats[0], stats[1], path)
-    return stats
-
-
-def _read_existing(path: Path) -> tuple[list[float], list[float]] | None:
-    if not path.is_file():
-        return None
-    try:
-        stats = read_mean_std(path)
-    except StatsFileError as e:
-        logger.warning("ignoring %s", e)
-        return None
-    if not all(math.isfinite(v) for v in stats[0] + stats[1]):
-        return None
-    return stats

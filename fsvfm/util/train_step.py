@@ -10,7 +10,8 @@
 * Each micro-batch gives one device row (``step_row``: losses, their sums over ranks, the flag,
   the grad norm the scaler returned); ``StepLog`` reads the rows back in one go at the print
   interval, feeds the meters and TensorBoard, counts skips and raises after
-  ``MAX_CONSECUTIVE_SKIPS`` non-finite batches in a row.
+  ``MAX_CONSECUTIVE_SKIPS`` non-finite batches in a row; the run of skips is a ``SkipStreak`` that
+  the caller carries from epoch to epoch, so short epochs cannot reset it.
 """
 from __future__ import annotations
 
@@ -19,17 +20,24 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
 from fsvfm.util import dist
 from fsvfm.util.accel import supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
+from fsvfm.util.errors import UserError
 from fsvfm.util.meters import MetricLogger
 
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_SKIPS = 20
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The loss stayed non-finite (a too high learning rate, fp16 overflow, or bad data); the entry points
+    print it as one line (``util.cli.run_cli``)."""
 
 
 def micro_step(model: torch.nn.Module, update: bool) -> contextlib.AbstractContextManager:
@@ -116,20 +124,31 @@ def step_row(losses: Mapping[str, torch.Tensor], sums: torch.Tensor, bad: torch.
     return torch.cat([local, sums, bad.float()[None], grad_norm])
 
 
+@dataclass
+class SkipStreak:
+    """Non-finite batches in a row, across epochs: create one per run and hand it to every epoch's
+    ``StepLog`` (a fresh one per epoch would let a run whose epochs are shorter than
+    ``MAX_CONSECUTIVE_SKIPS`` diverge for ever)."""
+
+    count: int = 0
+
+
 class StepLog:
     """The ``step_row``s of an epoch, kept on the device and read back in one go by ``flush`` (at
     the print interval); then, in iteration order, non-finite rows are counted and logged as
-    skipped (``FloatingPointError`` after ``MAX_CONSECUTIVE_SKIPS`` in a row), and the others
-    update the meters (means over ranks, ``lr``, a finite ``grad_norm``) and, on update steps,
-    TensorBoard at x = 1000 x fractional epoch (``tags`` renames loss keys there)."""
+    skipped (``FloatingPointError`` after ``MAX_CONSECUTIVE_SKIPS`` in a row, counted in ``streak``,
+    which may come from earlier epochs), and the others update the meters (means over ranks, ``lr``,
+    a finite ``grad_norm``) and, on update steps, TensorBoard at x = 1000 x fractional epoch (``tags``
+    renames loss keys there)."""
 
     def __init__(self, epoch: int, num_iters: int, print_freq: int, metric_logger: MetricLogger, log_writer=None,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, streak: SkipStreak | None = None) -> None:
         self.epoch, self.num_iters, self.print_freq = epoch, num_iters, print_freq
         self.metric_logger, self.log_writer, self.tags = metric_logger, log_writer, dict(tags or {})
         self.rows: list[torch.Tensor] = []
         self.meta: list[tuple[tuple[str, ...], int, float, bool]] = []  # keys, iteration, lr, update
-        self.skipped = self.consecutive = 0
+        self.skipped = 0
+        self.streak = streak if streak is not None else SkipStreak()
 
     def add(self, keys: Iterable[str], row: torch.Tensor, it: int, lr: float, update: bool) -> None:
         """Keep iteration ``it``'s row; flush at the print interval (``log_every`` prints after)."""
@@ -149,7 +168,7 @@ class StepLog:
             if row[2 * k] > 0:
                 self._skip(it, dict(zip(keys, row[:k])))
                 continue
-            self.consecutive = 0
+            self.streak.count = 0
             self._record(it, lr, update, {key: s / world for key, s in zip(keys, row[k:2 * k])}, row[-1])
         self.rows, self.meta = [], []
 
@@ -164,10 +183,11 @@ class StepLog:
 
     def _skip(self, it: int, local: dict[str, float]) -> None:
         self.skipped += 1
-        self.consecutive += 1
+        self.streak.count += 1
         logger.warning("epoch %d iteration %d: non-finite loss on some rank, batch (and the update of its "
                        "accumulation window) skipped on all ranks (this rank: %s)", self.epoch, it, local)
-        if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
-            raise FloatingPointError(
-                f"the loss was not finite for {self.consecutive} consecutive batches (last, this rank: {local}); "
-                "training diverged: lower --blr, use --amp bf16/none, or check the data")
+        if self.streak.count >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingDivergedError(
+                f"the loss was not finite for {self.streak.count} consecutive batches (last: epoch {self.epoch} "
+                f"iteration {it}, this rank: {local}); training diverged: lower --blr, use --amp bf16/none, "
+                "or check the data")
