@@ -35,7 +35,7 @@ from fsvfm.util.finetune_data import IndexedDataset, ShardSampler, collate_reada
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.metrics import binary_metrics
-from fsvfm.util.train_step import StepLog, backward_step, device_skip_enabled, micro_step
+from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,13 @@ def logits_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
                     loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace, *,
-                    mixup_fn: Callable | None = None, log_writer=None) -> dict[str, float]:
+                    mixup_fn: Callable | None = None, log_writer=None,
+                    streak: SkipStreak | None = None) -> dict[str, float]:
     """One epoch (spec 4.8): per-iteration lr, mixup, autocast, accumulation, optional clipping.
 
     Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
     some rank drops the update of its accumulation window on every rank; too many in a row raise
-    ``FloatingPointError``. Losses and grad norms are read back every ``args.print_freq``
+    ``FloatingPointError`` (counted across epochs in ``streak``, one per run). Losses and grad norms are read back every ``args.print_freq``
     iterations (``util.train_step.StepLog``). Returns the epoch averages of the all-reduced
     ``loss``, the hook's components, ``lr`` and ``grad_norm``, plus ``skipped_batches``.
     """
@@ -83,7 +84,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     n_iter = len(data_loader)
-    log = StepLog(epoch, n_iter, args.print_freq, meters, log_writer)
+    log = StepLog(epoch, n_iter, args.print_freq, meters, log_writer, streak=streak)
     device_skip, window_bad = device_skip_enabled(optimizer, args.amp), None
     optimizer.zero_grad(set_to_none=True)
     for it, batch in enumerate(meters.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):

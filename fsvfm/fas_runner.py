@@ -49,6 +49,7 @@ from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.metrics import METRIC_MODES, ScoredSet
 from fsvfm.util.norm_stats import record_mean_std
 from fsvfm.util.seeding import seed_everything
+from fsvfm.util.train_step import SkipStreak
 from fsvfm.util.trainable import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -214,9 +215,10 @@ def _one_run(args: argparse.Namespace, task: FinetuneTask, data: _Data, run: int
     best, start = _Best(), time.time()
     logger.info("run %d (seed %d): %d iterations, evaluation every %d\n%s", run, args.seed + run,
                 args.epochs * args.eval_freq, args.eval_freq, ROW_HEADER)
+    streak = SkipStreak()  # non-finite batches in a row, across evaluation intervals
     for interval in range(args.epochs):
         train = train_one_epoch(wrapped, loss_fn, loader, optimizer, device, interval, scaler, args,
-                                log_writer=writer)
+                                log_writer=writer, streak=streak)
         test, test_loss = score_fas_set(model, data.test, args, device, header=f"Run {run} test:")
         metrics = {**METRIC_MODES[task.metric_mode].compute(test, None)["fas"], "loss": test_loss}
         iteration = (interval + 1) * args.eval_freq - 1

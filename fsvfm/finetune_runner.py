@@ -20,7 +20,7 @@ import datetime
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
 from fsvfm.util.seeding import seed_everything
+from fsvfm.util.train_step import SkipStreak
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class _Run:
     n_parameters: int
     task: str
     min_val_loss: float = math.inf
+    streak: SkipStreak = field(default_factory=SkipStreak)  # non-finite batches in a row, across epochs
     datasets: tuple = ()  # (training set, validation set): their unreadable files are counted
 
 
@@ -122,7 +124,8 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
         if hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
         train = train_one_epoch(run_state.model, loss_fn, train_loader, run_state.optimizer, device, epoch,
-                                run_state.scaler, args, mixup_fn=mixup_fn, log_writer=log_writer)
+                                run_state.scaler, args, mixup_fn=mixup_fn, log_writer=log_writer,
+                                streak=run_state.streak)
         check_finite_state(run_state.model_without_ddp, f"the model after epoch {epoch}", hint="; training "
                            "diverged and this epoch is not saved: lower --blr/--lr, set --clip_grad, or use --amp bf16")
         val = evaluate(run_state.model_without_ddp, val_loader, device, amp=args.amp, output_fn=task.output_fn,

@@ -11,6 +11,7 @@ import torch
 
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.util.amp import NativeScalerWithGradNormCount
+from fsvfm.util.train_step import SkipStreak, TrainingDivergedError
 
 
 class Linear(torch.nn.Module):
@@ -103,3 +104,25 @@ def test_bf16_autocast_on_cpu():
 
     _run([[1.0, 0.0]], _args(amp="bf16"), loss_fn=hook)
     assert seen == [(True, torch.bfloat16, torch.bfloat16)]
+
+
+def test_consecutive_skips_are_counted_across_epochs():
+    """The 20-in-a-row stop counts non-finite batches over epoch boundaries (one ``SkipStreak`` per run):
+    11 at the end of epoch 0 plus 9 at the start of epoch 1 reach it at iteration 8 of epoch 1."""
+    def hook(model, samples, targets, args, *, labels):
+        out = model(samples)
+        return (out * math.nan if samples[0, 0] < 0 else out), {}
+
+    model = Linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler, streak = NativeScalerWithGradNormCount("cpu", enabled=False), SkipStreak()
+
+    def epoch(e, rows):
+        loader = [(torch.tensor([x], dtype=torch.float32), torch.tensor([0])) for x in rows]
+        return train_one_epoch(model, hook, loader, optimizer, torch.device("cpu"), e, scaler,
+                               _args(epochs=2), streak=streak)
+
+    stats = epoch(0, [[1.0, 0.0]] + [[-1.0, 0.0]] * 11)
+    assert stats["skipped_batches"] == 11 and streak.count == 11
+    with pytest.raises(TrainingDivergedError, match=r"20 consecutive batches \(last: epoch 1 iteration 8"):
+        epoch(1, [[-1.0, 0.0]] * 12)
