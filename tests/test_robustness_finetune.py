@@ -26,7 +26,7 @@ from fsvfm.util.finetune_data import SplitFileError, read_split_file
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.conftest import REPO, TINY_FSFM
 from tests.test_finetune_data import make_split_tree, write_image
-from tests.test_finetune_e2e import PRETRAIN_STATS, eval_argv, finetune_argv, write_pretrain_checkpoint
+from tests.test_finetune_e2e import PRETRAIN_STATS, eval_argv, finetune_argv
 
 
 def png_bomb(side: int = 20000) -> bytes:
@@ -47,12 +47,9 @@ def bomb() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(workspace):
     """(root, pre-training checkpoint, data folder, a fine-tuned checkpoint)."""
-    root = tmp_path_factory.mktemp("robust")
-    data = make_split_tree(root / "data", "train", videos=2, frames=3)
-    make_split_tree(data, "val", videos=2, frames=2)
-    pretrained = write_pretrain_checkpoint(root / "pretrain")
+    root, pretrained, data = workspace
     main_finetune_DfD.cli(finetune_argv(pretrained, data, root / "ft", "--epochs", "1"))
     return root, pretrained, data, root / "ft" / "checkpoint-0.pth"
 
