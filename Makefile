@@ -24,8 +24,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet validators requests
 	# MTCNN for FAS preprocessing: its wheel ships the P/R/O-Net weights; its old torch pins are ignored
 	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
-	$(PY) -m pip install --quiet --no-deps -e .
-	# the web app's extra (Gradio)
+	# the package with the web app's extra (Gradio, gradio_client, playwright for the browser test)
 	$(PY) -m pip install --quiet -e '.[app]'
 	touch $@
 
