@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from fsvfm.hub import HubError
-from fsvfm.predict import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Detector, save_visualisations
+from fsvfm.predict import Detector, save_visualisations
 from fsvfm.preprocess.parsing import BACKENDS
+from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.checkpoint import CheckpointError
+from fsvfm.util.naming import IMAGE_EXTENSIONS
 from fsvfm.util.norm_stats import StatsFileError
 from fsvfm.visualize import (
     REGION_NAMES,
@@ -48,7 +50,7 @@ TITLE = "FS-VFM"
 
 
 # ------------------------------------------------------------------------------------ checks
-def upload_problem(path: str | os.PathLike | None, max_bytes: int, suffixes: frozenset[str]) -> str | None:
+def upload_problem(path: str | os.PathLike | None, max_bytes: int, suffixes: Sequence[str]) -> str | None:
     """The message for an upload the app refuses (none, wrong type, too large), else None."""
     if not path:
         return "Upload a file first."
@@ -102,7 +104,7 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
     per detector])``, the records as ``Detector.predict`` gives them with ``file`` (the upload's name) in
     place of ``path``; a refused upload gives the message and empty results.
     """
-    problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+    problem = upload_problem(path, max_bytes, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
     if problem is None and not detectors:
         problem = "No detector loaded: start the app with `--detector CHECKPOINT`."
     if problem is not None:
@@ -121,7 +123,7 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
 def masking(path: str | None, region: str, is_crop: bool, seed: int | None, pretrained: Pretrained | None,
             max_bytes: int, backend: str = "auto") -> tuple[str, np.ndarray | None]:
     """``(status markdown, masking figure (H, W, 3) uint8 or None)`` of an uploaded face photo."""
-    problem = upload_problem(path, max_bytes, IMAGE_SUFFIXES)
+    problem = upload_problem(path, max_bytes, IMAGE_EXTENSIONS)
     if problem is not None:
         return problem, None
     try:

@@ -96,9 +96,7 @@ def toy_deepfakes(data_dir: Path, out: Path, val_every: int = 4) -> dict[str, in
         fake = (alpha * donor + (1 - alpha) * rgb).round().astype(np.uint8)
         split = "val" if k % val_every == 0 else "train"
         for cls, img in (("real", rgb), ("fake", fake)):
-            path = out / split / cls / f"{stem}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_image(path, img)
+            atomic_write_image(out / split / cls / f"{stem}.png", img)  # creates the folders
             counts[f"{split}/{cls}"] = counts.get(f"{split}/{cls}", 0) + 1
     return counts
 

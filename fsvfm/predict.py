@@ -48,7 +48,7 @@ from PIL import Image
 from fsvfm.hub import HubError
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
-from fsvfm.preprocess.video import frame_count, read_frames, unique_indices
+from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
@@ -58,8 +58,6 @@ logger = logging.getLogger(__name__)
 
 REAL, FAKE = DFD_VOCABULARY.positive, DFD_VOCABULARY.names.index("fake")  # class indices of the DfD heads
 
-IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"})
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
@@ -178,7 +176,7 @@ def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def input_type(path: str | os.PathLike) -> str:
-    return "video" if Path(path).suffix.lower() in VIDEO_SUFFIXES else "image"
+    return "video" if Path(path).suffix.lower() in VIDEO_EXTENSIONS else "image"
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[str]:
@@ -186,7 +184,7 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[str]:
     out: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
             if not found:
                 logger.warning("%s: no image or video files in this folder", p)
             out += [str(f) for f in found]
@@ -256,7 +254,7 @@ class Detector:
             if bgr is not None:
                 yield from ((None, f) for f in self.faces_of(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
                 return
-            if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+            if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
                 record["error"] = "cannot read this file as an image"
                 return
         count = frame_count(path)  # a video, or a file of unknown type that is not an image

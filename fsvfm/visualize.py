@@ -48,7 +48,7 @@ from fsvfm.util.checkpoint import (
 from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.fileio import atomic_write_image
-from fsvfm.util.norm_stats import STATS_FILENAME, StatsFileError, resolve_mean_std
+from fsvfm.util.norm_stats import StatsFileError, checkpoint_mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: not a pre-training checkpoint ({e}); give a checkpoint-N.pth "
                               "written by main_pretrain.py") from e
     load_model_weights(model, model_state_from(ckpt, path), strict=True, source=path)
-    mean, std, source = resolve_mean_std(imagenet=bool(args.get("normalize_from_IMN")),
-                                         embedded=ckpt.get("norm_stats"),
-                                         files=[Path(path).parent / STATS_FILENAME])
+    mean, std, source = checkpoint_mean_std(ckpt, path, imagenet=bool(args.get("normalize_from_IMN")))
     logger.info("%s: %s, norm_pix_loss=%s, mean/std from %s", path, name, model.norm_pix_loss, source)
     return Pretrained(model.to(device).eval(), mean, std, float(args.get("mask_ratio", MASK_RATIO)), str(path))
 

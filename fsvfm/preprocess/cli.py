@@ -16,7 +16,6 @@ from fsvfm.preprocess.finetune_layouts import FINETUNE_DATASETS
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.layouts import (
     PARSE_SOURCES,
-    VIDEO_EXTS,
     custom_parse_stages,
     custom_stages,
     parse_stages,
@@ -25,6 +24,7 @@ from fsvfm.preprocess.layouts import (
 )
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.runner import Summary, check_backend, run_stages
+from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.fas_data import FASDataError
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
@@ -131,7 +131,7 @@ def _run(stages, opts: Options, args, default_file, run_name: str, summary: Summ
         run_stages(stages, opts, args.workers, _log_dir(args, default_file), run_name, summary)
     if summary.total() == 0:
         if args.dataset == "custom":
-            _fail(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) or video ({' '.join(VIDEO_EXTS)})")
+            _fail(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) or video ({' '.join(VIDEO_EXTENSIONS)})")
         _fail(f"nothing to process for --dataset {args.dataset}: its input folders are missing or empty "
               "(see the warnings above; paths come from config/default.py, --config and --opts)")
     return summary

@@ -12,13 +12,31 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+# ``DERIVED`` of a defaults file: key -> (base key, value from the merged config)
+Derived = dict[str, tuple[str, Callable[[CfgNode], Any]]]
+
+
+def under(base_key: str, suffix: str) -> tuple[str, Callable[[CfgNode], Any]]:
+    """A ``DERIVED`` entry whose value is ``base_key``'s value followed by ``suffix``."""
+    return base_key, lambda c: c[base_key] + suffix
+
+
+def with_derived(node: CfgNode, derived: Derived) -> CfgNode:
+    """The defaults node with every derived key set from its base keys (``load_config`` recomputes
+    them after merging); returns ``node``."""
+    for key, (_, fn) in derived.items():
+        node[key] = fn(node)
+    return node
 
 
 def read_yaml_config(path: str | Path) -> CfgNode:
@@ -84,7 +102,7 @@ def load_config(default_file: str | Path, config_file: str | Path | None = None,
     module = import_file(default_file)
     cfg: CfgNode = module.cfg.clone()
     defaults = module.cfg.clone()
-    derived: dict = getattr(module, "DERIVED", {})
+    derived: Derived = getattr(module, "DERIVED", {})
     base = default_file.parent.parent
     origin = {k: base for k in cfg}
     if config_file:

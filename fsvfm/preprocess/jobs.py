@@ -28,18 +28,17 @@ from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
 logger = logging.getLogger(__name__)
 
 STATUSES = ("done", "skipped", "no_face", "unreadable", "error")
-KINDS = ("crop_image", "crop_video", "copy", "parse", "crop_parse")
 
-# Job kinds added by other modules (e.g. the FAS chips): kind -> handler(worker, job, outcome).
-# Register at import time, before a pool forks, so every worker knows them.
-_EXTRA_KINDS: dict[str, Callable[[Worker, Job, Summary], None]] = {}
+# Job kind -> handler(worker, job, outcome): this module's kinds (Worker._<kind>) and those other modules
+# add (e.g. the FAS chips). Register at import time, before a pool forks, so every worker knows them.
+_HANDLERS: dict[str, Callable[[Worker, Job, Summary], None]] = {}
 
 
 def register_kind(kind: str, handler: Callable[[Worker, Job, Summary], None]) -> None:
     """Let ``Worker.run`` dispatch jobs of ``kind`` to ``handler`` (a second, different handler fails)."""
-    if kind in KINDS or _EXTRA_KINDS.get(kind, handler) is not handler:
+    if _HANDLERS.get(kind, handler) is not handler:
         raise ValueError(f"job kind {kind!r} is already defined")
-    _EXTRA_KINDS[kind] = handler
+    _HANDLERS[kind] = handler
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def face_path(path: str | Path, k: int) -> Path:
 
 @dataclass(frozen=True)
 class Job:
-    """``kind`` in KINDS; ``dst`` is a tuple of output files (crop_image, copy) or one folder
+    """``kind``: a registered kind (``register_kind``); ``dst`` is a tuple of output files (crop_image, copy) or one folder
     (crop_video, parse, crop_parse); ``name`` is the video name or the output stem."""
     kind: str
     src: str
@@ -154,10 +153,7 @@ class Worker:
     def run(self, job: Job) -> Summary:
         out = Summary()
         try:
-            if job.kind in _EXTRA_KINDS:
-                _EXTRA_KINDS[job.kind](self, job, out)
-            else:
-                getattr(self, f"_{job.kind}")(job, out)
+            _HANDLERS[job.kind](self, job, out)
         except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run
             logger.debug("job failed: %s", job, exc_info=True)
             out.add("error", job.src, f"{type(e).__name__}: {e}")
@@ -244,3 +240,7 @@ class Worker:
             return out.add("no_face", job.src, f"no face found by the {self.parser.name} parser")
         save_parsed(job.dst[0], name or job.name, image, label_map, self.opts.save_vis)
         out.add("done")
+
+
+for _kind in ("crop_image", "crop_video", "copy", "parse", "crop_parse"):
+    register_kind(_kind, getattr(Worker, f"_{_kind}"))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from fsvfm.preprocess.jobs import Job
 from fsvfm.preprocess.runner import Stage, Summary
+from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 SPLITS = ("train", "val", "test")
 DIFF_SUBSETS = ("FS", "FE", "I2I", "T2I")
 DIFF_SPLITS = ("test", "val")
@@ -208,7 +208,7 @@ def custom_inputs(src: str | Path, dst: str | Path, log: bool = True) -> tuple[l
 
     def inputs(exts):
         return [f for f in list_files(src, exts) if not f.resolve().is_relative_to(out)]
-    images, videos = inputs(IMAGE_EXTENSIONS), inputs(VIDEO_EXTS)
+    images, videos = inputs(IMAGE_EXTENSIONS), inputs(VIDEO_EXTENSIONS)
     if log:
         logger.info("%s: %d image(s), %d video(s)", src, len(images), len(videos))
     return images, videos

@@ -11,6 +11,9 @@ from fsvfm.util.naming import FRAME_SEPARATOR
 
 logger = logging.getLogger(__name__)
 
+# video files every reader accepts (custom preprocessing, fsvfm.predict, the web app); OpenCV decodes them
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
 
 def sample_indices(frame_count: float, num_frames: int | None) -> list[int]:
     """The original's indices: ``linspace(0, N-1, num_frames)`` truncated to int, or all frames.

@@ -5,6 +5,7 @@ whatever the working directory. ``DERIVED`` keys follow their base keys when tho
 """
 from yacs.config import CfgNode as CN
 
+from fsvfm.preprocess.config import under, with_derived
 from fsvfm.preprocess.layouts import frames_folder
 
 _C = CN()
@@ -46,7 +47,7 @@ _C.DiFF_path = "../../data/DiFF/"
 
 
 def _dfd(sub: str):
-    return ("finetune_data_path_dfd", lambda c: c.finetune_data_path_dfd + sub)
+    return under("finetune_data_path_dfd", sub)
 
 
 DERIVED = {
@@ -62,10 +63,7 @@ DERIVED = {
     "DFDC_split_face_ds": _dfd("DFDC/"),
     "DFDC_P_split_face_ds": _dfd("DFDCP/"),
     "DFIW_split_face_ds": _dfd("deepfake_in_the_wild/"),
-    "DiFF_real_path": ("DiFF_path", lambda c: c.DiFF_path + "DiFF_real/"),
-    "DiFF_split_face_ds": ("finetune_data_path_diff", lambda c: c.finetune_data_path_diff + "DiFF/"),
+    "DiFF_real_path": under("DiFF_path", "DiFF_real/"),
+    "DiFF_split_face_ds": under("finetune_data_path_diff", "DiFF/"),
 }
-for _key, (_, _fn) in DERIVED.items():
-    _C[_key] = _fn(_C)
-
-cfg = _C
+cfg = with_derived(_C, DERIVED)

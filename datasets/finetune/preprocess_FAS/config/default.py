@@ -5,6 +5,8 @@ whatever the working directory. ``DERIVED`` keys follow ``finetune_data_path_fas
 """
 from yacs.config import CfgNode as CN
 
+from fsvfm.preprocess.config import under, with_derived
+
 _C = CN()
 _C.face_scale = 1.3          # unused by the aligned chips; kept for the original's key set
 _C.face_size = 224           # chip size
@@ -24,7 +26,7 @@ _C.finetune_data_path_fas = "../../finetune_datasets/face_anti_spoofing/data"
 
 
 def _fas(sub: str):
-    return ("finetune_data_path_fas", lambda c: c.finetune_data_path_fas + sub)
+    return under("finetune_data_path_fas", sub)
 
 
 DERIVED = {
@@ -36,7 +38,4 @@ DERIVED = {
     "WCS_frame_path": _fas("/WCS/frame"),
     "WCS_txt_label": _fas("/WCS/txt"),
 }
-for _key, (_, _fn) in DERIVED.items():
-    _C[_key] = _fn(_C)
-
-cfg = _C
+cfg = with_derived(_C, DERIVED)

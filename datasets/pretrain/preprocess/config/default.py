@@ -5,6 +5,7 @@ whatever the working directory. ``DERIVED`` keys follow their base keys when tho
 """
 from yacs.config import CfgNode as CN
 
+from fsvfm.preprocess.config import under, with_derived
 from fsvfm.preprocess.layouts import frames_folder
 
 _C = CN()
@@ -42,14 +43,11 @@ def _ff_real_faces(c) -> list:
 
 DERIVED = {
     "VGGFace2_path_for_parsing": ("VGGFace2_face_ds", lambda c: c.VGGFace2_face_ds),
-    "VGGFace2_parse_ds_path": ("pretrain_data_path", lambda c: c.pretrain_data_path + "VGG-Face2/"),
+    "VGGFace2_parse_ds_path": under("pretrain_data_path", "VGG-Face2/"),
     "FF_real_face_paths_for_parsing": ("FF_split_face_ds", _ff_real_faces),
     "FF_face_parse_ds_path": ("pretrain_data_path", lambda c: f"{c.pretrain_data_path}FaceForensics_youtube/"
                                                               f"{frames_folder(c.FF_num_frames)}/{c.FF_compression}"),
     "YTFace_path_for_parsing": ("YTFace_face_ds", lambda c: c.YTFace_face_ds),
-    "YTFace_parse_ds_path": ("pretrain_data_path", lambda c: c.pretrain_data_path + "YoutubeFace/"),
+    "YTFace_parse_ds_path": under("pretrain_data_path", "YoutubeFace/"),
 }
-for _key, (_, _fn) in DERIVED.items():
-    _C[_key] = _fn(_C)
-
-cfg = _C
+cfg = with_derived(_C, DERIVED)
