@@ -139,10 +139,6 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     return torch.optim.AdamW(layer_decay_groups(model, args.weight_decay, args.layer_decay), lr=args.lr)
 
 
-def count_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ------------------------------------------------------------------ rebuilding a fine-tuned model
 FALLBACK_MODEL = "vit_large_patch16"
 DEFAULT_INPUT_SIZE = 224
