@@ -156,7 +156,7 @@ def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
     scaler, and the state of a resumed run."""
     model = task.build_model(args)
     if args.finetune:
-        load_pretrained_encoder(model, args.finetune, new_prefixes=task.new_prefixes)
+        load_pretrained_encoder(model, args.finetune)
     if task.configure_model is not None:
         task.configure_model(model, args)
     model.to(device)
