@@ -59,7 +59,7 @@ from fsvfm.util.metrics import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_ROOT = "datasets/finetune_datasets"
-# settings a test command may override; None (not given) = the checkpoint's
+# settings a test command may override; they default to None (not given) = the checkpoint's
 REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "adapter_reduction",
                 "apply_simple_augment", "normalize_from_IMN")
 # fine-tuning flags a test command may carry (one command line for both programs); they do nothing here
@@ -71,7 +71,7 @@ def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     existing commands keep working; model settings default to the checkpoint's."""
     parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser(description=task.description or f"FS-VFM test ({task.name})", parents=parents)
-    p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None, adapter_reduction=None)
+    p.set_defaults(batch_size=64, **dict.fromkeys(REBUILD_KEYS))
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
     g.add_argument("--test_sets", nargs="+", default=None, help="names from the table (default: all present)")
