@@ -23,6 +23,7 @@ import datetime
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -59,7 +60,7 @@ from fsvfm.util.metrics import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_ROOT = "datasets/finetune_datasets"
-# settings a test command may override; None (not given) = the checkpoint's
+# settings a test command may override; they default to None (not given) = the checkpoint's
 REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_pool", "adapter_reduction",
                 "apply_simple_augment", "normalize_from_IMN")
 # fine-tuning flags a test command may carry (one command line for both programs); they do nothing here
@@ -71,7 +72,7 @@ def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     existing commands keep working; model settings default to the checkpoint's."""
     parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser(description=task.description or f"FS-VFM test ({task.name})", parents=parents)
-    p.set_defaults(batch_size=64, input_size=None, nb_classes=None, global_pool=None, adapter_reduction=None)
+    p.set_defaults(batch_size=64, **dict.fromkeys(REBUILD_KEYS))
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
     g.add_argument("--test_sets", nargs="+", default=None, help="names from the table (default: all present)")
@@ -190,12 +191,11 @@ def save_roc(path: Path, name: str, curves: dict[str, tuple[np.ndarray, np.ndarr
     plt.close(fig)
 
 
-def save_video_scores(path: Path, test: ScoredSet) -> None:
-    """One CSV row per video: name, label (fake 0 / real 1), mean P(real), decision, frame count."""
-    labels, scores, decisions = get_video_level_label_pred(test.labels, test.names, test.scores)
-    counts: dict[str, int] = {}
-    for n in test.names:
-        counts[n] = counts.get(n, 0) + 1
+def save_video_scores(path: Path, names: Sequence[str], labels: np.ndarray, scores: np.ndarray,
+                      decisions: np.ndarray) -> None:
+    """One CSV row per video: name, label (fake 0 / real 1), mean P(real), decision, frame count.
+    ``names`` [N frames]; the rest [V videos] in first-seen order (``get_video_level_label_pred``)."""
+    counts = Counter(names)  # first-seen order, as the videos
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["video", "label", "score_real", "pred", "num_frames"])
@@ -322,16 +322,24 @@ def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet,
         logger.info(line)
     if main:
         append_results(out / "test_results.txt", lines)
-        curves = {"frame": (*roc_points(test.labels, test.scores), metrics["frame"]["auc"])}
-        if "auc" in metrics.get("video", {}):
-            v_labels, v_scores, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
-            curves["video"] = (*roc_points(v_labels, v_scores), metrics["video"]["auc"])
-        save_roc(out / f"roc_{name}.png", name, curves, writer)
-        try:
-            save_video_scores(out / f"scores_{name}.csv", test)
-        except VideoGroupingError as e:
-            logger.warning("%s: no per-video scores file: %s", name, e)
+        _save_plots_and_scores(out, name, test, metrics, writer)
     return {**counts, "loss": loss, "source": source, **metrics, "unreadable_files": list(skipped)}
+
+
+def _save_plots_and_scores(out: Path, name: str, test: ScoredSet, metrics: dict, writer=None) -> None:
+    """``roc_{name}.png`` (frame level, and video level when it has an AUC) and ``scores_{name}.csv``
+    (per video; left out with a warning when frames of different classes share a video name)."""
+    curves = {"frame": (*roc_points(test.labels, test.scores), metrics["frame"]["auc"])}
+    try:
+        videos = get_video_level_label_pred(test.labels, test.names, test.scores)
+    except VideoGroupingError as e:
+        logger.warning("%s: no per-video scores file: %s", name, e)
+        videos = None
+    if videos is not None and "auc" in metrics.get("video", {}):
+        curves["video"] = (*roc_points(videos[0], videos[1]), metrics["video"]["auc"])
+    save_roc(out / f"roc_{name}.png", name, curves, writer)
+    if videos is not None:
+        save_video_scores(out / f"scores_{name}.csv", test.names, *videos)
 
 
 def cli(task: FinetuneTask, argv: list[str] | None = None) -> dict:

@@ -31,7 +31,6 @@ from fsvfm.engine_finetune import evaluate, make_eval_loader, train_one_epoch
 from fsvfm.finetune_setup import (
     build_mixup_and_criterion,
     build_optimizer,
-    count_trainable,
     load_pretrained_encoder,
 )
 from fsvfm.tasks import FinetuneTask
@@ -55,6 +54,7 @@ from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak
+from fsvfm.util.trainable import count_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -156,12 +156,12 @@ def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
     scaler, and the state of a resumed run."""
     model = task.build_model(args)
     if args.finetune:
-        load_pretrained_encoder(model, args.finetune, new_prefixes=task.new_prefixes)
+        load_pretrained_encoder(model, args.finetune)
     if task.configure_model is not None:
         task.configure_model(model, args)
     model.to(device)
     eff_batch = set_effective_lr(args, dist.get_world_size())
-    n_parameters = count_trainable(model)
+    n_parameters = count_parameters(model).trainable
     logger.info("model %s: %.2fM trainable parameters; base lr %.3e, actual lr %.3e, effective batch %d, "
                 "accumulation %d, amp %s", args.model, n_parameters / 1e6, args.blr, args.lr, eff_batch,
                 args.accum_iter, args.amp)

@@ -139,10 +139,6 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     return torch.optim.AdamW(layer_decay_groups(model, args.weight_decay, args.layer_decay), lr=args.lr)
 
 
-def count_trainable(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # ------------------------------------------------------------------ rebuilding a fine-tuned model
 FALLBACK_MODEL = "vit_large_patch16"
 DEFAULT_INPUT_SIZE = 224
@@ -157,8 +153,17 @@ def infer_classifier_name(state: dict[str, torch.Tensor]) -> str | None:
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     for name, size in VIT_SIZES.items():
         if (size["patch_size"], size["embed_dim"], size["depth"]) == (patch, width, depth):
-            return name + ("_fs_adapter" if any("adapter" in k for k in state) else "")
+            return _with_adapter(name, state)
     return None
+
+
+def _with_adapter(model: str, state: dict[str, torch.Tensor]) -> str:
+    """``model``'s ``*_fs_adapter`` twin when ``state`` holds FS-Adapter weights under a plain ViT name
+    (the original's adapter programs record the plain factory name), else ``model``."""
+    twin = model + FS_ADAPTER_SUFFIX
+    if "adapter.linear1.weight" in state and not is_fs_adapter(model) and twin in list_models(family="classifier"):
+        return twin
+    return model
 
 
 def _check_is_classifier(path: str | os.PathLike, model: str, state: dict[str, torch.Tensor]) -> None:
@@ -181,12 +186,10 @@ def _rebuild_args(path: str | os.PathLike, checkpoint: dict, state: dict[str, to
     pick = {k: v for k, v in overrides.items() if v is not None}
     recorded = checkpoint.get("model_name") or stored.get("model")
     _check_is_classifier(path, recorded or pick.get("model") or "", state)
-    model = pick.get("model") or recorded or infer_classifier_name(state) or FALLBACK_MODEL
-    if (not is_fs_adapter(model) and "adapter.linear1.weight" in state
-            and model + FS_ADAPTER_SUFFIX in list_models(family="classifier")):
-        # the original's adapter programs record the plain factory name (same names, another module)
-        logger.info("%s holds FS-Adapter weights: rebuilding %s%s", path, model, FS_ADAPTER_SUFFIX)
-        model += FS_ADAPTER_SUFFIX
+    named = pick.get("model") or recorded
+    model = _with_adapter(named, state) if named else infer_classifier_name(state) or FALLBACK_MODEL
+    if named and model != named:
+        logger.info("%s holds FS-Adapter weights: rebuilding %s as %s", path, named, model)
     kwargs = pick.get("model_kwargs", stored.get("model_kwargs"))
     return argparse.Namespace(
         model=model, model_kwargs=parse_model_kwargs(kwargs), resume=str(path),

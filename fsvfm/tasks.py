@@ -51,8 +51,8 @@ class FinetuneTask:
     """Everything task-specific of fine-tuning and testing. Defaults = full fine-tuning of a
     ``models_vit`` classifier with cross-entropy (+ mixup) on ``train/`` and ``val/`` folders.
 
-    * ``build_model(args)``: the classifier (registry name ``--model``); ``new_prefixes``: its keys
-      that a pre-training checkpoint cannot hold (new heads, adapters).
+    * ``build_model(args)``: the classifier (registry name ``--model``); the keys a pre-training
+      checkpoint cannot hold (new heads, adapters) are the model's own (``load_pretrained_encoder``).
     * ``configure_model(model, args)``: runs after the encoder is loaded, before DDP (e.g. freezing).
     * ``make_loss(criterion, args) -> loss_fn``: see ``engine_finetune.LossFn``.
     * ``output_fn(model, images) -> logits [N, C]``: evaluation forward.
@@ -66,7 +66,6 @@ class FinetuneTask:
     build_datasets: DatasetBuilder = build_finetune_datasets
     build_train_loader: LoaderBuilder = make_train_loader
     build_model: Callable[[argparse.Namespace], torch.nn.Module] = build_classifier
-    new_prefixes: tuple[str, ...] = ("head.", "fc_norm.")
     configure_model: Callable[[torch.nn.Module, argparse.Namespace], None] | None = None
     make_loss: LossFactory = criterion_loss
     output_fn: OutputFn = logits_output

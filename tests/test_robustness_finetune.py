@@ -242,5 +242,7 @@ def test_output_dir_with_statistics_of_another_data_set(setup, tmp_path, caplog)
 
 def test_model_name_inferred_from_the_weights_when_not_recorded():
     assert infer_classifier_name(create_model("vit_small_patch16", img_size=32).state_dict()) == "vit_small_patch16"
+    adapter = create_model("vit_small_patch16_fs_adapter", img_size=32).state_dict()
+    assert infer_classifier_name(adapter) == "vit_small_patch16_fs_adapter"
     assert infer_classifier_name({"w": torch.zeros(1)}) is None
     assert infer_classifier_name(create_model("fsfm_vit_small_patch16", **TINY_FSFM).state_dict()) is None
