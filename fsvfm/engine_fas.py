@@ -28,12 +28,12 @@ from fsvfm.util.checkpoint import (
     load_checkpoint,
     load_model_weights,
     model_state_from,
-    resolve_checkpoint_path,
 )
 from fsvfm.util.fas_data import (
     BalancedSourceBatches,
     build_test_set,
     build_train_sets,
+    fas_mean_std,
     fas_transform,
     get_protocol,
     source_test_domains,
@@ -42,7 +42,6 @@ from fsvfm.util.finetune_data import dataset_video_names
 from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.metrics import ScoredSet
 from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
-from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 from fsvfm.util.trainable import apply_trainable_modules
 
 DEFAULT_FAS_DATA_ROOT = "datasets/finetune_datasets/face_anti_spoofing/data"
@@ -208,10 +207,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     model = create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs)
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
     load_model_weights(model, state, strict=True, source=path)
-    mean, std, source = resolve_mean_std(
-        imagenet=bool(overrides.get("normalize_from_IMN")), embedded=checkpoint.get("norm_stats"),
-        files=[resolve_checkpoint_path(path).parent / STATS_FILENAME],
-        fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")  # FAS training's fallback
+    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"))
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}
     return FASLogits(model).to(device).eval(), fas_transform(False, mean, std, size), info
