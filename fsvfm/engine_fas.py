@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
-from fsvfm.finetune_setup import load_pretrained_encoder, parse_model_kwargs
+from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
 from fsvfm.models_fas import ADAPTER_SUFFIX, add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.util.checkpoint import (
     args_dict,
@@ -177,18 +177,18 @@ def score_fas_set(model: nn.Module, dataset: Dataset, args: argparse.Namespace, 
 
 
 # ------------------------------------------------------------------------------ rebuilding
-_WIDTHS = {384: "vit_small_patch16", 768: "vit_base_patch16", 1024: "vit_large_patch16", 1280: "vit_huge_patch14"}
-
-
 def infer_fas_model_name(state: dict[str, torch.Tensor]) -> str:
-    """The ``--model`` of a FAS state dict without recorded arguments (released ``.pth.tar``): size from the
-    ViT width, ``_fs_adapter`` when it has adapter weights."""
-    if "backbone.vit.cls_token" not in state:
+    """The ``--model`` of a FAS state dict without recorded arguments (released ``.pth.tar``): the classifier
+    name its ``backbone.vit.*`` weights match (``finetune_setup.infer_classifier_name``)."""
+    prefix = "backbone.vit."
+    vit = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not vit:
         raise ValueError("not a FAS checkpoint: no backbone.vit.* weights")
-    width = int(state["backbone.vit.cls_token"].shape[-1])
-    if width not in _WIDTHS:
-        raise ValueError(f"cannot tell the FAS model of a {width}-wide ViT; pass the checkpoint of a known size")
-    return _WIDTHS[width] + (ADAPTER_SUFFIX if "backbone.vit.adapter.linear1.weight" in state else "")
+    name = infer_classifier_name(vit)
+    if name is None:
+        raise ValueError("cannot tell the FAS model from its ViT's patch size, width and depth; pass the "
+                         "checkpoint of a known size")
+    return name
 
 
 def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
