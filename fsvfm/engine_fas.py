@@ -21,19 +21,19 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
-from fsvfm.finetune_setup import load_pretrained_encoder, parse_model_kwargs
+from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
 from fsvfm.models_fas import ADAPTER_SUFFIX, add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.util.checkpoint import (
     args_dict,
     load_checkpoint,
     load_model_weights,
     model_state_from,
-    resolve_checkpoint_path,
 )
 from fsvfm.util.fas_data import (
     BalancedSourceBatches,
     build_test_set,
     build_train_sets,
+    fas_mean_std,
     fas_transform,
     get_protocol,
     source_test_domains,
@@ -42,7 +42,6 @@ from fsvfm.util.finetune_data import dataset_video_names
 from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.metrics import ScoredSet
 from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
-from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 from fsvfm.util.trainable import apply_trainable_modules
 
 DEFAULT_FAS_DATA_ROOT = "datasets/finetune_datasets/face_anti_spoofing/data"
@@ -178,18 +177,18 @@ def score_fas_set(model: nn.Module, dataset: Dataset, args: argparse.Namespace, 
 
 
 # ------------------------------------------------------------------------------ rebuilding
-_WIDTHS = {384: "vit_small_patch16", 768: "vit_base_patch16", 1024: "vit_large_patch16", 1280: "vit_huge_patch14"}
-
-
 def infer_fas_model_name(state: dict[str, torch.Tensor]) -> str:
-    """The ``--model`` of a FAS state dict without recorded arguments (released ``.pth.tar``): size from the
-    ViT width, ``_fs_adapter`` when it has adapter weights."""
-    if "backbone.vit.cls_token" not in state:
+    """The ``--model`` of a FAS state dict without recorded arguments (released ``.pth.tar``): the classifier
+    name its ``backbone.vit.*`` weights match (``finetune_setup.infer_classifier_name``)."""
+    prefix = "backbone.vit."
+    vit = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not vit:
         raise ValueError("not a FAS checkpoint: no backbone.vit.* weights")
-    width = int(state["backbone.vit.cls_token"].shape[-1])
-    if width not in _WIDTHS:
-        raise ValueError(f"cannot tell the FAS model of a {width}-wide ViT; pass the checkpoint of a known size")
-    return _WIDTHS[width] + (ADAPTER_SUFFIX if "backbone.vit.adapter.linear1.weight" in state else "")
+    name = infer_classifier_name(vit)
+    if name is None:
+        raise ValueError("cannot tell the FAS model from its ViT's patch size, width and depth; pass the "
+                         "checkpoint of a known size")
+    return name
 
 
 def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -208,10 +207,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     model = create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs)
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
     load_model_weights(model, state, strict=True, source=path)
-    mean, std, source = resolve_mean_std(
-        imagenet=bool(overrides.get("normalize_from_IMN")), embedded=checkpoint.get("norm_stats"),
-        files=[resolve_checkpoint_path(path).parent / STATS_FILENAME],
-        fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")  # FAS training's fallback
+    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"))
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}
     return FASLogits(model).to(device).eval(), fas_transform(False, mean, std, size), info

@@ -220,11 +220,14 @@ def _one_run(args: argparse.Namespace, task: FinetuneTask, data: _Data, run: int
         train = train_one_epoch(wrapped, loss_fn, loader, optimizer, device, interval, scaler, args,
                                 log_writer=writer, streak=streak)
         test, test_loss = score_fas_set(model, data.test, args, device, header=f"Run {run} test:")
-        metrics = {**METRIC_MODES[task.metric_mode].compute(test, None)["fas"], "loss": test_loss}
         iteration = (interval + 1) * args.eval_freq - 1
+        metrics = {**METRIC_MODES[task.metric_mode].compute(test, None)["fas"], "loss": test_loss,
+                   "iteration": iteration}
         if metrics["hter"] <= best.hter:
-            best = _Best(metrics["hter"], metrics, test, {k: v.detach().to("cpu", copy=True)
-                                                          for k, v in model.state_dict().items()})
+            # a CPU copy of the weights only when the held-out source data will score them at the end
+            state = None if data.source is None else {k: v.detach().to("cpu", copy=True)
+                                                      for k, v in model.state_dict().items()}
+            best = _Best(metrics["hter"], metrics, test, state)
             _save(args, model, data, run, iteration, test, metrics)
         _log_evaluation(args, run, iteration, train, metrics, best, start, writer)
     if writer is not None:
@@ -246,7 +249,7 @@ def _finish_run(args: argparse.Namespace, task: FinetuneTask, model: torch.nn.Mo
                     "(oracle threshold %.4f: %.2f)", run, at_src["threshold_src"], "+".join(data.source_domains),
                     100 * hter_src, m["threshold"], 100 * m["hter"])
     result = {"run": run, "hter": 100 * m["hter"], "auc": 100 * m["auc"], "tpr": 100 * m["tpr_at_fpr"],
-              "hter_src": 100 * hter_src, "iteration": m.get("iteration")}
+              "hter_src": 100 * hter_src, "iteration": m["iteration"]}
     logger.info("run %d best: HTER %.2f  AUC %.2f  TPR@FPR=1%% %.2f  HTER@source threshold %.2f", run,
                 result["hter"], result["auc"], result["tpr"], result["hter_src"])
     return result
@@ -260,7 +263,6 @@ def checkpoint_path(args: argparse.Namespace, run: int) -> Path:
 def _save(args: argparse.Namespace, model: torch.nn.Module, data: _Data, run: int, iteration: int,
           test: ScoredSet, m: dict[str, float]) -> None:
     """The original's keys (spec 6.7; ``best_model_EER`` holds the HTER, S7) plus how to rebuild the model."""
-    m["iteration"] = iteration
     if not dist.is_main_process():
         return
     frame_acc = 100 * float(np.mean(test.preds == test.labels))

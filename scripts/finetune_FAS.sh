@@ -13,11 +13,8 @@
 #   NPROC_PER_NODE (1, as the original)  DRY_RUN=1 prints the commands instead of running them
 # plus everything scripts/launch.sh reads (PYTHON, CUDA_VISIBLE_DEVICES, ...).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ $# -lt 2 ]]; then
-  echo "usage: $0 {MCIO|WCS} {ViT-S|ViT-B|ViT-L|FS-Adapter-ViT-S|FS-Adapter-ViT-B|FS-Adapter-ViT-L} [flags]" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
+usage_unless_two $# "{MCIO|WCS} {ViT-S|ViT-B|ViT-L|FS-Adapter-ViT-S|FS-Adapter-ViT-B|FS-Adapter-ViT-L} [flags]"
 PROTOCOL="$1"; SIZE="$2"; shift 2
 
 # weight_cl "-": full fine-tuning; a value: FS-Adapter (adapter, projector, embedder and classifier train)
@@ -37,14 +34,10 @@ case "$PROTOCOL" in
   WCS)  jobs=(cefa:cefa surf:surf wmca:wmca) ;;
   *) echo "unknown protocol: $PROTOCOL (MCIO or WCS)" >&2; exit 2 ;;
 esac
-PRETRAINED="${PRETRAINED:-${PRETRAINED_DIR:-checkpoint/pretrained_models}/${row[1]}}"
-method=(); output_root=checkpoint/finetuned_models
-if [[ "${row[5]}" != - ]]; then
-  method=(--trainable_modules fs-adapter --temperature 0.07 --weight_cl "${WEIGHT_CL:-${row[5]}}")
-  output_root=checkpoint/finetuned_models_FS-Adapter
-fi
+row_setup "${row[1]}" "${row[5]}"
 OUTPUT_DIR="${OUTPUT_DIR:-${OUTPUT_ROOT:-$output_root}/${row[4]}/${PROTOCOL}_protocol}"
 export NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
+export FSVFM_GPU_RECIPE="FAS $PROTOCOL $SIZE fine-tuning"
 read -r -a targets <<< "${TARGETS:-}"
 
 for job in "${jobs[@]}"; do
@@ -54,9 +47,5 @@ for job in "${jobs[@]}"; do
   cmd=(fsvfm/main_finetune_FAS.py --config "$config" --model "${row[0]}" --pt_model "$PRETRAINED"
     --lr "${LR:-${row[2]}}" --wd "${WD:-${row[3]}}" --fas_data_root "${FAS_DATA_ROOT:-datasets/finetune_datasets/face_anti_spoofing/data}"
     --op_dir "$OUTPUT_DIR/$name/" --report_logger_path "$OUTPUT_DIR/$name/performance.csv" "${method[@]}" "$@")
-  if [[ -n "${DRY_RUN:-}" ]]; then
-    echo "NPROC_PER_NODE=$NPROC_PER_NODE scripts/launch.sh ${cmd[*]}"
-  else
-    "$ROOT/scripts/launch.sh" "${cmd[@]}"
-  fi
+  launch "${cmd[@]}"
 done

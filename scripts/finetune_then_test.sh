@@ -13,11 +13,8 @@
 #   DRY_RUN=1 prints the two commands instead of running them
 # plus everything scripts/launch.sh reads (PYTHON, NNODES, ...).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ $# -lt 2 ]]; then
-  echo "usage: $0 {DfD|DiFF} {ViT-S|ViT-B|ViT-L|ViT-B_400e_FSFM|FS-Adapter-ViT-S|...} [fine-tuning flags]" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/recipe_common.sh"
+usage_unless_two $# "{DfD|DiFF} {ViT-S|ViT-B|ViT-L|ViT-B_400e_FSFM|FS-Adapter-ViT-S|...} [fine-tuning flags]"
 TASK="$1"; SIZE="$2"; shift 2
 
 # weight_cl "-": full fine-tuning; a value: FS-Adapter (only adapter/projector/head train, CE + weight_cl x contrast)
@@ -46,12 +43,7 @@ if [[ "$TASK" == DfD ]]; then
 else
   DATA_DEFAULT="$FF/DS_FF++_each_cls/c23/DeepFakes"; RUN_NAME=FT_on_FF++_DF_c23_32frames; TEST_PROGRAM=fsvfm/main_test_DiFF.py
 fi
-PRETRAINED="${PRETRAINED:-${PRETRAINED_DIR:-checkpoint/pretrained_models}/${row[1]}}"
-method=(); output_root=checkpoint/finetuned_models
-if [[ "${row[9]}" != - ]]; then
-  method=(--trainable_modules fs-adapter --temperature 0.07 --weight_cl "${WEIGHT_CL:-${row[9]}}")
-  output_root=checkpoint/finetuned_models_FS-Adapter
-fi
+row_setup "${row[1]}" "${row[9]}"
 OUTPUT_DIR="${OUTPUT_DIR:-${OUTPUT_ROOT:-$output_root}/${row[5]}/$RUN_NAME}"
 export NPROC_PER_NODE="${NPROC_PER_NODE:-2}" MASTER_PORT="${MASTER_PORT:-${row[6]}}"
 export FSVFM_GPU_RECIPE="$TASK $SIZE fine-tuning"
@@ -67,10 +59,5 @@ test=("$TEST_PROGRAM" --eval --model "$MODEL" --nb_classes 2 --batch_size "${TES
   --test_root "${TEST_ROOT:-$DATA_ROOT}")
 read -r -a test_extra <<< "${TEST_EXTRA_ARGS:-}"
 test+=("${test_extra[@]}")
-if [[ -n "${DRY_RUN:-}" ]]; then
-  echo "MASTER_PORT=$MASTER_PORT NPROC_PER_NODE=$NPROC_PER_NODE scripts/launch.sh ${finetune[*]}"
-  echo "MASTER_PORT=$MASTER_PORT NPROC_PER_NODE=$NPROC_PER_NODE scripts/launch.sh ${test[*]}"
-  exit 0
-fi
-"$ROOT/scripts/launch.sh" "${finetune[@]}"
-"$ROOT/scripts/launch.sh" "${test[@]}"
+launch "${finetune[@]}"
+launch "${test[@]}"

@@ -8,13 +8,15 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from fsvfm.util.metrics import (
+    METRIC_MODES,
     OneClassError,
+    ScoredSet,
+    VideoGroupingError,
     calculate_threshold,
     fas_metrics,
     get_EER_states,
     get_HTER_at_thr,
     tpr_at_fpr,
-    video_level_average,
 )
 
 
@@ -117,12 +119,15 @@ def test_degenerate_classes_follow_the_original():
         tpr_at_fpr([1, 1], [0.2, 0.7])
 
 
-def test_video_level_average_of_two_frames():
-    probs, labels, logits = video_level_average([3, 1, 3, 1, 0], [0.2, 0.4, 0.6, 0.8, 0.5], [0, 1, 0, 1, 1],
-                                                np.arange(10).reshape(5, 2))
-    assert probs.tolist() == pytest.approx([0.5, 0.6, 0.4])
-    assert labels.tolist() == [1.0, 1.0, 0.0]
-    assert logits.tolist() == [[8.0, 9.0], [4.0, 5.0], [2.0, 3.0]]
+def test_fas_mode_groups_videos_as_the_other_video_metrics():
+    # frames of a video averaged (first-seen order); the video label is its frames' label
+    test = ScoredSet(np.array([0, 1, 0, 1, 1]), np.array([0.2, 0.4, 0.6, 0.8, 0.5]), np.zeros(5, int),
+                     ["v3", "v1", "v3", "v1", "v0"])
+    out = METRIC_MODES["fas"].compute(test, None)["fas"]
+    assert out["num_videos"] == 3 and out["auc"] == 1.0  # videos: v3 0.4 (spoof), v1 0.6, v0 0.5 (live)
+    mixed = ScoredSet(np.array([0, 1, 1, 0]), np.array([0.2, 0.4, 0.6, 0.8]), np.zeros(4, int), ["a", "a", "b", "c"])
+    with pytest.raises(VideoGroupingError, match="1 video\\(s\\) hold frames of both classes, e.g. 'a'"):
+        METRIC_MODES["fas"].compute(mixed, None)
 
 
 def test_fas_metrics_oracle_and_source_threshold():

@@ -19,7 +19,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
+from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 
 FAKE, REAL = 0, 1
 CLASSES = (("fake", FAKE), ("real", REAL))
@@ -276,11 +278,11 @@ class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
         return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
 
 
-def fas_mean_std(pt_model: str | os.PathLike | None, imagenet: bool = False) -> tuple[list[float], list[float], str]:
-    """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else the first line of
-    ``dirname(pt_model)/pretrain_ds_mean_std.txt`` (``hf://`` too); else ImageNet (also without ``--pt_model``, S5)."""
-    from fsvfm.util.checkpoint import resolve_checkpoint_path
-    from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
-    files = [resolve_checkpoint_path(pt_model).parent / STATS_FILENAME] if pt_model and not imagenet else []
-    return resolve_mean_std(imagenet=imagenet, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
+def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False,
+                 embedded: object = None) -> tuple[list[float], list[float], str]:
+    """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else ``embedded`` (a fine-tuned
+    checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
+    (``hf://`` too); else ImageNet (also without a checkpoint, S5)."""
+    files = [resolve_checkpoint_path(checkpoint).parent / STATS_FILENAME] if checkpoint and not imagenet else []
+    return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
                             fallback_name="ImageNet")

@@ -116,12 +116,10 @@ def eer_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 def rates_at(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, float]:
     """FAR, FRR and HTER = (FAR + FRR) / 2 (fractions) and ACC (percent) when ``score >= threshold``
-    means real."""
-    labels, accepted = np.asarray(labels), np.asarray(scores) >= threshold
-    real, fake = labels == 1, labels == 0
-    far = float(accepted[fake].mean()) if fake.any() else 0.0
-    frr = float((~accepted[real]).mean()) if real.any() else 0.0
-    return {"far": far, "frr": frr, "hter": (far + frr) / 2, "acc": float((accepted == real).mean() * 100)}
+    means real (the FAS definitions below: a class absent from ``labels`` has rate 1)."""
+    probs, labels = _fas_inputs(scores, labels)
+    far, frr, acc = (float(v[0]) for v in _far_frr(probs, labels, np.array([threshold], np.float64)))
+    return {"far": far, "frr": frr, "hter": (far + frr) / 2, "acc": acc * 100}
 
 
 @dataclass(frozen=True)
@@ -231,28 +229,9 @@ def calculate_threshold(probs, labels, threshold: float) -> float:
 def tpr_at_fpr(labels, probs, fpr: float = 0.01) -> float:
     """The last TPR of sklearn's ROC curve whose FPR is <= ``fpr`` (0 when there is none)."""
     probs, labels = _fas_inputs(probs, labels)
-    _check_binary(labels, "TPR@FPR")
-    fprs, tprs, _ = roc_curve(labels, probs)
+    fprs, tprs = roc_points(labels, probs)
     ok = np.flatnonzero(fprs <= fpr)
     return float(tprs[ok[-1]]) if len(ok) else 0.0
-
-
-def video_level_average(video_ids, probs, labels, logits=None):
-    """Mean of every per-frame quantity per video id (spec 6.6), videos in increasing id order.
-
-    ``video_ids`` int [N], ``probs`` [N], ``labels`` [N], optional ``logits`` [N, C] ->
-    ``(probs [V], labels [V] (mean, float), logits [V, C] or None)``.
-    """
-    ids = np.asarray(video_ids).reshape(-1)
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-
-    def mean(values) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        sums = np.zeros((len(counts), *values.shape[1:]))
-        np.add.at(sums, inverse, values)
-        return sums / counts.reshape(-1, *([1] * (values.ndim - 1)))
-    return mean(probs), mean(labels), None if logits is None else mean(logits)
 
 
 def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float = 0.01) -> dict[str, float]:
@@ -273,15 +252,15 @@ def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float
 
 def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
     """Frame-level metrics and, under ``fas``, the FAS figures (spec 6.6, fractions) of the per-video means of
-    ``test`` (video = ``names``): HTER/ACC at the EER threshold chosen on the test set itself (the original's
+    ``test`` (videos grouped by ``get_video_level_label_pred``): HTER/ACC at the EER threshold chosen on the test set itself (the original's
     ``hter``, S2) and, when ``val`` is given, at the EER threshold of ``val``'s videos (``hter_src``,
     ``acc_src``, ``threshold_src``)."""
-    probs, labels, _ = video_level_average(test.names, test.scores, test.labels)
+    labels, probs, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
     threshold = None
     if val is not None:
-        v_probs, v_labels, _ = video_level_average(val.names, val.scores, val.labels)
+        v_labels, v_probs, _ = get_video_level_label_pred(val.labels, val.names, val.scores)
         threshold = get_EER_states(v_probs, v_labels)[1]
-    out = fas_metrics(probs, labels.round().astype(int), source_threshold=threshold)
+    out = fas_metrics(probs, labels, source_threshold=threshold)
     if threshold is not None:
         out["threshold_src"] = threshold
     return {"frame": binary_metrics(test.labels, test.scores, test.preds), "fas": {"num_videos": len(probs), **out}}

@@ -124,10 +124,6 @@ def make_synthetic_pretrain_dataset(root: str | os.PathLike, n: int, size: int =
     return root
 
 
-FAS_MCIO_DOMAINS = ("casia", "replay", "oulu", "msu")
-FAS_WCS_DOMAINS = ("cefa", "surf", "wmca")
-
-
 def render_fas_face(rng: np.random.Generator, size: int, spoof: bool, tint: np.ndarray) -> np.ndarray:
     """A generated face, RGB uint8 [size, size, 3]; spoofs are a recaptured look (lower contrast, a
     blue-ish cast and horizontal moire stripes), so live and spoof are learnably different."""
@@ -171,11 +167,11 @@ def make_synthetic_fas_tree(root: str | os.PathLike, n_videos: int = 3, size: in
     ``MCIO/{frame,txt}``: casia, replay, oulu, msu (train, test and shot lists) and celeb (train only);
     ``WCS/{frame,txt}``: cefa, surf, wmca. ``n_videos`` videos (or WCS images) per domain, split and class.
     """
+    from fsvfm.util.fas_data import MCIO_DOMAINS, WCS_DOMAINS  # torch and OpenCV only for FAS trees
     root = Path(root)
     rng = np.random.default_rng(seed)
-    for domain in FAS_MCIO_DOMAINS:
-        _fas_domain(root, "MCIO", domain, n_videos, size, rng, ("train", "test"))
-    _fas_domain(root, "MCIO", "celeb", n_videos, size, rng, ("train",))
-    for domain in FAS_WCS_DOMAINS:
+    for domain in MCIO_DOMAINS:  # celeb last, as CelebA-Spoof: training lists only
+        _fas_domain(root, "MCIO", domain, n_videos, size, rng, ("train",) if domain == "celeb" else ("train", "test"))
+    for domain in WCS_DOMAINS:
         _fas_domain(root, "WCS", domain, n_videos, size, rng, ("train", "test"))
     return root
