@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
 from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
-from fsvfm.models_fas import ADAPTER_SUFFIX, add_embedder_aliases, create_fas_model, fas_registry_name
+from fsvfm.models_fas import add_embedder_aliases, create_fas_model, fas_registry_name
+from fsvfm.models_vit import is_fs_adapter
 from fsvfm.util.checkpoint import (
     args_dict,
     load_checkpoint,
@@ -47,16 +48,13 @@ from fsvfm.util.trainable import apply_trainable_modules
 DEFAULT_FAS_DATA_ROOT = "datasets/finetune_datasets/face_anti_spoofing/data"
 
 
-def is_adapter(model_name: str) -> bool:
-    return model_name.endswith(ADAPTER_SUFFIX)
-
 
 # ------------------------------------------------------------------------------------ model
 def build_fas_model(args: argparse.Namespace) -> nn.Module:
     """The FAS network of ``--model`` (``--drop_path``, ``--embed_norm``, ``--model_kwargs``; ``img_size``
     defaults to ``--input_size``; adapter models take ``--adapter_reduction``)."""
     kwargs = {"img_size": args.input_size, **parse_model_kwargs(args.model_kwargs)}
-    if is_adapter(args.model):
+    if is_fs_adapter(args.model):
         kwargs["adapter_reduction"] = args.adapter_reduction
     return create_fas_model(args.model, drop_path=args.drop_path, embed_norm=args.embed_norm, **kwargs)
 
@@ -64,8 +62,7 @@ def build_fas_model(args: argparse.Namespace) -> nn.Module:
 def load_fas_encoder(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into ``model.backbone.vit`` (spec 6.4: ``fc_norm`` and the
     adapter's new modules are the only keys it may miss)."""
-    vit = model.backbone.vit
-    return load_pretrained_encoder(vit, path, new_prefixes=getattr(vit, "new_param_prefixes", ("head.", "fc_norm.")))
+    return load_pretrained_encoder(model.backbone.vit, path)  # it adds the model's own new_param_prefixes
 
 
 def configure_fas_model(model: nn.Module, args: argparse.Namespace) -> None:
@@ -108,7 +105,7 @@ def fas_loss(criterion: nn.Module, args: argparse.Namespace, vocabulary: ClassVo
     (``--temperature``, anchor = live) on the projected adapter features (spec 7.5). Components: ``acc``
     (batch top-1, percent) and, for the adapter, ``cls_loss``/``con_loss``."""
     con = (RealAnchorConLoss(args.temperature, pos_class_index=vocabulary.positive)
-           if is_adapter(args.model) else None)
+           if is_fs_adapter(args.model) else None)
 
     def loss_fn(model, samples, targets, args, *, labels):
         out = model(samples, norm_flag=True)
@@ -202,7 +199,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     name = overrides.get("model") or stored.get("model") or infer_fas_model_name(state)
     size = int(overrides.get("input_size") or stored.get("input_size") or 224)
     kwargs = {"img_size": size, **parse_model_kwargs(stored.get("model_kwargs"))}
-    if is_adapter(name):
+    if is_fs_adapter(name):
         kwargs["adapter_reduction"] = int(stored.get("adapter_reduction") or 4)
     model = create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs)
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer

@@ -31,12 +31,12 @@ from fsvfm.engine_fas import (
     DEFAULT_FAS_DATA_ROOT,
     build_source_test_set,
     fas_optimizer,
-    is_adapter,
     load_fas_encoder,
     score_fas_set,
 )
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.models_fas import EMBED_NORMS, fas_registry_name
+from fsvfm.models_vit import is_fs_adapter
 from fsvfm.tasks import FAS_TASK, FinetuneTask
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
@@ -102,7 +102,7 @@ def fas_parser(task: FinetuneTask = FAS_TASK) -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Fill the model-dependent defaults and the engine's schedule settings; ``UsageError`` on a usage mistake."""
-    adapter = is_adapter(args.model)
+    adapter = is_fs_adapter(args.model)
     args.runs = RUNS[adapter] if args.runs is None else args.runs
     args.batch_size = BATCH_PER_SOURCE_CLASS[adapter] if args.batch_size is None else args.batch_size
     for name in ("runs", "batch_size", "eval_freq", "test_batch_size"):
@@ -206,7 +206,7 @@ def _one_run(args: argparse.Namespace, task: FinetuneTask, data: _Data, run: int
     model = _model(args, task, device)
     optimizer = fas_optimizer(model, args)
     scaler = NativeScalerWithGradNormCount(device, enabled=args.amp == "fp16")
-    wrapped = dist.wrap_model(model, args, find_unused_parameters=is_adapter(args.model))
+    wrapped = dist.wrap_model(model, args, find_unused_parameters=is_fs_adapter(args.model))
     if dist.get_rank():  # same initial model on every rank (DDP also broadcasts it), different batches
         seed_everything(args.seed + run + 1000 * dist.get_rank())
     loss_fn = task.make_loss(torch.nn.CrossEntropyLoss(), args)

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn as nn
 
-from fsvfm.models_vit import FSAdapterViT, VisionTransformer
+from fsvfm.models_vit import FSAdapterViT, VisionTransformer, is_fs_adapter
 from fsvfm.registry import create_model, register_model
 
 EMBED_DIM = 512
@@ -140,12 +140,11 @@ class FASAdapterModel(nn.Module):
         return self.classifier(embedding, norm_flag), embedding, projected
 
 
-ADAPTER_SUFFIX = "_fs_adapter"
 
 
 def _fas(vit_name: str, drop_path: float = 0.0, embed_norm: str = "tokens", **vit_kwargs) -> nn.Module:
     # The embedder width comes from the ViT itself, so every size works (S3: huge failed by name).
-    if vit_name.endswith(ADAPTER_SUFFIX):  # the original built it with 2 classes; its head stays, unused
+    if is_fs_adapter(vit_name):  # the original built it with 2 classes; its head stays, unused
         vit = create_model(vit_name, family="classifier", num_classes=2, global_pool=True,
                            drop_path_rate=drop_path, **vit_kwargs)
         return FASAdapterModel(vit, embed_norm)
