@@ -61,7 +61,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 on CUDA, 1 on CPU)")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--mask_sets", type=int, default=4, help="distinct CRFR-P batches cycled through")
-    return p.parse_args(argv)
+    bench = p.parse_args(argv)
+    if bench.warmup is None:
+        bench.warmup = 20 if torch.device(bench.device).type == "cuda" else 1
+    return bench
 
 
 def _batches(bench: argparse.Namespace, patch_size: int, uint8: bool) -> list[dict[str, torch.Tensor]]:
@@ -106,7 +109,7 @@ def run_config(bench: argparse.Namespace, device: torch.device, baseline: bool) 
     normalize = None if baseline else DeviceNormalize(MEAN, STD, device)
     device_skip = device_skip_enabled(optimizer, amp)
     batches = _batches(bench, run.patch_size, uint8=not baseline)
-    warmup = bench.warmup if bench.warmup is not None else (20 if device.type == "cuda" else 1)
+    warmup = bench.warmup
 
     def step(i: int) -> torch.Tensor:
         row, _ = train_step(step_model, step_target, ema, batches[i % len(batches)], optimizer, scaler, cl_loss,
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "model": bench.model, "batch_size": bench.batch_size, "input_size": bench.input_size,
-        "warmup_steps": bench.warmup if bench.warmup is not None else (20 if device.type == "cuda" else 1),
+        "warmup_steps": bench.warmup,
         "timed_steps": bench.steps, "images_per_s": fast["images_per_s"], "peak_mem_gib": fast["peak_mem_gib"],
         "fast": fast, "baseline": base,
         "speedup_vs_baseline": round(fast["images_per_s"] / base["images_per_s"], 3) if base else None,

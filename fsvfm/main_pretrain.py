@@ -273,10 +273,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     setup_logging(args.output_dir, dist.get_rank())
     if dist.is_main_process():
         remove_stale_temp_files(args.output_dir)
-    try:
-        return _train(args)
-    finally:
-        dist.cleanup()
+    return dist.run_then_cleanup(_train, args)
 
 
 def _prepare(args: argparse.Namespace) -> torch.device:

@@ -19,7 +19,12 @@ from fsvfm.util.args import set_effective_lr
 from fsvfm.util.errors import UserError
 from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
-from fsvfm.util.train_step import MAX_CONSECUTIVE_SKIPS, SkipStreak, TrainingDivergedError, reduce_losses
+from fsvfm.util.train_step import (
+    MAX_CONSECUTIVE_SKIPS,
+    SkipStreak,
+    TrainingDivergedError,
+    reduce_losses_on_device,
+)
 
 
 class FakeOnline(nn.Module):
@@ -167,8 +172,8 @@ def _reduce_worker(rank: int, port: int, results) -> None:
     value = float("nan") if rank == 1 else 2.0
     losses = {k: torch.tensor(value if k == "loss_cl" else 1.0 + rank) for k in
               ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")}
-    means, skip = reduce_losses(losses)
-    results[rank] = (means["loss"], skip)
+    _, sums, skip = reduce_losses_on_device(losses)
+    results[rank] = (float(sums[0]) / 2, bool(skip))
     torch.distributed.destroy_process_group()
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
-from fsvfm.util.fileio import atomic_path
+from fsvfm.util.fileio import atomic_path, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +164,9 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
 
     The weights go under ``model_key`` (``model``; the FAS files keep the original's ``state_dict``)."""
     path = Path(path)
-    write_synced(checkpoint_payload(model_state, optimizer=optimizer, epoch=epoch, scaler=scaler, args=args,
-                                    model_name=model_name, model_key=model_key, **extra), path)
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(checkpoint_payload(model_state, optimizer=optimizer, epoch=epoch, scaler=scaler, args=args,
+                                      model_name=model_name, model_key=model_key, **extra), tmp)
     logger.info("Saved checkpoint %s", path)
     return path
 
@@ -188,31 +189,6 @@ def checkpoint_payload(model_state: Mapping[str, torch.Tensor], *, optimizer: to
     }
     payload.update({k: _plain(v) for k, v in extra.items()})
     return payload
-
-
-def _fsync(path: str | os.PathLike) -> None:
-    """Flush a file's (or a folder's entries') data to the disk; a folder fsync the OS refuses is skipped."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not os.path.isdir(path):
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_synced(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file, ``fsync`` it, rename it onto ``path``, ``fsync`` the folder: after
-    a crash or power loss ``path`` holds the old or the new checkpoint, complete."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(dict(payload), tmp)
-        _fsync(tmp)
-    _fsync(path.parent)
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
@@ -317,8 +293,8 @@ def check_finite_state(state: Mapping[str, torch.Tensor] | torch.nn.Module, name
 
 # ------------------------------------------------------------------- checkpoint sets
 # A set is several files written for one epoch that are only usable together (pre-training: the online
-# network with its optimizer and the target network). ``save_checkpoint_set`` writes and fsyncs every
-# member to a temp file, removes the tag's manifest, renames the members into place, then writes the
+# network with its optimizer and the target network). ``save_checkpoint_set`` writes every member to a
+# temp file, removes the tag's manifest, fsyncs and renames the members into place, then writes the
 # manifest ``checkpoint-{tag}.set.json`` (atomic, fsynced) last: a set is complete exactly when its
 # manifest exists and every member carries the manifest's run id and epoch. A kill at any moment leaves
 # the previous complete sets readable; ``load_latest_checkpoint_set`` skips anything else.
@@ -348,22 +324,18 @@ def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Map
     files = {role: folder / names[role].format(tag=tag) for role in payloads}
     with contextlib.ExitStack() as stack:
         for i, (role, payload) in enumerate(payloads.items()):
-            tmp = stack.enter_context(atomic_path(files[role]))
+            tmp = stack.enter_context(atomic_path(files[role], durable=True))
             torch.save({**payload, "run_id": run_id, "epoch": epoch, "set_role": role}, tmp)
-            _fsync(tmp)
             if i == 0:  # runs on exit after the later members are renamed, before this one is
                 stack.callback(_drill_pause, "between-renames")
         manifest.unlink(missing_ok=True)
-        _fsync(folder)
+        fsync_path(folder)
         _drill_pause("before-renames")
-    _fsync(folder)
     _drill_pause("before-manifest")
     record = {"tag": str(tag), "epoch": epoch, "run_id": run_id,
               "files": {role: {"name": p.name, "size": p.stat().st_size} for role, p in files.items()}}
-    with atomic_path(manifest) as tmp:
+    with atomic_path(manifest, durable=True) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        _fsync(tmp)
-    _fsync(folder)
     logger.info("Saved checkpoint set %s: %s", manifest.name, ", ".join(p.name for p in files.values()))
     return manifest
 
@@ -394,7 +366,8 @@ class CheckpointSet:
 def load_checkpoint_set(paths: Mapping[str, str | os.PathLike], tag: str = "") -> CheckpointSet:
     """Load every member (``CheckpointError`` naming a missing or unreadable one) and check that they
     belong together (``check_same_set``)."""
-    loaded = {role: (resolve_checkpoint_path(p), load_checkpoint(p)) for role, p in paths.items()}
+    local = {role: resolve_checkpoint_path(p) for role, p in paths.items()}
+    loaded = {role: (p, load_checkpoint(p)) for role, p in local.items()}
     check_same_set(loaded)
     first = next(iter(loaded.values()))[1]
     return CheckpointSet(tag, first.get("epoch"), {r: p for r, (p, _) in loaded.items()},

@@ -176,9 +176,9 @@ def crfrp_masks(maps: torch.Tensor, patch_size: int, mask_ratio: float, region: 
 class CRFRPCollate:
     """Collate ``{'image', 'parsing_map'}`` samples and add CRFR-P masks.
 
-    Returns ``{'image': [B,3,S,S] (the samples' dtype: uint8 from ``PretrainTransform``), 'img_mask': [B,L], 'specific_facial_region_mask': [B,L],
-    'region': long scalar}`` (masks float, 1 = masked). A picklable
-    object, so DataLoader workers can use it under any start method.
+    Returns ``{'image': [B,3,S,S] (the samples' dtype: uint8 from ``PretrainTransform``), 'img_mask':
+    [B,L], 'specific_facial_region_mask': [B,L], 'region': long scalar}`` (masks float, 1 = masked).
+    A picklable object, so DataLoader workers can use it under any start method.
     """
 
     def __init__(self, input_size: int = 224, patch_size: int = 16, mask_ratio: float = 0.75) -> None:
@@ -196,8 +196,3 @@ class CRFRPCollate:
         img_mask, sfr_mask, region = crfrp_masks(maps, self.patch_size, self.mask_ratio)
         return {"image": images, "img_mask": img_mask, "specific_facial_region_mask": sfr_mask,
                 "region": torch.tensor(region)}
-
-
-def collate_fn_crfrp(input_size: int = 224, patch_size: int = 16, mask_ratio: float = 0.75) -> CRFRPCollate:
-    """The original's factory name for the CRFR-P collate function."""
-    return CRFRPCollate(input_size, patch_size, mask_ratio)

@@ -29,25 +29,46 @@ def _create_temp(path: Path) -> str:
     raise FileExistsError(f"no free temporary name next to {path}")
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a folder fsync the OS refuses is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
     The temporary name ends in ``.tmp``, so a file left by a killed process is never listed as an
     image or a checkpoint by an extension filter; writers must name the format themselves
     (``atomic_write_image``, ``savefig(format=...)``, ``PIL.Image.save(format=...)``).
-    On error the temporary file is removed and ``path`` is left untouched.
+    On error the temporary file is removed and ``path`` is left untouched. ``durable``: the
+    temporary file is fsynced before the rename and the folder after it, so that after a crash or a
+    power loss ``path`` holds the old or the new content, complete (checkpoints).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
     try:
         yield tmp
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    if durable:
+        fsync_path(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -42,6 +42,11 @@ def _local(path: str | os.PathLike) -> Path:
 
 def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
     """Read ``mean``/``std`` from the first JSON line of ``path``."""
+    return _read_record(path)[0]
+
+
+def _read_record(path: str | os.PathLike) -> tuple[tuple[list[float], list[float]], dict]:
+    """The validated ``(mean, std)`` of ``path``'s first JSON line, and the whole line's object."""
     path = Path(path)
     try:
         first = path.read_text(encoding="utf-8").splitlines()[0].strip()
@@ -51,12 +56,9 @@ def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
         raise StatsFileError(f"statistics file is empty: {path}") from e
     try:
         obj = json.loads(first)
-        mean, std = [float(v) for v in obj["mean"]], [float(v) for v in obj["std"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except json.JSONDecodeError as e:
         raise StatsFileError(f"malformed first line in {path}: {first[:80]!r} ({e})") from e
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise StatsFileError(f"{path}: need 3 means and 3 positive stds, got {mean} / {std}")
-    return mean, std
+    return stats_from_mapping(obj, f"first line of {path}"), obj
 
 
 def write_mean_std(path: str | os.PathLike, mean: list[float], std: list[float],
@@ -67,16 +69,6 @@ def write_mean_std(path: str | os.PathLike, mean: list[float], std: list[float],
     if data_paths is not None:
         record["data_paths"] = [str(p) for p in data_paths]
     atomic_write_text(path, json.dumps(record) + "\n")
-
-
-def recorded_data_paths(path: str | os.PathLike) -> list[str] | None:
-    """The ``"data_paths"`` recorded in a statistics file's first line; None when absent or unreadable."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8").splitlines()[0])
-    except (OSError, IndexError, json.JSONDecodeError):
-        return None
-    paths = obj.get("data_paths") if isinstance(obj, dict) else None
-    return [str(p) for p in paths] if isinstance(paths, list) else None
 
 
 def stats_from_mapping(obj: object, source: str) -> tuple[list[float], list[float]]:
@@ -250,16 +242,17 @@ def resolve_pretrain_mean_std(output_dir: str | os.PathLike, image_paths: Sequen
     from fsvfm.util import dist
     path = Path(output_dir) / STATS_FILENAME
     roots = [str(Path(p).resolve()) for p in data_paths]
+    existing, recorded = _read_existing(path) if dist.is_main_process() else (None, None)
     if normalize_from_imn:
         stats = (list(IMAGENET_MEAN), list(IMAGENET_STD))
     else:
-        stats, problem = dist.broadcast_object(_reusable(path, roots, resumed) if dist.is_main_process() else None)
+        reuse = _reusable(path, existing, recorded, roots, resumed) if dist.is_main_process() else None
+        stats, problem = dist.broadcast_object(reuse)
         if problem:
             raise UsageError(problem)
         if stats is None:
             stats = compute_mean_std(image_paths, input_size, batch_size, num_workers, device)
     if dist.is_main_process():
-        existing = _read_existing(path)
         if existing != stats:
             if existing is not None:
                 logger.warning("replacing the statistics in %s (%s) with %s", path, existing, stats)
@@ -268,11 +261,10 @@ def resolve_pretrain_mean_std(output_dir: str | os.PathLike, image_paths: Sequen
     return stats
 
 
-def _reusable(path: Path, roots: list[str], resumed: bool) -> tuple[tuple[list[float], list[float]] | None,
-                                                                    str | None]:
-    """``(statistics to reuse or None, refusal message or None)`` for an existing statistics file."""
-    stats = _read_existing(path)
-    recorded = recorded_data_paths(path) if stats is not None else None
+def _reusable(path: Path, stats: tuple[list[float], list[float]] | None, recorded: list[str] | None,
+              roots: list[str], resumed: bool) -> tuple[tuple[list[float], list[float]] | None, str | None]:
+    """``(statistics to reuse or None, refusal message or None)`` for the statistics ``stats`` read from
+    ``path``, computed from the data roots ``recorded``."""
     if recorded is None or not roots or sorted(recorded) == sorted(roots):
         return stats, None
     message = (f"{path} holds the statistics of the data {', '.join(recorded)}, not of this run's data "
@@ -283,14 +275,17 @@ def _reusable(path: Path, roots: list[str], resumed: bool) -> tuple[tuple[list[f
     return None, f"{message}; give a new --output_dir (or delete the file to compute the statistics of this data)"
 
 
-def _read_existing(path: Path) -> tuple[list[float], list[float]] | None:
+def _read_existing(path: Path) -> tuple[tuple[list[float], list[float]] | None, list[str] | None]:
+    """The finite statistics of an existing file and the data roots it records (``(None, None)`` when
+    the file is absent, unusable or not finite; roots None when it records none)."""
     if not path.is_file():
-        return None
+        return None, None
     try:
-        stats = read_mean_std(path)
+        stats, obj = _read_record(path)
     except StatsFileError as e:
         logger.warning("ignoring %s", e)
-        return None
+        return None, None
     if not all(math.isfinite(v) for v in stats[0] + stats[1]):
-        return None
-    return stats
+        return None, None
+    paths = obj.get("data_paths") if isinstance(obj, dict) else None
+    return stats, [str(p) for p in paths] if isinstance(paths, list) else None

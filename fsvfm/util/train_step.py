@@ -47,23 +47,15 @@ def micro_step(model: torch.nn.Module, update: bool) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-def reduce_losses_on_device(losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over ranks of the K scalar losses, float [K] in key order (non-finite values count as 0),
-    and a bool 0-dim flag: did any rank see a non-finite value. One all-reduce carries both;
-    nothing is read back to the host."""
+def reduce_losses_on_device(losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's K scalar losses and their sums over ranks, float [K] each in key order (non-finite
+    values count as 0 in the sums), and a bool 0-dim flag: did any rank see a non-finite value. One
+    all-reduce carries the sums and the flag; nothing is read back to the host."""
     device = next(iter(losses.values())).device
-    parts = torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in losses.values()])
-    bad = (~torch.isfinite(parts)).any().float().unsqueeze(0)
-    packed = dist.all_reduce_sum(torch.cat([torch.nan_to_num(parts, nan=0.0, posinf=0.0, neginf=0.0), bad]))
-    return packed[:-1], packed[-1] > 0
-
-
-def reduce_losses(losses: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
-    """``reduce_losses_on_device`` read back: mean of each loss over ranks (keys kept), and the flag."""
-    sums, bad = reduce_losses_on_device(losses)
-    values = torch.cat([sums, bad.float()[None]]).tolist()
-    world = dist.get_world_size()
-    return {k: v / world for k, v in zip(losses, values)}, values[-1] > 0
+    local = torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in losses.values()])
+    bad = (~torch.isfinite(local)).any().float().unsqueeze(0)
+    packed = dist.all_reduce_sum(torch.cat([torch.nan_to_num(local, nan=0.0, posinf=0.0, neginf=0.0), bad]))
+    return local, packed[:-1], packed[-1] > 0
 
 
 def device_skip_enabled(optimizer: torch.optim.Optimizer, amp: str) -> bool:
@@ -98,25 +90,23 @@ def backward_step(losses: Mapping[str, torch.Tensor], optimizer: torch.optim.Opt
     window_bad)``: the ``step_row`` of this micro-batch, its own bool 0-dim flag, and the window
     flag to pass to the next call (None after an update step).
     """
-    sums, bad = reduce_losses_on_device(losses)
+    local, sums, bad = reduce_losses_on_device(losses)
     window_bad = bad if window_bad is None else window_bad | bad
     step = update and (device_skip or not bool(window_bad))  # the fallback's one sync per update
     with _found_inf(optimizer, window_bad if update and device_skip else None):
         norm = loss_scaler(losses["loss"] / max(int(args.accum_iter), 1), optimizer, clip_grad=args.clip_grad,
                            parameters=parameters, update_grad=step)
-    row = step_row(losses, sums, bad, norm, window_bad)
+    row = step_row(local, sums, bad, norm, window_bad)
     if not update:
         return row, bad, window_bad
     optimizer.zero_grad(set_to_none=True)
     return row, bad, None
 
 
-def step_row(losses: Mapping[str, torch.Tensor], sums: torch.Tensor, bad: torch.Tensor,
+def step_row(local: torch.Tensor, sums: torch.Tensor, bad: torch.Tensor,
              norm: torch.Tensor | None, window_bad: torch.Tensor) -> torch.Tensor:
-    """float [2K+2] on the device: this rank's K losses, their K sums over ranks, the non-finite flag,
-    the grad norm of the step (NaN when no step was taken or its window was dropped)."""
-    local = torch.stack([torch.as_tensor(v, device=sums.device).detach().float().reshape(())
-                         for v in losses.values()])
+    """float [2K+2] on the device: this rank's K losses ``local``, their K ``sums`` over ranks, the
+    non-finite flag, the grad norm of the step (NaN when no step was taken or its window was dropped)."""
     if norm is None:
         grad_norm = torch.full((1,), math.nan, device=sums.device)
     else:
