@@ -188,12 +188,13 @@ def infer_fas_model_name(state: dict[str, torch.Tensor]) -> str:
     return name
 
 
-def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
-                             **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", *,
+                             checkpoint: dict | None = None, **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild a FAS checkpoint (ours or a released ``.pth.tar``) for inference: ``(FASLogits(model) in eval
     mode, eval transform PIL -> [3, S, S], info)``; weights load strictly; normalisation from the
-    checkpoint's ``norm_stats``, else the statistics file beside it, else ImageNet (FAS training's fallback)."""
-    checkpoint = load_checkpoint(path)
+    checkpoint's ``norm_stats``, else the statistics file beside it, else ImageNet (FAS training's fallback).
+    ``checkpoint``: the file's content when the caller has already loaded it (read once)."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
     stored = args_dict(checkpoint)
     name = overrides.get("model") or stored.get("model") or infer_fas_model_name(state)

@@ -178,7 +178,8 @@ def _resume(args: argparse.Namespace, run_state: _Run, path: Path) -> None:
     ``checkpoint-min_val_loss.pth`` in ``--output_dir``; ``log.txt`` records from the next epoch on go."""
     ckpt = restore_training_state(path, run_state.model_without_ddp, run_state.optimizer, run_state.scaler, args)
     best_file = Path(args.output_dir) / "checkpoint-min_val_loss.pth"
-    run_state.min_val_loss = min(float(ckpt.get("min_val_loss", math.inf)), best_value_in(best_file, "min_val_loss"))
+    best = math.inf if best_file.resolve() == Path(path).resolve() else best_value_in(best_file, "min_val_loss")
+    run_state.min_val_loss = min(float(ckpt.get("min_val_loss", math.inf)), best)  # ckpt is that file: read once
     logger.info("Resumed from %s (next epoch %d); best validation loss so far %.4f", path, args.start_epoch,
                 run_state.min_val_loss)
     if dist.is_main_process():

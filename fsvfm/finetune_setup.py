@@ -202,7 +202,8 @@ def _rebuild_args(path: str | os.PathLike, checkpoint: dict, state: dict[str, to
         normalize_from_IMN=bool(pick.get("normalize_from_IMN", False)))
 
 
-def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu",
+def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", *,
+                                    checkpoint: dict | None = None,
                                     **overrides: Any) -> tuple[torch.nn.Module, Callable, dict[str, Any]]:
     """Rebuild a fine-tuned classifier from its checkpoint, in eval mode on ``device``, with the
     test programs' eval transform (PIL image -> normalised tensor [3, S, S]).
@@ -216,8 +217,9 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
     ``info``: ``model``, ``input_size``, ``nb_classes``, ``mean``, ``std``, ``norm_source``,
     ``eval_transform``. A pre-training checkpoint is a ``CheckpointError`` saying "fine-tune it first".
+    ``checkpoint``: the file's content when the caller has already loaded it (read once).
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
     args = _rebuild_args(path, checkpoint, state, overrides)
     model = build_classifier(args)

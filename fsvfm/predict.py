@@ -154,7 +154,8 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     if task not in TASKS:
         raise ValueError(f"{path}: unknown task {task!r} (known: {sorted(TASKS)})")
     model, transform, built = TASKS[task].rebuild(
-        local, apply_simple_augment=apply_simple_augment, normalize_from_IMN=stored.get("normalize_from_IMN"))
+        local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
+        normalize_from_IMN=stored.get("normalize_from_IMN"))
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
             "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]}}
     return model, transform, info

@@ -29,7 +29,8 @@ DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabula
 LoaderBuilder = Callable[[Dataset, argparse.Namespace, torch.device], DataLoader]
 # (criterion matching mixup/smoothing, args) -> loss hook
 LossFactory = Callable[[torch.nn.Module, argparse.Namespace], LossFn]
-# (checkpoint path, device, **overrides) -> (model in eval mode returning logits [N, C], eval transform, info)
+# (checkpoint path, device, checkpoint=<its content when already loaded>, **overrides)
+#   -> (model in eval mode returning logits [N, C], eval transform, info)
 Rebuilder = Callable[..., "tuple[torch.nn.Module, Callable, dict]"]
 
 

@@ -197,3 +197,19 @@ def test_real_photos_of_shared_faces(ckpt):
         h, w = cv2.imread(str(path)).shape[:2]
         assert [f["box"] for f in record["faces"]] == [expected_box(r, w, h) for r in ref]
     assert len(records[0]["faces"]) == 1 and records[1]["error"] == "no face found"
+
+
+def test_checkpoint_is_read_once(ckpt, monkeypatch):
+    """Finding the task and rebuilding the model share one read of the (possibly 1 GB) file."""
+    from fsvfm import finetune_setup
+    from fsvfm.util import checkpoint as ckpt_io
+    reads = []
+
+    def counting(path, *a, **kw):
+        reads.append(Path(path).name)
+        return ckpt_io.load_checkpoint(path, *a, **kw)
+
+    monkeypatch.setattr(predict, "load_checkpoint", counting)
+    monkeypatch.setattr(finetune_setup, "load_checkpoint", counting)
+    model, _, info = predict.rebuild_classifier(ckpt)
+    assert reads == [ckpt.name] and info["task"] == "DfD"
