@@ -45,8 +45,8 @@ from fsvfm.util.finetune_data import (
     SplitFileDataset,
     TestImageFolder,
     dataset_video_names,
-    unreadable_files,
 )
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.metrics import (
     METRIC_MODES,

@@ -48,7 +48,8 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.fileio import append_json_line
-from fsvfm.util.finetune_data import build_transform, check_classes, unreadable_files
+from fsvfm.util.finetune_data import build_transform, check_classes
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std

@@ -72,7 +72,7 @@ from fsvfm.util.crfrp import CRFRPCollate
 from fsvfm.util.device_data import DeviceNormalize, add_loader_args, loader_kwargs
 from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import append_json_line
-from fsvfm.util.finetune_data import unreadable_files
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
 from fsvfm.util.lr_sched import cosine_scheduler, warn_if_warmup_too_long

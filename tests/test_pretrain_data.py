@@ -12,7 +12,7 @@ from torchvision.transforms import functional as TF
 
 from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.errors import DataError
-from fsvfm.util.finetune_data import unreadable_files
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
 from fsvfm.util.pretrain_data import (
     FaceParsingDataset,

@@ -23,7 +23,7 @@ from fsvfm import main_pretrain
 from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
-from fsvfm.util.finetune_data import unreadable_files
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
 from fsvfm.util.pretrain_data import FaceParsingDataset, PretrainTransform
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset

@@ -8,7 +8,8 @@ several is an error naming it.
 Unreadable images (empty, truncated, not an image, a decompression bomb) never stop a run: each is
 named once in the log and flagged in a shared-memory tensor (so DataLoader workers' findings reach
 the main process); training sets then return the next readable sample, evaluation sets return
-``None`` as the image and ``collate_readable`` drops it. ``unreadable_files`` lists them (all ranks).
+``None`` as the image and ``collate_readable`` drops it. ``util.images.unreadable_files`` lists them
+(all ranks).
 Video names (the grouping key of video-level metrics) include the frame's folder, so frames named
 alike in ``real/`` and ``fake/`` never form one video.
 """
@@ -21,21 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from torch.utils.data import ConcatDataset, Dataset, Sampler, default_collate
 from torchvision import datasets, transforms
 
-from fsvfm.util import dist
 from fsvfm.util.errors import DataError, UsageError
-from fsvfm.util.images import UnreadableImageError, read_rgb
+from fsvfm.util.images import SkipsUnreadable, read_rgb
 from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary, video_name_from_path
 
 logger = logging.getLogger(__name__)
 
 
-MAX_UNREADABLE_IN_A_ROW = 50
 ON_UNREADABLE = ("next", "skip")
 
 
@@ -43,49 +41,36 @@ class SplitFileError(DataError):
     """Bad split-file lines (the message names the file and every bad line number)."""
 
 
-class SkipsUnreadable:
-    """Mixin for data sets of ``self.samples = [(path, label), ...]`` and ``self.transform``: reads
-    an image with ``read_rgb``; an unreadable one is flagged and named once, then replaced by the next
-    readable sample (``on_unreadable='next'``, training) or returned as image ``None``
-    (``'skip'``, evaluation). Items are ``(image, label)``."""
+class ReadsImages(SkipsUnreadable):
+    """``SkipsUnreadable`` for data sets of ``self.samples = [(path, label), ...]`` and
+    ``self.transform``: items are ``(image, label)``; an unreadable image is replaced by the next
+    readable sample (``on_unreadable='next'``, training) or returned as ``None`` (``'skip'``,
+    evaluation)."""
 
     samples: list[tuple[str, int]]
     transform: Callable | None
 
-    def _track_unreadable(self, on_unreadable: str) -> None:
+    def _track_unreadable(self, on_unreadable: str = "next") -> None:
         if on_unreadable not in ON_UNREADABLE:
             raise ValueError(f"on_unreadable must be one of {ON_UNREADABLE}, got {on_unreadable!r}")
         self.on_unreadable = on_unreadable
-        self.unreadable_flags = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+        super()._track_unreadable()
 
-    def _read(self, index: int) -> Image.Image | None:
-        try:
-            return read_rgb(self.samples[index][0])
-        except UnreadableImageError as e:
-            if not self.unreadable_flags[index]:
-                self.unreadable_flags[index] = True
-                logger.warning("skipping %s", e)
-            return None
+    def load_sample(self, index: int) -> Image.Image:
+        return read_rgb(self.samples[index][0])
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        for attempt in range(MAX_UNREADABLE_IN_A_ROW):
-            i = (index + attempt) % len(self.samples)
-            image = self._read(i)
-            if image is None and self.on_unreadable == "next":
-                continue
-            label = self.samples[i][1]
-            if image is not None and self.transform is not None:
-                image = self.transform(image)
-            return image, label
-        raise DataError(f"{MAX_UNREADABLE_IN_A_ROW} unreadable images in a row from {self.samples[index][0]}; "
-                        "check the data folder (see the warnings above)")
+        i, image = self.load_readable(index, replace=self.on_unreadable == "next")
+        if image is not None and self.transform is not None:
+            image = self.transform(image)
+        return image, self.samples[i][1]
 
 
-class LabelledImageFolder(SkipsUnreadable, datasets.ImageFolder):
+class LabelledImageFolder(ReadsImages, datasets.ImageFolder):
     """``ImageFolder`` whose class index comes from the folder's meaning under ``vocabulary``.
 
     Several folders may share a label (e.g. ``fake_DeepFakes`` and ``fake_FaceSwap``). Unreadable
-    images: see ``SkipsUnreadable`` (``on_unreadable``: ``'next'`` or ``'skip'``).
+    images: see ``ReadsImages`` (``on_unreadable``: ``'next'`` or ``'skip'``).
     """
 
     def __init__(self, root: str, transform: Callable | None = None,
@@ -185,9 +170,9 @@ def read_split_file(path: str | os.PathLike, delimiter: str = " ", root: str | o
     return samples
 
 
-class SplitFileDataset(SkipsUnreadable, Dataset):
+class SplitFileDataset(ReadsImages, Dataset):
     """Samples listed in a split file (spec 4.3 ``CustomDataset``); labels are used as written
-    (checked against ``num_classes`` when given). Unreadable images: see ``SkipsUnreadable``."""
+    (checked against ``num_classes`` when given). Unreadable images: see ``ReadsImages``."""
 
     def __init__(self, split_file: str | os.PathLike, transform: Callable | None = None,
                  delimiter: str = " ", root: str | os.PathLike | None = None, num_classes: int | None = None,
@@ -226,23 +211,6 @@ def collate_readable(batch: list[tuple]) -> Any:
     """``default_collate`` of the items whose image (item[0]) could be read; None when none could."""
     kept = [item for item in batch if item[0] is not None]
     return default_collate(kept) if kept else None
-
-
-def unreadable_files(dataset: Dataset, device: torch.device | str = "cpu") -> list[str]:
-    """Distinct files of ``dataset`` found unreadable so far on any rank (a collective when
-    distributed: call it on every rank). Sees through ``IndexedDataset`` and ``ConcatDataset``; data
-    sets that do not track unreadable files contribute none."""
-    inner = getattr(dataset, "dataset", dataset)
-    parts = inner.datasets if isinstance(inner, ConcatDataset) else [inner]
-    found: list[str] = []
-    for part in parts:
-        flags = getattr(part, "unreadable_flags", None)
-        if flags is None:
-            continue
-        if dist.get_world_size() > 1:
-            flags = dist.all_reduce_sum(flags.to(device=device, dtype=torch.int32)) > 0
-        found += [part.samples[i][0] for i in flags.nonzero().flatten().tolist()]
-    return found
 
 
 def dataset_video_names(dataset: Dataset) -> list[str]:

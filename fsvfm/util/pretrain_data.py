@@ -21,19 +21,16 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
 
 from fsvfm.util.errors import DataError, UsageError
-from fsvfm.util.images import UnreadableImageError, read_rgb
+from fsvfm.util.images import SkipsUnreadable, UnreadableImageError, read_rgb
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-
-MAX_LOAD_ATTEMPTS = 16
-
 
 FACE_PARSE = "datasets/pretrain/preprocess/face_parse.py"
 
 
 class SampleError(ValueError):
-    """An image or parsing map that cannot be used (unreadable or mis-shaped)."""
+    """A parsing map that cannot be used (unreadable, mis-shaped or not its image's size)."""
 
 
 def list_samples(root: str | os.PathLike) -> tuple[list[tuple[Path, Path]], int]:
@@ -112,22 +109,24 @@ class PretrainTransform:
         return img, parsing_map
 
 
-class FaceParsingDataset(Dataset):
+class FaceParsingDataset(SkipsUnreadable, Dataset):
     """Images with LaPa parsing maps under one data root (spec 3.2).
 
     Items: ``{'image': uint8 [3,S,S] (float when the transform normalises), 'parsing_map': uint8
     [1,S,S]}``. A sample whose image or map cannot be read (``util.images.read_rgb``: also a small file
     that decodes to a huge image), or whose map size differs from its image, is skipped: the next sample
-    is returned instead. Each such sample is flagged in ``unreadable_flags`` (shared memory, so the
-    loader's worker processes share it) and named once in the log;
-    ``util.finetune_data.unreadable_files`` lists the distinct flagged files (all ranks).
+    is returned instead (``util.images.SkipsUnreadable``: flagged for ``unreadable_files``, named once
+    in the log).
     """
+
+    unreadable_errors = (UnreadableImageError, SampleError)
+    skip_message = "skipping sample: %s"
 
     def __init__(self, root: str | os.PathLike, transform: PretrainTransform | None = None) -> None:
         self.root = Path(root)
         self.samples, self.num_missing_maps = list_samples(self.root)
         self.transform = transform or PretrainTransform()
-        self.unreadable_flags = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+        self._track_unreadable()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -136,13 +135,10 @@ class FaceParsingDataset(Dataset):
     def image_paths(self) -> list[Path]:
         return [img for img, _ in self.samples]
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 image [3,H,W] and parsing map [1,H,W] of sample ``index``."""
         image_path, map_path = self.samples[index]
-        try:
-            image = TF.pil_to_tensor(read_rgb(image_path))
-        except UnreadableImageError as e:
-            raise SampleError(str(e)) from e
+        image = TF.pil_to_tensor(read_rgb(image_path))
         parsing_map = load_parsing_map(map_path)
         if parsing_map.shape[-2:] != image.shape[-2:]:
             raise SampleError(f"parsing map {map_path} is {tuple(parsing_map.shape[-2:])} but image "
@@ -150,19 +146,9 @@ class FaceParsingDataset(Dataset):
         return image, parsing_map
 
     def __getitem__(self, index: int) -> dict:
-        for attempt in range(MAX_LOAD_ATTEMPTS):
-            i = (index + attempt) % len(self)
-            try:
-                image, parsing_map = self.load(i)
-            except SampleError as e:
-                if not self.unreadable_flags[i]:  # named once per file, however often it is drawn
-                    self.unreadable_flags[i] = True
-                    logger.warning("skipping sample: %s", e)
-                continue
-            img, parsing_map = self.transform(image, parsing_map)
-            return {"image": img, "parsing_map": parsing_map}
-        raise DataError(f"{MAX_LOAD_ATTEMPTS} unreadable samples in a row from {self.samples[index][0]}; "
-                        "check the data folder (see the warnings above)")
+        _, (image, parsing_map) = self.load_readable(index)
+        img, parsing_map = self.transform(image, parsing_map)
+        return {"image": img, "parsing_map": parsing_map}
 
 
 def build_pretrain_dataset(roots: Sequence[str | os.PathLike], transform: PretrainTransform) -> Dataset:
