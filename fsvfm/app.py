@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fsvfm.hub import HubError
 from fsvfm.predict import Detector, save_visualisations
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.checkpoint import CheckpointError
+from fsvfm.util.cli import run_cli
+from fsvfm.util.errors import UsageError
 from fsvfm.util.naming import IMAGE_EXTENSIONS
-from fsvfm.util.norm_stats import StatsFileError
 from fsvfm.visualize import (
     REGION_NAMES,
     Pretrained,
@@ -78,7 +78,7 @@ def load_detectors(paths: Sequence[str], device: str | None) -> dict[str, Detect
         try:
             detectors.append(Detector.from_checkpoint(path, device))
         except ValueError as e:  # e.g. a pre-training checkpoint given as a detector
-            raise ValueError(f"--detector {path}: {e}; give a fine-tuned (main_finetune_DfD.py) checkpoint") from e
+            raise UsageError(f"--detector {path}: {e}; give a fine-tuned (main_finetune_DfD.py) checkpoint") from e
     return dict(zip(detector_labels(paths, [d.info["task"] for d in detectors]), detectors))
 
 
@@ -249,17 +249,12 @@ def load_models(args: argparse.Namespace) -> tuple[dict[str, Detector], Pretrain
     return detectors, pretrained
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def serve(args: argparse.Namespace) -> int:
+    """Load the models, then serve the app until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.max_file_mb <= 0:
-        print("error: --max_file_mb must be positive", file=sys.stderr)
-        return 2
-    try:
-        detectors, pretrained = load_models(args)
-    except (CheckpointError, HubError, StatsFileError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("--max_file_mb must be positive")
+    detectors, pretrained = load_models(args)
     max_bytes = int(args.max_file_mb * MIB)
     # a plain `kill` ends the app like Ctrl-C does, so the temporary folder is removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -270,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             blocks.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 2 after one line for a user mistake at start-up (``util.cli.run_cli``)."""
+    return run_cli(serve, get_args_parser(), argv, return_code=True)
 
 
 if __name__ == "__main__":

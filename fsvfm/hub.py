@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsvfm.util.cli import run_cli
+from fsvfm.util.errors import UserError
 from fsvfm.util.fileio import atomic_path
 from fsvfm.util.norm_stats import STATS_FILENAME
 
@@ -37,7 +39,7 @@ HUB_SCHEME = "hf://"
 DEFAULT_DIR = "checkpoint"
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A hub file or folder cannot be resolved (the message names the repository and the path)."""
 
 
@@ -263,24 +265,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``list`` or ``download`` (a ``HubError`` names the repository and path)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "list":
-            rows = list_rows(args.dir, args.remote)
-            width = [max(len(r[i]) for r in rows) for i in range(3)]
-            print(f"repository {REPO_ID} (sizes: {'hub' if args.remote else 'local copies; --remote asks the hub'})")
-            for row in rows:
-                print("  ".join(c.ljust(w) for c, w in zip(row, width)) + "  " + row[3])
-            return 0
-        for name in args.names:
-            for path in download(name, args.target, args.dir):
-                print(path)
+    if args.command == "list":
+        rows = list_rows(args.dir, args.remote)
+        width = [max(len(r[i]) for r in rows) for i in range(3)]
+        print(f"repository {REPO_ID} (sizes: {'hub' if args.remote else 'local copies; --remote asks the hub'})")
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, width)) + "  " + row[3])
         return 0
-    except HubError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for name in args.names:
+        for path in download(name, args.target, args.dir):
+            print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 2 after one line for a user mistake (``util.cli.run_cli``)."""
+    return run_cli(run, get_args_parser(), argv, return_code=True)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fsvfm.hub import HubError
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
-from fsvfm.util.checkpoint import CheckpointError, args_dict, load_checkpoint, resolve_checkpoint_path
+from fsvfm.util.checkpoint import args_dict, load_checkpoint, resolve_checkpoint_path
+from fsvfm.util.cli import run_cli
+from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
 from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS
 
@@ -133,7 +134,7 @@ register_crop_mode("fas_aligned", fas_aligned_crops, tasks=("FAS",))
 
 def crop_mode_for(task: str) -> str:
     if task not in TASK_CROP_MODES:
-        raise ValueError(f"no face-crop mode for task {task!r} yet (known: {sorted(TASK_CROP_MODES)}); "
+        raise UsageError(f"no face-crop mode for task {task!r} yet (known: {sorted(TASK_CROP_MODES)}); "
                          "pass --no_detect with ready-made face crops")
     return TASK_CROP_MODES[task]
 
@@ -152,7 +153,7 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     stored = args_dict(checkpoint)
     task = checkpoint.get("task") or stored.get("task") or _task_of_weights(checkpoint)
     if task not in TASKS:
-        raise ValueError(f"{path}: unknown task {task!r} (known: {sorted(TASKS)})")
+        raise UsageError(f"{path}: unknown task {task!r} (known: {sorted(TASKS)})")
     model, transform, built = TASKS[task].rebuild(
         local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
         normalize_from_IMN=stored.get("normalize_from_IMN"))
@@ -423,11 +424,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
-        raise ValueError(f"--output {args.output}: use a .json or .csv file name")
+        raise UsageError(f"--output {args.output}: use a .json or .csv file name")
     if args.every is not None and args.every < 1 or args.num_frames < 1:
-        raise ValueError("--every and --num_frames must be at least 1")
+        raise UsageError("--every and --num_frames must be at least 1")
     if args.max_faces is not None and args.max_faces < 1:
-        raise ValueError("--max_faces must be at least 1")
+        raise UsageError("--max_faces must be at least 1")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -435,7 +436,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     _check_args(args)
     inputs = expand_inputs(args.inputs)
     if not inputs:
-        raise ValueError("no image or video files among the inputs")
+        raise UsageError("no image or video files among the inputs")
     start = time.time()
     det = Detector.from_checkpoint(args.checkpoint, args.device, amp=args.amp, crop_mode=args.crop_mode,
                                    detect=not args.no_detect, apply_simple_augment=args.apply_simple_augment,
@@ -460,15 +461,13 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit code 0 (unreadable inputs are reported in their records), 2 for a usage problem."""
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
+    """Exit code 0 (unreadable inputs are reported in their records), 2 after one line for a user
+    mistake (``util.cli.run_cli``)."""
+    def score(args: argparse.Namespace) -> int:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
         run(args)
-    except (CheckpointError, HubError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+    return run_cli(score, get_args_parser(), argv, return_code=True)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def test_oversized_upload_is_refused(served, client, media):
 def test_start_up_errors_are_one_line(tmp_path, capsys):
     assert app.main(["--detector", str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {tmp_path / 'missing.pth'}: no such checkpoint file; give the path of a .pth file"
+    assert err == f"python -m fsvfm.app: error: {tmp_path / 'missing.pth'}: no such checkpoint file; give the path of a .pth file"
     assert app.main(["--max_file_mb", "0"]) == 2
 
 

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from fsvfm.preprocess.config import load_config
@@ -25,7 +23,8 @@ from fsvfm.preprocess.layouts import (
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.runner import Summary, check_backend, run_stages
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
-from fsvfm.util.fas_data import FASDataError
+from fsvfm.util.cli import run_cli
+from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
@@ -96,44 +95,35 @@ def _log_dir(args, default_file: Path) -> Path:
     return (Path(default_file).resolve().parent.parent / "../../preprocess_logs").resolve()
 
 
-def _fail(message: str) -> None:
-    """A user mistake: the message (one line, or FACER's set-up instructions) and exit code 2."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-@contextlib.contextmanager
-def _user_errors(*kinds: type[Exception]) -> Iterator[None]:
-    """Exceptions of ``kinds`` (missing files, bad settings) end with their message, not a traceback."""
-    try:
-        yield
-    except kinds as e:
-        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
-
-
-def _setup(parser: argparse.ArgumentParser, argv, default_file):
-    args = parser.parse_args(argv)
-    setup_logging()
-    if args.dataset == "custom" and not (args.src and args.dst):
-        parser.error("--dataset custom needs --src and --dst")
-    if getattr(args, "max_faces", 1) < 0:
-        parser.error("--max_faces must be >= 0 (0 keeps every face)")
-    if args.dataset == "custom" and not Path(args.src).is_dir():
-        _fail(f"--src {args.src}: no such folder (give the folder of images or videos to process)")
-    with _user_errors(FileNotFoundError, ValueError, KeyError):   # --config / --opts
-        cfg = load_config(default_file, args.config, args.opts)
-    return args, cfg
+def _cli(parser: argparse.ArgumentParser, argv, default_file, body: Callable[..., Summary]) -> Summary:
+    """Parse, check the arguments, load the config and return ``body(args, cfg)``; a user mistake (a
+    missing folder, split or list file or FACER weights, a bad ``--config``/``--opts``) ends with one
+    line and exit code 2 (``util.cli.run_cli``)."""
+    def main(args: argparse.Namespace) -> Summary:
+        setup_logging()
+        if args.dataset == "custom" and not (args.src and args.dst):
+            parser.error("--dataset custom needs --src and --dst")
+        if getattr(args, "max_faces", 1) < 0:
+            parser.error("--max_faces must be >= 0 (0 keeps every face)")
+        if args.dataset == "custom" and not Path(args.src).is_dir():
+            raise UsageError(f"--src {args.src}: no such folder (give the folder of images or videos to process)")
+        try:
+            cfg = load_config(default_file, args.config, args.opts)
+        except (ValueError, KeyError) as e:   # --config / --opts
+            raise UsageError(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
+        return body(args, cfg)
+    return run_cli(main, parser, argv)
 
 
 def _run(stages, opts: Options, args, default_file, run_name: str, summary: Summary) -> Summary:
-    """``run_stages``, then exit code 2 when the run found no input at all."""
-    with _user_errors(FileNotFoundError, FASDataError):       # a split or list file, FACER weights
-        run_stages(stages, opts, args.workers, _log_dir(args, default_file), run_name, summary)
+    """``run_stages``; a ``DataError`` when the run found no input at all."""
+    run_stages(stages, opts, args.workers, _log_dir(args, default_file), run_name, summary)
     if summary.total() == 0:
         if args.dataset == "custom":
-            _fail(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) or video ({' '.join(VIDEO_EXTENSIONS)})")
-        _fail(f"nothing to process for --dataset {args.dataset}: its input folders are missing or empty "
-              "(see the warnings above; paths come from config/default.py, --config and --opts)")
+            raise UsageError(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) "
+                             f"or video ({' '.join(VIDEO_EXTENSIONS)})")
+        raise DataError(f"nothing to process for --dataset {args.dataset}: its input folders are missing or empty "
+                        "(see the warnings above; paths come from config/default.py, --config and --opts)")
     return summary
 
 
@@ -143,15 +133,17 @@ def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> S
     parser = argparse.ArgumentParser(description=f"{task} face extraction", parents=[common_parser(), crop_parser()])
     parser.add_argument("--dataset", choices=(*names, "custom"),
                         **({"default": "VF2"} if task == "pretrain" else {"required": True}))
-    args, cfg = _setup(parser, argv, default_file)
-    summary = Summary()
-    if args.dataset == "custom":
-        stages = custom_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames))
-    elif task == "pretrain":
-        stages = pretrain_stages(cfg, args.dataset, summary)
-    else:
-        stages = FINETUNE_DATASETS[args.dataset](cfg, summary)
-    return _run(stages, _options(cfg, args), args, default_file, run_name_for(args.dataset), summary)
+
+    def crop(args: argparse.Namespace, cfg) -> Summary:
+        summary = Summary()
+        if args.dataset == "custom":
+            stages = custom_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames))
+        elif task == "pretrain":
+            stages = pretrain_stages(cfg, args.dataset, summary)
+        else:
+            stages = FINETUNE_DATASETS[args.dataset](cfg, summary)
+        return _run(stages, _options(cfg, args), args, default_file, run_name_for(args.dataset), summary)
+    return _cli(parser, argv, default_file, crop)
 
 
 def main_face_parse(default_file: str | Path, argv=None) -> Summary:
@@ -159,16 +151,17 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     parser = argparse.ArgumentParser(description="face parsing -> pre-training data set",
                                      parents=[common_parser(), crop_parser(), parse_parser()])
     parser.add_argument("--dataset", choices=(*PARSE_SOURCES, "custom"), required=True)
-    args, cfg = _setup(parser, argv, default_file)
-    if args.dataset == "custom":
-        stages = custom_parse_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames),
-                                     crop=args.crop)
-    else:
-        stages = parse_stages(cfg, args.dataset)
-    opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
-    with _user_errors(FileNotFoundError):       # before any work: FACER weights
-        check_backend(opts)
-    return _run(stages, opts, args, default_file, "face_parse_" + run_name_for(args.dataset), Summary())
+
+    def parse(args: argparse.Namespace, cfg) -> Summary:
+        if args.dataset == "custom":
+            stages = custom_parse_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames),
+                                         crop=args.crop)
+        else:
+            stages = parse_stages(cfg, args.dataset)
+        opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
+        check_backend(opts)  # before any work: FACER weights
+        return _run(stages, opts, args, default_file, "face_parse_" + run_name_for(args.dataset), Summary())
+    return _cli(parser, argv, default_file, parse)
 
 
 def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summary:
@@ -183,11 +176,12 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
                         help="one data set or all of them (default)"
                         + ("; custom = the images and videos of --src, chips to --dst" if group == "MCIO" else ""))
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
-    args, cfg = _setup(parser, argv, default_file)
-    opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
-                   device=args.device, chip_padding=cfg.chip_padding)
-    summary = Summary()
-    with _user_errors(FASDataError):
+
+    def chips(args: argparse.Namespace, cfg) -> Summary:
+        opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
+                       device=args.device, chip_padding=cfg.chip_padding)
+        summary = Summary()
         stages = (fas_custom_stages(args.src, args.dst, cfg.img_format) if args.dataset == "custom"
                   else make_stages(cfg, args.dataset, summary))
-    return _run(stages, opts, args, default_file, run_name_for(f"FAS_{group}_{args.dataset}"), summary)
+        return _run(stages, opts, args, default_file, run_name_for(f"FAS_{group}_{args.dataset}"), summary)
+    return _cli(parser, argv, default_file, chips)

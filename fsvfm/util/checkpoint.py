@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
+from fsvfm.util.errors import UserError
 from fsvfm.util.fileio import atomic_path, fsync_path
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ SAFE_GLOBALS = [argparse.Namespace] + [(cls, f"{module}.{name}") for module in (
                                        for name, cls in _PATH_CLASSES.items()]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file is missing, unsafe, malformed or does not fit the model."""
 
 

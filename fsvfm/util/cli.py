@@ -12,14 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fsvfm.util.checkpoint import CheckpointError
 from fsvfm.util.errors import UserError
 
 EXIT_USER_ERROR = 2
 
-# Exceptions that name a file or a value the user gave: a missing file or folder, an unusable
-# checkpoint, and every ``UserError`` (bad flag, model name, split file, statistics file, data set).
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CheckpointError, FileNotFoundError, NotADirectoryError,
+# Exceptions that name a file or a value the user gave: a missing file or folder, and every ``UserError``
+# (bad flag, model name, split file, statistics file, data set, unusable checkpoint, hub path).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError,
                                                 IsADirectoryError, PermissionError)
 
 
@@ -32,10 +31,11 @@ def one_line(error: BaseException) -> str:
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
-            argv: Sequence[str] | None = None) -> Any:
+            argv: Sequence[str] | None = None, *, return_code: bool = False) -> Any:
     """Parse ``argv`` (default ``sys.argv[1:]``) with ``parser`` plus ``--debug`` and return
     ``main(args)``. A user mistake (``USER_ERRORS``) prints ``{prog}: error: {message}`` and raises
-    ``SystemExit(2)``, unless ``--debug`` is given (then it propagates with its traceback)."""
+    ``SystemExit(2)`` (``return_code=True``, for a ``main`` that returns its exit code: returns 2),
+    unless ``--debug`` is given (then it propagates with its traceback)."""
     if "--debug" not in parser._option_string_actions:
         parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     args = parser.parse_args(argv)
@@ -45,4 +45,6 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.Argument
         if args.debug:
             raise
         print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        if return_code:
+            return EXIT_USER_ERROR
         raise SystemExit(EXIT_USER_ERROR) from None
