@@ -25,6 +25,7 @@ from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder,
 from fsvfm.models_fas import add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.models_vit import is_fs_adapter
 from fsvfm.util.checkpoint import (
+    CheckpointError,
     args_dict,
     load_checkpoint,
     load_model_weights,
@@ -180,10 +181,10 @@ def infer_fas_model_name(state: dict[str, torch.Tensor]) -> str:
     prefix = "backbone.vit."
     vit = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not vit:
-        raise ValueError("not a FAS checkpoint: no backbone.vit.* weights")
+        raise CheckpointError("not a FAS checkpoint: no backbone.vit.* weights")
     name = infer_classifier_name(vit)
     if name is None:
-        raise ValueError("cannot tell the FAS model from its ViT's patch size, width and depth; pass the "
+        raise CheckpointError("cannot tell the FAS model from its ViT's patch size, width and depth; pass the "
                          "checkpoint of a known size")
     return name
 

@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +44,12 @@ from fsvfm.util.checkpoint import (
     load_model_weights,
     model_state_from,
 )
+from fsvfm.util.cli import run_cli
 from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.util.device_data import DeviceNormalize
+from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import atomic_write_image
-from fsvfm.util.norm_stats import StatsFileError, checkpoint_mean_std
+from fsvfm.util.norm_stats import checkpoint_mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ SHADE, SHADE_RGB, REGION_RGB = 0.55, (0.25, 0.25, 0.25), (0.9, 0.15, 0.15)
 TB_IMAGE_TAG, TB_NUM_FACES = "crfrp_reconstruction", 8
 
 
-class VisualizeError(ValueError):
+class VisualizeError(DataError):
     """A user input the pictures cannot be made from (unreadable image, no face, wrong model)."""
 
 
@@ -382,19 +383,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        face, parsing_map = prepare_face(args.image, args.backend, crop=not args.no_crop)
-        pretrained = load_pretrained(args.checkpoint, args.device) if args.checkpoint else None
-        figure = masking_figure(face, parsing_map, args.region, pretrained, args.mask_ratio, args.seed, args.dpi)
-    except (VisualizeError, CheckpointError, StatsFileError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _masking(args: argparse.Namespace) -> int:
+    face, parsing_map = prepare_face(args.image, args.backend, crop=not args.no_crop)
+    pretrained = load_pretrained(args.checkpoint, args.device) if args.checkpoint else None
+    figure = masking_figure(face, parsing_map, args.region, pretrained, args.mask_ratio, args.seed, args.dpi)
     out = save_image(args.out, figure)
     print(f"wrote {out} ({figure.shape[1]}x{figure.shape[0]})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0, or 2 after one line for a user mistake (``util.cli.run_cli``)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run_cli(_masking, get_args_parser(), argv, return_code=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.checkpoint import load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
 from fsvfm.util.fas_data import fas_transform
 from fsvfm.util.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
 from fsvfm.util.synthetic import make_synthetic_fas_tree
@@ -198,7 +198,7 @@ def test_released_layouts_load_by_their_weights(tmp_path):
     with torch.device("meta"):
         for name in ("vit_base_patch16", "vit_large_patch16_fs_adapter", "vit_huge_patch14"):
             assert engine_fas.infer_fas_model_name(create_fas_model(name).state_dict()) == name
-    with pytest.raises(ValueError, match="not a FAS checkpoint: no backbone.vit"):
+    with pytest.raises(CheckpointError, match="not a FAS checkpoint: no backbone.vit"):
         engine_fas.infer_fas_model_name({"cls_token": torch.zeros(1, 1, 384)})
     model = create_fas_model("vit_small_patch16").eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedder.bottleneck_layer.0.")}
