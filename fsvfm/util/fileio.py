@@ -41,11 +41,19 @@ def _with_errno(number: int, message: str) -> OutputError:
     return error
 
 
-def output_error(error: OSError, path: str | os.PathLike | None = None) -> OutputError | None:
+def output_error(error: BaseException, path: str | os.PathLike | None = None) -> OutputError | None:
     """The one-line ``OutputError`` for a full disk or a read-only folder while writing ``path`` (default:
-    the file the error names), None for any other ``OSError``."""
+    the file the error names), None for any other error. The ``OSError`` may be the cause or context of
+    ``error``: torch's zip writer masks a failed write with "unexpected pos" at its end of file."""
     if isinstance(error, OutputError):
         return error
+    seen = set()
+    while error is not None and id(error) not in seen and not (
+            isinstance(error, OSError) and error.errno in (*DISK_FULL, *READ_ONLY)):
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    if error is None or id(error) in seen:
+        return None
     target = Path(path if path is not None else (error.filename or "the output"))
     if error.errno in DISK_FULL:
         return _with_errno(error.errno, f"no space left on device while writing {target} ({_free_space(target)} "
@@ -119,7 +127,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[s
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError) and (fault := output_error(e, path)) is not None and fault is not e:
+        if isinstance(e, Exception) and (fault := output_error(e, path)) is not None and fault is not e:
             raise fault from e
         raise
     if durable:
