@@ -44,6 +44,16 @@ MCIO_DEFAULT = REPO / "datasets/finetune/preprocess_FAS/config/default.py"
 _open, _os_open = builtins.open, os.open
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_console_handler():
+    """The programs' console handler holds the stderr of the test that installed it (capsys's, closed later)."""
+    import logging
+    yield
+    for handler in [h for h in logging.getLogger().handlers if getattr(h, "_fsvfm", False)]:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def _exit_line(capsys, run, code: int = 2) -> str:
     """Run ``run()``: exit ``code`` (raised or returned), exactly one ``error:`` line, the last on stderr."""
     try:
