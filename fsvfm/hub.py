@@ -147,6 +147,11 @@ def _timed_out(err: BaseException) -> bool:
     return False
 
 
+def _is_network_error(err: BaseException) -> bool:
+    """An error of the HTTP client under huggingface_hub (httpx, httpx2 or requests, by its version)."""
+    return type(err).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib")
+
+
 def _hub_error(repo_id: str, path: str, err: Exception) -> HubError:
     from huggingface_hub import constants
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -168,6 +173,10 @@ def _hub_error(repo_id: str, path: str, err: Exception) -> HubError:
                if _timed_out(err) else f"{constants.ENDPOINT} cannot be reached")
         return HubError(f"{where} is not in the hub cache {constants.HF_HUB_CACHE} and {why}; download it "
                         "once online, or set HF_ENDPOINT to a reachable mirror")
+    if _is_network_error(err):
+        why = (f"did not answer within {constants.HF_HUB_ETAG_TIMEOUT} s (HF_HUB_ETAG_TIMEOUT)" if _timed_out(err)
+               else f"cannot be reached ({type(err).__name__}: {err})")
+        return HubError(f"{where}: {constants.ENDPOINT} {why}; retry later, or set HF_ENDPOINT to a reachable mirror")
     return HubError(f"cannot fetch {where}: {type(err).__name__}: {err}")
 
 
@@ -188,6 +197,9 @@ class _FirstWarningOnly(logging.Filter):
         return self.seen == 1
 
 
+_RETRY_LOGGERS = ("huggingface_hub.utils._http", "huggingface_hub.file_download", "huggingface_hub._snapshot_download")
+
+
 @contextlib.contextmanager
 def _bounded_hub_calls():
     """One retry line instead of about twenty, and a bounded wait for an endpoint that never answers:
@@ -195,20 +207,17 @@ def _bounded_hub_calls():
     in all); that per-retry timeout is lowered to ``HF_HUB_ETAG_TIMEOUT / 2`` (5 s by default, about a minute
     in all). Raise HF_HUB_ETAG_TIMEOUT for a slow mirror."""
     from huggingface_hub import constants, file_download
-    hub_logger = logging.getLogger("huggingface_hub")
     only_first = _FirstWarningOnly()
-    hub_logger.addFilter(only_first)
-    for handler in hub_logger.handlers:
-        handler.addFilter(only_first)
+    for name in _RETRY_LOGGERS:  # a logger's filter sees only the records made on it, not its children's
+        logging.getLogger(name).addFilter(only_first)
     previous = getattr(file_download, "_ETAG_RETRY_TIMEOUT", None)
     if previous is not None:  # a private setting of huggingface_hub; absent in other versions: left alone
         file_download._ETAG_RETRY_TIMEOUT = min(previous, max(1, constants.HF_HUB_ETAG_TIMEOUT / 2))
     try:
         yield
     finally:
-        hub_logger.removeFilter(only_first)
-        for handler in hub_logger.handlers:
-            handler.removeFilter(only_first)
+        for name in _RETRY_LOGGERS:
+            logging.getLogger(name).removeFilter(only_first)
         if previous is not None:
             file_download._ETAG_RETRY_TIMEOUT = previous
 
@@ -273,6 +282,10 @@ def hub_file(path: str, repo_id: str = REPO_ID, force: bool = False) -> Path:
             return Path(hf_hub_download(repo_id=repo_id, filename=path, force_download=force))
     except (HfHubHTTPError, OSError, ValueError) as e:  # LocalEntryNotFoundError is an OSError
         raise _hub_error(repo_id, path, e) from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise _hub_error(repo_id, path, e) from e
 
 
 def hub_folder(folder: str, repo_id: str = REPO_ID, force: bool = False) -> list[tuple[str, Path]]:
@@ -284,6 +297,10 @@ def hub_folder(folder: str, repo_id: str = REPO_ID, force: bool = False) -> list
         with _bounded_hub_calls():
             root = Path(snapshot_download(repo_id=repo_id, allow_patterns=[f"{folder}/*"], force_download=force))
     except (HfHubHTTPError, OSError, ValueError) as e:
+        raise _hub_error(repo_id, folder + "/", e) from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
         raise _hub_error(repo_id, folder + "/", e) from e
     files = sorted(p for p in (root / folder).rglob("*") if p.is_file())
     if not files:
@@ -408,6 +425,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """``list`` or ``download`` (a ``HubError`` names the repository and path)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("huggingface_hub").propagate = False  # it has its own handler: each line once, not twice
     if args.command == "list":
         rows = list_rows(args.dir, args.remote)
         width = [max(len(r[i]) for r in rows) for i in range(3)]
