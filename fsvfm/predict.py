@@ -17,7 +17,8 @@ One record per input::
      "faces": [{"frame": int | None, "box": [x1, y1, x2, y2], "detector_score": float | None,
                 "score_real": float, "score_fake": float}, ...],
      "score_real": float | None,   # mean over all faces (and frames): the test protocol's video score
-     "error": str | None}          # e.g. unreadable file, no face found
+     "error": str | None,          # e.g. unreadable file, no face found, any failure on this input
+     "warning": str | None}        # scored, but from a partial input (truncated image, short video)
 
 ``box`` is the square crop that was scored (pixel coordinates, x2/y2 exclusive); ``frame`` is the video
 frame index (None for still images). Python API::
@@ -52,12 +53,21 @@ from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.checkpoint import args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UsageError
-from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
+from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text, writable_folder_problem
+from fsvfm.util.images import (
+    ImageTooLargeError,
+    UnreadableImageError,
+    add_max_pixels_flag,
+    apply_max_pixels_flag,
+    read_bgr,
+)
 from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 REAL, FAKE = DFD_VOCABULARY.positive, DFD_VOCABULARY.names.index("fake")  # class indices of the DfD heads
+
+SAVE_EVERY_S = 60.0  # --output is rewritten (atomically) at most this often during a run
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -196,7 +206,11 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 
 def new_record(path: str | None, kind: str) -> dict[str, Any]:
-    return {"path": path, "type": kind, "faces": [], "score_real": None, "error": None}
+    return {"path": path, "type": kind, "faces": [], "score_real": None, "error": None, "warning": None}
+
+
+def _note(record: dict, warning: str) -> None:
+    record["warning"] = warning if not record["warning"] else f"{record['warning']}; {warning}"
 
 
 # ---------------------------------------------------------------------------------- detector
@@ -252,8 +266,17 @@ class Detector:
             record["error"] = "file not found"
             return
         if record["type"] == "image":
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            warnings: list[str] = []
+            try:
+                bgr = read_bgr(path, warnings)
+            except ImageTooLargeError as e:
+                record["error"] = str(e)
+                return
+            except UnreadableImageError:
+                bgr = None
             if bgr is not None:
+                for w in warnings:
+                    _note(record, w)
                 yield from ((None, f) for f in self.faces_of(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
                 return
             if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
@@ -264,9 +287,15 @@ class Detector:
             record["error"] = "cannot read this file as an image or a video"
             return
         record["type"] = "video"
+        missing = []
         for idx, frame in read_frames(path, self.frame_indices(count)):
-            if frame is not None:
+            if frame is None:
+                missing.append(idx)
+            else:
                 yield from ((idx, f) for f in self.faces_of(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+        if missing:
+            _note(record, f"the video ended before frame {missing[0]} of the {count} its header claims: "
+                          f"{len(missing)} sampled frame(s) not scored")
 
     # ------------------------------------------------------------------------------ scoring
     def score_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -284,30 +313,39 @@ class Detector:
             out.append(logits.float().softmax(dim=-1).cpu().numpy())
         return np.concatenate(out)
 
-    def _flush(self, queue: list[tuple[dict, torch.Tensor]]) -> None:
-        if queue:
-            probs = self._score([t for _, t in queue])
-            for (entry, _), p in zip(queue, probs):
+    def _flush(self, queue: list[tuple[dict, dict, torch.Tensor]]) -> None:
+        if not queue:
+            return
+        try:
+            probs = self._score([t for _, _, t in queue])
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: the inputs of this batch fail, the run goes on
+            for record, _, _ in queue:
+                _fail(record, e)
+        else:
+            for (_, entry, _), p in zip(queue, probs):
                 entry["score_real"], entry["score_fake"] = float(p[REAL]), float(p[FAKE])
-            queue.clear()
+        queue.clear()
 
     def predict_many(self, items: Iterable[ImageInput]) -> Iterator[dict[str, Any]]:
-        """One record per input, in order; faces of consecutive inputs share batches."""
-        queue: list[tuple[dict, torch.Tensor]] = []
+        """One record per input, in order; faces of consecutive inputs share batches. Any failure on
+        one input becomes that input's ``error``; the others go on."""
+        queue: list[tuple[dict, dict, torch.Tensor]] = []
         ready: list[dict] = []
         for item in items:
             is_path = isinstance(item, (str, os.PathLike))
             record = new_record(str(item) if is_path else None, input_type(item) if is_path else "image")
+            if not is_path:
+                item = _rgb(item)  # a wrong array type is the caller's mistake (TypeError), not an input's
             try:
                 for frame, face in self._crops(item, record):
                     tensor = self.transform(Image.fromarray(face.image))
                     entry = {"frame": frame, "box": [int(v) for v in face.box], "detector_score": face.detector_score}
                     record["faces"].append(entry)
-                    queue.append((entry, tensor))
+                    queue.append((record, entry, tensor))
                     if len(queue) >= self.batch_size:
                         self._flush(queue)
-            except (OSError, ValueError, cv2.error) as e:  # a bad file must not stop the run
-                record["error"] = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - one input (a bad file, memory) must not stop the run
+                _fail(record, e)
             ready.append(record)
             if not queue:
                 yield from map(_finish, ready)
@@ -320,8 +358,17 @@ class Detector:
         return next(self.predict_many([item]))
 
 
+def _fail(record: dict, error: BaseException) -> None:
+    """The input of ``record`` failed: its error, no faces (a partial video gets no score)."""
+    logger.debug("%s failed", record["path"], exc_info=error)
+    record["error"] = f"{type(error).__name__}: {error}".strip()
+    record["faces"] = []
+
+
 def _finish(record: dict) -> dict:
     """Record score = mean face score (the test protocol's video score); no face is an error."""
+    if record["error"] is not None:
+        record["faces"] = []
     if record["faces"]:
         record["score_real"] = float(np.mean([f["score_real"] for f in record["faces"]]))
     elif record["error"] is None:
@@ -331,13 +378,13 @@ def _finish(record: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ outputs
 CSV_COLUMNS = ("path", "type", "frame", "x1", "y1", "x2", "y2", "detector_score", "score_real", "score_fake",
-               "input_score_real", "error")
+               "input_score_real", "error", "warning")
 
 
 def csv_rows(records: Iterable[dict]) -> Iterator[list[Any]]:
     """One row per face; an input without faces gets one row with empty face columns (and its error)."""
     for r in records:
-        tail = [r["score_real"], r["error"]]
+        tail = [r["score_real"], r["error"], r.get("warning")]
         for f in r["faces"]:
             yield [r["path"], r["type"], f["frame"], *f["box"], f["detector_score"], f["score_real"],
                    f["score_fake"], *tail]
@@ -377,7 +424,7 @@ def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int) ->
         return []
     stem = f"{index:03d}_{Path(record['path']).stem}"
     if record["type"] == "image":
-        frames = [(None, cv2.imread(record["path"], cv2.IMREAD_COLOR))]
+        frames = [(None, read_bgr(record["path"]))]
     else:
         frames = list(read_frames(record["path"], sorted({f["frame"] for f in record["faces"]})))
     written = []
@@ -395,7 +442,7 @@ def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int) ->
 def table_line(record: dict) -> str:
     score = "-" if record["score_real"] is None else f"{record['score_real']:.4f}"
     verdict = "-" if record["score_real"] is None else ("real" if record["score_real"] >= 0.5 else "fake")
-    error = f"  ({record['error']})" if record["error"] else ""
+    error = f"  ({record['error']})" if record["error"] else f"  (warning: {record['warning']})" if record.get("warning") else ""
     return f"{score:>10}  {verdict:<7}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
 
 
@@ -419,6 +466,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: fp16 on CUDA, none on CPU)")
     p.add_argument("--save_vis", default=None, metavar="DIR", help="write annotated images (boxes and P(real)) here")
+    add_max_pixels_flag(p)
     return p
 
 
@@ -429,6 +477,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--every and --num_frames must be at least 1")
     if args.max_faces is not None and args.max_faces < 1:
         raise UsageError("--max_faces must be at least 1")
+    apply_max_pixels_flag(args)
+    # before any scoring: a folder that cannot take the results is found now, not after the run
+    for flag, folder in (("--output", Path(args.output).parent if args.output else None), ("--save_vis", args.save_vis)):
+        if folder is not None:
+            problem = writable_folder_problem(folder)
+            if problem:
+                raise UsageError(f"{flag} {getattr(args, flag[2:])}: {problem}")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -445,17 +500,32 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
           f"on {det.device}; score_real = P(real), >= 0.5 -> real")
     print(f"{'score_real':>10}  {'verdict':<7}  {'faces':>5}  {'type':<5}  input")
-    records = []
-    for i, record in enumerate(det.predict_many(inputs)):
-        print(table_line(record), flush=True)
-        if args.save_vis:
-            save_visualisations(record, args.save_vis, i)
-        records.append(record)
+    records: list[dict] = []
+    written_at = time.monotonic()
+    try:
+        for i, record in enumerate(det.predict_many(inputs)):
+            if args.save_vis:
+                try:
+                    save_visualisations(record, args.save_vis, i)
+                except Exception as e:  # noqa: BLE001 - the score stands without its picture
+                    _note(record, f"no visualisation ({type(e).__name__}: {e})")
+            print(table_line(record), flush=True)
+            records.append(record)
+            if args.output and time.monotonic() - written_at > SAVE_EVERY_S:  # finished work survives a kill
+                write_output(args.output, records)
+                written_at = time.monotonic()
+    finally:
+        if args.output and len(records) < len(inputs):
+            write_output(args.output, records)
+            print(f"stopped after {len(records)} of {len(inputs)} inputs; wrote their records to {args.output}",
+                  file=sys.stderr, flush=True)
     if args.output:
         write_output(args.output, records)
     n_faces = sum(len(r["faces"]) for r in records)
     n_err = sum(r["error"] is not None for r in records)
-    print(f"{len(records)} inputs, {n_faces} faces, {n_err} without a score, {time.time() - start:.1f} s"
+    n_warn = sum(r["warning"] is not None for r in records)
+    print(f"{len(records)} inputs, {n_faces} faces, {n_err} without a score"
+          + (f", {n_warn} with a warning" if n_warn else "") + f", {time.time() - start:.1f} s"
           + (f"; wrote {args.output}" if args.output else ""))
     return records
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
+from fsvfm.util.images import check_pixels, cv2_path
 from fsvfm.util.naming import FRAME_SEPARATOR
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def frame_count(path: str) -> int:
 
     Returns -1 when the file cannot be opened as a video.
     """
-    cap = cv2.VideoCapture(str(path))
+    with cv2_path(path) as name:
+        cap = cv2.VideoCapture(name)
     try:
         if not cap.isOpened():
             return -1
@@ -65,9 +67,12 @@ def read_frames(path: str, indices: Iterable[int]) -> Iterator[tuple[int, np.nda
     (metadata overestimating the count) come back as None so the caller can count them.
     """
     wanted = sorted(set(indices))
-    cap = cv2.VideoCapture(str(path))
+    with cv2_path(path) as name:  # an open capture keeps its file: the link may go
+        cap = cv2.VideoCapture(name)
     try:
         pos, ok = 0, cap.isOpened()
+        if ok:  # the pixel guard of the image readers, from the stream's header
+            check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), path)
         for idx in wanted:
             while ok and pos < idx:
                 ok = cap.grab()
