@@ -38,6 +38,7 @@ from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
+from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
@@ -48,9 +49,7 @@ from fsvfm.util.finetune_data import (
     dataset_video_names,
 )
 from fsvfm.util.images import unreadable_files
-from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.log import setup_logging, summary_writer
-from fsvfm.util.naming import ClassVocabulary, checkpoint_vocabulary
 from fsvfm.util.metrics import (
     METRIC_MODES,
     OneClassError,
@@ -59,6 +58,7 @@ from fsvfm.util.metrics import (
     get_video_level_label_pred,
     roc_points,
 )
+from fsvfm.util.naming import ClassVocabulary, checkpoint_vocabulary
 
 logger = logging.getLogger(__name__)
 

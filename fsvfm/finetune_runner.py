@@ -53,8 +53,8 @@ from fsvfm.util.fileio import append_json_line
 from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
-from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak

@@ -453,7 +453,7 @@ def place_labels(boxes: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]
     row; x is shifted left where the label would leave the right edge. ``sizes``: (w, h) per label (at
     most the picture's size)."""
     placed: list[Rect] = []
-    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes):
         w, h = min(w, width), min(h, height)
         x = min(max(int(x1), 0), width - w)
         rows = [int(y1) - h, int(y1), int(y2)]

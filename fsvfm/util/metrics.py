@@ -14,7 +14,13 @@ from typing import Callable
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
 
 from fsvfm.util.errors import DataError
 
