@@ -398,7 +398,8 @@ def write_output(path: str | os.PathLike, records: list[dict]) -> None:
     if path.suffix.lower() == ".json":
         atomic_write_text(path, json.dumps(records, indent=2) + "\n")
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a file name that is not UTF-8 is written as its own bytes, so it still names the file
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         writer.writerows([("" if v is None else v) for v in row] for row in csv_rows(records))
@@ -443,7 +444,8 @@ def table_line(record: dict) -> str:
     score = "-" if record["score_real"] is None else f"{record['score_real']:.4f}"
     verdict = "-" if record["score_real"] is None else ("real" if record["score_real"] >= 0.5 else "fake")
     error = f"  ({record['error']})" if record["error"] else f"  (warning: {record['warning']})" if record.get("warning") else ""
-    return f"{score:>10}  {verdict:<7}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+    line = f"{score:>10}  {verdict:<7}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 name prints escaped
 
 
 # ----------------------------------------------------------------------------------------- CLI
