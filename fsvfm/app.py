@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -289,11 +291,25 @@ def load_models(args: argparse.Namespace) -> tuple[dict[str, Detector], Pretrain
     return detectors, pretrained
 
 
+def check_port(host: str, port: int) -> None:
+    """``UsageError`` naming ``--port`` when ``host:port`` cannot be bound (in use, privileged, out of range)."""
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        why = {errno.EADDRINUSE: "is already in use (another app or server?)",
+               errno.EACCES: "needs extra privileges (ports below 1024)"}.get(e.errno, f"cannot be bound ({e.strerror})")
+        raise UsageError(f"--port {port}: {host}:{port} {why}; choose another --port, e.g. --port {port + 1 if port < 65535 else 7860}") from e
+
+
 def serve(args: argparse.Namespace) -> int:
     """Load the models, then serve the app until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.max_file_mb <= 0:
         raise UsageError("--max_file_mb must be positive")
+    check_port(args.host, args.port)  # before the (long) model loading
     apply_max_pixels_flag(args)
     detectors, pretrained = load_models(args)
     max_bytes = int(args.max_file_mb * MIB)

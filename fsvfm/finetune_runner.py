@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from fsvfm.adapter_hooks import check_resume_flags, check_trainable_flags
 from fsvfm.engine_finetune import evaluate, make_eval_loader, train_one_epoch
 from fsvfm.finetune_setup import (
     build_mixup_and_criterion,
@@ -42,6 +43,7 @@ from fsvfm.util.checkpoint import (
     check_finite_state,
     drop_log_records_from,
     epoch_checkpoint_tags,
+    load_checkpoint,
     remove_stale_temp_files,
     restore_training_state,
     resume_path,
@@ -74,6 +76,7 @@ def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     """Fine-tune; returns ``{'min_val_loss', 'last_val', 'output_dir'}`` (``{}`` with ``--eval``)."""
+    check_trainable_flags(args)  # before the start-up log: a wrong flag is one line
     default_output_dir(args, "finetune")
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())
@@ -177,7 +180,10 @@ def _build(args: argparse.Namespace, task: FinetuneTask, device: torch.device,
 def _resume(args: argparse.Namespace, run_state: _Run, path: Path) -> None:
     """Training state from ``path``; the best validation loss is the lower of the file's and that of
     ``checkpoint-min_val_loss.pth`` in ``--output_dir``; ``log.txt`` records from the next epoch on go."""
-    ckpt = restore_training_state(path, run_state.model_without_ddp, run_state.optimizer, run_state.scaler, args)
+    ckpt = load_checkpoint(path)
+    check_resume_flags(args, ckpt, path)
+    ckpt = restore_training_state(path, run_state.model_without_ddp, run_state.optimizer, run_state.scaler, args,
+                                  checkpoint=ckpt)
     best_file = Path(args.output_dir) / "checkpoint-min_val_loss.pth"
     best = math.inf if best_file.resolve() == Path(path).resolve() else best_value_in(best_file, "min_val_loss")
     run_state.min_val_loss = min(float(ckpt.get("min_val_loss", math.inf)), best)  # ckpt is that file: read once

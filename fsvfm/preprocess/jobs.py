@@ -22,6 +22,7 @@ from PIL import Image
 from fsvfm.preprocess.faces import FaceCropper
 from fsvfm.preprocess.parsing import build_parser, output_paths, parser_input, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
+from fsvfm.util.errors import OutputError
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
 from fsvfm.util.images import UnreadableImageError, read_bgr, read_rgb
 
@@ -154,6 +155,8 @@ class Worker:
         out = Summary()
         try:
             _HANDLERS[job.kind](self, job, out)
+        except OutputError:  # a full disk or a read-only --dst fails every later job too: stop, one line
+            raise
         except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run
             logger.debug("job failed: %s", job, exc_info=True)
             out.add("error", job.src, f"{type(e).__name__}: {e}")

@@ -165,9 +165,10 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, torch.Ten
 
     The weights go under ``model_key`` (``model``; the FAS files keep the original's ``state_dict``)."""
     path = Path(path)
-    with atomic_path(path, durable=True) as tmp:
+    # through a Python file object: a full disk is then an OSError (ENOSPC), not torch's "unexpected pos"
+    with atomic_path(path, durable=True) as tmp, open(tmp, "wb") as f:
         torch.save(checkpoint_payload(model_state, optimizer=optimizer, epoch=epoch, scaler=scaler, args=args,
-                                      model_name=model_name, model_key=model_key, **extra), tmp)
+                                      model_name=model_name, model_key=model_key, **extra), f)
     logger.info("Saved checkpoint %s", path)
     return path
 
@@ -388,7 +389,8 @@ def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Map
     with contextlib.ExitStack() as stack:
         for i, (role, payload) in enumerate(payloads.items()):
             tmp = stack.enter_context(atomic_path(files[role], durable=True))
-            torch.save({**payload, "run_id": run_id, "epoch": epoch, "set_role": role}, tmp)
+            with open(tmp, "wb") as f:  # a full disk: OSError, not "unexpected pos" (see save_checkpoint)
+                torch.save({**payload, "run_id": run_id, "epoch": epoch, "set_role": role}, f)
             if i == 0:  # runs on exit after the later members are renamed, before this one is
                 stack.callback(_drill_pause, "between-renames")
         manifest.unlink(missing_ok=True)
