@@ -30,7 +30,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from fsvfm.predict import Detector, save_visualisations
 from fsvfm.preprocess.parsing import BACKENDS
@@ -42,6 +41,7 @@ from fsvfm.util.images import (
     ImageTooLargeError,
     add_max_pixels_flag,
     apply_max_pixels_flag,
+    header_size,
     max_pixels,
     open_image,
 )
@@ -83,8 +83,7 @@ def upload_problem(path: str | os.PathLike | None, max_bytes: int, suffixes: Seq
         try:  # the readers' pixel guard, from the header: nothing is decoded here
             open_image(p).close()
         except ImageTooLargeError:
-            with Image.open(p) as im:
-                w, h = im.size
+            w, h = header_size(p.read_bytes())
             return (f"**{p.name}** is a {w}x{h} image ({w * h / 1e6:.0f} megapixels); this app takes images up to "
                     f"{max_pixels() / 1e6:.0f} megapixels (`--max_megapixels`).")
         except (OSError, ValueError, SyntaxError):

@@ -466,7 +466,8 @@ def write_output(path: str | os.PathLike, records: list[dict], vocab: ClassVocab
     if path.suffix.lower() == ".json":
         atomic_write_text(path, json.dumps(records, indent=2) + "\n")
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a file name that is not UTF-8 is written as its own bytes, so it still names the file
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(csv_columns(vocab))
         writer.writerows([("" if v is None else v) for v in row] for row in csv_rows(records, vocab))
@@ -590,7 +591,8 @@ def table_line(record: dict, vocab: ClassVocabulary = DFD_VOCABULARY) -> str:
     verdict = record["label"] or "-"
     error = (f"  ({record['error']})" if record["error"]
              else f"  (warning: {record['warning']})" if record.get("warning") else "")
-    return f"{score:>10}  {verdict:<9}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+    line = f"{score:>10}  {verdict:<9}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 name prints escaped
 
 
 def reading(vocab: ClassVocabulary) -> str:

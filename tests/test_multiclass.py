@@ -70,7 +70,7 @@ def test_released_unified_detector_scored_by_predict(released_unified, tmp_path,
     assert predict.main(["--checkpoint", str(released_unified), str(photo), "--output", str(csv_out), "--device", "cpu"]) == 0
     header, row = csv_out.read_text().splitlines()[:2]
     assert header.split(",")[8:] == ["score_real", "score_deepfake", "score_diffusion", "score_spoof", "label",
-                                     "input_label", "error"]
+                                     "input_label", "error", "warning"]
     assert row.split(",")[12] == face["label"]
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -105,14 +106,26 @@ def check_pixels(width: int, height: int, name: object = "image") -> None:
             f"{limit / 1e6:.0f}; refused before decoding (raise it with --max_megapixels)")
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _header_only() -> Iterator[None]:
+    """Pillow's own bomb check off while a header is read (nothing is decoded), so ours reports the size."""
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from an encoded image's header (Pillow's lazy open), None when Pillow does
     not know the format (OpenCV's own limit then applies, and the decoded size is checked)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with _header_only(), Image.open(io.BytesIO(data)) as img:
             return img.size
-    except Image.DecompressionBombError:
-        return 2 ** 31 - 1, 2 ** 31 - 1  # more than any limit: refused by check_pixels
     except UNREADABLE_IMAGE_ERRORS:
         return None
 
@@ -120,7 +133,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 def truncation_warning(data: bytes) -> str | None:
     """A note when a JPEG lacks its end-of-image marker or a PNG its IEND chunk (decoders fill the rest)."""
     if data[:3] == b"\xff\xd8\xff" and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
-        return "truncated JPEG (no end-of-image marker): the missing part was filled in"
+        return "truncated JPEG (no end-of-image marker): the missing part was filled in grey"
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:
         return "truncated PNG (no IEND chunk)"
     return None
@@ -147,14 +160,29 @@ def decode_bgr(data: bytes, name: object = "image", warnings: list[str] | None =
     if size is not None:
         check_pixels(*size, name)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if flags is None else flags) if data else None
+    note = truncation_warning(data)
+    if img is None and note and size is not None:
+        img = _decode_truncated(data)  # OpenCV refuses a cut file; Pillow decodes the part that is there
     if img is None:
         raise UnreadableImageError(f"unreadable image {name}: not an image OpenCV can decode")
     if size is None:
         check_pixels(img.shape[1], img.shape[0], name)
-    note = truncation_warning(data)
     if note and warnings is not None:
         warnings.append(note)
     return img
+
+
+def _decode_truncated(data: bytes) -> np.ndarray | None:
+    from PIL import ImageFile
+    with _PIL_LIMIT_LOCK:
+        saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, True
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return np.ascontiguousarray(np.asarray(img.convert("RGB"))[:, :, ::-1])
+        except UNREADABLE_IMAGE_ERRORS:
+            return None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def read_bgr(path: str | os.PathLike, warnings: list[str] | None = None) -> np.ndarray:
@@ -164,10 +192,8 @@ def read_bgr(path: str | os.PathLike, warnings: list[str] | None = None) -> np.n
 
 def open_image(path: str | os.PathLike) -> Image.Image:
     """A lazily opened PIL image of ``path`` after the pixel guard (use it in a ``with``)."""
-    try:
+    with _header_only():
         img = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{path}: {e}; refused before decoding (raise it with --max_megapixels)") from e
     try:
         check_pixels(*img.size, path)
     except ImageTooLargeError:
