@@ -16,6 +16,7 @@ import torch
 from fsvfm import engine_fas, main_finetune_DfD, predict
 from fsvfm.finetune_setup import build_optimizer
 from fsvfm.models_fas import create_fas_model
+from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import (
     CheckpointError,
     checkpoint_payload,
@@ -24,6 +25,7 @@ from fsvfm.util.checkpoint import (
     restore_training_state,
 )
 from fsvfm.util.cli import run_cli
+from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.preprocess_helpers import faces_dir
 from tests.tiny_checkpoints import detector_checkpoint
 
@@ -215,3 +217,12 @@ def test_our_files_leave_out_a_missing_optimizer_and_a_disabled_scaler():
     assert "optimizer" not in payload and "scaler" not in payload
     enabled = torch.amp.GradScaler("cpu", enabled=True)
     assert checkpoint_payload({"w": torch.zeros(1)}, scaler=enabled)["scaler"]["scale"] == 65536.0
+
+
+def test_fas_backbone_loader_strips_the_mcf_target_encoder_prefix(tmp_path):
+    torch.manual_seed(0)
+    encoder = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    torch.save({"model": {f"target_encoder.{k}": v for k, v in encoder.state_dict().items()}}, tmp_path / "mcf.pth")
+    model = create_fas_model("vit_small_patch16", **TINY_VIT)
+    engine_fas.load_fas_encoder(model, tmp_path / "mcf.pth")
+    assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight, encoder.blocks[1].mlp.fc2.weight)
