@@ -19,6 +19,8 @@ import torch
 
 from fsvfm.engine_finetune import LossFn, criterion_loss
 from fsvfm.models_vit import FSAdapterViT, is_fs_adapter
+from fsvfm.util.checkpoint import args_dict
+from fsvfm.util.errors import UsageError
 from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.naming import ClassVocabulary
 from fsvfm.util.trainable import ParamCount, apply_trainable_modules
@@ -29,17 +31,40 @@ logger = logging.getLogger(__name__)
 def configure_classifier(model: torch.nn.Module, args: argparse.Namespace) -> ParamCount:
     """Freeze what ``--trainable_modules`` leaves out and log the trainable count and share.
 
-    ``fs-adapter`` needs an FS-Adapter model (``ValueError`` naming the fix otherwise); ``--train_fc_norm``
+    ``fs-adapter`` needs an FS-Adapter model (``UsageError`` naming the fix otherwise); ``--train_fc_norm``
     needs ``fs-adapter`` mode. Other models ignore ``--temperature``/``--weight_cl``/``--adapter_reduction``.
     """
     mode = getattr(args, "trainable_modules", "all")
     train_fc_norm = getattr(args, "train_fc_norm", False)
-    if mode != "all" and not isinstance(model, FSAdapterViT):
-        raise ValueError(f"--trainable_modules {mode} trains the FS-Adapter, but --model {args.model} has none: "
-                         f"use --model {args.model}_fs_adapter (or --trainable_modules all)")
-    if train_fc_norm and mode == "all":
-        raise ValueError("--train_fc_norm only applies with --trainable_modules fs-adapter (with 'all' fc_norm trains)")
+    check_trainable_flags(args, has_adapter=isinstance(model, FSAdapterViT))
     return apply_trainable_modules(model, mode, train_fc_norm=train_fc_norm)
+
+
+def check_trainable_flags(args: argparse.Namespace, has_adapter: bool | None = None) -> None:
+    """``UsageError`` naming the flag when ``--trainable_modules fs-adapter`` meets a model without an
+    FS-Adapter (``has_adapter``; default: from the ``--model`` name, so it runs before anything is built), or
+    ``--train_fc_norm`` comes without it."""
+    mode = getattr(args, "trainable_modules", "all")
+    if has_adapter is None:
+        has_adapter = is_fs_adapter(args.model)
+    if mode != "all" and not has_adapter:
+        raise UsageError(f"--trainable_modules {mode} trains the FS-Adapter, but --model {args.model} has none: "
+                         f"use --model {args.model}_fs_adapter (or --trainable_modules all)")
+    if getattr(args, "train_fc_norm", False) and mode == "all":
+        raise UsageError("--train_fc_norm only applies with --trainable_modules fs-adapter (with 'all' fc_norm trains)")
+
+
+def check_resume_flags(args: argparse.Namespace, checkpoint: dict, path) -> None:
+    """A resumed run must train what the interrupted one trained: ``UsageError`` naming the flag to add when
+    ``--trainable_modules`` / ``--train_fc_norm`` differ from the checkpoint's (its optimizer holds the
+    parameter groups of those flags)."""
+    stored = args_dict(checkpoint)
+    for flag, default in (("trainable_modules", "all"), ("train_fc_norm", False)):
+        was, now = stored.get(flag, default), getattr(args, flag, default)
+        if was != now:
+            given = f"--{flag} {was}" if flag == "trainable_modules" else (f"--{flag}" if was else f"no --{flag}")
+            raise UsageError(f"{path} was trained with {given} but this run has --{flag} {now}: rerun with "
+                             f"{given} to resume it, or give another --output_dir to start afresh")
 
 
 def fs_adapter_loss(criterion: torch.nn.Module, args: argparse.Namespace, *, pos_class_index: int) -> LossFn:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import torch
 
+from fsvfm.util.errors import UsageError
+
 AMP_CHOICES = ("fp16", "bf16", "none")
 
 
@@ -16,9 +18,10 @@ def resolve_amp(amp: str | None, device: torch.device | str) -> str:
     if amp in (None, "", "auto"):
         return "fp16" if device_type == "cuda" else "none"
     if amp not in AMP_CHOICES:
-        raise ValueError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
+        raise UsageError(f"--amp must be one of {AMP_CHOICES}, got {amp!r}")
     if amp == "fp16" and device_type != "cuda":
-        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
+        raise UsageError(f"--amp fp16 needs a CUDA device (here: {device_type}); use --amp bf16 or --amp none "
+                         "on CPU")
     return amp
 
 

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from fsvfm.util.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 DIST_TIMEOUT_ENV = "FSVFM_DIST_TIMEOUT"
@@ -54,9 +56,16 @@ def resolve_device(name: str | None) -> torch.device:
     """``None``/``'auto'`` -> CUDA when present, else CPU; a CUDA request without CUDA is an error."""
     if name in (None, "", "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"--device {name}: not a device name; use cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+        raise UsageError(f"--device {name}: no CUDA GPU is usable here (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -73,7 +82,7 @@ def dist_timeout(args: argparse.Namespace | None = None) -> datetime.timedelta:
     except ValueError:
         minutes = math.nan
     if not (math.isfinite(minutes) and minutes > 0):
-        raise ValueError(f"{source}={value!r}: the collective timeout must be a positive number of minutes")
+        raise UsageError(f"{source}={value!r}: the collective timeout must be a positive number of minutes")
     return datetime.timedelta(minutes=minutes)
 
 

@@ -17,3 +17,8 @@ class UsageError(UserError, ValueError):
 class DataError(UserError, ValueError):
     """Input data that cannot be used as given: a bad split-file line, an unlabelled class folder,
     a set with one class, a set whose images are all unreadable (also a ``ValueError``)."""
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written: the disk is full or the folder is read-only (also an ``OSError``).
+    The message names the file or folder and the fix; older outputs are left as they were."""

@@ -33,12 +33,39 @@ def setup_logging(output_dir: str | os.PathLike | None = None, rank: int = 0,
     console._fsvfm = True  # type: ignore[attr-defined]
     root.addHandler(console)
     if output_dir is not None and rank == 0:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(output_dir) / filename, mode="a", encoding="utf-8")
-        fh.setFormatter(fmt)
-        fh._fsvfm = True  # type: ignore[attr-defined]
-        root.addHandler(fh)
+        path = Path(output_dir) / filename
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = TolerantFileHandler(path, mode="a", encoding="utf-8")
+        except OSError as e:
+            _warn_once(path, e)
+        else:
+            fh.setFormatter(fmt)
+            fh._fsvfm = True  # type: ignore[attr-defined]
+            root.addHandler(fh)
     return root
+
+
+def _warn_once(path: Path, error: BaseException) -> None:
+    print(f"warning: cannot write the log file {path} ({error.strerror if isinstance(error, OSError) else error}); "
+          "logging to the console only", file=sys.stderr, flush=True)
+
+
+class TolerantFileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (full disk, read-only folder), says so once on stderr and
+    stops, instead of logging's traceback for every record; the run goes on (a save that fails for the same
+    reason is reported where it happens)."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            _warn_once(Path(self.baseFilename), sys.exc_info()[1])
 
 
 def summary_writer(args: argparse.Namespace, subdir: str = ""):
