@@ -95,7 +95,7 @@ def test_released_fas_file_with_numpy_scalars_is_scored(numpy1, fas_model, tmp_p
     assert info["model"] == "fas_vit_small_patch16"
     photo = faces_dir() / PHOTO
     record = predict.Detector.from_checkpoint(path, device="cpu").predict(str(photo))
-    assert len(record["faces"]) == 1 and 0.0 <= record["faces"][0]["score_real"] <= 1.0
+    assert len(record["faces"]) == 1 and 0.0 <= record["faces"][0]["score_live"] <= 1.0
     capsys.readouterr()
     assert predict.main(["--checkpoint", str(path), str(photo), "--device", "cpu"]) == 0
     assert PHOTO in capsys.readouterr().out
