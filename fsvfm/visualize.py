@@ -120,6 +120,8 @@ def _read_rgb(image: str | os.PathLike | np.ndarray) -> np.ndarray:
         if arr.dtype != np.uint8 or arr.shape[-1] not in (3, 4):
             raise VisualizeError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
         return np.ascontiguousarray(arr[..., :3])
+    if not os.path.exists(image):
+        raise VisualizeError(f"image not found: {image}")
     try:
         return np.asarray(read_rgb(image))
     except FileNotFoundError as e:

@@ -189,7 +189,7 @@ def test_cli_offline_with_environment(cache, tmp_path):
         words = line.split()
         at = next(i for i, w in enumerate(words) if w.startswith(("pretrained_models/", "finetuned_models/")))
         lines[words[at]] = words[at + 1:]
-    assert len(lines) == 4 * 3 + 16 and lines[f"{FT}/"] == ["-"]
+    assert len(lines) == 4 * 3 + 17 and lines[f"{FT}/"] == ["-"]
     size = (tmp_path / "checkpoint" / PRE / STATS_FILENAME).stat().st_size
     assert lines[f"{PRE}/{STATS_FILENAME}"] == [str(size), "B"]
     assert lines["pretrained_models/VF2_ViT-B/checkpoint-400.pth"] == ["-"]
