@@ -102,7 +102,7 @@ def check_pixels(width: int, height: int, name: object = "image") -> None:
     limit = max_pixels()
     if width * height > limit:
         raise ImageTooLargeError(
-            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the limit of "
+            f"unreadable image {name}: {width}x{height} ({width * height / 1e6:.0f} megapixels), over the limit of "
             f"{limit / 1e6:.0f}; refused before decoding (raise it with --max_megapixels)")
 
 
