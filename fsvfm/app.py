@@ -8,8 +8,10 @@ frames as the video score; one column per detector checkpoint, labelled ``task: 
 **Facial masking** (a face in; its LaPa parsing map, the CRFR-P mask of each region and, with
 ``--pretrained``, the online network's reconstruction). The app adds no model code: every picture and
 score comes from the two modules. It binds to 127.0.0.1 unless ``--host`` says otherwise, sends no
-analytics, and keeps every file it receives or makes in one temporary folder, deleted at exit.
-Uploads that are not images/videos or exceed ``--max_file_mb`` get a message in the page.
+analytics, and keeps every file it receives or makes in one temporary folder, deleted at exit; within
+it, each request's pictures and uploads are removed once served (after ``SERVED_FILES_MAX_AGE_S``).
+Uploads that are not images/videos, exceed ``--max_file_mb`` or declare more than ``--max_megapixels``
+in their header (a small file that decodes to a huge image) get a message in the page.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -34,6 +37,14 @@ from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.checkpoint import CheckpointError
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UsageError
+from fsvfm.util.images import (
+    ImageTooLargeError,
+    add_max_pixels_flag,
+    apply_max_pixels_flag,
+    header_size,
+    max_pixels,
+    open_image,
+)
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 from fsvfm.visualize import (
     REGION_NAMES,
@@ -47,6 +58,10 @@ from fsvfm.visualize import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_MB = 100.0
+# a request's files (upload, pictures) are served within this time, then removed (Gradio's delete_cache
+# for the uploads and its copies, prune_served for the app's own pictures)
+SERVED_FILES_MAX_AGE_S = 120
+OUTPUT_PREFIX = "detect-"
 MIB = 1024 * 1024
 TITLE = "FS-VFM"
 
@@ -64,7 +79,29 @@ def upload_problem(path: str | os.PathLike | None, max_bytes: int, suffixes: Seq
     if size > max_bytes:
         return (f"**{p.name}** is {size / MIB:.1f} MB; this app takes files up to {max_bytes / MIB:.3g} MB "
                 "(`--max_file_mb`).")
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        try:  # the readers' pixel guard, from the header: nothing is decoded here
+            open_image(p).close()
+        except ImageTooLargeError:
+            w, h = header_size(p.read_bytes())
+            return (f"**{p.name}** is a {w}x{h} image ({w * h / 1e6:.0f} megapixels); this app takes images up to "
+                    f"{max_pixels() / 1e6:.0f} megapixels (`--max_megapixels`).")
+        except (OSError, ValueError, SyntaxError):
+            pass  # unreadable: the handler's reader says so
     return None
+
+
+def prune_served(workdir: Path, max_age_s: float = SERVED_FILES_MAX_AGE_S, now: float | None = None) -> int:
+    """Remove the app's picture folders of earlier requests (older than ``max_age_s``: served by then);
+    returns how many were removed."""
+    now = time.time() if now is None else now
+    removed = 0
+    for folder in workdir.glob(f"{OUTPUT_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if now - folder.stat().st_mtime > max_age_s:
+                shutil.rmtree(folder)
+                removed += 1
+    return removed
 
 
 def detector_labels(paths: Sequence[str], tasks: Sequence[str]) -> list[str]:
@@ -111,10 +148,11 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
         problem = "No detector loaded: start the app with `--detector CHECKPOINT`."
     if problem is not None:
         return problem, {}, [[] for _ in detectors], ["" for _ in detectors]
+    prune_served(workdir)
     records, galleries, tables = {}, [], []
     for k, (label, det) in enumerate(detectors.items()):
         record = det.predict(path)
-        out = Path(tempfile.mkdtemp(dir=workdir, prefix="detect-"))
+        out = Path(tempfile.mkdtemp(dir=workdir, prefix=OUTPUT_PREFIX))
         galleries.append([str(p) for p in save_visualisations(record, out, k)])
         tables.append(score_table(label, record))
         # the upload's temp path stays private; a "path" key would also read as a file to Gradio's client
@@ -189,7 +227,8 @@ def build_app(detectors: dict[str, Detector], pretrained: Pretrained | None, wor
     gallery and a score table per detector) and ``/masking`` (file, region, is_crop, seed -> status, figure).
     Call inside ``app_workdir()`` so that Gradio's cache lands in ``workdir``."""
     gr = _import_gradio()
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False,
+                   delete_cache=(SERVED_FILES_MAX_AGE_S, SERVED_FILES_MAX_AGE_S)) as blocks:
         gr.Markdown(f"# {TITLE}: face security foundation model\nFiles up to {max_bytes / MIB:.3g} MB; "
                     "nothing leaves this machine.")
         with gr.Tab("Detect"):
@@ -238,6 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_file_mb", default=DEFAULT_MAX_FILE_MB, type=float, help="largest upload accepted (MB)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="face parser of the masking tab")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    add_max_pixels_flag(p)
     return p
 
 
@@ -270,6 +310,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.max_file_mb <= 0:
         raise UsageError("--max_file_mb must be positive")
     check_port(args.host, args.port)  # before the (long) model loading
+    apply_max_pixels_flag(args)
     detectors, pretrained = load_models(args)
     max_bytes = int(args.max_file_mb * MIB)
     # a plain `kill` ends the app like Ctrl-C does, so the temporary folder is removed

@@ -24,11 +24,13 @@ from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
 from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
 from fsvfm.models_fas import add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.models_vit import is_fs_adapter
+from fsvfm.registry import list_models
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
+    build_for_weights,
+    check_model_kwargs,
     load_checkpoint,
-    load_model_weights,
     model_state_from,
 )
 from fsvfm.util.fas_data import (
@@ -203,9 +205,12 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     kwargs = {"img_size": size, **parse_model_kwargs(stored.get("model_kwargs"))}
     if is_fs_adapter(name):
         kwargs["adapter_reduction"] = int(stored.get("adapter_reduction") or 4)
-    model = create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs)
+    if fas_registry_name(name) not in list_models(family="fas"):
+        raise CheckpointError(f"{path}: model {name!r} is not a registered FAS model; known: {list_models(family='fas')}")
+    check_model_kwargs(kwargs, path)
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
-    load_model_weights(model, state, strict=True, source=path)
+    model = build_for_weights(lambda: create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs),
+                              state, path, name)
     mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"))
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}

@@ -34,7 +34,7 @@ from fsvfm.util.errors import DataError
 from fsvfm.util.finetune_data import IndexedDataset, ShardSampler, collate_readable
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.metrics import binary_metrics
+from fsvfm.util.metrics import binary_metrics, multiclass_metrics
 from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)
@@ -112,13 +112,15 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
 @dataclass
 class Predictions:
     """Per-sample results in data-set order: ``indices`` [N] (data-set positions), ``labels`` [N],
-    ``scores`` [N] = P(class ``positive_index``), ``preds`` [N] = argmax, ``losses`` [N] (plain CE)."""
+    ``scores`` [N] = P(class ``positive_index``), ``preds`` [N] = argmax, ``losses`` [N] (plain CE),
+    ``probs`` [N, C] every class's probability."""
 
     indices: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
     preds: np.ndarray
     losses: np.ndarray
+    probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -170,23 +172,37 @@ def predict(model: torch.nn.Module, data_loader: DataLoader, device: torch.devic
             logits = output_fn(model, images)
         logits = logits.float()
         losses = F.cross_entropy(logits, labels, reduction="none")
-        scores = logits.softmax(dim=-1)[:, positive_index]
-        rows.append(torch.stack([indices.to(device).double(), labels.double(), scores.double(),
-                                 logits.argmax(dim=-1).double(), losses.double()], dim=1))
-    local = torch.cat(rows) if rows else torch.zeros((0, 5), dtype=torch.float64, device=device)
+        probs = logits.softmax(dim=-1)
+        rows.append(torch.cat([torch.stack([indices.to(device).double(), labels.double(),
+                                            probs[:, positive_index].double(), logits.argmax(dim=-1).double(),
+                                            losses.double()], dim=1), probs.double()], dim=1))
+    # an empty shard still gathers a [0, 5 + C] table: C from the model's head when known
+    width = rows[0].shape[1] if rows else 5 + _num_outputs(model)
+    local = torch.cat(rows) if rows else torch.zeros((0, width), dtype=torch.float64, device=device)
     table = (dist.all_gather_cat(local) if gather else local).cpu().numpy()
     _, first = np.unique(table[:, 0], return_index=True)
     table = table[first]  # sorted by index, one row per sample
     return Predictions(indices=table[:, 0].astype(np.int64), labels=table[:, 1].astype(np.int64),
-                       scores=table[:, 2], preds=table[:, 3].astype(np.int64), losses=table[:, 4])
+                       scores=table[:, 2], preds=table[:, 3].astype(np.int64), losses=table[:, 4],
+                       probs=table[:, 5:])
+
+
+def _num_outputs(model: torch.nn.Module) -> int:
+    head = getattr(dist.unwrap_model(model), "head", None)
+    return int(getattr(head, "out_features", 2))
 
 
 def evaluate(model: torch.nn.Module, data_loader: DataLoader, device: torch.device, *, amp: str = "none",
              output_fn: OutputFn = logits_output, gather: bool = True) -> dict[str, float]:
-    """Validation (spec 4.9, fixed F4): loss, ACC, balanced ACC, AUC computed once on all samples."""
+    """Validation (spec 4.9, fixed F4): loss, ACC, balanced ACC, AUC computed once on all samples
+    (more than two classes: the macro one-vs-rest AUC)."""
     pred = predict(model, data_loader, device, amp=amp, output_fn=output_fn, gather=gather, header="Val:")
     stats = {"loss": pred.loss, "n": len(pred)}
-    stats.update({k: v for k, v in binary_metrics(pred.labels, pred.scores, pred.preds).items() if k != "eer"})
+    if pred.probs is not None and pred.probs.shape[1] > 2:
+        m = multiclass_metrics(pred.labels, pred.probs, [str(k) for k in range(pred.probs.shape[1])])
+        stats.update({k: m[k] for k in ("acc", "balanced_acc", "auc")})
+    else:
+        stats.update({k: v for k, v in binary_metrics(pred.labels, pred.scores, pred.preds).items() if k != "eer"})
     logger.info("* Val on %d images: loss %.4f  ACC %.3f  AUC %.3f", len(pred), stats["loss"],
                 stats["acc"], stats["auc"])
     return stats

@@ -32,11 +32,13 @@ import torch
 from torch.utils.data import Dataset
 
 from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
+from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
 from fsvfm.finetune_setup import load_classifier_from_checkpoint
 from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
+from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
@@ -56,6 +58,7 @@ from fsvfm.util.metrics import (
     get_video_level_label_pred,
     roc_points,
 )
+from fsvfm.util.naming import ClassVocabulary, checkpoint_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +70,13 @@ REBUILD_KEYS = ("model", "model_kwargs", "input_size", "nb_classes", "global_poo
 IGNORED_TRAINING_FLAGS = ("--layer_decay", "--clip_grad", "--finetune", "--data_path")
 
 
-def test_parser(task: FinetuneTask) -> argparse.ArgumentParser:
+def test_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argparse.ArgumentParser:
     """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
-    existing commands keep working; model settings default to the checkpoint's."""
-    parents = [*downstream_parents(None), *(make() for make in task.extra_parsers)]
+    existing commands keep working; model settings default to the checkpoint's. ``also``: the tasks
+    ``--task`` may choose instead."""
+    parents = [*downstream_parents(None), *task_parents(task, also)]
     p = argparse.ArgumentParser(description=task.description or f"FS-VFM test ({task.name})", parents=parents)
+    add_task_flag(p, task, also)
     p.set_defaults(batch_size=64, **dict.fromkeys(REBUILD_KEYS))
     g = p.add_argument_group("testing")
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
@@ -109,8 +114,8 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
     return present
 
 
-def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform,
-               num_classes: int) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
+def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_classes: int,
+               vocabulary: ClassVocabulary) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
     """``(name, source, build)`` per selected set; ``build()`` makes the data set (it may fail alone)."""
     if args.test_split:
         yield Path(args.test_split).stem, args.test_split, lambda: SplitFileDataset(
@@ -118,23 +123,42 @@ def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform,
         return
     for t in select_test_sets(task.test_sets, args.test_root, args.test_sets):
         folder = str(Path(args.test_root) / t.folder / t.split)
-        yield t.name, folder, lambda folder=folder: TestImageFolder(folder, transform, task.vocabulary)
+        yield t.name, folder, lambda folder=folder: TestImageFolder(folder, transform, vocabulary)
 
 
-def _validation_set(args: argparse.Namespace, task: FinetuneTask, transform, num_classes: int) -> Dataset:
+def _validation_set(args: argparse.Namespace, vocabulary: ClassVocabulary, transform, num_classes: int) -> Dataset:
     """The validation data a threshold is chosen on: ``--val_split``, else ``--finetune_data_path``'s ``val/``."""
     if args.val_split:
         return SplitFileDataset(args.val_split, transform, args.delimiter_in_split, args.dataset_abs_path,
                                 num_classes, "skip")
     if args.data_path:
-        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, task.vocabulary, "skip")
+        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, vocabulary, "skip")
     raise UsageError(f"metric mode {args.metric_mode!r} chooses its threshold on validation data: "
                      "give --val_split FILE or --finetune_data_path DIR (with DIR/val)")
 
 
-def _scored(dataset: Dataset, pred: Predictions) -> ScoredSet:
+def _scored(dataset: Dataset, pred: Predictions, classes: Sequence[str] = ()) -> ScoredSet:
     all_names = dataset_video_names(dataset)
-    return ScoredSet(pred.labels, pred.scores, pred.preds, [all_names[i] for i in pred.indices])
+    return ScoredSet(pred.labels, pred.scores, pred.preds, [all_names[i] for i in pred.indices], pred.probs,
+                     tuple(classes))
+
+
+def run_vocabulary(args: argparse.Namespace, task: FinetuneTask, checkpoint: dict, n: int) -> ClassVocabulary:
+    """The classes the test folders are labelled with. An N-class task: the checkpoint's (``--classes``
+    or a ``# classes:`` line when it has none); a binary task refuses a checkpoint whose stored classes
+    are not its own (a 4-class model tested as DfD would be mislabelled)."""
+    if task.multiclass:
+        default = task.vocabulary_for(args, args.test_split)
+        vocab, _ = checkpoint_vocabulary(checkpoint, [args.resume], n, default, getattr(args, "classes", None))
+        return vocab
+    stored = checkpoint.get("classes")
+    if stored and [str(c).lower() for c in stored] != list(task.vocabulary.names):
+        raise UsageError(f"{args.resume} is a detector of the classes {', '.join(map(str, stored))}, not "
+                         f"{task.name} ({', '.join(task.vocabulary.names)}): test it with --task Unified")
+    if n != len(task.vocabulary.names):
+        raise UsageError(f"{args.resume} has {n} outputs, the {task.name} task {len(task.vocabulary.names)}: "
+                         "test an N-class detector with --task Unified")
+    return task.vocabulary
 
 
 # -------------------------------------------------------------------------------- outputs
@@ -146,9 +170,18 @@ def result_lines(name: str, n_images: int, source: str, loss: float, metrics: di
     """``test_results.txt`` block: header, FRAME-LEVEL line, and a VIDEO-LEVEL line in video mode."""
     f = metrics["frame"]
     unreadable = f", {skipped} unreadable image(s) skipped" if skipped else ""
-    lines = [f"===== {name}: {n_images} test images ({source}){unreadable} =====",
-             f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
-             f"EER: {f['eer']:.3f}  loss: {loss:.4f}"]
+    lines = [f"===== {name}: {n_images} test images ({source}){unreadable} ====="]
+    if "per_class" in f:  # N classes
+        lines.append(f"IMAGE-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  "
+                     f"macro AUC (one-vs-rest): {f['macro_auc']:.3f}  loss: {loss:.4f}")
+        lines += [f"  {c}: AUC {'-' if v['auc'] is None else format(v['auc'], '.3f')}  recall "
+                  f"{'-' if v['recall'] is None else format(v['recall'], '.3f')}  ({v['num_samples']} images)"
+                  for c, v in f["per_class"].items()]
+        lines.append(f"  confusion matrix (rows true, columns predicted {', '.join(f['classes'])}): "
+                     f"{f['confusion_matrix']}")
+        return lines
+    lines.append(f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
+                 f"EER: {f['eer']:.3f}  loss: {loss:.4f}")
     if "hter_at_val_threshold" in f:
         lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
                      f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
@@ -203,11 +236,19 @@ def save_video_scores(path: Path, names: Sequence[str], labels: np.ndarray, scor
             w.writerow([video, int(lab), f"{sc:.6f}", int(dec), count])
 
 
-def save_frame_scores(path: Path, pred: Predictions, dataset, names: Sequence[str]) -> None:
-    """One CSV row per image in data-set order: file, video, label (fake 0 / real 1), P(real), argmax."""
+def save_frame_scores(path: Path, pred: Predictions, dataset, names: Sequence[str],
+                      classes: Sequence[str] = ()) -> None:
+    """One CSV row per image in data-set order: file, video, label (fake 0 / real 1), P(real), argmax;
+    with more than two ``classes``: file, video, label, argmax and ``score_{class}`` per class."""
     files = [p for p, _ in getattr(dataset, "samples", [])] or [str(i) for i in range(len(dataset))]
+    many = len(classes) > 2 and pred.probs is not None
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
+        if many:
+            w.writerow(["path", "video", "label", "pred", *(f"score_{c}" for c in classes)])
+            for i, video, lab, pr, row in zip(pred.indices, names, pred.labels, pred.preds, pred.probs):
+                w.writerow([files[i], video, int(lab), int(pr), *(f"{v:.8f}" for v in row)])
+            return
         w.writerow(["path", "video", "label", "score_real", "pred"])
         for i, video, lab, sc, pr in zip(pred.indices, names, pred.labels, pred.scores, pred.preds):
             w.writerow([files[i], video, int(lab), f"{sc:.8f}", int(pr)])
@@ -239,23 +280,26 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if ignored:
         logger.info("ignored (fine-tuning flags): %s", " ".join(ignored))
     device = torch.device(args.device)
+    checkpoint = load_checkpoint(args.resume)
     model, transform, info = load_classifier_from_checkpoint(
-        args.resume, device, **{k: getattr(args, k, None) for k in REBUILD_KEYS})
+        args.resume, device, checkpoint=checkpoint, **{k: getattr(args, k, None) for k in REBUILD_KEYS})
     args.model = info["model"]
+    vocabulary = run_vocabulary(args, task, checkpoint, info["nb_classes"])
+    del checkpoint
     out = Path(args.output_dir)
     report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": args.metric_mode,
-              "eval_transform": info["eval_transform"], "norm_stats": {
+              "classes": list(vocabulary.names), "eval_transform": info["eval_transform"], "norm_stats": {
                   "mean": info["mean"], "std": info["std"], "source": info["norm_source"]}, "results": {}}
     if dist.is_main_process():
         append_results(out / "test_results.txt", [
             f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
             f"normalisation from {info['norm_source']})"])
-    evaluate_set = _set_evaluator(args, task, model, device)
+    evaluate_set = _set_evaluator(args, task, model, device, vocabulary.names)
     writer = summary_writer(args)   # ROC figures and AUCs of the test sets (rank 0)
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
-        val = evaluate_set(_validation_set(args, task, transform, info["nb_classes"]), "Validation:")[1]
-    for name, source, build in _test_sets(args, task, transform, info["nb_classes"]):
+        val = evaluate_set(_validation_set(args, vocabulary, transform, info["nb_classes"]), "Validation:")[1]
+    for name, source, build in _test_sets(args, task, transform, info["nb_classes"], vocabulary):
         try:
             dataset = build()
             pred, test, skipped = evaluate_set(dataset, f"Test {name}:")
@@ -264,22 +308,22 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
             report["results"][name] = _set_failed(args, name, source, one_line(e))
             continue
         if dist.is_main_process():
-            save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, test.names)
+            save_frame_scores(out / f"scores_{name}_frames.csv", pred, dataset, test.names, vocabulary.names)
     if writer is not None:
         writer.close()
     _finish(args, report, start)
     return report
 
 
-def _set_evaluator(args: argparse.Namespace, task: FinetuneTask, model: torch.nn.Module,
-                   device: torch.device) -> Callable[[Dataset, str], tuple[Predictions, ScoredSet, list[str]]]:
+def _set_evaluator(args: argparse.Namespace, task: FinetuneTask, model: torch.nn.Module, device: torch.device,
+                   classes: Sequence[str] = ()) -> Callable[[Dataset, str], tuple[Predictions, ScoredSet, list[str]]]:
     """``evaluate(dataset, header) -> (predictions, scored set, unreadable files)``, on every rank."""
     shard, amp = dist.get_world_size() > 1, resolve_amp(args.amp, device)
 
     def evaluate(dataset: Dataset, header: str) -> tuple[Predictions, ScoredSet, list[str]]:
         pred = predict(model, make_eval_loader(dataset, args, shard), device, amp=amp, gather=shard,
                        output_fn=task.output_fn, header=header, print_freq=args.print_freq)
-        return pred, _scored(dataset, pred), unreadable_files(dataset, device)
+        return pred, _scored(dataset, pred, classes), unreadable_files(dataset, device)
     return evaluate
 
 
@@ -322,7 +366,8 @@ def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet,
         logger.info(line)
     if main:
         append_results(out / "test_results.txt", lines)
-        _save_plots_and_scores(out, name, test, metrics, writer)
+        if "per_class" not in metrics["frame"]:  # binary ROC and per-video scores
+            _save_plots_and_scores(out, name, test, metrics, writer)
     return {**counts, "loss": loss, "source": source, **metrics, "unreadable_files": list(skipped)}
 
 
@@ -342,11 +387,13 @@ def _save_plots_and_scores(out: Path, name: str, test: ScoredSet, metrics: dict,
         save_video_scores(out / f"scores_{name}.csv", test.names, *videos)
 
 
-def cli(task: FinetuneTask, argv: list[str] | None = None) -> dict:
+def cli(task: FinetuneTask, argv: list[str] | None = None, also: Sequence[FinetuneTask] = ()) -> dict:
     """Parse ``argv`` and test (errors propagate: the library entry)."""
-    return run(test_parser(task).parse_args(argv), task)
+    args = test_parser(task, also).parse_args(argv)
+    return run(args, chosen_task(args, task))
 
 
-def main_for(task: FinetuneTask, argv: list[str] | None = None) -> dict:
-    """The test program of ``task`` (user mistakes: one line, exit code 2; see ``util.cli.run_cli``)."""
-    return run_cli(lambda args: run(args, task), test_parser(task), argv)
+def main_for(task: FinetuneTask, argv: list[str] | None = None, also: Sequence[FinetuneTask] = ()) -> dict:
+    """The test program of ``task`` (user mistakes: one line, exit code 2; see ``util.cli.run_cli``);
+    ``--task`` chooses one of ``also`` instead."""
+    return run_cli(lambda args: run(args, chosen_task(args, task)), test_parser(task, also), argv)

@@ -70,7 +70,7 @@ def _bool(value: str) -> bool:
 
 def fas_parser(task: FinetuneTask = FAS_TASK) -> argparse.ArgumentParser:
     """The original's flags (spec 6.8, 7.5) plus its hard-coded values as flags (S10), over the shared parents."""
-    parents = [input_parser("vit_base_patch16"), classifier_parser(), distributed_parser(),
+    parents = [input_parser("vit_base_patch16"), classifier_parser("spoof 0, live 1"), distributed_parser(),
                *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser("main_finetune_FAS.py", description=task.description, parents=parents)
     p.set_defaults(drop_path=0.0)

@@ -20,6 +20,7 @@ import datetime
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,13 @@ from fsvfm.util.checkpoint import (
     resume_path,
     save_checkpoint,
 )
+from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 from fsvfm.util.norm_stats import finetune_mean_std, record_mean_std
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak
@@ -62,11 +65,31 @@ from fsvfm.util.trainable import count_parameters
 logger = logging.getLogger(__name__)
 
 
-def finetune_parser(task: FinetuneTask) -> argparse.ArgumentParser:
-    """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own."""
-    parents = [*downstream_parents("vit_base_patch16"), *(make() for make in task.extra_parsers)]
+def task_parents(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> list[argparse.ArgumentParser]:
+    """The own flags of ``task`` and of the tasks ``--task`` may choose instead (each parent once)."""
+    makers = list(dict.fromkeys(m for t in (task, *also) for m in t.extra_parsers))
+    return [make() for make in makers]
+
+
+def add_task_flag(p: argparse.ArgumentParser, task: FinetuneTask, also: Sequence[FinetuneTask]) -> None:
+    if also:
+        p.add_argument("--task", default=task.name, choices=[t.name for t in (task, *also)],
+                       help=f"task table entry (default {task.name}; Unified: an N-class detector from class folders)")
+
+
+def chosen_task(args: argparse.Namespace, task: FinetuneTask) -> FinetuneTask:
+    """The table entry ``--task`` names (the program's own task without the flag)."""
+    from fsvfm.tasks import TASKS
+    return TASKS[getattr(args, "task", None) or task.name]
+
+
+def finetune_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argparse.ArgumentParser:
+    """The fine-tuning flags (spec 4.11): shared parent groups plus the task's own (and those of the
+    tasks in ``also``, which ``--task`` may choose)."""
+    parents = [*downstream_parents("vit_base_patch16"), *task_parents(task, also)]
     p = argparse.ArgumentParser(description=task.description or f"FS-VFM fine-tuning ({task.name})",
                                 parents=parents)
+    add_task_flag(p, task, also)
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
     g.add_argument("--clip_grad", default=None, type=float, help="gradient norm clipping (default off)")
@@ -98,6 +121,7 @@ class _Run:
     norm_stats: dict[str, list[float]]
     n_parameters: int
     task: str
+    vocabulary: ClassVocabulary = DFD_VOCABULARY
     min_val_loss: float = math.inf
     streak: SkipStreak = field(default_factory=SkipStreak)  # non-finite batches in a row, across epochs
     datasets: tuple = ()  # (training set, validation set): their unreadable files are counted
@@ -116,8 +140,10 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
     logger.info("normalisation: mean %s std %s (from %s)", mean, std, source)
     if dist.is_main_process():  # the test programs find it next to the checkpoints
         record_mean_std(args.output_dir, mean, std, replace=resume_from is None)
-    train_loader, val_loader, shard = _data(args, task, mean, std, device)
+    vocabulary = _run_vocabulary(args, task)
+    train_loader, val_loader, shard = _data(args, task, vocabulary, mean, std, device)
     run_state = _build(args, task, device, {"mean": mean, "std": std}, resume_from)
+    run_state.vocabulary = vocabulary
     run_state.datasets = (train_loader.dataset, val_loader.dataset)
     mixup_fn, criterion = build_mixup_and_criterion(args)
     logger.info("criterion %s, mixup %s", criterion.__class__.__name__, mixup_fn is not None)
@@ -141,13 +167,28 @@ def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
     return {"min_val_loss": run_state.min_val_loss, "last_val": val, "output_dir": args.output_dir}
 
 
-def _data(args: argparse.Namespace, task: FinetuneTask, mean: list[float], std: list[float],
-          device: torch.device) -> tuple[DataLoader, DataLoader, bool]:
+def _run_vocabulary(args: argparse.Namespace, task: FinetuneTask) -> ClassVocabulary:
+    """The run's classes; an N-class task sets ``--nb_classes`` from them (and says so)."""
+    vocabulary = task.vocabulary_for(args, args.train_split)
+    if task.multiclass:
+        if args.nb_classes != len(vocabulary.names):
+            logger.info("--nb_classes %d from the classes %s", len(vocabulary.names), ", ".join(vocabulary.names))
+        args.nb_classes, args.classes = len(vocabulary.names), list(vocabulary.names)
+    logger.info("classes (index order): %s", ", ".join(f"{i} {n}" for i, n in enumerate(vocabulary.names)))
+    return vocabulary
+
+
+def _data(args: argparse.Namespace, task: FinetuneTask, vocabulary: ClassVocabulary, mean: list[float],
+          std: list[float], device: torch.device) -> tuple[DataLoader, DataLoader, bool]:
     """Training loader (the task's builder), validation loader, and whether validation is sharded."""
+    nb_classes = args.nb_classes
     train_ds, val_ds = task.build_datasets(args, build_transform(True, args, mean, std),
-                                           build_transform(False, args, mean, std), task.vocabulary)
-    check_classes(train_ds, "training", args.nb_classes, task.vocabulary)
-    check_classes(val_ds, "validation", args.nb_classes, task.vocabulary)
+                                           build_transform(False, args, mean, std), vocabulary)
+    if task.multiclass and args.nb_classes != nb_classes:  # a split file's labels reach past the classes
+        raise DataError(f"{args.train_split} has labels 0..{args.nb_classes - 1} but {nb_classes} classes are named "
+                        f"({', '.join(vocabulary.names)}); name them all with --classes or its '# classes:' line")
+    check_classes(train_ds, "training", args.nb_classes, vocabulary)
+    check_classes(val_ds, "validation", args.nb_classes, vocabulary)
     shard = args.distributed and args.dist_eval
     logger.info("train: %d images, val: %d images (%s validation)", len(train_ds), len(val_ds),  # type: ignore[arg-type]
                 "sharded" if shard else "full per rank")
@@ -220,4 +261,6 @@ def _save(args: argparse.Namespace, run_state: _Run, tag: str | int, epoch: int)
         save_checkpoint(Path(args.output_dir) / f"checkpoint-{tag}.pth", run_state.model_without_ddp.state_dict(),
                         optimizer=run_state.optimizer, epoch=epoch, scaler=run_state.scaler, args=args,
                         model_name=args.model, norm_stats=run_state.norm_stats,
-                        min_val_loss=run_state.min_val_loss, task=run_state.task)
+                        min_val_loss=run_state.min_val_loss, task=run_state.task,
+                        classes=list(run_state.vocabulary.names),
+                        class_display=list(run_state.vocabulary.display_names))

@@ -22,6 +22,8 @@ from fsvfm.registry import create_model, list_models, model_family
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
+    build_for_weights,
+    check_model_kwargs,
     load_checkpoint,
     load_model_weights,
     model_state_from,
@@ -222,8 +224,11 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
     args = _rebuild_args(path, checkpoint, state, overrides)
-    model = build_classifier(args)
-    load_model_weights(model, state, strict=True, source=path)
+    if args.model not in list_models(family="classifier"):
+        raise CheckpointError(f"{path}: model {args.model!r} is not a registered classifier; "
+                              f"known: {list_models(family='classifier')}")
+    check_model_kwargs({"img_size": args.input_size, "num_classes": args.nb_classes, **args.model_kwargs}, path)
+    model = build_for_weights(lambda: build_classifier(args), state, path, args.model)
     mean, std, source = checkpoint_mean_std(checkpoint, path, imagenet=args.normalize_from_IMN)
     resize = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
     info = {"model": args.model, "input_size": args.input_size, "nb_classes": args.nb_classes, "mean": mean, "std": std, "norm_source": source,

@@ -3,6 +3,7 @@
     python -m fsvfm.hub list                       # the released files (sizes of local copies; --remote asks the hub)
     python -m fsvfm.hub download FS-VFM_ViT-B_VF2_600e [--target] [--dir checkpoint]
     python -m fsvfm.hub download DfD_ViT-B         # a fine-tuned folder
+    python -m fsvfm.hub download Unified-detector_ViT-B   # real / deepfake / diffusion / spoof (4 classes)
 
 Files are fetched with ``huggingface_hub.hf_hub_download`` into the hub cache (``HF_HUB_CACHE`` /
 ``HF_HOME``; interrupted downloads resume, a progress bar is shown) and then placed at
@@ -35,6 +36,7 @@ from pathlib import Path
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UserError
 from fsvfm.util.fileio import atomic_path
+from fsvfm.util.naming import UNIFIED_RELEASE_PATH, UNIFIED_VOCABULARY
 from fsvfm.util.norm_stats import STATS_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ def _finetuned_table() -> list[Release]:
                 folder="finetuned_models/FF++_DF_c23_32frames/correct_version"),
         Release("FSFM_FAS_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned for FAS, MCIO protocol",
                 folder="finetuned_models/MCIO_protocol"),
+        Release("Unified-detector_ViT-B", "FSFM ViT-B unified detector, 4 classes: "
+                + ", ".join(UNIFIED_VOCABULARY.display_names), folder=UNIFIED_RELEASE_PATH.rsplit("/", 1)[0]),
     ]
     return rows
 

@@ -5,26 +5,29 @@ detection (spec 4). DfD and DiFF differ only in the training folder.
         --finetune_data_path DATA_DIR --apply_simple_augment --mixup 0.8 --cutmix 1.0 --dist_eval ...
 
 Class indices: fake 0, real 1 (folders are labelled by name); scores are P(real). The task entry
-is ``fsvfm.tasks.DFD_TASK``; the loop is ``fsvfm.finetune_runner``.
+is ``fsvfm.tasks.DFD_TASK``; the loop is ``fsvfm.finetune_runner``. ``--task Unified --classes
+real,deepfake,diffusion,spoof`` fine-tunes an N-class detector from class folders instead
+(``fsvfm.tasks.UNIFIED_TASK``; docs/FINETUNE.md "N-class detectors").
 """
 from __future__ import annotations
 
 import argparse
 
 from fsvfm import finetune_runner
-from fsvfm.tasks import DFD_TASK
+from fsvfm.tasks import DFD_TASK, UNIFIED_TASK
 from fsvfm.util.cli import run_cli
 
 TASK = DFD_TASK
+ALSO = (UNIFIED_TASK,)  # --task Unified: an N-class detector from class folders (--classes)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return finetune_runner.finetune_parser(TASK)
+    return finetune_runner.finetune_parser(TASK, ALSO)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Fine-tune; returns ``{'min_val_loss', 'last_val', 'output_dir'}``. Never calls ``exit``."""
-    return finetune_runner.run(args, TASK)
+    return finetune_runner.run(args, finetune_runner.chosen_task(args, TASK))
 
 
 def cli(argv: list[str] | None = None) -> dict:

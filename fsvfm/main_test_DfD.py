@@ -2,13 +2,14 @@
 table of ``fsvfm.tasks.DFD_TASK``.
 
     python fsvfm/main_test_DfD.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test
+    python fsvfm/main_test_DfD.py --task Unified --resume FT_DIR/checkpoint-min_val_loss.pth --test_root DATA
 """
 from __future__ import annotations
 
 from fsvfm.evaluation import main_for
-from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS
+from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS, UNIFIED_TASK
 
 __all__ = ["DFD_TASK", "DFD_TEST_SETS"]
 
 if __name__ == "__main__":
-    main_for(DFD_TASK)
+    main_for(DFD_TASK, also=(UNIFIED_TASK,))  # --task Unified: N-class metrics on {--test_root}/test

@@ -3,8 +3,13 @@
     python -m fsvfm.predict --checkpoint CKPT photo.jpg photos/ clip.mp4 [--output results.json|results.csv]
     python -m fsvfm.predict --checkpoint hf://Wolowolo/fsfm-3c/<path>/checkpoint-min_val_loss.pth photo.jpg
 
-**Class 1 = real**: ``score_real`` = P(real) = softmax(logits)[1], ``score_fake`` = P(fake) = softmax(logits)[0],
-as in the test programs. Every face of an image (or of each sampled video frame) is detected and cropped
+Every face gets ``scores`` (each class's probability, by class name) and ``label`` (the decided class).
+The classes come from the checkpoint (``classes``), from the table of released files that predate that key
+(the unified detector: real, deepfake, diffusion, spoof), from its task (DfD/DiFF: fake 0, real 1; FAS:
+spoof 0, live 1), else they are ``class_0..`` with a warning; ``--classes`` names them. Binary models also
+report the positive class's probability as ``score_real``/``score_fake`` (DfD/DiFF: P(real) = softmax[1],
+as in the test programs) or ``score_live``/``score_spoof`` (FAS), decided at 0.5; N-class models are
+decided by the argmax. Every face of an image (or of each sampled video frame) is detected and cropped
 exactly as the training data of the checkpoint's task was (DfD/DiFF: dlib HOG, upsample 1, square x1.3 box,
 native resolution; ``fsvfm.preprocess.faces``; FAS: the most confident MTCNN faces, each as the 5-point aligned
 224x224 chip of the FAS preprocessing, ``fsvfm.preprocess.align``), then resized and normalised with the test
@@ -15,9 +20,13 @@ One record per input::
 
     {"path": str | None, "type": "image" | "video",
      "faces": [{"frame": int | None, "box": [x1, y1, x2, y2], "detector_score": float | None,
-                "score_real": float, "score_fake": float}, ...],
-     "score_real": float | None,   # mean over all faces (and frames): the test protocol's video score
-     "error": str | None}          # e.g. unreadable file, no face found
+               "scores": {class: float}, "label": str,
+                "score_real": float, "score_fake": float}, ...],   # binary DfD (FAS: score_live, score_spoof)
+     "scores": {class: float} | None,   # mean over all faces (and frames): the test protocol's video score
+     "label": str | None,
+     "score_real": float | None,        # binary DfD (FAS: score_live): the mean of the faces'
+     "error": str | None,               # e.g. unreadable file, no face found, any failure on this input
+     "warning": str | None}             # scored, but from a partial input (truncated image, short video)
 
 ``box`` is the square crop that was scored (pixel coordinates, x2/y2 exclusive); ``frame`` is the video
 frame index (None for still images). Python API::
@@ -49,15 +58,24 @@ from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
+from fsvfm.util.args import class_names
 from fsvfm.util.checkpoint import args_dict, load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UsageError
-from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
-from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS
+from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text, writable_folder_problem
+from fsvfm.util.images import (
+    ImageTooLargeError,
+    UnreadableImageError,
+    add_max_pixels_flag,
+    apply_max_pixels_flag,
+    read_bgr,
+)
+from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS, ClassVocabulary, checkpoint_vocabulary
 
 logger = logging.getLogger(__name__)
 
-REAL, FAKE = DFD_VOCABULARY.positive, DFD_VOCABULARY.names.index("fake")  # class indices of the DfD heads
+
+SAVE_EVERY_S = 60.0  # --output is rewritten (atomically) at most this often during a run
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -118,7 +136,7 @@ def fas_aligned_crops() -> CropFn:
 # Crop modes by name, and the mode each task's training data used; a new task adds its own with
 # ``register_crop_mode(name, factory, tasks=(task,))``.
 CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops}
-TASK_CROP_MODES: dict[str, str] = {"DfD": "dlib_square", "DiFF": "dlib_square"}
+TASK_CROP_MODES: dict[str, str] = {"DfD": "dlib_square", "DiFF": "dlib_square", "Unified": "dlib_square"}
 DEFAULT_TASK = "DfD"
 
 
@@ -140,13 +158,16 @@ def crop_mode_for(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- model
-def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = False
+def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = False,
+                       classes: Sequence[str] | None = None
                        ) -> tuple[torch.nn.Module, Callable[[Image.Image], torch.Tensor], dict[str, Any]]:
     """The fine-tuned classifier of a checkpoint (local or ``hf://``) and the test programs' evaluation
     transform (PIL image -> [3, S, S]), rebuilt by its task's ``rebuild`` (DfD/DiFF:
     :func:`fsvfm.finetune_setup.load_classifier_from_checkpoint`, as the test programs; FAS:
     :func:`fsvfm.engine_fas.load_fas_from_checkpoint`). A file that names no task is FAS when its weights are
-    a FAS network's (the released ``.pth.tar``), else DfD. Returns ``(model in eval mode, transform, info)``."""
+    a FAS network's (the released ``.pth.tar``), else DfD. ``info['classes']`` is the model's
+    ``ClassVocabulary`` (``classes``: names in index order, overriding the checkpoint's). Returns
+    ``(model in eval mode, transform, info)``."""
     from fsvfm.tasks import TASKS
     local = resolve_checkpoint_path(path)
     checkpoint = load_checkpoint(local)
@@ -157,8 +178,12 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     model, transform, built = TASKS[task].rebuild(
         local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
         normalize_from_IMN=stored.get("normalize_from_IMN"))
+    n = int(built.get("nb_classes") or len(TASKS[task].vocabulary.names))
+    vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, TASKS[task].vocabulary,
+                                                classes)
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
-            "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]}}
+            "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]},
+            "classes": vocab, "classes_source": vocab_source}
     return model, transform, info
 
 
@@ -195,8 +220,41 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
-def new_record(path: str | None, kind: str) -> dict[str, Any]:
-    return {"path": path, "type": kind, "faces": [], "score_real": None, "error": None}
+def new_record(path: str | None, kind: str, vocab: ClassVocabulary = DFD_VOCABULARY) -> dict[str, Any]:
+    record: dict[str, Any] = {"path": path, "type": kind, "faces": [], "scores": None, "label": None}
+    if vocab.binary:
+        record[score_key(vocab)] = None
+    record["error"] = None
+    record["warning"] = None
+    return record
+
+
+def _note(record: dict, warning: str) -> None:
+    record["warning"] = warning if not record["warning"] else f"{record['warning']}; {warning}"
+
+
+def score_key(vocab: ClassVocabulary, index: int | None = None) -> str:
+    """``score_real`` (DfD), ``score_live`` (FAS): the key of class ``index`` (default the positive one)."""
+    return f"score_{vocab.names[vocab.positive if index is None else index]}"
+
+
+def decide(vocab: ClassVocabulary, probs: Sequence[float]) -> str:
+    """Binary: the positive class when its probability is >= 0.5 (the test protocol's video decision);
+    N classes: the argmax."""
+    if vocab.binary:
+        return vocab.names[vocab.positive if probs[vocab.positive] >= 0.5 else vocab.negative]
+    return vocab.names[int(np.argmax(probs))]
+
+
+def class_scores(vocab: ClassVocabulary, probs: Sequence[float]) -> dict[str, Any]:
+    """A face's or a record's score fields from its class probabilities [C]."""
+    out: dict[str, Any] = {}
+    if vocab.binary:
+        out[score_key(vocab)] = float(probs[vocab.positive])
+        out[score_key(vocab, vocab.negative)] = float(probs[vocab.negative])
+    out["scores"] = {n: float(v) for n, v in zip(vocab.names, probs)}
+    out["label"] = decide(vocab, probs)
+    return out
 
 
 # ---------------------------------------------------------------------------------- detector
@@ -219,15 +277,17 @@ class Detector:
         self.transform, self.crop_mode, self.crop = transform, crop_mode, CROP_MODES[crop_mode]()
         self.max_faces, self.num_frames, self.every = max_faces, num_frames, every
         self.batch_size, self.info = batch_size, dict(info or {})
+        self.classes: ClassVocabulary = self.info.get("classes") or DFD_VOCABULARY
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None, *,
                         amp: str | None = None, crop_mode: str | None = None, detect: bool = True,
-                        apply_simple_augment: bool = False, **options: Any) -> Detector:
+                        apply_simple_augment: bool = False, classes: Sequence[str] | None = None,
+                        **options: Any) -> Detector:
         """Rebuild the model of a fine-tuned checkpoint (local path or ``hf://``). ``crop_mode`` defaults
         to the checkpoint task's (``detect=False``: inputs are already crops); ``options`` are the
         keyword arguments of ``__init__`` (``max_faces``, ``num_frames``, ``every``, ``batch_size``)."""
-        model, transform, info = rebuild_classifier(path, apply_simple_augment)
+        model, transform, info = rebuild_classifier(path, apply_simple_augment, classes)
         mode = "whole_image" if not detect else crop_mode or crop_mode_for(info["task"])
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, transform, device=device, amp=amp, crop_mode=mode, info=info, **options)
@@ -252,8 +312,17 @@ class Detector:
             record["error"] = "file not found"
             return
         if record["type"] == "image":
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            warnings: list[str] = []
+            try:
+                bgr = read_bgr(path, warnings)
+            except ImageTooLargeError as e:
+                record["error"] = str(e)
+                return
+            except UnreadableImageError:
+                bgr = None
             if bgr is not None:
+                for w in warnings:
+                    _note(record, w)
                 yield from ((None, f) for f in self.faces_of(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
                 return
             if Path(path).suffix.lower() in IMAGE_EXTENSIONS:
@@ -264,15 +333,21 @@ class Detector:
             record["error"] = "cannot read this file as an image or a video"
             return
         record["type"] = "video"
+        missing = []
         for idx, frame in read_frames(path, self.frame_indices(count)):
-            if frame is not None:
+            if frame is None:
+                missing.append(idx)
+            else:
                 yield from ((idx, f) for f in self.faces_of(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
+        if missing:
+            _note(record, f"the video ended before frame {missing[0]} of the {count} its header claims: "
+                          f"{len(missing)} sampled frame(s) not scored")
 
     # ------------------------------------------------------------------------------ scoring
     def score_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Class probabilities [N, C] (column 1 = P(real)) of RGB face crops, in batches."""
+        """Class probabilities [N, C] (columns in ``self.classes`` order) of RGB face crops, in batches."""
         tensors = [self.transform(Image.fromarray(c)) for c in crops]
-        return self._score(tensors) if tensors else np.zeros((0, 2))
+        return self._score(tensors) if tensors else np.zeros((0, len(self.classes.names)))
 
     @torch.no_grad()
     def _score(self, tensors: list[torch.Tensor]) -> np.ndarray:
@@ -284,100 +359,210 @@ class Detector:
             out.append(logits.float().softmax(dim=-1).cpu().numpy())
         return np.concatenate(out)
 
-    def _flush(self, queue: list[tuple[dict, torch.Tensor]]) -> None:
-        if queue:
-            probs = self._score([t for _, t in queue])
-            for (entry, _), p in zip(queue, probs):
-                entry["score_real"], entry["score_fake"] = float(p[REAL]), float(p[FAKE])
-            queue.clear()
+    def _flush(self, queue: list[tuple[dict, dict, torch.Tensor]]) -> None:
+        if not queue:
+            return
+        try:
+            probs = self._score([t for _, _, t in queue])
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: the inputs of this batch fail, the run goes on
+            for record, _, _ in queue:
+                _fail(record, e)
+        else:
+            for (_, entry, _), p in zip(queue, probs):
+                entry.update(class_scores(self.classes, p))
+        queue.clear()
 
     def predict_many(self, items: Iterable[ImageInput]) -> Iterator[dict[str, Any]]:
-        """One record per input, in order; faces of consecutive inputs share batches."""
-        queue: list[tuple[dict, torch.Tensor]] = []
+        """One record per input, in order; faces of consecutive inputs share batches. Any failure on
+        one input becomes that input's ``error``; the others go on."""
+        queue: list[tuple[dict, dict, torch.Tensor]] = []
         ready: list[dict] = []
         for item in items:
             is_path = isinstance(item, (str, os.PathLike))
-            record = new_record(str(item) if is_path else None, input_type(item) if is_path else "image")
+            record = new_record(str(item) if is_path else None, input_type(item) if is_path else "image",
+                                self.classes)
+            if not is_path:
+                item = _rgb(item)  # a wrong array type is the caller's mistake (TypeError), not an input's
             try:
                 for frame, face in self._crops(item, record):
                     tensor = self.transform(Image.fromarray(face.image))
                     entry = {"frame": frame, "box": [int(v) for v in face.box], "detector_score": face.detector_score}
                     record["faces"].append(entry)
-                    queue.append((entry, tensor))
+                    queue.append((record, entry, tensor))
                     if len(queue) >= self.batch_size:
                         self._flush(queue)
-            except (OSError, ValueError, cv2.error) as e:  # a bad file must not stop the run
-                record["error"] = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - one input (a bad file, memory) must not stop the run
+                _fail(record, e)
             ready.append(record)
             if not queue:
-                yield from map(_finish, ready)
+                yield from (self._finish(r) for r in ready)
                 ready = []
         self._flush(queue)
-        yield from map(_finish, ready)
+        yield from (self._finish(r) for r in ready)
 
     def predict(self, item: ImageInput) -> dict[str, Any]:
         """The record of one image path, video path, PIL image or RGB uint8 array [H, W, 3]."""
         return next(self.predict_many([item]))
 
 
-def _finish(record: dict) -> dict:
-    """Record score = mean face score (the test protocol's video score); no face is an error."""
+    def _finish(self, record: dict) -> dict:
+        return finish_record(record, self.classes)
+
+
+def _fail(record: dict, error: BaseException) -> None:
+    """The input of ``record`` failed: its error, no faces (a partial video gets no score)."""
+    logger.debug("%s failed", record["path"], exc_info=error)
+    record["error"] = f"{type(error).__name__}: {error}".strip()
+    record["faces"] = []
+
+
+def finish_record(record: dict, vocab: ClassVocabulary) -> dict:
+    """Record scores = mean face scores (the test protocol's video score); no face is an error."""
+    if record["error"] is not None:
+        record["faces"] = []
     if record["faces"]:
-        record["score_real"] = float(np.mean([f["score_real"] for f in record["faces"]]))
+        mean = [float(np.mean([f["scores"][n] for f in record["faces"]])) for n in vocab.names]
+        fields = class_scores(vocab, mean)
+        fields.pop(score_key(vocab, vocab.negative), None)  # the record keeps the positive class's only
+        record.update(fields)
     elif record["error"] is None:
         record["error"] = "no face found" + (" in the sampled frames" if record["type"] == "video" else "")
     return record
 
 
 # ------------------------------------------------------------------------------------ outputs
-CSV_COLUMNS = ("path", "type", "frame", "x1", "y1", "x2", "y2", "detector_score", "score_real", "score_fake",
-               "input_score_real", "error")
+def csv_columns(vocab: ClassVocabulary = DFD_VOCABULARY) -> tuple[str, ...]:
+    """Binary: ``score_{positive}``, ``score_{other}``, ``input_score_{positive}`` (DfD: the historical
+    ``score_real, score_fake, input_score_real``); N classes: ``score_{class}`` each, ``label``,
+    ``input_label``."""
+    head = ("path", "type", "frame", "x1", "y1", "x2", "y2", "detector_score")
+    if vocab.binary:
+        return (*head, score_key(vocab), score_key(vocab, vocab.negative), f"input_{score_key(vocab)}",
+                "error", "warning")
+    return (*head, *(f"score_{n}" for n in vocab.names), "label", "input_label", "error", "warning")
 
 
-def csv_rows(records: Iterable[dict]) -> Iterator[list[Any]]:
+CSV_COLUMNS = csv_columns(DFD_VOCABULARY)
+
+
+def csv_rows(records: Iterable[dict], vocab: ClassVocabulary = DFD_VOCABULARY) -> Iterator[list[Any]]:
     """One row per face; an input without faces gets one row with empty face columns (and its error)."""
+    n_scores = 2 if vocab.binary else len(vocab.names) + 1
     for r in records:
-        tail = [r["score_real"], r["error"]]
+        tail = [r[score_key(vocab)] if vocab.binary else r["label"], r["error"], r.get("warning")]
         for f in r["faces"]:
-            yield [r["path"], r["type"], f["frame"], *f["box"], f["detector_score"], f["score_real"],
-                   f["score_fake"], *tail]
+            if vocab.binary:
+                scores = [f[score_key(vocab)], f[score_key(vocab, vocab.negative)]]
+            else:
+                scores = [*(f["scores"][n] for n in vocab.names), f["label"]]
+            yield [r["path"], r["type"], f["frame"], *f["box"], f["detector_score"], *scores, *tail]
         if not r["faces"]:
-            yield [r["path"], r["type"], None, None, None, None, None, None, None, None, *tail]
+            yield [r["path"], r["type"], *([None] * (6 + n_scores)), *tail]
 
 
-def write_output(path: str | os.PathLike, records: list[dict]) -> None:
-    """``.json``: the list of records; ``.csv``: one row per face. Written atomically."""
+def write_output(path: str | os.PathLike, records: list[dict], vocab: ClassVocabulary = DFD_VOCABULARY) -> None:
+    """``.json``: the list of records; ``.csv``: one row per face (``csv_columns``). Written atomically."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         atomic_write_text(path, json.dumps(records, indent=2) + "\n")
         return
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a file name that is not UTF-8 is written as its own bytes, so it still names the file
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows([("" if v is None else v) for v in row] for row in csv_rows(records))
+        writer.writerow(csv_columns(vocab))
+        writer.writerows([("" if v is None else v) for v in row] for row in csv_rows(records, vocab))
 
 
-def annotate(rgb: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
-    """A copy of ``rgb`` with each face box and its P(real) drawn (green: real >= 0.5, red: fake)."""
+# class colours (RGB) of the pictures: the positive / first class green, the others red, orange, magenta, ...
+PALETTE = ((0, 200, 0), (230, 0, 0), (255, 140, 0), (200, 0, 200), (0, 120, 255), (120, 80, 0))
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def face_caption(face: dict, vocab: ClassVocabulary) -> tuple[str, tuple[int, int, int]]:
+    """``P(real) 0.73`` (binary) or ``deepfake 0.81`` (N classes: the decided class) and its colour."""
+    label = face["label"]
+    k = vocab.names.index(label)
+    if vocab.binary:
+        positive = vocab.names[vocab.positive]
+        return f"P({positive}) {face['scores'][positive]:.2f}", PALETTE[0 if k == vocab.positive else 1]
+    order = [vocab.positive, *(i for i in range(len(vocab.names)) if i != vocab.positive)]
+    return f"{label} {face['scores'][label]:.2f}", PALETTE[order.index(k) % len(PALETTE)]
+
+
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive)
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(boxes: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]], width: int,
+                 height: int) -> list[Rect]:
+    """One label rectangle per face, inside the ``width`` x ``height`` picture and clear of the others where
+    the picture leaves room: above the box, else inside its top edge, else below it, else the nearest free
+    row; x is shifted left where the label would leave the right edge. ``sizes``: (w, h) per label (at
+    most the picture's size)."""
+    placed: list[Rect] = []
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes):
+        w, h = min(w, width), min(h, height)
+        x = min(max(int(x1), 0), width - w)
+        rows = [int(y1) - h, int(y1), int(y2)]
+        rows += sorted(range(0, height - h + 1, max(h // 2, 1)), key=lambda r: abs(r - int(y1)))
+        rect = None
+        for y in rows:
+            if 0 <= y <= height - h:
+                cand = (x, y, x + w, y + h)
+                if not any(_overlaps(cand, o) for o in placed):
+                    rect = cand
+                    break
+        if rect is None:  # no free row in this column: try every column, then give in
+            spots = ((cx, cy) for cy in range(0, height - h + 1, max(h // 2, 1))
+                     for cx in range(0, width - w + 1, max(w // 4, 1)))
+            rect = next(((cx, cy, cx + w, cy + h) for cx, cy in spots
+                         if not any(_overlaps((cx, cy, cx + w, cy + h), o) for o in placed)),
+                        (x, max(min(int(y1), height - h), 0), x + w, max(min(int(y1), height - h), 0) + h))
+        placed.append(rect)
+    return placed
+
+
+def annotate(rgb: np.ndarray, faces: Sequence[dict], vocab: ClassVocabulary = DFD_VOCABULARY,
+             return_labels: bool = False):
+    """A copy of ``rgb`` with each face box and its caption (``face_caption``) on a filled label inside the
+    picture, labels out of each other's way (``place_labels``); with ``return_labels`` also the label
+    rectangles ``[(x1, y1, x2, y2), ...]`` (x2/y2 exclusive)."""
     out = rgb.copy()
-    thick = max(1, round(max(rgb.shape[:2]) / 400))
-    for f in faces:
+    height, width = rgb.shape[:2]
+    thick = max(1, round(max(height, width) / 400))
+    captions = [face_caption(f, vocab) for f in faces]
+    scales, sizes = [], []
+    for text, _ in captions:
+        scale = 0.4 * thick
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
+        if tw + 4 > width:  # a narrow picture: a smaller font rather than a cut label
+            scale *= (width - 4) / (tw + 4)
+            (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
+        scales.append(scale)
+        sizes.append((tw + 4, th + base + 4))
+    for f, (_, colour) in zip(faces, captions):
         x1, y1, x2, y2 = f["box"]
-        colour = (0, 200, 0) if f["score_real"] >= 0.5 else (230, 0, 0)
         cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), colour, thick)
-        cv2.putText(out, f"P(real) {f['score_real']:.2f}", (x1, max(y1 - 4 * thick, 12)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thick, colour, thick, cv2.LINE_AA)
-    return out
+    rects = place_labels([f["box"] for f in faces], sizes, width, height)
+    for (text, colour), scale, (lx1, ly1, lx2, ly2) in zip(captions, scales, rects):
+        cv2.rectangle(out, (lx1, ly1), (lx2 - 1, ly2 - 1), colour, cv2.FILLED)
+        baseline = cv2.getTextSize(text, FONT, scale, thick)[1]
+        cv2.putText(out, text, (lx1 + 2, ly2 - 2 - baseline), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return (out, rects) if return_labels else out
 
 
-def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int) -> list[Path]:
+def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int,
+                        vocab: ClassVocabulary = DFD_VOCABULARY) -> list[Path]:
     """Annotated copies of an image (``{index:03d}_{stem}.jpg``) or of each scored video frame
     (``{index:03d}_{stem}_frame_{k}.jpg``) in ``out_dir``."""
     if not record["faces"] or record["path"] is None:
         return []
     stem = f"{index:03d}_{Path(record['path']).stem}"
     if record["type"] == "image":
-        frames = [(None, cv2.imread(record["path"], cv2.IMREAD_COLOR))]
+        frames = [(None, read_bgr(record["path"]))]
     else:
         frames = list(read_frames(record["path"], sorted({f["frame"] for f in record["faces"]})))
     written = []
@@ -386,25 +571,46 @@ def save_visualisations(record: dict, out_dir: str | os.PathLike, index: int) ->
         if bgr is None or not faces:
             continue
         name = f"{stem}.jpg" if idx is None else f"{stem}_frame_{idx}.jpg"
-        drawn = annotate(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), faces)
+        drawn = annotate(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), faces, vocab)
         atomic_write_image(Path(out_dir) / name, cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         written.append(Path(out_dir) / name)
     return written
 
 
-def table_line(record: dict) -> str:
-    score = "-" if record["score_real"] is None else f"{record['score_real']:.4f}"
-    verdict = "-" if record["score_real"] is None else ("real" if record["score_real"] >= 0.5 else "fake")
-    error = f"  ({record['error']})" if record["error"] else ""
-    return f"{score:>10}  {verdict:<7}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+def table_columns(vocab: ClassVocabulary = DFD_VOCABULARY) -> str:
+    first = score_key(vocab) if vocab.binary else "score"
+    return f"{first:>10}  {'verdict':<9}  {'faces':>5}  {'type':<5}  input"
+
+
+def table_line(record: dict, vocab: ClassVocabulary = DFD_VOCABULARY) -> str:
+    """Binary: the positive class's mean score; N classes: the decided class's mean probability."""
+    if record["label"] is None:
+        score = "-"
+    else:
+        score = f"{record[score_key(vocab)] if vocab.binary else record['scores'][record['label']]:.4f}"
+    verdict = record["label"] or "-"
+    error = (f"  ({record['error']})" if record["error"]
+             else f"  (warning: {record['warning']})" if record.get("warning") else "")
+    line = f"{score:>10}  {verdict:<9}  {len(record['faces']):>5}  {record['type']:<5}  {record['path']}{error}"
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")  # a non-UTF-8 name prints escaped
+
+
+def reading(vocab: ClassVocabulary) -> str:
+    """How to read the scores, for the log line and the app."""
+    if vocab.binary:
+        pos = vocab.names[vocab.positive]
+        return f"{score_key(vocab)} = P({pos}), >= 0.5 -> {pos}, else {vocab.names[vocab.negative]}"
+    return f"{len(vocab.names)} classes ({', '.join(vocab.names)}): score = P(decided class), verdict = argmax"
 
 
 # ----------------------------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m fsvfm.predict", description=(
-        "Score every face of images, folders (recursive) and videos with a fine-tuned checkpoint. "
-        "Class 1 = real: score_real = P(real); a record's score_real is the mean over its faces/frames "
-        "(the test protocol's video score), >= 0.5 reads as real."))
+        "Score every face of images, folders (recursive) and videos with a fine-tuned checkpoint. Every class's "
+        "probability is reported by name. DfD/DiFF (fake 0, real 1): score_real = P(real); FAS (spoof 0, live 1): "
+        "score_live = P(live); a record's score is the mean over its faces/frames (the test protocol's video "
+        "score), >= 0.5 reads as real / live. N-class detectors (e.g. the unified real / deepfake / diffusion / "
+        "spoof detector): the argmax class."))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, video files or folders")
     p.add_argument("--checkpoint", required=True, help="fine-tuned checkpoint (.pth path or hf://Wolowolo/fsfm-3c/...)")
     p.add_argument("--output", default=None, help="write records to results.json or one row per face to results.csv")
@@ -418,7 +624,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: fp16 on CUDA, none on CPU)")
-    p.add_argument("--save_vis", default=None, metavar="DIR", help="write annotated images (boxes and P(real)) here")
+    p.add_argument("--save_vis", default=None, metavar="DIR",
+                   help="write annotated images (boxes and P(real) / P(live) / the decided class) here")
+    p.add_argument("--classes", type=class_names, default=None, metavar="NAME,NAME,...",
+                   help="name the model's classes in index order (default: the checkpoint's, or its task's)")
+    add_max_pixels_flag(p)
     return p
 
 
@@ -429,6 +639,13 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--every and --num_frames must be at least 1")
     if args.max_faces is not None and args.max_faces < 1:
         raise UsageError("--max_faces must be at least 1")
+    apply_max_pixels_flag(args)
+    # before any scoring: a folder that cannot take the results is found now, not after the run
+    for flag, folder in (("--output", Path(args.output).parent if args.output else None), ("--save_vis", args.save_vis)):
+        if folder is not None:
+            problem = writable_folder_problem(folder)
+            if problem:
+                raise UsageError(f"{flag} {getattr(args, flag[2:])}: {problem}")
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -441,21 +658,36 @@ def run(args: argparse.Namespace) -> list[dict]:
     det = Detector.from_checkpoint(args.checkpoint, args.device, amp=args.amp, crop_mode=args.crop_mode,
                                    detect=not args.no_detect, apply_simple_augment=args.apply_simple_augment,
                                    max_faces=args.max_faces, num_frames=args.num_frames, every=args.every,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, classes=args.classes)
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
-          f"on {det.device}; score_real = P(real), >= 0.5 -> real")
-    print(f"{'score_real':>10}  {'verdict':<7}  {'faces':>5}  {'type':<5}  input")
-    records = []
-    for i, record in enumerate(det.predict_many(inputs)):
-        print(table_line(record), flush=True)
-        if args.save_vis:
-            save_visualisations(record, args.save_vis, i)
-        records.append(record)
+          f"on {det.device}; {reading(det.classes)}")
+    print(table_columns(det.classes))
+    records: list[dict] = []
+    written_at = time.monotonic()
+    try:
+        for i, record in enumerate(det.predict_many(inputs)):
+            if args.save_vis:
+                try:
+                    save_visualisations(record, args.save_vis, i, det.classes)
+                except Exception as e:  # noqa: BLE001 - the score stands without its picture
+                    _note(record, f"no visualisation ({type(e).__name__}: {e})")
+            print(table_line(record, det.classes), flush=True)
+            records.append(record)
+            if args.output and time.monotonic() - written_at > SAVE_EVERY_S:  # finished work survives a kill
+                write_output(args.output, records, det.classes)
+                written_at = time.monotonic()
+    finally:
+        if args.output and len(records) < len(inputs):
+            write_output(args.output, records, det.classes)
+            print(f"stopped after {len(records)} of {len(inputs)} inputs; wrote their records to {args.output}",
+                  file=sys.stderr, flush=True)
     if args.output:
-        write_output(args.output, records)
+        write_output(args.output, records, det.classes)
     n_faces = sum(len(r["faces"]) for r in records)
     n_err = sum(r["error"] is not None for r in records)
-    print(f"{len(records)} inputs, {n_faces} faces, {n_err} without a score, {time.time() - start:.1f} s"
+    n_warn = sum(r["warning"] is not None for r in records)
+    print(f"{len(records)} inputs, {n_faces} faces, {n_err} without a score"
+          + (f", {n_warn} with a warning" if n_warn else "") + f", {time.time() - start:.1f} s"
           + (f"; wrote {args.output}" if args.output else ""))
     return records
 

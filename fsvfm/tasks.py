@@ -19,9 +19,10 @@ from fsvfm import engine_fas
 from fsvfm.adapter_hooks import classifier_loss, configure_classifier
 from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
 from fsvfm.finetune_setup import build_classifier, load_classifier_from_checkpoint
-from fsvfm.util.args import adapter_parser
-from fsvfm.util.finetune_data import build_finetune_datasets
-from fsvfm.util.naming import DFD_VOCABULARY, FAS_VOCABULARY, ClassVocabulary
+from fsvfm.util.args import adapter_parser, classes_parser
+from fsvfm.util.errors import UsageError
+from fsvfm.util.finetune_data import build_finetune_datasets, split_file_classes
+from fsvfm.util.naming import DFD_VOCABULARY, FAS_VOCABULARY, UNIFIED_VOCABULARY, ClassVocabulary
 
 # (args, train transform, val transform, vocabulary) -> (train set, val set); items (image, label, ...)
 DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabulary], "tuple[Dataset, Dataset]"]
@@ -60,6 +61,8 @@ class FinetuneTask:
     * ``extra_parsers``: argparse parents with the task's own flags, for its fine-tuning and test programs.
     * ``rebuild(path, device, **overrides)``: a fine-tuned checkpoint of the task, ready for inference
       (``fsvfm.predict``).
+    * ``multiclass``: N classes named by ``--classes`` (``vocabulary`` is the default), ``--nb_classes``
+      follows them.
     """
 
     name: str
@@ -75,6 +78,19 @@ class FinetuneTask:
     extra_parsers: tuple[Callable[[], argparse.ArgumentParser], ...] = ()
     description: str = ""
     rebuild: Rebuilder = load_classifier_from_checkpoint
+    multiclass: bool = False
+
+    def vocabulary_for(self, args: argparse.Namespace, split_file: str | None = None) -> ClassVocabulary:
+        """The classes of one run: a ``multiclass`` task takes ``--classes``, else the ``# classes:`` line of
+        ``split_file``, else its default vocabulary; other tasks always have theirs."""
+        given = getattr(args, "classes", None)
+        if not self.multiclass:
+            if given:
+                raise UsageError(f"--classes names the classes of an N-class detector (--task Unified); the "
+                                 f"{self.name} classes are fixed: {', '.join(self.vocabulary.names)}")
+            return self.vocabulary
+        names = given or (split_file_classes(split_file) if split_file else None)
+        return ClassVocabulary.from_names(names) if names else self.vocabulary
 
 
 _FF = "deepfakes_detection/FaceForensics/32_frames"
@@ -114,4 +130,14 @@ FAS_TASK = FinetuneTask(
     metric_mode="fas", extra_parsers=(adapter_parser,), rebuild=engine_fas.load_fas_from_checkpoint,
     description="FS-VFM cross-domain face anti-spoofing (FAS): leave-one-out MCIO / WCS protocols")
 
-TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK, FAS_TASK)}
+# An N-class detector (the released unified detector: real / deepfake / diffusion / spoof) fine-tuned and tested
+# like DfD, from class folders (``--classes`` or a split file's ``# classes:`` line name them); tested on
+# ``{--test_root}/test/`` or ``--test_split``. Selected with ``--task Unified`` in the DfD programs.
+UNIFIED_TASK = FinetuneTask(
+    "Unified", vocabulary=UNIFIED_VOCABULARY, test_sets=(TestSet("test", ""),), metric_mode="multiclass",
+    configure_model=configure_classifier, make_loss=classifier_loss(UNIFIED_VOCABULARY),
+    extra_parsers=(adapter_parser, classes_parser), multiclass=True,
+    description="FS-VFM N-class face-security detector (e.g. the unified real / deepfake / diffusion / spoof "
+                "detector) from class folders")
+
+TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK, FAS_TASK, UNIFIED_TASK)}

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid
@@ -49,6 +48,7 @@ from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import atomic_write_image
+from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.norm_stats import checkpoint_mean_std
 
 logger = logging.getLogger(__name__)
@@ -121,12 +121,11 @@ def _read_rgb(image: str | os.PathLike | np.ndarray) -> np.ndarray:
             raise VisualizeError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
         return np.ascontiguousarray(arr[..., :3])
     try:
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(read_rgb(image))
     except FileNotFoundError as e:
         raise VisualizeError(f"image not found: {image}") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise VisualizeError(f"cannot read image {image}: {e}") from e
+    except UnreadableImageError as e:
+        raise VisualizeError(str(e)) from e
 
 
 @functools.lru_cache(maxsize=4)

@@ -82,7 +82,10 @@ def test_release_table_matches_spec_10():
     assert hub.find_release("DiFF_ViT-L").folder == ("finetuned_models/FS-VFM_extensions/cross_dataset_DFD_and_DiFF/"
                                                      "ViT-L_VF2_600e/FT_on_FF++_DF_c23_32frames")
     assert hub.find_release("FSFM_DiFF_ViT-B").folder == "finetuned_models/FF++_DF_c23_32frames/correct_version"
-    assert len({r.name for r in hub.RELEASES}) == len(hub.RELEASES) == 4 + 4 * 3 + 4
+    assert len({r.name for r in hub.RELEASES}) == len(hub.RELEASES) == 4 + 4 * 3 + 4 + 1
+    unified = hub.find_release("Unified-detector_ViT-B")
+    assert unified.folder == "finetuned_models/Unified-detector/v1_Fine-tuned_on_4_classes"
+    assert unified.description.endswith("Real & Bonafide, Deepfake, Diffusion & AIGC, Spoofing & Presentation attacks")
 
 
 @pytest.mark.parametrize("uri,expected", [

@@ -183,7 +183,7 @@ def test_usage_errors_exit_2(ckpt, inputs, tmp_path, capsys):
     relabelled["task"] = "Other"
     torch.save(relabelled, tmp_path / "other.pth")
     assert predict.main(["--checkpoint", str(tmp_path / "other.pth"), photo, "--device", "cpu", "--no_detect"]) == 2
-    assert "unknown task 'Other' (known: ['DfD', 'DiFF', 'FAS'])" in capsys.readouterr().err
+    assert "unknown task 'Other' (known: ['DfD', 'DiFF', 'FAS', 'Unified'])" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no face-crop mode for task 'Other'"):
         predict.crop_mode_for("Other")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, sample_indices, unique_indices
@@ -62,3 +63,42 @@ def test_unreadable_video_and_faceless_frames_are_counted(tmp_path):
     assert dict(out.counts) == {"no_face": 2}
     assert [f[1] for f in out.failures] == [f"{blank}#0", f"{blank}#4"]
     assert not Path(tmp_path / "o").exists() or tree(tmp_path / "o") == set()
+
+
+def _numbered_video(path, n: int, fourcc: str):
+    """``n`` distinct 64x48 frames (a noise image rolled by the frame number)."""
+    import cv2
+    base = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 25, (64, 48))
+    assert writer.isOpened(), fourcc
+    for i in range(n):
+        writer.write(np.roll(base, 2 * i, axis=1))
+    writer.release()
+    return str(path)
+
+
+@pytest.mark.parametrize("fourcc,ext", [("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi")])
+def test_seeking_gives_the_frames_of_sequential_decoding(tmp_path, fourcc, ext):
+    video = _numbered_video(tmp_path / f"v{ext}", 150, fourcc)
+    wanted = sample_indices(150, 7) + [3, 150, 170]          # gaps of ~25 frames, a short one, past the end
+    sequential = list(read_frames(video, wanted, seek_gap=None))
+    seeking = list(read_frames(video, wanted, seek_gap=4))
+    assert [i for i, _ in seeking] == [i for i, _ in sequential] == [0, 3, 24, 49, 74, 99, 124, 149, 150, 170]
+    for (i, a), (_, b) in zip(sequential, seeking):
+        assert (a is None) == (b is None) == (i >= 150), i
+        assert a is None or np.array_equal(a, b), i
+
+
+def test_an_inexact_seek_falls_back_to_sequential_decoding(tmp_path, monkeypatch):
+    from fsvfm.preprocess import video as video_mod
+    path = _numbered_video(tmp_path / "v.mp4", 90, "mp4v")
+    calls = []
+
+    def lost(cap, idx):                                      # a reader that cannot land on the frame
+        calls.append(idx)
+        return None
+    monkeypatch.setattr(video_mod, "_seek_read", lost)
+    got = list(read_frames(path, [0, 40, 80], seek_gap=4))
+    assert calls == [40]                                     # one failed seek, then no more seeking
+    expected = list(read_frames(path, [0, 40, 80], seek_gap=None))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(got, expected))

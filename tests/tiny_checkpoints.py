@@ -43,3 +43,32 @@ def pretrain_checkpoint(out: Path) -> tuple[Path, models_fsfm.FSFMViT]:
     save_checkpoint(out / "checkpoint-te-1.pth", model.state_dict(), epoch=1, args=args, network="target")
     write_mean_std(out / STATS_FILENAME, PRETRAIN_MEAN, PRETRAIN_STD)
     return out / "checkpoint-1.pth", model
+
+
+UNIFIED_CLASSES = ("real", "deepfake", "diffusion", "spoof")
+
+
+def make_class_tree(root: Path, split: str, images: int = 2, classes=UNIFIED_CLASSES, size: int = 32) -> Path:
+    """``root/split/{class}/{class}{k}_frame_0.png``: each class its own brightness, so a tiny model can learn it."""
+    import numpy as np
+    from PIL import Image
+    for c, name in enumerate(classes):
+        for k in range(images):
+            rng = np.random.default_rng(1000 * c + 10 * k + len(split))
+            arr = np.clip(40 + 55 * c + rng.integers(-15, 15, (size, size, 3)), 0, 255).astype(np.uint8)
+            path = root / split / name / f"{name}{k}_frame_0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+    return root
+
+
+def unified_detector_checkpoint(root: Path, *extra: str) -> Path:
+    """``root/ft4/checkpoint-min_val_loss.pth``: one epoch of ``main_finetune_DfD.py --task Unified`` (4 classes,
+    32x32) on ``root/data4/{train,val,test}/{real,deepfake,diffusion,spoof}``."""
+    data = root / "data4"
+    for split in ("train", "val", "test"):
+        make_class_tree(data, split)
+    argv = finetune_argv(write_pretrain_checkpoint(root / "pre4"), data, root / "ft4", "--epochs", "1", "--mixup", "0",
+                         "--cutmix", "0", "--task", "Unified", "--classes", ",".join(UNIFIED_CLASSES), *extra)
+    main_finetune_DfD.cli(argv)
+    return root / "ft4" / "checkpoint-min_val_loss.pth"

@@ -22,6 +22,7 @@ from fsvfm.preprocess.layouts import (
 )
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.runner import Summary, check_backend, run_stages
+from fsvfm.preprocess.shards import merge_shards, parse_shard, shard_jobs, shard_run_name
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import DataError, UsageError
@@ -45,6 +46,12 @@ def common_parser() -> argparse.ArgumentParser:
                    help="summary and failures list (default: datasets/preprocess_logs, or --dst in custom mode)")
     g.add_argument("--face_select", choices=FACE_SELECT, default="first",
                    help="first = the detector's highest-scoring face (original), or the largest box")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only part K of N (1 <= K <= N) of the work, e.g. one task of a cluster array job; "
+                        "each part resumes on its own and writes {run}_shardKofN_summary.json")
+    g.add_argument("--merge_shards", action="store_true",
+                   help="do no work: merge the N shard summaries of this run (same --dataset and --log_dir) "
+                        "into its {run}_summary.json and {run}_failures.txt")
     return p
 
 
@@ -111,14 +118,41 @@ def _cli(parser: argparse.ArgumentParser, argv, default_file, body: Callable[...
             cfg = load_config(default_file, args.config, args.opts)
         except (ValueError, KeyError) as e:   # --config / --opts
             raise UsageError(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
+        args.shard = parse_shard(args.shard) if args.shard is not None else None
+        if args.merge_shards and args.shard:
+            parser.error("--merge_shards merges every shard: give it without --shard")
         return body(args, cfg)
     return run_cli(main, parser, argv)
 
 
+def _merge(args, default_file, run_name: str) -> Summary | None:
+    """``--merge_shards``: the merged summary of the run's shards (None without the flag)."""
+    if not args.merge_shards:
+        return None
+    summary, n = merge_shards(_log_dir(args, default_file), run_name)
+    logger.info("merged %d shards of %s: %s", n, run_name, summary)
+    return summary
+
+
 def _run(stages, opts: Options, args, default_file, run_name: str, summary: Summary) -> Summary:
-    """``run_stages``; a ``DataError`` when the run found no input at all."""
-    run_stages(stages, opts, args.workers, _log_dir(args, default_file), run_name, summary)
-    if summary.total() == 0:
+    """``run_stages`` (on shard ``args.shard`` of every stage's jobs); a ``DataError`` when the run found
+    no input at all (counted before the split, so an empty shard of a real run is not an error)."""
+    listed, kept = [], []
+
+    def part(make):
+        def make_part():
+            jobs = make()
+            mine = shard_jobs(jobs, args.shard)
+            listed.append(len(jobs))
+            kept.append(len(mine))
+            return mine
+        return make_part
+    stages = [(name, part(make)) for name, make in stages]
+    run_stages(stages, opts, args.workers, _log_dir(args, default_file), shard_run_name(run_name, args.shard),
+               summary)
+    if args.shard:
+        logger.info("shard %d/%d: %d of the %d jobs listed", *args.shard, sum(kept), sum(listed))
+    if summary.total() == 0 and sum(listed) == 0:
         if args.dataset == "custom":
             raise UsageError(f"--src {args.src} holds no image ({' '.join(IMAGE_EXTENSIONS)}) "
                              f"or video ({' '.join(VIDEO_EXTENSIONS)})")
@@ -135,6 +169,8 @@ def main_dataset_preprocess(default_file: str | Path, task: str, argv=None) -> S
                         **({"default": "VF2"} if task == "pretrain" else {"required": True}))
 
     def crop(args: argparse.Namespace, cfg) -> Summary:
+        if (merged := _merge(args, default_file, run_name_for(args.dataset))) is not None:
+            return merged
         summary = Summary()
         if args.dataset == "custom":
             stages = custom_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames))
@@ -153,6 +189,8 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
     parser.add_argument("--dataset", choices=(*PARSE_SOURCES, "custom"), required=True)
 
     def parse(args: argparse.Namespace, cfg) -> Summary:
+        if (merged := _merge(args, default_file, "face_parse_" + run_name_for(args.dataset))) is not None:
+            return merged
         if args.dataset == "custom":
             stages = custom_parse_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames),
                                          crop=args.crop)
@@ -178,6 +216,8 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
 
     def chips(args: argparse.Namespace, cfg) -> Summary:
+        if (merged := _merge(args, default_file, run_name_for(f"FAS_{group}_{args.dataset}"))) is not None:
+            return merged
         opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
                        device=args.device, chip_padding=cfg.chip_padding)
         summary = Summary()

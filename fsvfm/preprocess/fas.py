@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from fsvfm.preprocess.align import extract_image_chip
@@ -23,6 +22,7 @@ from fsvfm.preprocess.runner import Stage
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util.fas_data import FASDataError, read_list_file
 from fsvfm.util.fileio import atomic_write_image
+from fsvfm.util.images import ImageTooLargeError, UnreadableImageError, check_pixels, read_bgr
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +98,11 @@ def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
 
 def _read_image(job: Job, out: Summary, src: str | None = None) -> np.ndarray | None:
     src = src or job.src
-    img = cv2.imread(src, cv2.IMREAD_COLOR)
-    if img is None:
-        out.add("unreadable", src, "missing or not an image")
-    return img
+    try:
+        return read_bgr(src)
+    except (UnreadableImageError, FileNotFoundError) as e:
+        out.add("unreadable", src, str(e))
+        return None
 
 
 def _fas_image(worker: Worker, job: Job, out: Summary) -> None:
@@ -167,8 +168,14 @@ def _wmca_frame(worker: Worker, job: Job, out: Summary) -> None:
         return out.add("unreadable", job.src, "missing")
     with h5py.File(job.src, "r") as f:
         groups = [g for g in f if g.rsplit("_", 1)[-1].isdigit() and int(g.rsplit("_", 1)[-1]) == int(job.name)]
-        images = [hdf5_image(np.asarray(f[g][d])) for g in groups for d in f[g]
-                  if isinstance(f[g][d], h5py.Dataset)]
+        datasets = [f[g][d] for g in groups for d in f[g] if isinstance(f[g][d], h5py.Dataset)]
+        try:  # the pixel guard, from the dataset's shape before it is read
+            for ds in datasets:
+                check_pixels(int(ds.shape[-1]) if ds.ndim else 1, int(ds.shape[-2]) if ds.ndim > 1 else 1,
+                             f"{job.src}#{ds.name}")
+        except ImageTooLargeError as e:
+            return out.add("unreadable", f"{job.src}#{job.name}", str(e))
+        images = [hdf5_image(np.asarray(ds)) for ds in datasets]
     images = [i for i in images if i is not None]
     if not images:
         return out.add("unreadable", f"{job.src}#{job.name}", "no image for this frame")

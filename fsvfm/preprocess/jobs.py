@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -25,6 +24,7 @@ from fsvfm.preprocess.parsing import build_parser, output_paths, parser_input, s
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
 from fsvfm.util.errors import OutputError
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
+from fsvfm.util.images import UnreadableImageError, read_bgr, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,10 @@ class Worker:
     def _read_and_crop(self, job: Job, out: Summary) -> list:
         """The face crops ``(bgr, rect)`` of an image file, at most ``max_faces`` of them; [] after
         counting the file as unreadable / no face."""
-        bgr = cv2.imread(job.src, cv2.IMREAD_COLOR)
-        if bgr is None:
-            out.add("unreadable", job.src, "not an image")
+        try:
+            bgr = read_bgr(job.src)
+        except (UnreadableImageError, FileNotFoundError) as e:
+            out.add("unreadable", job.src, str(e))
             return []
         crops = self.cropper.crops(bgr, self.opts.max_faces)
         if not crops:
@@ -222,8 +223,7 @@ class Worker:
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
         try:
-            with Image.open(job.src) as im:
-                image = im.convert("RGB").resize((self.opts.face_size,) * 2, Image.BICUBIC)
+            image = read_rgb(job.src).resize((self.opts.face_size,) * 2, Image.BICUBIC)
         except (OSError, ValueError) as e:
             return out.add("unreadable", job.src, f"{type(e).__name__}: {e}")
         self._parse_and_save(job, out, image, None)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,12 +74,51 @@ def run_jobs(jobs: list[Job], opts: Options, workers: int = 1, desc: str = "prep
     # fork is fast and shares the read-only state; torch (facer) needs a fresh interpreter.
     ctx = mp.get_context("spawn" if opts.backend == "facer" and any(j.kind in PARSE_KINDS for j in jobs)
                          else "fork")
-    chunk = max(1, min(16, len(jobs) // (workers * 8)))
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
-        for outcome in tqdm(pool.imap_unordered(_run_one, jobs, chunksize=chunk), total=len(jobs),
-                            desc=desc, unit="job", dynamic_ncols=True):
+    with tqdm(total=len(jobs), desc=desc, unit="job", dynamic_ncols=True) as bar:
+        for outcome in _pool_outcomes(jobs, opts, workers, ctx):
             summary.merge(outcome)
+            bar.update()
     return summary
+
+
+def _crash_summary(job: Job) -> Summary:
+    out = Summary()
+    out.add("error", job.src, "the worker process died on this input (crashed or was killed); the others went on")
+    return out
+
+
+def _pool_outcomes(jobs: list[Job], opts: Options, workers: int, ctx) -> Iterator[Summary]:
+    """One ``Summary`` per job from a pool of ``workers`` processes. A worker that dies (a segfault in a
+    decoder, the OOM killer) breaks the pool; the jobs in flight are then rerun one at a time in a fresh
+    pool, so the one that kills its worker is found, recorded as an ``error`` and the others go on."""
+    pending = list(reversed(jobs))   # popped from the end, in the given order
+    suspects: list[Job] = []         # in flight when a worker died
+    while pending or suspects:
+        window = 1 if suspects else 2 * workers
+        with ProcessPoolExecutor(workers if not suspects else 1, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(opts,)) as pool:
+            running: dict = {}
+            try:
+                while pending or suspects or running:
+                    while (pending or suspects) and len(running) < window:
+                        job = suspects.pop() if suspects else pending.pop()
+                        running[pool.submit(_run_one, job)] = job
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        outcome = future.result()  # BrokenProcessPool when a worker died
+                        del running[future]
+                        yield outcome
+                    if window == 1 and not suspects:
+                        break  # the suspects are cleared: back to the full pool
+            except BrokenProcessPool:
+                lost = [f for f in running if not f.done() or f.exception() is not None]
+                yield from (f.result() for f in running if f not in lost)
+                if window == 1:  # it ran alone: this job killed its worker
+                    yield _crash_summary(running[lost[0]])
+                else:
+                    suspects = [running[f] for f in reversed(lost)] + suspects
+                    logger.warning("a worker process died; rerunning the %d job(s) it may have held one at a "
+                                   "time", len(lost))
 
 
 Stage = tuple[str, Callable[[], list[Job]]]

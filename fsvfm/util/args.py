@@ -78,10 +78,10 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def classifier_parser() -> argparse.ArgumentParser:
+def classifier_parser(classes: str = "fake 0, real 1") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("classifier")
-    g.add_argument("--nb_classes", default=2, type=int, help="classes (fake 0, real 1)")
+    g.add_argument("--nb_classes", default=2, type=int, help=f"classes ({classes})")
     g.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
     g.add_argument("--global_pool", action="store_true", default=True,
                    help="features = fc_norm(mean of patch tokens) (default)")
@@ -139,6 +139,24 @@ def adapter_parser() -> argparse.ArgumentParser:
     g.add_argument("--train_fc_norm", action="store_true",
                    help="with --trainable_modules fs-adapter, also train fc_norm (the original leaves it frozen at "
                         "identity, A5; released adapter checkpoints were trained that way)")
+    return p
+
+
+def class_names(value: str) -> list[str]:
+    """``real,deepfake,diffusion,spoof`` (commas or spaces) -> the list of names."""
+    names = [n for n in value.replace(",", " ").split() if n]
+    if len(names) < 2 or len({n.lower() for n in names}) != len(names):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct class names in index order, got {value!r}")
+    return names
+
+
+def classes_parser() -> argparse.ArgumentParser:
+    """``--classes`` of the N-class detector task (``--task Unified``)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("N-class detector (--task Unified)")
+    g.add_argument("--classes", type=class_names, default=None, metavar="NAME,NAME,...",
+                   help="class names in index order; a class folder is the class it is named after (default: "
+                        "a '# classes:' line of --train_split / --test_split, else real,deepfake,diffusion,spoof)")
     return p
 
 

@@ -24,7 +24,7 @@ import pickle
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,26 +193,88 @@ def checkpoint_payload(model_state: Mapping[str, torch.Tensor], *, optimizer: to
     return payload
 
 
+# Bounds on the size settings a checkpoint may ask for (stored ``model_kwargs``, ``input_size``): far above
+# every released model (ViT-H: depth 32, width 1280), far below what exhausts memory before a check.
+MODEL_KWARG_BOUNDS: dict[str, tuple[float, float]] = {
+    "depth": (1, 128), "embed_dim": (8, 8192), "num_heads": (1, 256), "patch_size": (1, 512),
+    "img_size": (8, 4096), "mlp_ratio": (0.1, 16), "num_classes": (1, 100_000), "adapter_reduction": (1, 1024)}
+MAX_MODEL_PARAMETERS = 4e9  # about 12 x depth x width^2 per ViT: ViT-H has 0.63e9
+
+
+def _bounds_of(key: str) -> tuple[float, float] | None:
+    if key in MODEL_KWARG_BOUNDS:
+        return MODEL_KWARG_BOUNDS[key]
+    for suffix in ("depth", "embed_dim", "num_heads", "size", "dim"):  # decoder_depth, projection_size, ...
+        if key.endswith(suffix):
+            return MODEL_KWARG_BOUNDS.get(suffix, MODEL_KWARG_BOUNDS["embed_dim"])
+    return None
+
+
+def check_model_kwargs(kwargs: Mapping[str, Any], source: str | os.PathLike) -> None:
+    """``CheckpointError`` when a checkpoint's model settings are out of ``MODEL_KWARG_BOUNDS`` or describe a
+    network of more than ``MAX_MODEL_PARAMETERS``: refused before anything is allocated."""
+    for key, value in kwargs.items():
+        bounds = _bounds_of(key)
+        if bounds is None or isinstance(value, bool) or value is None:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or not bounds[0] <= value <= bounds[1]:
+            raise CheckpointError(f"{source}: stored model setting {key}={value!r} is outside {bounds[0]:g}..{bounds[1]:g}; "
+                                  "the file is damaged or not an FS-VFM checkpoint")
+    depth, width = kwargs.get("depth"), kwargs.get("embed_dim")
+    if isinstance(depth, (int, float)) and isinstance(width, (int, float)) and 12 * depth * width ** 2 > MAX_MODEL_PARAMETERS:
+        raise CheckpointError(f"{source}: stored model settings depth={depth}, embed_dim={width} describe a network of "
+                              f"about {12 * depth * width ** 2 / 1e9:.0f} billion parameters; refused")
+
+
+def weights_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], model_name: str,
+                     source: str | os.PathLike, strict: bool = True) -> CheckpointError | None:
+    """The error explaining by key and shape why ``state_dict`` does not fit a model whose state dict is
+    ``own`` (shapes only: ``own`` may live on the meta device), or None."""
+    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if not (bad_shapes or (strict and (missing or unexpected))):
+        return None
+    lines = [f"checkpoint {source} does not fit {model_name}:"]
+    if bad_shapes:
+        lines.append(f"  {len(bad_shapes)} shape mismatch(es): " + "; ".join(bad_shapes[:5]))
+    if strict and missing:
+        lines.append(f"  {len(missing)} missing key(s): " + ", ".join(missing[:8]))
+    if strict and unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
+    return CheckpointError("\n".join(lines))
+
+
+def build_for_weights(build: Callable[[], torch.nn.Module], state_dict: Mapping[str, torch.Tensor],
+                      source: str | os.PathLike, name: str = "", strict: bool = True) -> torch.nn.Module:
+    """``build()`` with ``state_dict`` loaded, after checking on the meta device (no memory, well under a
+    second even for ViT-H) that the weights fit: a file whose weights belong to another model is refused
+    before the real network is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except TypeError as e:  # a stored setting the model does not take
+        raise CheckpointError(f"{source}: cannot build {name or 'its model'} from its stored settings ({e})") from e
+    label = type(skeleton).__name__ + (f" ({name})" if name else "")
+    error = weights_mismatch(skeleton.state_dict(), state_dict, label, source, strict)
+    del skeleton
+    if error is not None:
+        raise error
+    model = build()
+    load_model_weights(model, state_dict, strict=strict, source=source)
+    return model
+
+
 def load_model_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], *,
                        strict: bool = True, source: str | os.PathLike = "<state dict>"):
     """Load weights, explaining a mismatch by key and shape (the file is named in the message).
 
     With ``strict=False`` shape mismatches still raise; returns torch's (missing, unexpected) result.
     """
-    own = model.state_dict()
-    bad_shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if bad_shapes or (strict and (missing or unexpected)):
-        lines = [f"checkpoint {source} does not fit {type(model).__name__}:"]
-        if bad_shapes:
-            lines.append(f"  {len(bad_shapes)} shape mismatch(es): " + "; ".join(bad_shapes[:5]))
-        if strict and missing:
-            lines.append(f"  {len(missing)} missing key(s): " + ", ".join(missing[:8]))
-        if strict and unexpected:
-            lines.append(f"  {len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:8]))
-        raise CheckpointError("\n".join(lines))
+    error = weights_mismatch(model.state_dict(), state_dict, type(model).__name__, source, strict)
+    if error is not None:
+        raise error
     return model.load_state_dict(state_dict, strict=strict)
 
 

@@ -19,8 +19,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from fsvfm.util import images
 from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
+from fsvfm.util.images import UnreadableImageError
 from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 
 FAKE, REAL = 0, 1
@@ -155,10 +157,11 @@ def video_ids(paths: Sequence[str]) -> np.ndarray:
 
 
 def read_bgr(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FASDataError(f"cannot read frame {path}")
-    return img
+    """A frame as BGR uint8 (the shared reader: any file name, pixel guard before decoding)."""
+    try:
+        return images.read_bgr(path)
+    except (UnreadableImageError, FileNotFoundError) as e:
+        raise FASDataError(f"cannot read FAS frame: {e}") from e
 
 
 def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2) -> np.ndarray:

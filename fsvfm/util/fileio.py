@@ -134,6 +134,19 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[s
         fsync_path(path.parent)
 
 
+def writable_folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written in ``folder`` (created when missing), or None: checked by creating
+    and removing a temporary file, so read-only mounts and full quotas show too."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.remove(_create_temp(folder / "write-check"))
+    except OSError as e:
+        reason = "it is a file, not a folder" if folder.exists() and not folder.is_dir() else e.strerror or str(e)
+        return f"cannot write in {folder} ({reason}); choose a writable folder"
+    return None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

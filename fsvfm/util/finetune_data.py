@@ -134,9 +134,26 @@ def _bad_lines_message(path: Path, what: str, bad: Sequence[tuple[int, str]], hi
     return f"{path}: {len(bad)} {what} (lines {', '.join(str(n) for n, _ in bad)}): {details}{hint}"
 
 
+CLASSES_LINE = "# classes:"
+
+
+def split_file_classes(path: str | os.PathLike) -> list[str] | None:
+    """The class names of a split file's first line ``# classes: real deepfake diffusion spoof`` (labels
+    0, 1, ... in that order; commas or spaces), None when it has no such line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = next((line.strip() for line in fh if line.strip()), "")
+    except OSError:
+        return None
+    if not first.lower().startswith(CLASSES_LINE):
+        return None
+    return [n for n in first[len(CLASSES_LINE):].replace(",", " ").split() if n] or None
+
+
 def read_split_file(path: str | os.PathLike, delimiter: str = " ", root: str | os.PathLike | None = None,
                     num_classes: int | None = None) -> list[tuple[str, int]]:
-    """Parse ``<image path><delimiter><integer label>`` lines (blank lines skipped).
+    """Parse ``<image path><delimiter><integer label>`` lines (blank lines and ``# `` comment lines,
+    e.g. the ``# classes:`` line, skipped).
 
     With ``root`` the path's leading ``/`` or ``\\`` is stripped and it is joined to ``root``.
     Labels must be in ``0..num_classes-1`` (``>= 0`` when ``num_classes`` is None). Every bad line is
@@ -150,7 +167,7 @@ def read_split_file(path: str | os.PathLike, delimiter: str = " ", root: str | o
     lines: list[int] = []
     bad: list[tuple[int, str]] = []
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
+        if not raw.strip() or raw.strip() == "#" or raw.lstrip().startswith("# "):  # comments: "# ..."
             continue
         try:
             image, label = _split_line(raw.strip(), delimiter, num_classes)
@@ -237,8 +254,9 @@ def check_classes(dataset: Dataset, name: str, nb_classes: int,
     present = sorted(set(dataset_targets(dataset)))
     if len(present) < 2:
         needed = " and ".join(f"{n} ({i})" for i, n in enumerate(vocabulary.names))
+        what = f"both {needed}" if len(vocabulary.names) == 2 else f"at least two of {needed}"
         raise DataError(f"the {name} set holds only class(es) {present} ({len(dataset)} images): "  # type: ignore[arg-type]
-                         f"it needs both {needed} images")
+                         f"it needs {what} images")
     if present[-1] >= nb_classes:
         raise DataError(f"the {name} set has label {present[-1]} but --nb_classes is {nb_classes}")
 

@@ -1,4 +1,5 @@
-"""Binary detection metrics (spec 5.3 / 8.7), computed once on the full set of predictions.
+"""Detection metrics (spec 5.3 / 8.7), computed once on the full set of predictions: binary, FAS and
+N-class (``multiclass_metrics``).
 
 Conventions: label 1 = real = positive class; ``scores`` = P(real); ACC/AUC in percent, EER as a
 fraction in [0, 1]. Video level: frames are grouped by video name in first-seen order, the video
@@ -13,7 +14,13 @@ from typing import Callable
 import numpy as np
 from scipy.interpolate import interp1d
 from scipy.optimize import brentq
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
 
 from fsvfm.util.errors import DataError
 
@@ -125,12 +132,51 @@ def rates_at(labels: Sequence[int], scores: Sequence[float], threshold: float) -
 @dataclass(frozen=True)
 class ScoredSet:
     """Per-sample predictions of one set: ``labels`` [N] (1 = positive), ``scores`` [N] = P(positive),
-    ``preds`` [N] = argmax decisions, ``names`` [N] = video of each sample (grouping key)."""
+    ``preds`` [N] = argmax decisions, ``names`` [N] = video of each sample (grouping key); ``probs``
+    [N, C] every class's probability and ``classes`` [C] their names (multi-class metrics)."""
 
     labels: np.ndarray
     scores: np.ndarray
     preds: np.ndarray
     names: Sequence[str]
+    probs: np.ndarray | None = None
+    classes: Sequence[str] = ()
+
+
+def multiclass_metrics(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """N-class figures of per-sample ``probs`` [N, C] (rows sum to 1) and ``labels`` [N] in 0..C-1:
+    ``acc`` and ``balanced_acc`` (percent) of the argmax, per class one-vs-rest ``auc`` (percent; None
+    when the class is absent, or is the only one present), ``macro_auc`` = ``auc`` = the mean of the
+    defined ones, ``confusion_matrix`` [C][C] (rows: true class, columns: predicted), per class
+    ``num_samples`` and ``recall``."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(classes) or len(labels) != len(probs):
+        raise ValueError(f"expected probs [N, {len(classes)}] for {len(labels)} labels, got {probs.shape}")
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise OneClassError(f"multi-class AUC is undefined: all {len(labels)} samples are of class "
+                            f"{[classes[int(k)] if 0 <= k < len(classes) else int(k) for k in present]}")
+    preds = probs.argmax(axis=1)
+    matrix = confusion_matrix(labels, preds, labels=list(range(len(classes))))
+    per_class = {}
+    for k, name in enumerate(classes):
+        is_k = labels == k
+        auc = float(roc_auc_score(is_k, probs[:, k]) * 100) if 0 < is_k.sum() < len(labels) else None
+        per_class[name] = {"auc": auc, "num_samples": int(is_k.sum()),
+                           "recall": float(matrix[k, k] / is_k.sum() * 100) if is_k.any() else None}
+    defined = [c["auc"] for c in per_class.values() if c["auc"] is not None]
+    macro = float(np.mean(defined))
+    return {"acc": frame_level_acc(labels, preds), "balanced_acc": frame_level_balanced_acc(labels, preds),
+            "auc": macro, "macro_auc": macro, "classes": list(classes), "per_class": per_class,
+            "confusion_matrix": matrix.tolist()}
+
+
+def multiclass_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict]:
+    """Image-level N-class metrics (``multiclass_metrics``) of ``test.probs``."""
+    if test.probs is None:
+        raise ValueError("multi-class metrics need every class's probability (ScoredSet.probs)")
+    return {"frame": multiclass_metrics(test.labels, test.probs, test.classes or
+                                        [f"class_{i}" for i in range(test.probs.shape[1])])}
 
 
 # The metric contract: ``compute(test, val) -> {level: {metric: value}}``. ``val`` holds the
@@ -271,6 +317,8 @@ METRIC_MODES: dict[str, MetricMode] = {
     "video": MetricMode(frame_and_video_level, description="frame- and video-level metrics"),
     "image_val_threshold": MetricMode(image_level_val_threshold, needs_validation=True,
                                       description="image level + HTER at the validation EER threshold"),
+    "multiclass": MetricMode(multiclass_level, description="N-class image level: ACC, per-class and macro "
+                                                           "one-vs-rest AUC, confusion matrix"),
     "fas": MetricMode(fas_video_level, description="FAS video level: HTER/AUC/TPR@FPR=1% (+ HTER at a "
                                                    "threshold from held-out source data when given)"),
 }
