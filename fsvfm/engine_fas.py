@@ -64,8 +64,8 @@ def build_fas_model(args: argparse.Namespace) -> nn.Module:
 
 def load_fas_encoder(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into ``model.backbone.vit`` (spec 6.4: ``fc_norm`` and the
-    adapter's new modules are the only keys it may miss)."""
-    return load_pretrained_encoder(model.backbone.vit, path)  # it adds the model's own new_param_prefixes
+    adapter's new modules are the only keys it may miss); MCF checkpoints prefix the encoder ``target_encoder.``."""
+    return load_pretrained_encoder(model.backbone.vit, path, strip_prefix="target_encoder.")
 
 
 def configure_fas_model(model: nn.Module, args: argparse.Namespace) -> None:

@@ -71,7 +71,8 @@ def _summarise(keys: Iterable[str]) -> str:
 
 def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
                             new_prefixes: tuple[str, ...] = ("head.", "fc_norm."),
-                            head_init_std: float = 2e-5, zero_head_bias: bool | None = None) -> dict[str, list[str]]:
+                            head_init_std: float = 2e-5, zero_head_bias: bool | None = None,
+                            strip_prefix: str = "") -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into a classifier (spec 4.2).
 
     Keys the classifier does not have (decoders, projector, predictor, ``norm`` with global
@@ -80,12 +81,15 @@ def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
     ``new_prefixes`` or the model's own ``new_param_prefixes`` (an adapter's), otherwise
     ``CheckpointError``. A freshly initialised head gets trunc-normal(std ``head_init_std``) weights
     and a zero bias unless ``zero_head_bias`` is False (None: the model's ``zero_head_bias_on_load``,
-    default True; the FS-Adapter keeps its uniform bias, spec 7.1). Returns ``{'missing', 'ignored'}``.
+    default True; the FS-Adapter keeps its uniform bias, spec 7.1). ``strip_prefix`` is removed from the
+    file's keys first. Returns ``{'missing', 'ignored'}``.
     """
     new_prefixes = (*new_prefixes, *getattr(model, "new_param_prefixes", ()))
     if zero_head_bias is None:
         zero_head_bias = getattr(model, "zero_head_bias_on_load", True)
     state = dict(model_state_from(load_checkpoint(path), path))
+    if strip_prefix:
+        state = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in state.items()}
     own = model.state_dict()
     for key in ("head.weight", "head.bias"):
         if key in state and key in own and state[key].shape != own[key].shape:

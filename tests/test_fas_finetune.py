@@ -266,6 +266,6 @@ def test_predict_scores_aligned_chips_of_a_real_photo(trained):
     model, transform, _ = engine_fas.load_fas_from_checkpoint(ckpt)
     with torch.no_grad():
         expected = model(transform(Image.fromarray(crops[0].image))[None]).softmax(-1)[0, 1].item()
-    assert record["faces"][0]["score_real"] == pytest.approx(expected, abs=1e-6)
+    assert record["faces"][0]["score_live"] == pytest.approx(expected, abs=1e-6)
     assert record["faces"][0]["box"] == list(crops[0].box)
     assert predict.main(["--checkpoint", str(ckpt), str(photo), "--device", "cpu"]) == 0

@@ -16,6 +16,7 @@ from fsvfm.util.metrics import (
     fas_metrics,
     get_EER_states,
     get_HTER_at_thr,
+    get_video_level_label_pred,
     tpr_at_fpr,
 )
 
@@ -128,6 +129,17 @@ def test_fas_mode_groups_videos_as_the_other_video_metrics():
     mixed = ScoredSet(np.array([0, 1, 1, 0]), np.array([0.2, 0.4, 0.6, 0.8]), np.zeros(4, int), ["a", "a", "b", "c"])
     with pytest.raises(VideoGroupingError, match="1 video\\(s\\) hold frames of both classes, e.g. 'a'"):
         METRIC_MODES["fas"].compute(mixed, None)
+
+
+def test_fas_video_means_are_float32_as_the_original():
+    """Live video frames 0.1f, 0.3f: float64 mean 0.2000000067 > the spoof video's 0.2f, float32 mean == 0.2f (a tie)."""
+    labels, names = np.array([1, 1, 0]), ["live", "live", "spoof"]
+    scores = np.array([0.1, 0.3, 0.2], np.float32)
+    _, means64, _ = get_video_level_label_pred(labels, names, scores)
+    _, means32, _ = get_video_level_label_pred(labels, names, scores, np.float32)
+    assert means64[0] > means64[1] and means32.dtype == np.float32 and means32[0] == means32[1] == np.float32(0.2)
+    fas = METRIC_MODES["fas"].compute(ScoredSet(labels, scores, np.zeros(3, int), names), None)["fas"]
+    assert fas["auc"] == 0.5  # the tie: one live and one spoof video with the same score
 
 
 def test_fas_metrics_oracle_and_source_threshold():

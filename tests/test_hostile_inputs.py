@@ -190,7 +190,7 @@ def test_results_are_written_when_a_later_input_breaks_the_run(ckpt, tmp_path, m
     files = [str(write_image(tmp_path / f"{k}.jpg")) for k in "ab"]
     out = tmp_path / "r.json"
 
-    def broken_table_line(record):
+    def broken_table_line(record, vocab=None):
         if record["path"] == files[1]:
             raise KeyboardInterrupt
         return "line"

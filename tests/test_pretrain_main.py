@@ -70,9 +70,9 @@ def test_two_epoch_run_writes_every_output(two_epoch_run, data_root):
 
 def test_checkpoints_load_safely_and_hold_both_networks(two_epoch_run):
     online, target = _load(two_epoch_run / "checkpoint-1.pth"), _load(two_epoch_run / "checkpoint-te-1.pth")
-    assert {"model", "optimizer", "epoch", "scaler", "args", "model_name"} <= set(online)
+    assert {"model", "optimizer", "epoch", "args", "model_name"} <= set(online) and "scaler" not in online  # CPU: no scaler
     assert online["epoch"] == 1 and isinstance(online["args"], dict) and online["model_name"] == "fsfm_vit_base_patch16"
-    assert target["optimizer"] is None and target["epoch"] == 1
+    assert "optimizer" not in target and "scaler" not in target and target["epoch"] == 1
     args = get_args_parser().parse_args(["--input_size", "32", "--model_overrides", OVERRIDES, "--norm_pix_loss"])
     model, tnet = build_networks(args, torch.device("cpu"))
     assert set(online["model"]) == set(model.state_dict()) and set(target["model"]) == set(tnet.state_dict())

@@ -7,7 +7,8 @@ fine-tuned models) so a checkpoint says how to rebuild its model and normalise i
 
 Loading always uses ``torch.load(weights_only=True)`` with ``argparse.Namespace`` and the ``pathlib``
 path classes allowlisted (older runs stored ``Path`` values in ``args``; they come back as pure
-paths, which never touch the file system and load on any OS), so a file that pickles anything
+paths, which never touch the file system and load on any OS), and numpy float64 scalars (the released
+FAS files' metrics), so a file that pickles anything
 else (code, arbitrary classes) is refused. Every checkpoint path may also be
 ``hf://Wolowolo/fsfm-3c/<path in the repository>`` (see ``resolve_checkpoint_path``).
 """
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
@@ -45,8 +47,14 @@ _PREFIXES = ("module.", "_orig_mod.")
 _PATH_CLASSES = {"PosixPath": pathlib.PurePosixPath, "PurePosixPath": pathlib.PurePosixPath,
                  "WindowsPath": pathlib.PureWindowsPath, "PureWindowsPath": pathlib.PureWindowsPath,
                  "Path": pathlib.PurePath, "PurePath": pathlib.PurePath}
+# NumPy scalars (the released FAS files store np.float64 metrics) pickle as ``scalar(dtype, bytes)``:
+# ``numpy.core`` under numpy 1.x, which wrote the releases, ``numpy._core`` under 2.x. Only these
+# reconstructors, ``numpy.dtype`` and the float64 dtype class (whose state ``BUILD`` sets) are allowed.
+_NUMPY_SCALAR = getattr(np, "_core", getattr(np, "core", None)).multiarray.scalar
+_NUMPY_GLOBALS = [(_NUMPY_SCALAR, f"{module}.multiarray.scalar") for module in ("numpy.core", "numpy._core")] + [
+    np.dtype, type(np.dtype(np.float64))]
 SAFE_GLOBALS = [argparse.Namespace] + [(cls, f"{module}.{name}") for module in ("pathlib", "pathlib._local")
-                                       for name, cls in _PATH_CLASSES.items()]
+                                       for name, cls in _PATH_CLASSES.items()] + _NUMPY_GLOBALS
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -85,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it pickles objects other than tensors, containers, "
-            f"argparse.Namespace and paths, which could run code on load ({str(e).splitlines()[0]})") from e
+            f"argparse.Namespace, paths and numpy float64 scalars, which could run code on load ({str(e).splitlines()[0]})") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if not isinstance(obj, dict):
@@ -181,14 +189,14 @@ def checkpoint_payload(model_state: Mapping[str, torch.Tensor], *, optimizer: to
     if model_key not in MODEL_KEYS:
         raise ValueError(f"model_key must be one of {MODEL_KEYS}, got {model_key!r}")
     args_map = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-    payload: dict[str, Any] = {
-        model_key: strip_prefixes(model_state),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "args": _plain(args_map),
-        "model_name": model_name or args_map.get("model"),
-    }
+    payload: dict[str, Any] = {model_key: strip_prefixes(model_state), "epoch": epoch, "args": _plain(args_map),
+                               "model_name": model_name or args_map.get("model")}
+    # No optimizer / a disabled scaler: the key is left out (the original resumes only when it is absent).
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    scaler_state = scaler.state_dict() if scaler is not None else None
+    if scaler_state:
+        payload["scaler"] = scaler_state
     payload.update({k: _plain(v) for k, v in extra.items()})
     return payload
 
@@ -317,13 +325,63 @@ def restore_training_state(path: str | os.PathLike, model: torch.nn.Module, opti
     load_model_weights(model, model_state_from(ckpt, path), strict=True, source=path)
     state = ckpt if ckpt.get("optimizer") else (fallback or {})
     if state.get("optimizer"):
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], path)
         scaler.load_state_dict(state.get("scaler") or {})
     else:
         logger.warning("%s holds no optimizer state; the optimizer starts afresh", path)
     if ckpt.get("epoch") is not None:
         args.start_epoch = int(ckpt["epoch"]) + 1
     return ckpt
+
+
+_GROUP_KEYS = ("weight_decay", "lr_scale")
+
+
+def _group_signature(group: Mapping[str, Any], shapes: list) -> tuple:
+    return tuple(group.get(k) for k in _GROUP_KEYS) + (len(group["params"]), tuple(shapes))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Load ``saved`` (an optimizer state dict) into ``optimizer`` whatever the order of its parameter
+    groups: another implementation (the original's timm) registers the layer-decay groups in another
+    order, so each saved group is matched to the group holding the same parameters, told by its weight
+    decay, lr scale, size and the shapes of its parameters' state. ``CheckpointError`` naming ``path``
+    when the groups cannot be matched one to one."""
+    own = optimizer.state_dict()
+    saved_groups, state = list(saved.get("param_groups", [])), saved.get("state", {})
+    own_shapes = [[tuple(optimizer.param_groups[i]["params"][j].shape) for j in range(len(g["params"]))]
+                  for i, g in enumerate(own["param_groups"])]
+
+    def saved_shapes(group):  # parameters without state (never stepped) cannot be told apart by shape
+        return [tuple(state[i]["exp_avg"].shape) if "exp_avg" in state.get(i, {}) else None for i in group["params"]]
+
+    def fits(saved_group, j):
+        want = _group_signature(own["param_groups"][j], own_shapes[j])
+        got = _group_signature(saved_group, saved_shapes(saved_group))
+        return want[:-1] == got[:-1] and all(s is None or s == w for s, w in zip(got[-1], want[-1]))
+
+    cannot = f"{path}: its optimizer state does not fit this model's parameter groups"
+    if len(saved_groups) != len(own["param_groups"]):
+        raise CheckpointError(f"{cannot} ({len(saved_groups)} groups in the file, {len(own['param_groups'])} here); "
+                              "resume with the same --model, --layer_decay and trainable modules, or use --finetune")
+    order = list(range(len(saved_groups)))
+    if not all(fits(g, j) for g, j in zip(saved_groups, order)):
+        candidates = [[j for j in range(len(saved_groups)) if fits(g, j)] for g in saved_groups]
+        order = [c[0] if len(c) == 1 else None for c in candidates]
+        if None in order or len(set(order)) != len(order):
+            raise CheckpointError(f"{cannot} (groups cannot be matched one to one by weight decay, lr scale and "
+                                  "parameter shapes); resume with the run's own settings, or use --finetune")
+        logger.info("%s: optimizer groups in another order (%s); matched by their parameters", path, order)
+    groups: list[Any] = [None] * len(saved_groups)
+    new_state = {}
+    for g, j in zip(saved_groups, order):
+        groups[j] = {**g, "params": own["param_groups"][j]["params"]}
+        new_state.update({ours: state[theirs] for theirs, ours in zip(g["params"], groups[j]["params"])
+                          if theirs in state})
+    try:
+        optimizer.load_state_dict({"state": new_state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{cannot}: {e}") from e
 
 
 def epoch_checkpoint_tags(epoch: int, args: argparse.Namespace, improved: bool, best_tag: str) -> list[str | int]:

@@ -64,9 +64,12 @@ def frame_level_eer(labels: Sequence[int], scores: Sequence[float]) -> float:
 
 
 def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequence[str],
-                               frame_scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                               frame_scores: Sequence[float], dtype: type | None = None
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group frames by video (first-seen order) -> (video labels, mean scores, ``score >= 0.5``).
-    A video whose frames carry different labels is a ``VideoGroupingError`` naming it."""
+    ``dtype=np.float32``: each video's mean is taken in float32 (``np.mean`` of its float32 scores, as the
+    original FAS evaluation does; ties it makes move the EER/HTER). A video whose frames carry different
+    labels is a ``VideoGroupingError`` naming it."""
     if not len(frame_labels) == len(video_names) == len(frame_scores):
         raise ValueError(f"length mismatch: {len(frame_labels)} labels, {len(video_names)} names, "
                          f"{len(frame_scores)} scores")
@@ -89,6 +92,10 @@ def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequenc
         raise VideoGroupingError(f"{len(mixed)} video(s) hold frames of both classes, e.g. {next(iter(mixed))!r}: "
                                  "frames of different videos share a name; give each video a distinct name")
     scores = np.asarray(sums) / np.asarray(counts)
+    if dtype is not None:
+        frames = np.asarray(frame_scores, dtype)
+        index = np.asarray([order[n] for n in video_names])
+        scores = np.asarray([np.mean(frames[index == i]) for i in range(len(order))], dtype)
     return np.asarray(first_label), scores, (scores >= 0.5).astype(int)
 
 
@@ -301,10 +308,10 @@ def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, 
     ``test`` (videos grouped by ``get_video_level_label_pred``): HTER/ACC at the EER threshold chosen on the test set itself (the original's
     ``hter``, S2) and, when ``val`` is given, at the EER threshold of ``val``'s videos (``hter_src``,
     ``acc_src``, ``threshold_src``)."""
-    labels, probs, _ = get_video_level_label_pred(test.labels, test.names, test.scores)
+    labels, probs, _ = get_video_level_label_pred(test.labels, test.names, test.scores, np.float32)
     threshold = None
     if val is not None:
-        v_labels, v_probs, _ = get_video_level_label_pred(val.labels, val.names, val.scores)
+        v_labels, v_probs, _ = get_video_level_label_pred(val.labels, val.names, val.scores, np.float32)
         threshold = get_EER_states(v_probs, v_labels)[1]
     out = fas_metrics(probs, labels, source_threshold=threshold)
     if threshold is not None:
