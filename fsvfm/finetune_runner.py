@@ -78,9 +78,10 @@ def add_task_flag(p: argparse.ArgumentParser, task: FinetuneTask, also: Sequence
 
 
 def chosen_task(args: argparse.Namespace, task: FinetuneTask) -> FinetuneTask:
-    """The table entry ``--task`` names (the program's own task without the flag)."""
+    """The table entry ``--task`` names (the program's own task, as given, without the flag)."""
     from fsvfm.tasks import TASKS
-    return TASKS[getattr(args, "task", None) or task.name]
+    name = getattr(args, "task", None)
+    return task if name in (None, task.name) else TASKS[name]
 
 
 def finetune_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argparse.ArgumentParser:
