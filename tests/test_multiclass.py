@@ -3,6 +3,7 @@ resolved (stored, known release, task, unnamed), ``--task Unified`` fine-tuning 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -14,7 +15,7 @@ import torch
 
 from fsvfm import evaluation, predict
 from fsvfm.registry import create_model
-from fsvfm.tasks import DFD_TASK, UNIFIED_TASK
+from fsvfm.tasks import DFD_TASK, UNIFIED_TASK, TestSet
 from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.metrics import OneClassError, multiclass_metrics
 from fsvfm.util.naming import UNIFIED_RELEASE_PATH, checkpoint_vocabulary
@@ -123,7 +124,11 @@ def test_finetune_and_test_a_4_class_detector(tmp_path):
     assert saved["task"] == "Unified" and saved["classes"] == list(UNIFIED_CLASSES)
     assert saved["model"]["head.weight"].shape[0] == 4 and saved["args"]["nb_classes"] == 4
     log = [json.loads(line) for line in (ckpt.parent / "log.txt").read_text().splitlines()]
-    assert 0 <= log[-1]["val_auc"] <= 100
+    # the logged validation AUC is the macro AUC of the same checkpoint tested on the val split
+    val_task = dataclasses.replace(UNIFIED_TASK, test_sets=(TestSet("val", ".", split="val"),))
+    val = evaluation.cli(val_task, eval_argv(ckpt, tmp_path / "val", "--test_root", str(tmp_path / "data4"),
+                                             "--apply_simple_augment"))
+    assert log[-1]["val_auc"] == pytest.approx(val["results"]["val"]["frame"]["macro_auc"], abs=1e-9)
 
     out = tmp_path / "test"
     report = evaluation.cli(DFD_TASK, eval_argv(ckpt, out, "--task", "Unified", "--test_root", str(tmp_path / "data4")),
