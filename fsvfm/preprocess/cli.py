@@ -188,10 +188,18 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
                         help="one data set or all of them (default)"
                         + ("; custom = the images and videos of --src, chips to --dst" if group == "MCIO" else ""))
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
+    if group == "MCIO":
+        parser.add_argument("--max_faces", type=int, default=1,
+                            help="custom photos: chips kept per photo in --face_select order (1: one, as the "
+                                 "original; 0: all); the k-th extra face is saved as NAME_face{k}; videos keep one")
 
     def chips(args: argparse.Namespace, cfg) -> Summary:
+        max_faces = getattr(args, "max_faces", 1)
+        if max_faces != 1 and args.dataset != "custom":
+            parser.error(f"--max_faces {max_faces}: only --dataset custom keeps several faces (the benchmark "
+                         "list files name one chip per image)")
         opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
-                       device=args.device, chip_padding=cfg.chip_padding)
+                       device=args.device, chip_padding=cfg.chip_padding, max_faces=max_faces)
         summary = Summary()
         stages = (fas_custom_stages(args.src, args.dst, cfg.img_format) if args.dataset == "custom"
                   else make_stages(cfg, args.dataset, summary))
