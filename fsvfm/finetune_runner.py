@@ -98,6 +98,7 @@ class _Run:
     min_val_loss: float = math.inf
     streak: SkipStreak = field(default_factory=SkipStreak)  # non-finite batches in a row, across epochs
     datasets: tuple = ()  # (training set, validation set): their unreadable files are counted
+    last_val: dict = field(default_factory=dict)  # val_auc / val_acc of the epoch being saved (model_warnings)
 
 
 def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
@@ -194,6 +195,7 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: 
                for ds in run_state.datasets]
     improved = val["loss"] < run_state.min_val_loss
     run_state.min_val_loss = val["loss"] if improved else run_state.min_val_loss
+    run_state.last_val = {"val_auc": float(val["auc"]), "val_acc": float(val["acc"])}
     for tag in epoch_checkpoint_tags(epoch, args, improved, "min_val_loss"):
         _save(args, run_state, tag, epoch)
     logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f); unreadable images skipped: %d training, "
@@ -214,4 +216,4 @@ def _save(args: argparse.Namespace, run_state: _Run, tag: str | int, epoch: int)
         save_checkpoint(Path(args.output_dir) / f"checkpoint-{tag}.pth", run_state.model_without_ddp.state_dict(),
                         optimizer=run_state.optimizer, epoch=epoch, scaler=run_state.scaler, args=args,
                         model_name=args.model, norm_stats=run_state.norm_stats,
-                        min_val_loss=run_state.min_val_loss, task=run_state.task)
+                        min_val_loss=run_state.min_val_loss, task=run_state.task, **run_state.last_val)

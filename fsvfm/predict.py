@@ -49,7 +49,7 @@ from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
-from fsvfm.util.checkpoint import args_dict, load_checkpoint, resolve_checkpoint_path
+from fsvfm.util.checkpoint import args_dict, load_checkpoint, model_warnings, resolve_checkpoint_path
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text
@@ -158,6 +158,7 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
         local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
         normalize_from_IMN=stored.get("normalize_from_IMN"))
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
+            "warnings": model_warnings(checkpoint),
             "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]}}
     return model, transform, info
 
@@ -444,6 +445,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                    batch_size=args.batch_size)
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
           f"on {det.device}; score_real = P(real), >= 0.5 -> real")
+    for line in det.info.get("warnings", []):
+        print(f"WARNING: {line}")
     print(f"{'score_real':>10}  {'verdict':<7}  {'faces':>5}  {'type':<5}  input")
     records = []
     for i, record in enumerate(det.predict_many(inputs)):

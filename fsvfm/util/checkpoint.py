@@ -147,6 +147,30 @@ def args_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return dict(args) if isinstance(args, Mapping) else {}
 
 
+NEAR_CHANCE_AUC = 0.6   # a detector whose own validation AUC is below this separates almost nothing
+
+
+def model_warnings(checkpoint: Mapping[str, Any]) -> list[str]:
+    """What a reader of this detector's scores must know: trained as a demo (``args.demo``), or near
+    chance on its own validation data (``val_auc``; FAS files: ``valid_arg[4]``). [] for a sound model."""
+    args = args_dict(checkpoint)
+    out = []
+    if args.get("demo"):
+        out.append("this detector was trained by the demo on toy data: its scores mean nothing")
+    auc = checkpoint.get("val_auc")
+    valid_arg = checkpoint.get("valid_arg")
+    if auc is None and isinstance(valid_arg, (list, tuple)) and len(valid_arg) > 4:
+        auc = valid_arg[4]
+    if isinstance(auc, (int, float)) and auc == auc:
+        auc = auc / 100 if auc > 1 else float(auc)     # the DfD runs store percent, FAS a fraction
+        if max(auc, 1 - auc) < NEAR_CHANCE_AUC:
+            epochs = args.get("epochs")
+            trained = f" after {epochs} epoch(s)" if epochs is not None else ""
+            out.append(f"this detector is near chance on its own validation data (AUC {auc:.3f}{trained}): "
+                       "its scores are not verdicts")
+    return out
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
