@@ -29,7 +29,7 @@ from skimage import data as skdata
 from fsvfm import main_finetune_DfD, main_pretrain
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
-from fsvfm.util.fileio import atomic_write_image
+from fsvfm.util.fileio import atomic_write_image, disk_usage
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         run_pretrain(out, args)
     if args.stage in ("finetune", "all"):
         run_finetune(out, args)
-    print(f"outputs in {out} ({time.time() - start:.0f} s)")
+    print(f"outputs in {out.resolve()}: {disk_usage(out) / 1e6:,.1f} MB on disk (hard links counted once), "
+          f"{time.time() - start:.0f} s")
     return 0
 
 

@@ -47,7 +47,7 @@ from fsvfm.util.checkpoint import (
     resume_path,
     save_checkpoint,
 )
-from fsvfm.util.fileio import append_json_line
+from fsvfm.util.fileio import append_json_line, atomic_link
 from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
@@ -196,8 +196,12 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: 
     improved = val["loss"] < run_state.min_val_loss
     run_state.min_val_loss = val["loss"] if improved else run_state.min_val_loss
     run_state.last_val = {"val_auc": float(val["auc"]), "val_acc": float(val["acc"])}
-    for tag in epoch_checkpoint_tags(epoch, args, improved, "min_val_loss"):
-        _save(args, run_state, tag, epoch)
+    tags = epoch_checkpoint_tags(epoch, args, improved, "min_val_loss")
+    if tags:
+        _save(args, run_state, tags[0], epoch)
+    for tag in tags[1:]:    # the same weights: a hard link (copy where impossible), not a second save
+        if dist.is_main_process():
+            atomic_link(Path(args.output_dir) / f"checkpoint-{tags[0]}.pth", Path(args.output_dir) / f"checkpoint-{tag}.pth")
     logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f); unreadable images skipped: %d training, "
                 "%d validation", epoch, val["auc"], val["loss"], run_state.min_val_loss, *skipped)
     if not dist.is_main_process():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def test_finetuning_stores_the_validation_metrics_of_the_saved_epoch(toy):
     data = load_checkpoint(ckpt)
     logged = [json.loads(line) for line in (ckpt.parent / "log.txt").read_text().splitlines()][-1]
     assert (data["val_auc"], data["val_acc"]) == (logged["val_auc"], logged["val_acc"])
+    assert os.path.samefile(ckpt, ckpt.parent / "checkpoint-0.pth")     # the same epoch: one copy on disk
 
 
 def test_predict_app_and_test_program_say_it(toy, tmp_path, capsys):

@@ -33,7 +33,7 @@ import torch
 
 from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
 from fsvfm.util.errors import UserError
-from fsvfm.util.fileio import atomic_path, fsync_path
+from fsvfm.util.fileio import atomic_link, atomic_path, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +362,25 @@ def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Map
     with atomic_path(manifest, durable=True) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     logger.info("Saved checkpoint set %s: %s", manifest.name, ", ".join(p.name for p in files.values()))
+    return manifest
+
+
+def link_checkpoint_set(folder: str | os.PathLike, src_tag: str | int, tag: str | int,
+                        names: Mapping[str, str] = PRETRAIN_SET) -> Path:
+    """Give the complete set ``src_tag`` the second name ``tag`` (e.g. the best epoch is also the last):
+    hard links (copies where links are impossible), so the weights are on disk once; a later save
+    under ``tag`` replaces the names only. Same complete-or-absent order as ``save_checkpoint_set``."""
+    folder = Path(folder)
+    record = json.loads((folder / MANIFEST_TEMPLATE.format(tag=src_tag)).read_text(encoding="utf-8"))
+    manifest = folder / MANIFEST_TEMPLATE.format(tag=tag)
+    manifest.unlink(missing_ok=True)
+    files = {}
+    for role, entry in record["files"].items():
+        dst = atomic_link(folder / entry["name"], folder / names[role].format(tag=tag))
+        files[role] = {"name": dst.name, "size": entry["size"]}
+    with atomic_path(manifest, durable=True) as tmp:
+        Path(tmp).write_text(json.dumps({**record, "tag": str(tag), "files": files}, indent=1) + "\n", encoding="utf-8")
+    logger.info("Linked checkpoint set %s to %s (one copy on disk)", manifest.name, MANIFEST_TEMPLATE.format(tag=src_tag))
     return manifest
 
 
