@@ -18,14 +18,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -r requirements.txt pytest ruff
-	# FACER (optional parsing backend) without its GUI opencv / notebook dependencies
-	$(PY) -m pip install --quiet --no-deps pyfacer==0.0.5
-	$(PY) -m pip install --quiet validators requests
-	# MTCNN for FAS preprocessing: its wheel ships the P/R/O-Net weights; its old torch pins are ignored
-	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0
+	$(PY) -m pip install --quiet -r requirements.txt pytest ruff validators requests
 	# the package with the web app's extra (Gradio, gradio_client, playwright for the browser test)
 	$(PY) -m pip install --quiet -e '.[app]'
+	# Last, without dependencies (pip then skips its conflict check, so no red resolver ERROR): FACER (optional
+	# parsing backend) without its GUI opencv / notebook pins, and MTCNN for FAS preprocessing (its wheel ships
+	# the P/R/O-Net weights) without its old torch pins
+	$(PY) -m pip install --quiet --no-deps pyfacer==0.0.5 facenet-pytorch==2.6.0
 	touch $@
 
 test: setup

@@ -122,6 +122,11 @@ def load_detectors(paths: Sequence[str], device: str | None) -> dict[str, Detect
 
 
 # ------------------------------------------------------------------------------------ handlers
+def warnings_note(det: Detector) -> str:
+    """Markdown of the detector's ``model_warnings`` (a demo or near-chance model), or ''."""
+    return "".join(f"> **Warning**: {w}\n\n" for w in det.info.get("warnings", []))
+
+
 def score_table(label: str, record: dict) -> str:
     """Markdown of one detector's record: verdict line and one row per face."""
     head = f"#### {label}\n"
@@ -154,7 +159,7 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
         record = det.predict(path)
         out = Path(tempfile.mkdtemp(dir=workdir, prefix=OUTPUT_PREFIX))
         galleries.append([str(p) for p in save_visualisations(record, out, k)])
-        tables.append(score_table(label, record))
+        tables.append(warnings_note(det) + score_table(label, record))
         # the upload's temp path stays private; a "path" key would also read as a file to Gradio's client
         records[label] = {"file": Path(path).name, **{key: v for key, v in record.items() if key != "path"}}
     return f"**{Path(path).name}**: {next(iter(records.values()))['type']}", records, galleries, tables

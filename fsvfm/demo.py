@@ -29,7 +29,7 @@ from skimage import data as skdata
 from fsvfm import main_finetune_DfD, main_pretrain
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
-from fsvfm.util.fileio import atomic_write_image
+from fsvfm.util.fileio import atomic_write_image, disk_usage
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
@@ -105,12 +105,14 @@ def finetune_args(data_dir: Path, pretrained: Path, out_dir: Path, args: argpars
     """A short CPU DfD fine-tuning of the demo's pre-trained encoder (the classifier of ``--model``)."""
     overrides = json.loads(args.model_overrides or "{}")
     kwargs = {k: overrides[k] for k in ("embed_dim", "depth", "num_heads", "patch_size") if k in overrides}
-    return main_finetune_DfD.get_args_parser().parse_args([
+    ns = main_finetune_DfD.get_args_parser().parse_args([
         "--finetune", str(pretrained), "--finetune_data_path", str(data_dir), "--output_dir", str(out_dir),
         "--model", args.model.removeprefix("fsfm_"), "--model_kwargs", json.dumps(kwargs), "--device", "cpu",
         "--epochs", str(args.finetune_epochs), "--warmup_epochs", "0", "--batch_size", str(args.batch_size),
         "--blr", "5e-4", "--layer_decay", "0.65", "--apply_simple_augment", "--num_workers", "0",
         "--print_freq", "1", "--seed", str(args.seed)])
+    ns.demo = True   # stored in the checkpoint's args: predict, the app and the test programs say so
+    return ns
 
 
 def run_finetune(out: Path, args: argparse.Namespace) -> Path:
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         run_pretrain(out, args)
     if args.stage in ("finetune", "all"):
         run_finetune(out, args)
-    print(f"outputs in {out} ({time.time() - start:.0f} s)")
+    print(f"outputs in {out.resolve()}: {disk_usage(out) / 1e6:,.1f} MB on disk (hard links counted once), "
+          f"{time.time() - start:.0f} s")
     return 0
 
 

@@ -286,14 +286,17 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     args.model = info["model"]
     vocabulary = run_vocabulary(args, task, checkpoint, info["nb_classes"])
     del checkpoint
+    for line in info.get("warnings", []):
+        logger.warning("%s: %s", args.resume, line)
     out = Path(args.output_dir)
     report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": args.metric_mode,
-              "classes": list(vocabulary.names), "eval_transform": info["eval_transform"], "norm_stats": {
+              "classes": list(vocabulary.names), "warnings": info.get("warnings", []),
+              "eval_transform": info["eval_transform"], "norm_stats": {
                   "mean": info["mean"], "std": info["std"], "source": info["norm_source"]}, "results": {}}
     if dist.is_main_process():
         append_results(out / "test_results.txt", [
             f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
-            f"normalisation from {info['norm_source']})"])
+            f"normalisation from {info['norm_source']})", *(f"WARNING: {w}" for w in info.get("warnings", []))])
     evaluate_set = _set_evaluator(args, task, model, device, vocabulary.names)
     writer = summary_writer(args)   # ROC figures and AUCs of the test sets (rank 0)
     val = None

@@ -51,7 +51,7 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.errors import DataError
-from fsvfm.util.fileio import append_json_line
+from fsvfm.util.fileio import append_json_line, atomic_link
 from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
@@ -126,6 +126,7 @@ class _Run:
     min_val_loss: float = math.inf
     streak: SkipStreak = field(default_factory=SkipStreak)  # non-finite batches in a row, across epochs
     datasets: tuple = ()  # (training set, validation set): their unreadable files are counted
+    last_val: dict = field(default_factory=dict)  # val_auc / val_acc of the epoch being saved (model_warnings)
 
 
 def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
@@ -242,8 +243,13 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, run_state: _Run, train: 
                for ds in run_state.datasets]
     improved = val["loss"] < run_state.min_val_loss
     run_state.min_val_loss = val["loss"] if improved else run_state.min_val_loss
-    for tag in epoch_checkpoint_tags(epoch, args, improved, "min_val_loss"):
-        _save(args, run_state, tag, epoch)
+    run_state.last_val = {"val_auc": float(val["auc"]), "val_acc": float(val["acc"])}
+    tags = epoch_checkpoint_tags(epoch, args, improved, "min_val_loss")
+    if tags:
+        _save(args, run_state, tags[0], epoch)
+    for tag in tags[1:]:    # the same weights: a hard link (copy where impossible), not a second save
+        if dist.is_main_process():
+            atomic_link(Path(args.output_dir) / f"checkpoint-{tags[0]}.pth", Path(args.output_dir) / f"checkpoint-{tag}.pth")
     logger.info("epoch %d: val AUC %.3f, val loss %.4f (min %.4f); unreadable images skipped: %d training, "
                 "%d validation", epoch, val["auc"], val["loss"], run_state.min_val_loss, *skipped)
     if not dist.is_main_process():
@@ -264,4 +270,4 @@ def _save(args: argparse.Namespace, run_state: _Run, tag: str | int, epoch: int)
                         model_name=args.model, norm_stats=run_state.norm_stats,
                         min_val_loss=run_state.min_val_loss, task=run_state.task,
                         classes=list(run_state.vocabulary.names),
-                        class_display=list(run_state.vocabulary.display_names))
+                        class_display=list(run_state.vocabulary.display_names), **run_state.last_val)

@@ -27,6 +27,7 @@ from fsvfm.util.checkpoint import (
     load_checkpoint,
     load_model_weights,
     model_state_from,
+    model_warnings,
 )
 from fsvfm.util.dist import unwrap_model
 from fsvfm.util.errors import UsageError
@@ -236,5 +237,5 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     mean, std, source = checkpoint_mean_std(checkpoint, path, imagenet=args.normalize_from_IMN)
     resize = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
     info = {"model": args.model, "input_size": args.input_size, "nb_classes": args.nb_classes, "mean": mean, "std": std, "norm_source": source,
-            "eval_transform": f"{resize} to {args.input_size}"}
+            "eval_transform": f"{resize} to {args.input_size}", "warnings": model_warnings(checkpoint)}
     return model.to(device).eval(), build_transform(False, args, mean, std), info

@@ -56,6 +56,7 @@ from fsvfm.util.checkpoint import (
     checkpoint_payload,
     drop_log_records_from,
     epoch_checkpoint_tags,
+    link_checkpoint_set,
     load_checkpoint_set,
     load_latest_checkpoint_set,
     load_model_weights,
@@ -356,8 +357,14 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float],
     loss = stats.get("loss", math.nan)
     improved = epoch > 0 and loss < run.best_loss
     run.best_loss = loss if improved else run.best_loss
-    for tag in epoch_checkpoint_tags(epoch, args, improved, "min_pretrain_loss"):
-        save_pair(args, tag, epoch, run)
+    tags = epoch_checkpoint_tags(epoch, args, improved, "min_pretrain_loss")
+    if epoch in tags:
+        save_pair(args, epoch, epoch, run)
+    for tag in (t for t in tags if t != epoch):
+        if epoch not in tags:
+            save_pair(args, tag, epoch, run)
+        elif dist.is_main_process():    # the same weights as the epoch's set: a second name, not a copy
+            link_checkpoint_set(args.output_dir, epoch, tag)
     if dist.is_main_process():
         record = {f"train_{k}": v for k, v in stats.items()}
         append_json_line(Path(args.output_dir) / "log.txt", {**record, "epoch": epoch})

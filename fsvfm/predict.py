@@ -59,7 +59,7 @@ from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.args import class_names
-from fsvfm.util.checkpoint import args_dict, load_checkpoint, resolve_checkpoint_path
+from fsvfm.util.checkpoint import args_dict, load_checkpoint, model_warnings, resolve_checkpoint_path
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_image, atomic_write_text, writable_folder_problem
@@ -182,6 +182,7 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, TASKS[task].vocabulary,
                                                 classes)
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
+            "warnings": model_warnings(checkpoint),
             "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]},
             "classes": vocab, "classes_source": vocab_source}
     return model, transform, info
@@ -661,6 +662,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                                    batch_size=args.batch_size, classes=args.classes)
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
           f"on {det.device}; {reading(det.classes)}")
+    for line in det.info.get("warnings", []):
+        print(f"WARNING: {line}")
     print(table_columns(det.classes))
     records: list[dict] = []
     written_at = time.monotonic()

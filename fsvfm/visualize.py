@@ -137,13 +137,15 @@ def _worker(backend: str) -> Worker:
 
 
 def prepare_face(image: str | os.PathLike | np.ndarray, backend: str = "auto", crop: bool = True,
-                 face_size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                 face_size: int = FACE_SIZE, check_crop: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A photo -> ``(face (S, S, 3) uint8 RGB, parsing map (S, S) uint8 LaPa labels)``, S = ``face_size``.
 
     ``image``: a file path or an (H, W, 3) uint8 RGB array. ``crop``: dlib detection and the square
     x1.3 crop of preprocessing (as for the pre-training data); ``False`` takes the whole image as
-    the face. ``backend``: parser as in ``face_parse.py`` (``auto`` = FACER when installed, else
-    the landmark parser). Raises ``VisualizeError`` when the image is unreadable or holds no face.
+    the face; with ``check_crop`` an image that is not a face crop (no face, several faces, a face far
+    smaller than the frame) is refused. ``backend``: parser as in ``face_parse.py`` (``auto`` = FACER
+    when installed, else the landmark parser). Raises ``VisualizeError`` when the image is unreadable,
+    holds no face or is refused.
     """
     rgb = _read_rgb(image)
     where = image if not isinstance(image, np.ndarray) else "the image"
@@ -154,6 +156,11 @@ def prepare_face(image: str | os.PathLike | np.ndarray, backend: str = "auto", c
             raise VisualizeError(f"no face found in {where} by dlib; give a photo with a frontal face")
         face_img, rect = res
     else:
+        problem = worker.cropper.crop_problem(rgb) if check_crop else None
+        if problem is not None:
+            raise VisualizeError(f"{where} is not a face crop ({problem}); let its face be detected and cropped "
+                                 "first (no --no_crop / 'already a face crop' unticked), or --skip_crop_check "
+                                 "to use the whole image")
         face_img, rect = to_parser_input(rgb, face_size), None
     face = np.asarray(face_img)
     label_map = worker.parser.parse(face, rect)
@@ -377,6 +384,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="output figure (.png or .jpg)")
     m.add_argument("--backend", default="auto", choices=BACKENDS, help="face parser (as face_parse.py)")
     m.add_argument("--no_crop", action="store_true", help="the image is already a face crop")
+    m.add_argument("--skip_crop_check", action="store_true",
+                   help="with --no_crop: use the whole image even when it does not look like a face crop")
     m.add_argument("--mask_ratio", default=None, type=float, help="default: the checkpoint's, else 0.75")
     m.add_argument("--seed", default=0, type=int, help="seed of the CRFR-P draws")
     m.add_argument("--device", default="cpu")
@@ -385,7 +394,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _masking(args: argparse.Namespace) -> int:
-    face, parsing_map = prepare_face(args.image, args.backend, crop=not args.no_crop)
+    face, parsing_map = prepare_face(args.image, args.backend, crop=not args.no_crop,
+                                      check_crop=not args.skip_crop_check)
     pretrained = load_pretrained(args.checkpoint, args.device) if args.checkpoint else None
     figure = masking_figure(face, parsing_map, args.region, pretrained, args.mask_ratio, args.seed, args.dpi)
     out = save_image(args.out, figure)

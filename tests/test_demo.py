@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -38,6 +39,13 @@ def test_demo_turns_real_photos_into_a_trained_checkpoint(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"{len(images)} parsed faces from real photos" in printed and "epoch 0: loss" in printed
     assert "toy DfD detector: val AUC" in printed
+    from fsvfm.util.fileio import disk_usage
+    size = disk_usage(out)
+    assert printed.splitlines()[-1].startswith(f"outputs in {out.resolve()}: {size / 1e6:,.1f} MB on disk "
+                                               "(hard links counted once), ")
+    run = out / "finetune"
+    assert os.path.samefile(run / "checkpoint-min_val_loss.pth", run / "checkpoint-0.pth")   # stored once
+    assert size < sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
     # --stage finetune (make app): a toy DfD detector from that checkpoint, real crops vs blended fakes
     n_val = len(images[::4])
@@ -51,6 +59,7 @@ def test_demo_turns_real_photos_into_a_trained_checkpoint(tmp_path, capsys):
     assert changed[100:180, 60:170].mean() > 0.5 and not changed[:20].any()  # inner face swapped, not the hair
     det = Detector.from_checkpoint(out / "finetune" / "checkpoint-min_val_loss.pth", device="cpu")
     assert det.info["task"] == "DfD" and det.info["input_size"] == 224
+    assert det.info["warnings"][0] == "this detector was trained by the demo on toy data: its scores mean nothing"
     record = det.predict(out / "photos" / "astronaut.png")
     face = record["faces"][0]   # dlib's best of its 2 detections on the full photo: her face
     assert len(record["faces"]) == 2 and face["box"] == [162, 63, 279, 180]

@@ -208,3 +208,40 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes == {"a.txt": 0o640, "b.png": 0o640, "c.pth": 0o640, "d.bin": 0o664}
+
+
+def test_crop_problem_rules():
+    from fsvfm.preprocess.faces import Face, crop_problem
+    crop = Face((30, 30, 190, 190), 1.0)                  # 160 px box in a 224 px crop: 71%
+    assert crop_problem([crop], 224, 224) is None
+    assert crop_problem([crop, Face((0, 0, 40, 40), 0.1)], 224, 224) is None    # a small false positive
+    assert crop_problem([crop, Face((0, 0, 90, 90), 0.5)], 224, 224) == "2 faces"
+    assert crop_problem([], 224, 224) == "no face found"
+    assert crop_problem([Face((0, 0, 70, 70), 1.0)], 1000, 224) == \
+        "its face spans 31% of the frame, a face crop's about 75%"
+
+
+def test_face_parse_refuses_photos_that_are_not_face_crops(tmp_path, capsys):
+    """The 24-face collage and a photo without a face are refused with the fix, a face crop is parsed;
+    --crop crops the collage's faces and --skip_crop_check parses it whole, as before."""
+    from fsvfm.preprocess.faces import FaceCropper
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("bald_guys.jpg", "dogs.jpg"):
+        (src / name).symlink_to(faces_dir() / name)
+    tom = cv2.imread(str(faces_dir() / "Tom_Cruise_avp_2014_4.jpg"))
+    write_image(src / "tom_crop.png", FaceCropper().crop(tom)[0])
+    base = ["--dataset", "custom", "--src", str(src), *PARSE]
+    line = _exit_line(capsys, lambda: main_face_parse(PRETRAIN_DEFAULT, [*base, "--dst", str(tmp_path / "a")]))
+    assert line.split(": ", 1)[1] == (f"error: 2 photo(s) in --src {src} are not face crops (bald_guys.jpg: 24 faces; "
+                    f"all in {tmp_path / 'a' / 'face_parse_preprocess_custom_failures.txt'}); add --crop to detect "
+                    "and crop their faces, or --skip_crop_check to parse them whole")
+    assert {p for p in tree(tmp_path / "a") if p.startswith("images/")} == {"images/tom_crop.png"}
+    failures = (tmp_path / "a" / "face_parse_preprocess_custom_failures.txt").read_text().splitlines()
+    assert failures == [f"refused\t{src / 'bald_guys.jpg'}\tnot a face crop: 24 faces",
+                        f"refused\t{src / 'dogs.jpg'}\tnot a face crop: no face found"]
+    cropped = main_face_parse(PRETRAIN_DEFAULT, [*base, "--dst", str(tmp_path / "b"), "--crop"])
+    assert (cropped.counts["done"], cropped.counts["no_face"], cropped.counts["refused"]) == (2, 1, 0)
+    assert cv2.imread(str(tmp_path / "b" / "images" / "bald_guys.png")).shape == (224, 224, 3)
+    whole = main_face_parse(PRETRAIN_DEFAULT, [*base, "--dst", str(tmp_path / "c"), "--skip_crop_check"])
+    assert "images/bald_guys.png" in tree(tmp_path / "c") and whole.counts["refused"] == 0

@@ -201,3 +201,23 @@ def test_wcs_run_writes_list_targets(tmp_path):
     assert summary.counts["done"] == 1     # the SURF fake-shot list is processed (D24)
     assert cv2.imread(str(data / "WCS/frame/surf/Val_0000_000000-color.png")).shape == (6, 6, 3)
     assert json.loads((tmp_path / "preprocess_FAS_WCS_surf_summary.json").read_text())["done"] == 1
+
+
+def test_custom_photos_keep_max_faces_chips(tmp_path, capsys):
+    """--max_faces is accepted as the options table says: the 3-face photo gives 1, 2 or all 3 chips."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "group.jpg").symlink_to(faces_dir() / "2008_001322.jpg")      # MTCNN: 3 faces
+    base = ["--dataset", "custom", "--src", str(src), "--workers", "1"]
+
+    def chips(name, *extra):
+        summary = main_fas_preprocess(FAS_DEFAULT, "MCIO", [*base, "--dst", str(tmp_path / name), *extra])
+        return summary.counts["done"], {p for p in tree(tmp_path / name) if p.endswith(".png")}
+    assert chips("one") == (1, {"group.png"})
+    assert chips("two", "--max_faces", "2") == (2, {"group.png", "group_face1.png"})
+    assert chips("all", "--max_faces", "0") == (3, {"group.png", "group_face1.png", "group_face2.png"})
+    assert np.array_equal(cv2.imread(str(tmp_path / "all" / "group.png")), cv2.imread(str(tmp_path / "one" / "group.png")))
+    assert cv2.imread(str(tmp_path / "all" / "group_face2.png")).shape == (224, 224, 3)
+    with pytest.raises(SystemExit) as e:
+        main_fas_preprocess(FAS_DEFAULT, "MCIO", ["--dataset", "oulu", "--max_faces", "2"])
+    assert e.value.code == 2 and "only --dataset custom keeps several faces" in capsys.readouterr().err

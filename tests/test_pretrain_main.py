@@ -195,3 +195,26 @@ def test_torch_distributed_launch_and_module_entry_points(data_root, tmp_path):
     assert (out / "checkpoint-0.pth").is_file()
     result = _subprocess([sys.executable, "-m", "fsvfm.main_pretrain", "--help"])
     assert "--pretrain_data_path" in result.stdout and "--resume_target_network" in result.stdout
+
+
+@pytest.mark.slow
+def test_best_set_is_a_second_name_of_the_epoch_set(data_root, tmp_path):
+    """The best-loss pair shares the epoch pair's files (one copy on disk); loading, resuming from it and a
+    later best that replaces it all work, and the epoch's files keep their content."""
+    import os
+
+    from fsvfm.util.checkpoint import load_latest_checkpoint_set
+    _run(data_root, tmp_path)
+    for name in ("checkpoint-{}.pth", "checkpoint-te-{}.pth"):
+        assert os.path.samefile(tmp_path / name.format(1), tmp_path / name.format("min_pretrain_loss"))
+    manifest = json.loads((tmp_path / "checkpoint-min_pretrain_loss.set.json").read_text())
+    assert manifest["tag"] == "min_pretrain_loss" and manifest["epoch"] == 1
+    assert manifest["files"]["target"]["name"] == "checkpoint-te-min_pretrain_loss.pth"
+    before = _load(tmp_path / "checkpoint-1.pth")
+    _run(data_root, tmp_path, "--resume", str(tmp_path / "checkpoint-min_pretrain_loss.pth"), "--epochs", "3")
+    assert [r["epoch"] for r in _log(tmp_path)] == [0, 1, 2]
+    after = _load(tmp_path / "checkpoint-1.pth")
+    assert after["epoch"] == 1 and torch.equal(after["model"]["cls_token"], before["model"]["cls_token"])
+    best = _load(tmp_path / "checkpoint-min_pretrain_loss.pth")
+    assert best["epoch"] == (2 if _log(tmp_path)[2]["train_loss"] < _log(tmp_path)[1]["train_loss"] else 1)
+    assert load_latest_checkpoint_set(tmp_path).checkpoints["online"]["epoch"] == 2

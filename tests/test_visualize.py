@@ -231,3 +231,14 @@ def test_image_logger_normalises_uint8_items_like_the_host_pipeline(tmp_path):
     from_float = visualize.PretrainImageLogger(_Recorder(), host, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
     assert torch.equal(from_uint8.images, from_float.images)
     assert torch.equal(from_uint8.grid(model), from_float.grid(model))
+
+
+def test_no_crop_refuses_a_group_photo_unless_told(shared_dir, tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    argv = ["masking", "--image", str(shared_dir / "faces" / "bald_guys.jpg"), "--no_crop", "--backend", "landmarks",
+            "--out", str(out)]
+    assert visualize.main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("bald_guys.jpg is not a face crop (24 faces); let its face be detected and cropped first "
+                        "(no --no_crop / 'already a face crop' unticked), or --skip_crop_check to use the whole image")
+    assert visualize.main([*argv, "--skip_crop_check"]) == 0 and out.is_file()

@@ -11,7 +11,7 @@ from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.faces import FACE_SELECT
 from fsvfm.preprocess.fas import FAS_DATASETS, fas_custom_stages
 from fsvfm.preprocess.finetune_layouts import FINETUNE_DATASETS
-from fsvfm.preprocess.jobs import Options
+from fsvfm.preprocess.jobs import REFUSED, Options
 from fsvfm.preprocess.layouts import (
     PARSE_SOURCES,
     custom_parse_stages,
@@ -77,6 +77,9 @@ def parse_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="facer device (default cuda if available)")
     g.add_argument("--save_vis", action="store_true", help="also write vis_parsing_maps/ (cfg.save_vis_ps)")
     g.add_argument("--crop", action="store_true", help="custom mode: crop faces from photos first")
+    g.add_argument("--skip_crop_check", action="store_true",
+                   help="custom mode without --crop: parse every photo whole, even one that is not a face crop "
+                        "(no face, several faces, a face far smaller than the frame); default: refuse those")
     return p
 
 
@@ -193,12 +196,21 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
             return merged
         if args.dataset == "custom":
             stages = custom_parse_stages(args.src, args.dst, _num_frames(args.num_frames, cfg.FF_num_frames),
-                                         crop=args.crop)
+                                         crop=args.crop, check_crops=not args.skip_crop_check)
         else:
             stages = parse_stages(cfg, args.dataset)
         opts = _options(cfg, args, save_vis=args.save_vis or cfg.save_vis_ps)
         check_backend(opts)  # before any work: FACER weights
-        return _run(stages, opts, args, default_file, "face_parse_" + run_name_for(args.dataset), Summary())
+        run_name = "face_parse_" + run_name_for(args.dataset)
+        summary = _run(stages, opts, args, default_file, run_name, Summary())
+        refused = sorted((item, reason) for status, item, reason in summary.failures if status == REFUSED)
+        if refused:
+            item, reason = refused[0]
+            raise UsageError(f"{len(refused)} photo(s) in --src {args.src} are not face crops ({Path(item).name}: "
+                             f"{reason.removeprefix('not a face crop: ')}; all in "
+                             f"{_log_dir(args, default_file) / (run_name + '_failures.txt')}); add --crop to detect "
+                             "and crop their faces, or --skip_crop_check to parse them whole")
+        return summary
     return _cli(parser, argv, default_file, parse)
 
 
@@ -214,12 +226,20 @@ def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summ
                         help="one data set or all of them (default)"
                         + ("; custom = the images and videos of --src, chips to --dst" if group == "MCIO" else ""))
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda, cuda:1)")
+    if group == "MCIO":
+        parser.add_argument("--max_faces", type=int, default=1,
+                            help="custom photos: chips kept per photo in --face_select order (1: one, as the "
+                                 "original; 0: all); the k-th extra face is saved as NAME_face{k}; videos keep one")
 
     def chips(args: argparse.Namespace, cfg) -> Summary:
         if (merged := _merge(args, default_file, run_name_for(f"FAS_{group}_{args.dataset}"))) is not None:
             return merged
+        max_faces = getattr(args, "max_faces", 1)
+        if max_faces != 1 and args.dataset != "custom":
+            parser.error(f"--max_faces {max_faces}: only --dataset custom keeps several faces (the benchmark "
+                         "list files name one chip per image)")
         opts = Options(face_size=cfg.face_size, img_format=cfg.img_format, face_select=args.face_select,
-                       device=args.device, chip_padding=cfg.chip_padding)
+                       device=args.device, chip_padding=cfg.chip_padding, max_faces=max_faces)
         summary = Summary()
         stages = (fas_custom_stages(args.src, args.dst, cfg.img_format) if args.dataset == "custom"
                   else make_stages(cfg, args.dataset, summary))

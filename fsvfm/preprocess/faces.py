@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 ARCFACE_TEMPLATE_112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
                                  [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
 FACE_SELECT = ("first", "largest")
+# A face crop's dlib box spans about 1/1.3 of its side; a photo's faces span far less.
+MIN_FACE_SHARE = 0.35
+# Boxes at least this fraction of the largest one count as further faces (smaller ones: false positives).
+SIMILAR_FACE = 0.5
+CHECK_SIDES = (224, 2048)   # the crop check detects on the image scaled to a longer side in this range
 
 
 def landmark_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -84,6 +89,21 @@ def alignment_matrix(points: np.ndarray, out_size: int) -> np.ndarray:
     return matrix
 
 
+def crop_problem(faces: list[Face], width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` whose detected faces are ``faces`` is not a face crop (no
+    face, several faces of similar size, or one far smaller than the frame), or None when it is one."""
+    if not faces:
+        return "no face found"
+    sides = sorted((max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) for f in faces), reverse=True)
+    similar = sum(side >= SIMILAR_FACE * sides[0] for side in sides)
+    if similar > 1:
+        return f"{len(faces)} faces"
+    share = sides[0] / min(width, height)
+    if share < MIN_FACE_SHARE:
+        return f"its face spans {share:.0%} of the frame, a face crop's about 75%"
+    return None
+
+
 @dataclass
 class Face:
     """One detected face: dlib rectangle (left, top, right, bottom) and detector score."""
@@ -116,6 +136,14 @@ class FaceCropper:
         """All faces in dlib's order (highest score first)."""
         rects, scores, _ = self.detector.run(rgb, self.upsample if upsample is None else upsample, 0.0)
         return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
+
+    def crop_problem(self, rgb: np.ndarray) -> str | None:
+        """``crop_problem`` of an RGB image, detected at a longer side within ``CHECK_SIDES``."""
+        h, w = rgb.shape[:2]
+        scale = min(max(1.0, CHECK_SIDES[0] / max(h, w)), CHECK_SIDES[1] / max(h, w))
+        if scale != 1.0:
+            rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        return crop_problem(self.detect(np.ascontiguousarray(rgb)), rgb.shape[1], rgb.shape[0])
 
     def ranked(self, faces: list[Face]) -> list[Face]:
         """Faces in the order ``face_select`` prefers: dlib's score order, or largest box first."""

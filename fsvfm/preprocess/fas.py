@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fsvfm.preprocess.align import extract_image_chip
-from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, register_kind
+from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, face_path, register_kind
 from fsvfm.preprocess.layouts import custom_inputs, flat_name, list_files
 from fsvfm.preprocess.mtcnn import MTCNNDetector
 from fsvfm.preprocess.runner import Stage
@@ -62,10 +62,15 @@ def _detector(opts: Options) -> MTCNNDetector:
 
 def aligned_chip(worker: Worker, bgr: np.ndarray) -> np.ndarray | None:
     """The ``face_size`` aligned chip of the kept MTCNN face of a BGR frame, or None without a face."""
-    face = worker.resource("mtcnn", _detector).select(np.ascontiguousarray(bgr[:, :, ::-1]))
-    if face is None:
-        return None
-    return extract_image_chip(bgr, face.points, worker.opts.face_size, worker.opts.chip_padding)
+    chips = aligned_chips(worker, bgr, 1)
+    return chips[0] if chips else None
+
+
+def aligned_chips(worker: Worker, bgr: np.ndarray, max_faces: int = 1) -> list[np.ndarray]:
+    """The aligned chips of the first ``max_faces`` MTCNN faces in ``face_select`` order (0 = all)."""
+    faces = worker.resource("mtcnn", _detector).ranked(np.ascontiguousarray(bgr[:, :, ::-1]))
+    return [extract_image_chip(bgr, f.points, worker.opts.face_size, worker.opts.chip_padding)
+            for f in (faces[:max_faces] if max_faces > 0 else faces)]
 
 
 def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
@@ -112,12 +117,13 @@ def _fas_image(worker: Worker, job: Job, out: Summary) -> None:
     img = _read_image(job, out)
     if img is None:
         return None
-    chip = aligned_chip(worker, img)
-    if chip is None:
+    chips = aligned_chips(worker, img, worker.opts.max_faces)
+    if not chips:
         return out.add("no_face", job.src)
-    for d in todo:
-        atomic_write_image(d, chip)
-    out.add("done")
+    for k in reversed(range(len(chips))):      # the first face last: it marks the photo as done
+        for d in todo:
+            atomic_write_image(face_path(d, k), chips[k])
+        out.add("done")
 
 
 def _write_cropped(job: Job, out: Summary, img: np.ndarray) -> None:

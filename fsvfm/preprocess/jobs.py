@@ -29,6 +29,7 @@ from fsvfm.util.images import UnreadableImageError, read_bgr, read_rgb
 logger = logging.getLogger(__name__)
 
 STATUSES = ("done", "skipped", "no_face", "unreadable", "error")
+REFUSED = "refused"   # an input that is not what the run expects (e.g. a photo where a face crop belongs)
 
 # Job kind -> handler(worker, job, outcome): this module's kinds (Worker._<kind>) and those other modules
 # add (e.g. the FAS chips). Register at import time, before a pool forks, so every worker knows them.
@@ -109,7 +110,9 @@ class Summary:
         return Counter(reason for status, _, reason in self.failures if status == "error")
 
     def as_dict(self) -> dict[str, int]:
-        return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded")}
+        """Counts of every status (``refused`` only when there is one)."""
+        extra = (REFUSED,) if self.counts.get(REFUSED) else ()
+        return {k: int(self.counts.get(k, 0)) for k in (*STATUSES, "excluded", *extra)}
 
     def __str__(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
@@ -219,14 +222,19 @@ class Worker:
             shutil.copyfile(job.src, tmp)
         out.add("done")
 
-    def _parse(self, job: Job, out: Summary) -> None:
+    def _parse(self, job: Job, out: Summary, check_crop: bool = False) -> None:
+        """Parse a face crop; with ``check_crop`` an image that is not one (``FaceCropper.crop_problem``)
+        is refused instead of being squashed into one."""
         if output_paths(job.dst[0], job.name)[0].exists():
             return out.add("skipped")
         try:
-            image = read_rgb(job.src).resize((self.opts.face_size,) * 2, Image.BICUBIC)
+            rgb = read_rgb(job.src)
         except (OSError, ValueError) as e:
             return out.add("unreadable", job.src, f"{type(e).__name__}: {e}")
-        self._parse_and_save(job, out, image, None)
+        problem = self.cropper.crop_problem(np.asarray(rgb)) if check_crop else None
+        if problem is not None:
+            return out.add(REFUSED, job.src, f"not a face crop: {problem}")
+        self._parse_and_save(job, out, rgb.resize((self.opts.face_size,) * 2, Image.BICUBIC), None)
 
     def _crop_parse(self, job: Job, out: Summary) -> None:
         if output_paths(job.dst[0], job.name)[0].exists():
@@ -245,5 +253,10 @@ class Worker:
         out.add("done")
 
 
+def _parse_checked(worker: Worker, job: Job, out: Summary) -> None:
+    worker._parse(job, out, check_crop=True)
+
+
 for _kind in ("crop_image", "crop_video", "copy", "parse", "crop_parse"):
     register_kind(_kind, getattr(Worker, f"_{_kind}"))
+register_kind("parse_checked", _parse_checked)

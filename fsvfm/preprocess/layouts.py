@@ -231,10 +231,11 @@ def custom_stages(src: str | Path, dst: str | Path, num_frames: int | None) -> l
 
 
 def custom_parse_stages(src: str | Path, dst: str | Path, num_frames: int | None,
-                        crop: bool = False) -> list[Stage]:
+                        crop: bool = False, check_crops: bool = True) -> list[Stage]:
     """Any folder -> pre-training set: videos first give face crops of sampled frames in
     ``dst/VIDEO_FRAMES_DIR`` (as ``custom_stages``), then those and the photos are parsed (photos
-    cropped first with ``crop``)."""
+    cropped first with ``crop``; without it, with ``check_crops``, a photo that is not a face crop
+    is refused)."""
     src, dst = Path(src), Path(dst)
     frames = dst / VIDEO_FRAMES_DIR
 
@@ -242,7 +243,7 @@ def custom_parse_stages(src: str | Path, dst: str | Path, num_frames: int | None
         return custom_video_jobs(src, custom_inputs(src, dst)[1], frames, num_frames)
 
     def parse() -> list[Job]:
-        kind = "crop_parse" if crop else "parse"
+        kind = "crop_parse" if crop else "parse_checked" if check_crops else "parse"
         files = [(f, src, kind) for f in custom_inputs(src, dst, log=False)[0]]
         if frames.is_dir():
             files += [(f, frames, "parse") for f in list_files(frames, IMAGE_EXTENSIONS)]

@@ -52,9 +52,12 @@ class MTCNNDetector:
                  for b, p, q in zip(boxes, probs, points)]
         return sorted(faces, key=lambda f: -f.prob)
 
+    def ranked(self, rgb: np.ndarray) -> list[Detection]:
+        """All faces in ``face_select`` order: most confident first (original), or largest first."""
+        faces = self.detect(rgb)
+        return sorted(faces, key=lambda f: -f.area) if self.face_select == "largest" else faces
+
     def select(self, rgb: np.ndarray) -> Detection | None:
         """The kept face: the most confident (original) or, with ``face_select='largest'``, the largest."""
-        faces = self.detect(rgb)
-        if not faces:
-            return None
-        return max(faces, key=lambda f: f.area) if self.face_select == "largest" else faces[0]
+        faces = self.ranked(rgb)
+        return faces[0] if faces else None

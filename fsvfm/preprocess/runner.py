@@ -23,7 +23,7 @@ from fsvfm.preprocess.parsing import resolve_backend
 logger = logging.getLogger(__name__)
 
 _WORKER: Worker | None = None
-PARSE_KINDS = ("parse", "crop_parse")
+PARSE_KINDS = ("parse", "parse_checked", "crop_parse")
 
 
 def _init_worker(opts: Options) -> None:

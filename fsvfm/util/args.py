@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 from pathlib import Path
 
 from fsvfm.util.amp import AMP_CHOICES
+
+logger = logging.getLogger(__name__)
+# below this an lr scaled down from --blr by a small CPU batch leaves the weights almost where they started
+TINY_LR = 1e-5
 
 
 def distributed_parser() -> argparse.ArgumentParser:
@@ -185,4 +190,8 @@ def set_effective_lr(args: argparse.Namespace, world_size: int) -> int:
     eff_batch = args.batch_size * args.accum_iter * world_size
     if args.lr is None:
         args.lr = args.blr * eff_batch / 256
+        if args.lr < TINY_LR:
+            logger.warning("effective lr %.2e = --blr %.2e x effective batch %d / 256 is tiny: training will "
+                           "barely move; give --lr (e.g. --lr %.0e) or a larger batch", args.lr, args.blr,
+                           eff_batch, args.blr)
     return eff_batch

@@ -35,7 +35,7 @@ import torch
 
 from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
 from fsvfm.util.errors import UserError
-from fsvfm.util.fileio import atomic_path, fsync_path
+from fsvfm.util.fileio import atomic_link, atomic_path, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,30 @@ def args_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(args, argparse.Namespace):
         return vars(args)
     return dict(args) if isinstance(args, Mapping) else {}
+
+
+NEAR_CHANCE_AUC = 0.6   # a detector whose own validation AUC is below this separates almost nothing
+
+
+def model_warnings(checkpoint: Mapping[str, Any]) -> list[str]:
+    """What a reader of this detector's scores must know: trained as a demo (``args.demo``), or near
+    chance on its own validation data (``val_auc``; FAS files: ``valid_arg[4]``). [] for a sound model."""
+    args = args_dict(checkpoint)
+    out = []
+    if args.get("demo"):
+        out.append("this detector was trained by the demo on toy data: its scores mean nothing")
+    auc = checkpoint.get("val_auc")
+    valid_arg = checkpoint.get("valid_arg")
+    if auc is None and isinstance(valid_arg, (list, tuple)) and len(valid_arg) > 4:
+        auc = valid_arg[4]
+    if isinstance(auc, (int, float)) and auc == auc:
+        auc = auc / 100 if auc > 1 else float(auc)     # the DfD runs store percent, FAS a fraction
+        if max(auc, 1 - auc) < NEAR_CHANCE_AUC:
+            epochs = args.get("epochs")
+            trained = f" after {epochs} epoch(s)" if epochs is not None else ""
+            out.append(f"this detector is near chance on its own validation data (AUC {auc:.3f}{trained}): "
+                       "its scores are not verdicts")
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -460,6 +484,25 @@ def save_checkpoint_set(folder: str | os.PathLike, tag: str | int, payloads: Map
     with atomic_path(manifest, durable=True) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     logger.info("Saved checkpoint set %s: %s", manifest.name, ", ".join(p.name for p in files.values()))
+    return manifest
+
+
+def link_checkpoint_set(folder: str | os.PathLike, src_tag: str | int, tag: str | int,
+                        names: Mapping[str, str] = PRETRAIN_SET) -> Path:
+    """Give the complete set ``src_tag`` the second name ``tag`` (e.g. the best epoch is also the last):
+    hard links (copies where links are impossible), so the weights are on disk once; a later save
+    under ``tag`` replaces the names only. Same complete-or-absent order as ``save_checkpoint_set``."""
+    folder = Path(folder)
+    record = json.loads((folder / MANIFEST_TEMPLATE.format(tag=src_tag)).read_text(encoding="utf-8"))
+    manifest = folder / MANIFEST_TEMPLATE.format(tag=tag)
+    manifest.unlink(missing_ok=True)
+    files = {}
+    for role, entry in record["files"].items():
+        dst = atomic_link(folder / entry["name"], folder / names[role].format(tag=tag))
+        files[role] = {"name": dst.name, "size": entry["size"]}
+    with atomic_path(manifest, durable=True) as tmp:
+        Path(tmp).write_text(json.dumps({**record, "tag": str(tag), "files": files}, indent=1) + "\n", encoding="utf-8")
+    logger.info("Linked checkpoint set %s to %s (one copy on disk)", manifest.name, MANIFEST_TEMPLATE.format(tag=src_tag))
     return manifest
 
 

@@ -98,6 +98,30 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def disk_usage(root: str | os.PathLike) -> int:
+    """Bytes of the files under ``root``, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for p in Path(root).rglob("*"):
+        st = p.lstat()
+        if p.is_file() and not p.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def atomic_link(src: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` a hard link of ``src`` (a copy where the file system has no hard links), atomically:
+    a reader sees the old ``path`` or the complete new one. Replacing ``path`` later (``atomic_path``)
+    leaves ``src`` untouched: only the name is rebound."""
+    with atomic_path(path, durable=True) as tmp:
+        os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
