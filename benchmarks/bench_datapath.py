@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from fsvfm.data.finetune import LabelledImageFolder, build_transform
+from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
+from fsvfm.masking import CRFRPCollate
 from fsvfm.util.args import augment_parser
-from fsvfm.util.crfrp import CRFRPCollate
-from fsvfm.util.finetune_data import LabelledImageFolder, build_transform
-from fsvfm.util.pretrain_data import FaceParsingDataset, PretrainTransform
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.25)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from fsvfm.util.crfrp import CRFRPCollate, crfrp_masks, num_masked_patches
+from fsvfm.masking import CRFRPCollate, crfrp_masks, num_masked_patches
 from fsvfm.util.synthetic import synthetic_parsing_maps
 
 

@@ -29,8 +29,11 @@ import time
 import torch
 from timm.optim import param_groups_weight_decay
 
+from fsvfm.data.device import DeviceNormalize
 from fsvfm.engine_pretrain import EMATarget, train_step
+from fsvfm.losses import build_cl_loss
 from fsvfm.main_pretrain import build_networks, get_args_parser
+from fsvfm.masking import crfrp_masks
 from fsvfm.util.accel import (
     build_adamw,
     default_amp,
@@ -38,9 +41,6 @@ from fsvfm.util.accel import (
     set_fused_attention,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.crfrp import crfrp_masks
-from fsvfm.util.device_data import DeviceNormalize
-from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.synthetic import synthetic_parsing_maps
 from fsvfm.util.train_step import device_skip_enabled
 

@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
+from fsvfm.data.finetune import IndexedDataset, ShardSampler, collate_readable
+from fsvfm.metrics import binary_metrics, multiclass_metrics
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.errors import DataError
-from fsvfm.util.finetune_data import IndexedDataset, ShardSampler, collate_readable
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.metrics import binary_metrics, multiclass_metrics
 from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
 
 logger = logging.getLogger(__name__)

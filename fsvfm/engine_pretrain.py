@@ -16,9 +16,9 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from fsvfm.data.device import DeviceNormalize, to_device
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
-from fsvfm.util.device_data import DeviceNormalize, to_device
 from fsvfm.util.lr_sched import adjust_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step

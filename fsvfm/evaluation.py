@@ -1,5 +1,5 @@
 """Cross-dataset testing of a fine-tuned checkpoint, driven by a task's data (spec 5): its test-set
-table, class vocabulary, evaluation output and metric mode (``fsvfm.util.metrics.METRIC_MODES``).
+table, class vocabulary, evaluation output and metric mode (``fsvfm.metrics.METRIC_MODES``).
 
 ``main_test_DfD.py`` and ``main_test_DiFF.py`` are one call to ``cli(task)`` each. A metric mode
 that ``needs_validation`` (a threshold chosen on validation data) also gets the predictions on
@@ -31,9 +31,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fsvfm.data.finetune import (
+    LabelledImageFolder,
+    SplitFileDataset,
+    TestImageFolder,
+    dataset_video_names,
+)
 from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
 from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
 from fsvfm.finetune_setup import load_classifier_from_checkpoint
+from fsvfm.metrics import (
+    METRIC_MODES,
+    OneClassError,
+    ScoredSet,
+    VideoGroupingError,
+    get_video_level_label_pred,
+    roc_points,
+)
 from fsvfm.tasks import FinetuneTask, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
@@ -42,22 +56,8 @@ from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
-from fsvfm.util.finetune_data import (
-    LabelledImageFolder,
-    SplitFileDataset,
-    TestImageFolder,
-    dataset_video_names,
-)
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
-from fsvfm.util.metrics import (
-    METRIC_MODES,
-    OneClassError,
-    ScoredSet,
-    VideoGroupingError,
-    get_video_level_label_pred,
-    roc_points,
-)
 from fsvfm.util.naming import ClassVocabulary, checkpoint_vocabulary
 
 logger = logging.getLogger(__name__)

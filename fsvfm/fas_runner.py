@@ -27,26 +27,26 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fsvfm.engine_fas import (
+from fsvfm.data.fas import PROTOCOLS, fas_mean_std, fas_transform, get_protocol
+from fsvfm.engine_finetune import train_one_epoch
+from fsvfm.metrics import METRIC_MODES, ScoredSet
+from fsvfm.models_fas import EMBED_NORMS, fas_registry_name
+from fsvfm.models_vit import is_fs_adapter
+from fsvfm.tasks import FAS_TASK, FinetuneTask
+from fsvfm.tasks.fas import (
     DEFAULT_FAS_DATA_ROOT,
     build_source_test_set,
     fas_optimizer,
     load_fas_encoder,
     score_fas_set,
 )
-from fsvfm.engine_finetune import train_one_epoch
-from fsvfm.models_fas import EMBED_NORMS, fas_registry_name
-from fsvfm.models_vit import is_fs_adapter
-from fsvfm.tasks import FAS_TASK, FinetuneTask
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import classifier_parser, default_output_dir, distributed_parser, input_parser
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
 from fsvfm.util.errors import UsageError
-from fsvfm.util.fas_data import PROTOCOLS, fas_mean_std, fas_transform, get_protocol
 from fsvfm.util.fileio import append_json_line, atomic_write_text
 from fsvfm.util.log import setup_logging, summary_writer
-from fsvfm.util.metrics import METRIC_MODES, ScoredSet
 from fsvfm.util.norm_stats import record_mean_std
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak

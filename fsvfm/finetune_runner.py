@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fsvfm.adapter_hooks import check_resume_flags, check_trainable_flags
+from fsvfm.data.finetune import build_transform, check_classes
 from fsvfm.engine_finetune import evaluate, make_eval_loader, train_one_epoch
 from fsvfm.finetune_setup import (
     build_mixup_and_criterion,
@@ -36,6 +36,7 @@ from fsvfm.finetune_setup import (
     load_pretrained_encoder,
 )
 from fsvfm.tasks import FinetuneTask
+from fsvfm.tasks.classifier import check_resume_flags, check_trainable_flags
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents, set_effective_lr
@@ -52,7 +53,6 @@ from fsvfm.util.checkpoint import (
 )
 from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import append_json_line, atomic_link
-from fsvfm.util.finetune_data import build_transform, check_classes
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
 from fsvfm.util.lr_sched import warn_if_warmup_too_long

@@ -16,6 +16,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 
+from fsvfm.data.finetune import build_transform
 from fsvfm.models_vit import _SIZES as VIT_SIZES
 from fsvfm.models_vit import FS_ADAPTER_SUFFIX, is_fs_adapter
 from fsvfm.registry import create_model, list_models, model_family
@@ -31,7 +32,6 @@ from fsvfm.util.checkpoint import (
 )
 from fsvfm.util.dist import unwrap_model
 from fsvfm.util.errors import UsageError
-from fsvfm.util.finetune_data import build_transform
 from fsvfm.util.norm_stats import checkpoint_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
 

@@ -26,7 +26,11 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from fsvfm.data.device import DeviceNormalize, add_loader_args, loader_kwargs
+from fsvfm.data.pretrain import PretrainTransform, build_pretrain_dataset, dataset_image_paths
 from fsvfm.engine_pretrain import EMATarget, train_one_epoch
+from fsvfm.losses import CL_LOSSES, build_cl_loss
+from fsvfm.masking import CRFRPCollate
 from fsvfm.models_fsfm import vit_target_network
 from fsvfm.registry import create_model, model_family
 from fsvfm.util import dist
@@ -69,16 +73,12 @@ from fsvfm.util.checkpoint import (
     save_checkpoint_set,
 )
 from fsvfm.util.cli import run_cli
-from fsvfm.util.crfrp import CRFRPCollate
-from fsvfm.util.device_data import DeviceNormalize, add_loader_args, loader_kwargs
 from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import setup_logging, summary_writer
-from fsvfm.util.loss_contrastive import CL_LOSSES, build_cl_loss
 from fsvfm.util.lr_sched import cosine_scheduler, warn_if_warmup_too_long
 from fsvfm.util.norm_stats import resolve_pretrain_mean_std
-from fsvfm.util.pretrain_data import PretrainTransform, build_pretrain_dataset, dataset_image_paths
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak
 from fsvfm.visualize import PretrainImageLogger

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from fsvfm.masking import num_masked_patches
 from fsvfm.registry import register_model
-from fsvfm.util.crfrp import num_masked_patches
 from fsvfm.util.pos_embed import get_2d_sincos_pos_embed
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
@@ -169,7 +169,7 @@ class _FSFMBackbone(nn.Module):
         """Encode the visible patches. Returns latent [N, 1+K, D] and ids_restore [N, L].
 
         Unmasked patches (``img_mask == 0``) are kept, ``K = L - round(L * mask_ratio)``: the same
-        count as the CRFR-P collate masks (``fsvfm.util.crfrp.num_masked_patches``; the original's
+        count as the CRFR-P collate masks (``fsvfm.masking.num_masked_patches``; the original's
         ``int(L * (1 - r))`` disagreed with its collate for fractional ``r * L``, spec 9.1 P8).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]

@@ -164,7 +164,7 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     """The fine-tuned classifier of a checkpoint (local or ``hf://``) and the test programs' evaluation
     transform (PIL image -> [3, S, S]), rebuilt by its task's ``rebuild`` (DfD/DiFF:
     :func:`fsvfm.finetune_setup.load_classifier_from_checkpoint`, as the test programs; FAS:
-    :func:`fsvfm.engine_fas.load_fas_from_checkpoint`). A file that names no task is FAS when its weights are
+    :func:`fsvfm.tasks.fas.load_fas_from_checkpoint`). A file that names no task is FAS when its weights are
     a FAS network's (the released ``.pth.tar``), else DfD. ``info['classes']`` is the model's
     ``ClassVocabulary`` (``classes``: names in index order, overriding the checkpoint's). Returns
     ``(model in eval mode, transform, info)``."""

@@ -32,6 +32,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid
 
+from fsvfm.data.device import DeviceNormalize
+from fsvfm.masking import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.preprocess.jobs import Options, Worker
 from fsvfm.preprocess.labels import LAPA_MEANINGS, colorize, label_colours_rgb
 from fsvfm.preprocess.parsing import BACKENDS, crop_for_parsing, resolve_backend, to_parser_input
@@ -44,8 +46,6 @@ from fsvfm.util.checkpoint import (
     model_state_from,
 )
 from fsvfm.util.cli import run_cli
-from fsvfm.util.crfrp import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
-from fsvfm.util.device_data import DeviceNormalize
 from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.images import UnreadableImageError, read_rgb

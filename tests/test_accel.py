@@ -7,7 +7,10 @@ import logging
 import pytest
 import torch
 
+from fsvfm.data.device import DeviceNormalize, loader_kwargs, to_device
 from fsvfm.engine_pretrain import EMATarget, train_step
+from fsvfm.losses import build_cl_loss
+from fsvfm.masking import crfrp_masks
 from fsvfm.models_fsfm import vit_target_network
 from fsvfm.registry import create_model
 from fsvfm.util import accel
@@ -20,9 +23,6 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.crfrp import crfrp_masks
-from fsvfm.util.device_data import DeviceNormalize, loader_kwargs, to_device
-from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.synthetic import synthetic_parsing_maps
 from tests.conftest import TINY_FSFM
 

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsvfm.registry import create_model
-from fsvfm.util.crfrp import (
+from fsvfm.masking import (
     FACE_BOUNDARY,
     REGION_GROUPS,
     CRFRPCollate,
@@ -15,6 +14,7 @@ from fsvfm.util.crfrp import (
     num_masked_patches,
     patch_label_bits,
 )
+from fsvfm.registry import create_model
 from fsvfm.util.synthetic import synthetic_parsing_maps
 
 HAIR, EYES = 5, 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsvfm.util import fas_data as fd
+from fsvfm.data import fas as fd
 from fsvfm.util.synthetic import make_synthetic_fas_tree
 
 MEAN = STD = (0.5, 0.5, 0.5)

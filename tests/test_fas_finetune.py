@@ -12,14 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import engine_fas, fas_runner, main_finetune_FAS, predict
+from fsvfm import fas_runner, main_finetune_FAS, predict
+from fsvfm.data.fas import fas_transform
 from fsvfm.engine_finetune import train_one_epoch
+from fsvfm.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
+from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
-from fsvfm.util.fas_data import fas_transform
-from fsvfm.util.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
 from fsvfm.util.synthetic import make_synthetic_fas_tree
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.preprocess_helpers import faces_dir

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from fsvfm.util.metrics import (
+from fsvfm.metrics import (
     METRIC_MODES,
     OneClassError,
     ScoredSet,

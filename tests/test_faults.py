@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from fsvfm import app, main_finetune_DfD, main_finetune_FAS, main_pretrain, predict, visualize
-from fsvfm.adapter_hooks import check_resume_flags
 from fsvfm.evaluation import main_for
 from fsvfm.preprocess.cli import main_face_parse, main_fas_preprocess
 from fsvfm.tasks import DFD_TASK
+from fsvfm.tasks.classifier import check_resume_flags
 from fsvfm.util.checkpoint import load_checkpoint, save_checkpoint
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import OutputError

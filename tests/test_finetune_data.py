@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from fsvfm.util import finetune_data as fd
+from fsvfm.data import finetune as fd
 from fsvfm.util import norm_stats as ns
 from fsvfm.util.naming import DFD_VOCABULARY, video_name_from_path
 

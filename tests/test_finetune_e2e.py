@@ -17,9 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
+from fsvfm.metrics import eer_threshold, rates_at
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fsvfm.util.metrics import eer_threshold, rates_at
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.test_finetune_data import make_split_tree, write_image

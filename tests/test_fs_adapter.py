@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fsvfm import models_vit
+from fsvfm.losses import RealAnchorConLoss
 from fsvfm.registry import create_model, list_models
-from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.trainable import apply_trainable_modules, count_parameters
 from tests.conftest import TINY_VIT
 

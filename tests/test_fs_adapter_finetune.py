@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsvfm import adapter_hooks, evaluation, main_finetune_DfD
+from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
+from fsvfm.losses import RealAnchorConLoss
 from fsvfm.main_test_DfD import DFD_TASK
 from fsvfm.main_test_DiFF import DIFF_TASK
 from fsvfm.registry import create_model
+from fsvfm.tasks import classifier as adapter_hooks
 from fsvfm.util.checkpoint import load_checkpoint, save_checkpoint
-from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
 from tests.conftest import TINY_VIT
 from tests.test_finetune_data import make_split_tree

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from fsvfm import app, predict
+from fsvfm.data.fas import FASDataError, FASDataset
 from fsvfm.preprocess import runner
 from fsvfm.preprocess.jobs import Job, Options, register_kind
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util import images
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint
-from fsvfm.util.fas_data import FASDataError, FASDataset
 from tests.preprocess_helpers import write_image, write_video
 from tests.tiny_checkpoints import detector_checkpoint
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fsvfm.util.loss_contrastive import (
+from fsvfm.losses import (
     BYOLLoss,
     InfoNCELoss,
     MOCOV3Loss,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fsvfm.util import metrics as M
+from fsvfm import metrics as M
 
 
 def test_auc_and_balanced_acc_hand_computed():

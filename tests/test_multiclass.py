@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from fsvfm import evaluation, predict
+from fsvfm.metrics import OneClassError, multiclass_metrics
 from fsvfm.registry import create_model
 from fsvfm.tasks import DFD_TASK, UNIFIED_TASK, TestSet
 from fsvfm.util.checkpoint import load_checkpoint
-from fsvfm.util.metrics import OneClassError, multiclass_metrics
 from fsvfm.util.naming import UNIFIED_RELEASE_PATH, checkpoint_vocabulary
 from tests.preprocess_helpers import faces_dir
 from tests.test_finetune_e2e import eval_argv

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+from fsvfm.data.finetune import LabelledImageFolder
+from fsvfm.data.pretrain import list_samples
 from fsvfm.preprocess import layouts
 from fsvfm.preprocess.cli import main_dataset_preprocess, main_face_parse
 from fsvfm.preprocess.config import load_config
 from fsvfm.util import fileio
-from fsvfm.util.finetune_data import LabelledImageFolder
 from fsvfm.util.naming import IMAGE_EXTENSIONS
-from fsvfm.util.pretrain_data import list_samples
 from tests.preprocess_helpers import (
     FINETUNE_DEFAULT,
     PRETRAIN_DEFAULT,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fsvfm.data.pretrain import FaceParsingDataset
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.cli import main_face_parse
 from fsvfm.preprocess.faces import FaceCropper, landmark_model_path
@@ -19,7 +20,6 @@ from fsvfm.preprocess.labels import LAPA, LEGEND_WIDTH, PALETTE, legend_image
 from fsvfm.preprocess.parse_facer import FACER_FILES, FacerParser
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
 from fsvfm.preprocess.parsing import resolve_backend, to_parser_input
-from fsvfm.util.pretrain_data import FaceParsingDataset
 from tests.preprocess_helpers import PRETRAIN_DEFAULT, REPO, astronaut_bgr, tree, write_image
 
 

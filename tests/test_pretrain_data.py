@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from fsvfm.util.device_data import DeviceNormalize
-from fsvfm.util.errors import DataError
-from fsvfm.util.images import unreadable_files
-from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
-from fsvfm.util.pretrain_data import (
+from fsvfm.data.device import DeviceNormalize
+from fsvfm.data.pretrain import (
     FaceParsingDataset,
     PretrainTransform,
     build_pretrain_dataset,
     dataset_image_paths,
 )
+from fsvfm.util.errors import DataError
+from fsvfm.util.images import unreadable_files
+from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 
 

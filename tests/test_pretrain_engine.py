@@ -13,11 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fsvfm.engine_pretrain import EMATarget, forward_losses, train_one_epoch, train_step
+from fsvfm.losses import build_cl_loss
 from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.errors import UserError
-from fsvfm.util.loss_contrastive import build_cl_loss
 from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
 from fsvfm.util.train_step import (
     MAX_CONSECUTIVE_SKIPS,

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fsvfm import engine_fas, main_finetune_DfD, predict
+from fsvfm import main_finetune_DfD, predict
 from fsvfm.finetune_setup import build_optimizer
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
+from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.checkpoint import (
     CheckpointError,
     checkpoint_payload,

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from fsvfm import evaluation, finetune_runner, main_finetune_DfD
+from fsvfm.data.finetune import SplitFileError, read_split_file
 from fsvfm.finetune_setup import infer_classifier_name
 from fsvfm.registry import create_model
 from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS
 from fsvfm.util.checkpoint import NonFiniteWeightsError, load_checkpoint
 from fsvfm.util.cli import run_cli
-from fsvfm.util.finetune_data import SplitFileError, read_split_file
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
 from tests.conftest import REPO, TINY_FSFM
 from tests.test_finetune_data import make_split_tree, write_image

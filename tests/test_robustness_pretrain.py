@@ -20,12 +20,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from fsvfm import main_pretrain
+from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
 from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
-from fsvfm.util.pretrain_data import FaceParsingDataset, PretrainTransform
 from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_VIT
 from tests.test_pretrain_main import pretrain_argv

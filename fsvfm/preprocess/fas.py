@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fsvfm.data.fas import FASDataError, read_list_file
 from fsvfm.preprocess.align import extract_image_chip
 from fsvfm.preprocess.jobs import Job, Options, Summary, Worker, face_path, register_kind
 from fsvfm.preprocess.layouts import custom_inputs, flat_name, list_files
 from fsvfm.preprocess.mtcnn import MTCNNDetector
 from fsvfm.preprocess.runner import Stage
 from fsvfm.preprocess.video import frame_count, read_frames
-from fsvfm.util.fas_data import FASDataError, read_list_file
 from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.images import ImageTooLargeError, UnreadableImageError, check_pixels, read_bgr
 

@@ -167,7 +167,7 @@ def make_synthetic_fas_tree(root: str | os.PathLike, n_videos: int = 3, size: in
     ``MCIO/{frame,txt}``: casia, replay, oulu, msu (train, test and shot lists) and celeb (train only);
     ``WCS/{frame,txt}``: cefa, surf, wmca. ``n_videos`` videos (or WCS images) per domain, split and class.
     """
-    from fsvfm.util.fas_data import MCIO_DOMAINS, WCS_DOMAINS  # torch and OpenCV only for FAS trees
+    from fsvfm.data.fas import MCIO_DOMAINS, WCS_DOMAINS  # torch and OpenCV only for FAS trees
     root = Path(root)
     rng = np.random.default_rng(seed)
     for domain in MCIO_DOMAINS:  # celeb last, as CelebA-Spoof: training lists only

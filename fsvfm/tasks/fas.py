@@ -2,7 +2,7 @@
 
 * model: ``fsvfm.models_fas`` (``--model vit_*`` full fine-tuning, ``--model vit_*_fs_adapter`` FS-Adapter,
   spec 6.4 / 7.5); the pre-trained encoder loads into ``backbone.vit``.
-* data: the leave-one-out protocol table and list files of ``fsvfm.util.fas_data``; the training "loader"
+* data: the leave-one-out protocol table and list files of ``fsvfm.data.fas``; the training "loader"
   yields ``--eval_freq`` balanced batches (``--batch_size`` real and fake frames per source domain), so the
   engine's ``train_one_epoch`` runs one evaluation interval.
 * loss hook: cross-entropy on the token-0 logits (+ ``--weight_cl`` x ``RealAnchorConLoss`` on the adapter
@@ -20,8 +20,20 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from fsvfm.data.fas import (
+    BalancedSourceBatches,
+    build_test_set,
+    build_train_sets,
+    fas_mean_std,
+    fas_transform,
+    get_protocol,
+    source_test_domains,
+)
+from fsvfm.data.finetune import dataset_video_names
 from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
 from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
+from fsvfm.losses import RealAnchorConLoss
+from fsvfm.metrics import ScoredSet
 from fsvfm.models_fas import add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.models_vit import is_fs_adapter
 from fsvfm.registry import list_models
@@ -33,18 +45,6 @@ from fsvfm.util.checkpoint import (
     load_checkpoint,
     model_state_from,
 )
-from fsvfm.util.fas_data import (
-    BalancedSourceBatches,
-    build_test_set,
-    build_train_sets,
-    fas_mean_std,
-    fas_transform,
-    get_protocol,
-    source_test_domains,
-)
-from fsvfm.util.finetune_data import dataset_video_names
-from fsvfm.util.loss_contrastive import RealAnchorConLoss
-from fsvfm.util.metrics import ScoredSet
 from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
 from fsvfm.util.trainable import apply_trainable_modules
 

@@ -77,7 +77,7 @@ class PretrainTransform:
     """``(uint8 image [3,h,w], uint8 map [1,h,w]) -> (image [3,S,S], uint8 map [1,S,S])``.
 
     The image stays uint8 so that workers, the collate and the host-to-device copy move 4x fewer
-    bytes; the engine normalises it on the device (``fsvfm.util.device_data.DeviceNormalize``).
+    bytes; the engine normalises it on the device (``fsvfm.data.device.DeviceNormalize``).
     Given ``mean``/``std`` it returns the normalised float32 image instead (the same arithmetic).
     Default (spec 3.2): bicubic (antialiased) resize to S x S when needed. ``simple_augment``:
     resize, RandomResizedCrop(S, scale 0.2-1, bicubic) and horizontal flip applied jointly to image

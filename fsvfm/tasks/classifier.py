@@ -18,10 +18,10 @@ import logging
 import torch
 
 from fsvfm.engine_finetune import LossFn, criterion_loss
+from fsvfm.losses import RealAnchorConLoss
 from fsvfm.models_vit import FSAdapterViT, is_fs_adapter
 from fsvfm.util.checkpoint import args_dict
 from fsvfm.util.errors import UsageError
-from fsvfm.util.loss_contrastive import RealAnchorConLoss
 from fsvfm.util.naming import ClassVocabulary
 from fsvfm.util.trainable import ParamCount, apply_trainable_modules
 

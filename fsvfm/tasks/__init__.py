@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fsvfm import engine_fas
-from fsvfm.adapter_hooks import classifier_loss, configure_classifier
+from fsvfm.data.finetune import build_finetune_datasets, split_file_classes
 from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
 from fsvfm.finetune_setup import build_classifier, load_classifier_from_checkpoint
+from fsvfm.tasks import fas as engine_fas
+from fsvfm.tasks.classifier import classifier_loss, configure_classifier
 from fsvfm.util.args import adapter_parser, classes_parser
 from fsvfm.util.errors import UsageError
-from fsvfm.util.finetune_data import build_finetune_datasets, split_file_classes
 from fsvfm.util.naming import DFD_VOCABULARY, FAS_VOCABULARY, UNIFIED_VOCABULARY, ClassVocabulary
 
 # (args, train transform, val transform, vocabulary) -> (train set, val set); items (image, label, ...)
