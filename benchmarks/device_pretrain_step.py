@@ -30,7 +30,8 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from fsvfm.engine_pretrain import EMATarget, train_step
-from fsvfm.main_pretrain import build_networks, get_args_parser
+from fsvfm.main_pretrain import get_args_parser
+from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.accel import (
     build_adamw,
     default_amp,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fsvfm"
 
@@ -77,3 +82,15 @@ def test_util_imports_nothing_above_it():
               for m, targets in import_graph().items() if m.startswith("fsvfm.util")}
     assert {m: t for m, t in upward.items() if t} == {}
     assert len(upward) > 15
+
+
+@pytest.mark.slow
+def test_importing_pretraining_loads_no_face_stack():
+    """A fresh interpreter: pre-training's program loads neither dlib nor OpenCV (the face stack of
+    preprocessing and of visualize's photo cropping)."""
+    code = ("import sys, fsvfm.main_pretrain; "
+            "print(' '.join(m for m in ('dlib', 'cv2', 'fsvfm.preprocess', 'fsvfm.pretrain_runner') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["fsvfm.pretrain_runner"]  # the probe itself sees what it loads
