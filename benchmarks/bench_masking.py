@@ -13,8 +13,8 @@ import time
 
 import torch
 
+from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.masking import CRFRPCollate, crfrp_masks, num_masked_patches
-from fsvfm.util.synthetic import synthetic_parsing_maps
 
 
 def _rate(fn, batch_size: int, iters: int) -> float:

@@ -30,10 +30,12 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from fsvfm.data.device import DeviceNormalize
+from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.engine_pretrain import EMATarget, train_step
 from fsvfm.losses import build_cl_loss
-from fsvfm.main_pretrain import build_networks, get_args_parser
+from fsvfm.main_pretrain import get_args_parser
 from fsvfm.masking import crfrp_masks
+from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.accel import (
     build_adamw,
     default_amp,
@@ -41,7 +43,6 @@ from fsvfm.util.accel import (
     set_fused_attention,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.synthetic import synthetic_parsing_maps
 from fsvfm.util.train_step import device_skip_enabled
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.25)

@@ -21,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,9 +35,6 @@ from torchvision.utils import make_grid
 
 from fsvfm.data.device import DeviceNormalize
 from fsvfm.masking import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
-from fsvfm.preprocess.jobs import Options, Worker
-from fsvfm.preprocess.labels import LAPA_MEANINGS, colorize, label_colours_rgb
-from fsvfm.preprocess.parsing import BACKENDS, crop_for_parsing, resolve_backend, to_parser_input
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import (
     CheckpointError,
@@ -50,6 +48,12 @@ from fsvfm.util.errors import DataError
 from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.norm_stats import checkpoint_mean_std
+
+if TYPE_CHECKING:
+    from fsvfm.preprocess.jobs import Worker
+
+# The face stack (fsvfm.preprocess: dlib, OpenCV) is imported inside the functions that crop and parse
+# photos, so that pre-training, which only draws its TensorBoard grids here, loads neither.
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +137,8 @@ def _read_rgb(image: str | os.PathLike | np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _worker(backend: str) -> Worker:
     """The preprocessing worker (dlib cropper + parser), built once per backend."""
+    from fsvfm.preprocess.jobs import Options, Worker
+    from fsvfm.preprocess.parsing import resolve_backend
     return Worker(Options(backend=resolve_backend(backend)))
 
 
@@ -147,6 +153,7 @@ def prepare_face(image: str | os.PathLike | np.ndarray, backend: str = "auto", c
     when installed, else the landmark parser). Raises ``VisualizeError`` when the image is unreadable,
     holds no face or is refused.
     """
+    from fsvfm.preprocess.parsing import crop_for_parsing, to_parser_input
     rgb = _read_rgb(image)
     where = image if not isinstance(image, np.ndarray) else "the image"
     worker = _worker(backend)
@@ -242,6 +249,7 @@ def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
     face_rgb: (H, W, 3) uint8; parsing_map: (H, W) LaPa labels. Both are resized to the network's
     input size (224 without a model). The CRFR-P mask is drawn with a generator seeded by ``seed``.
     """
+    from fsvfm.preprocess.labels import colorize
     size = pretrained.input_size if pretrained else FACE_SIZE
     patch = pretrained.patch_size if pretrained else PATCH_SIZE
     ratio = mask_ratio if mask_ratio is not None else (pretrained.mask_ratio if pretrained else MASK_RATIO)
@@ -281,6 +289,7 @@ def _show(ax, image: np.ndarray, title: str) -> None:
 
 def legend_handles() -> list[Patch]:
     """Matplotlib legend entries of the LaPa labels, from the one colour table (``labels.py``)."""
+    from fsvfm.preprocess.labels import LAPA_MEANINGS, label_colours_rgb
     return [Patch(facecolor=c / 255.0, edgecolor="0.3", label=f"{k} {m}")
             for k, (m, c) in enumerate(zip(LAPA_MEANINGS, label_colours_rgb()))]
 
@@ -374,6 +383,7 @@ class PretrainImageLogger:
 
 # ------------------------------------------------------------------------------------ CLI
 def get_args_parser() -> argparse.ArgumentParser:
+    from fsvfm.preprocess.parsing import BACKENDS
     parser = argparse.ArgumentParser("python -m fsvfm.visualize", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("masking", help="parsing map, CRFR-P masks and (with --checkpoint) reconstructions")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fsvfm.data.device import DeviceNormalize, loader_kwargs, to_device
+from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.engine_pretrain import EMATarget, train_step
 from fsvfm.losses import build_cl_loss
 from fsvfm.masking import crfrp_masks
@@ -23,7 +24,6 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.synthetic import synthetic_parsing_maps
 from tests.conftest import TINY_FSFM
 
 

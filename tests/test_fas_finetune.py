@@ -14,6 +14,7 @@ from PIL import Image
 
 from fsvfm import fas_runner, main_finetune_FAS, predict
 from fsvfm.data.fas import fas_transform
+from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
 from fsvfm.models_fas import create_fas_model
@@ -21,7 +22,6 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
-from fsvfm.util.synthetic import make_synthetic_fas_tree
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.preprocess_helpers import faces_dir
 from tests.test_finetune_e2e import MODEL_KWARGS, PRETRAIN_STATS, write_pretrain_checkpoint

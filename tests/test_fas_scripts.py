@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fsvfm.util.synthetic import make_synthetic_fas_tree
+from fsvfm.data.synthetic import make_synthetic_fas_tree
 from tests.test_fas_finetune import read_report
 from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
 from tests.test_finetune_scripts import REPO, _dry_run

@@ -233,7 +233,7 @@ def test_stats_fallback_warns(workspace, tmp_path, caplog):
 def pretrain_with_main(folder: Path) -> Path:
     """One epoch of main_pretrain (tiny FSFM, 4 synthetic faces); returns its checkpoint under ``folder/pre``."""
     main_pretrain = pytest.importorskip("fsvfm.main_pretrain")
-    synthetic = pytest.importorskip("fsvfm.util.synthetic")
+    synthetic = pytest.importorskip("fsvfm.data.synthetic")
     faces = synthetic.make_synthetic_pretrain_dataset(folder / "faces", 4, size=32, seed=0)
     pre = folder / "pre"
     overrides = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsvfm import hub, main_pretrain
+from fsvfm import hub, pretrain_runner
 from fsvfm.util.checkpoint import (
     CheckpointError,
     beside,
@@ -152,7 +152,7 @@ def test_hf_uri_loads_and_brings_its_statistics(cache, released):
 def test_pretraining_resume_from_hf_finds_the_target(cache):
     args = argparse.Namespace(resume=f"hf://Wolowolo/fsfm-3c/{PRE}/checkpoint-599.pth", auto_resume=False,
                               resume_target_network=None, output_dir="")
-    found = main_pretrain.find_resume_set(args)
+    found = pretrain_runner.find_resume_set(args)
     online, target = found.paths["online"], found.paths["target"]
     assert (online.name, target.name) == ("checkpoint-599.pth", "checkpoint-te-599.pth")
     assert target.parent == online.parent

@@ -17,10 +17,10 @@ from fsvfm.data.pretrain import (
     build_pretrain_dataset,
     dataset_image_paths,
 )
+from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.util.errors import DataError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
-from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 
 
 @pytest.fixture

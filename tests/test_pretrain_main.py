@@ -13,9 +13,10 @@ import pytest
 import torch
 from timm.optim import param_groups_weight_decay
 
-from fsvfm.main_pretrain import _Run, build_networks, find_resume_set, get_args_parser, main, resume
+from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
+from fsvfm.main_pretrain import get_args_parser, main
+from fsvfm.pretrain_runner import _Run, build_networks, find_resume_set, resume
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_FSFM
 
 OVERRIDES = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})

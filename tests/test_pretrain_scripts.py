@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.util.args import set_effective_lr
-from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_FSFM
 
 

@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 
-from fsvfm.main_pretrain import build_networks, get_args_parser, main
+from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
+from fsvfm.main_pretrain import get_args_parser, main
+from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.seeding import seed_everything
-from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_FSFM
 
 WARNING = "is a GPU recipe but no CUDA device is visible"

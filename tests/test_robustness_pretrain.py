@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader
 
 from fsvfm import main_pretrain
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
+from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
-from fsvfm.util.synthetic import make_synthetic_pretrain_dataset
 from tests.conftest import REPO, TINY_VIT
 from tests.test_pretrain_main import pretrain_argv
 
@@ -240,7 +240,8 @@ def test_training_skips_a_bomb_and_counts_files_not_retries(tmp_path):
 # ----------------------------------------------------------------------------- 4. user mistakes
 def _wrong_pairs(folder: Path) -> dict[str, Path]:
     """A pair of another size, and a fine-tuned (classifier) checkpoint, as --resume files."""
-    from fsvfm.main_pretrain import build_networks, get_args_parser
+    from fsvfm.main_pretrain import get_args_parser
+    from fsvfm.pretrain_runner import build_networks
     args = get_args_parser().parse_args(["--input_size", "32", "--model_overrides", json.dumps(
         {"patch_size": 8, "embed_dim": 64, "depth": 1, "num_heads": 2, "decoder_embed_dim": 32, "decoder_depth": 1,
          "decoder_num_heads": 2, "projection_size": 16, "projection_hidden_size": 32})])

@@ -12,12 +12,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fsvfm import visualize
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
+from fsvfm.data.synthetic import draw_parsing_map, make_synthetic_pretrain_dataset, render_face
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.masking import num_masked_patches
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
-from fsvfm.util.synthetic import draw_parsing_map, make_synthetic_pretrain_dataset, render_face
 from tests.tiny_checkpoints import (
     PRETRAIN_MEAN,
     PRETRAIN_OVERRIDES,

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsvfm.hub import HUB_SCHEME, HubError, resolve_hub_uri
 from fsvfm.util.errors import UserError
 from fsvfm.util.fileio import atomic_link, atomic_path, fsync_path
+from fsvfm.util.hub_io import HUB_SCHEME, HubError, resolve_hub_uri
 
 logger = logging.getLogger(__name__)
 

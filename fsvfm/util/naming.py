@@ -1,6 +1,7 @@
 """File and label naming shared by preprocessing, training and testing (no torch import).
 
 * ``IMAGE_EXTENSIONS``: the image files every reader accepts.
+* ``STATS_FILENAME``: a data set's normalisation statistics, written beside its checkpoints.
 * ``FRAME_SEPARATOR``: frames are saved as ``{video}_frame_{i}.png``; metrics group by the prefix.
 * ``ClassVocabulary``: a task's classes (short stable names in index order, display names) and the
   words that name them in folder names (DfD/DiFF: ``fake``/``real``; FAS: ``spoof``/``attack``/``fake``
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FRAME_SEPARATOR = "_frame_"
+STATS_FILENAME = "pretrain_ds_mean_std.txt"
 
 
 def video_name_from_path(path: str | os.PathLike) -> str:

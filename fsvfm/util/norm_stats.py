@@ -6,8 +6,6 @@ Pre-training records which data roots the statistics were computed from (``"data
 line; files written before, and ImageNet statistics, have none), so a run into a folder that holds the
 statistics of another data set is refused instead of silently training with them.
 
-torch and torchvision are imported only where statistics are computed: ``fsvfm.hub`` (a command-line tool
-that never needs torch) imports this module for ``STATS_FILENAME``.
 """
 from __future__ import annotations
 
@@ -18,12 +16,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError, UsageError, UserError
 from fsvfm.util.fileio import atomic_write_text
+from fsvfm.util.naming import STATS_FILENAME
 
 logger = logging.getLogger(__name__)
 
-STATS_FILENAME = "pretrain_ds_mean_std.txt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGGFACE2_MEAN = (0.5482207536697388, 0.42340534925460815, 0.3654651641845703)
@@ -32,12 +31,6 @@ VGGFACE2_STD = (0.2789176106452942, 0.2438540756702423, 0.23493893444538116)
 
 class StatsFileError(UserError, ValueError):
     """A statistics file is missing, empty or malformed."""
-
-
-def _local(path: str | os.PathLike) -> Path:
-    """The local file of a checkpoint path (``hf://`` fetched with its statistics file beside it)."""
-    from fsvfm.util.checkpoint import resolve_checkpoint_path  # checkpoint I/O imports the hub
-    return resolve_checkpoint_path(path)
 
 
 def read_mean_std(path: str | os.PathLike) -> tuple[list[float], list[float]]:
@@ -120,7 +113,7 @@ def finetune_mean_std(output_dir: str | os.PathLike, finetune: str | os.PathLike
     (:func:`record_mean_std`) for the test programs."""
     files = [Path(output_dir) / STATS_FILENAME]
     if finetune:
-        files.append(_local(finetune).parent / STATS_FILENAME)  # hf:// too
+        files.append(resolve_checkpoint_path(finetune).parent / STATS_FILENAME)  # hf:// too
     if not resumed:
         files.reverse()
     if not imagenet and len(files) == 2:
@@ -142,7 +135,7 @@ def checkpoint_mean_std(checkpoint: Mapping, path: str | os.PathLike,
                         imagenet: bool = False) -> tuple[list[float], list[float], str]:
     """Spec 4.4, evaluation side: the checkpoint's ``norm_stats``, else the statistics file next to it."""
     return resolve_mean_std(imagenet=imagenet, embedded=checkpoint.get("norm_stats"),
-                            files=[_local(path).parent / STATS_FILENAME])
+                            files=[resolve_checkpoint_path(path).parent / STATS_FILENAME])
 
 
 def record_mean_std(output_dir: str | os.PathLike, mean: list[float], std: list[float],

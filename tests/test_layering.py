@@ -1,0 +1,96 @@
+"""The package's import graph, read from the source (ast, every import: module level and inside functions):
+no import circle, and ``fsvfm/util`` a leaf layer that imports nothing of the package outside itself."""
+from __future__ import annotations
+
+import ast
+import graphlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fsvfm"
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _target(name: str, modules: set[str]) -> str | None:
+    """The package module an imported dotted name loads: the longest prefix that is a module of ours."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(path: Path, modules: set[str], root: Path = PACKAGE) -> set[str]:
+    """The package modules ``path`` imports anywhere in its body (``from fsvfm.util import dist`` is
+    ``fsvfm.util.dist``; relative imports resolved)."""
+    here = module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {t for n in names if n.startswith("fsvfm") and (t := _target(n, modules)) and t != here}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_of(p, modules) for p in files}
+
+
+def test_the_walk_sees_both_kinds_of_import(tmp_path):
+    """The reader itself: module-level, function-level and relative imports all count."""
+    pkg = tmp_path / "fsvfm"
+    (pkg / "util").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "util" / "__init__.py").write_text("")
+    (pkg / "util" / "a.py").write_text("def f():\n    from fsvfm import top\n")
+    (pkg / "util" / "b.py").write_text("from . import a\nfrom .a import f\n")
+    (pkg / "top.py").write_text("import fsvfm.util.b\n")
+    modules = {"fsvfm", "fsvfm.util", "fsvfm.util.a", "fsvfm.util.b", "fsvfm.top"}
+    assert imports_of(pkg / "util" / "a.py", modules, pkg) == {"fsvfm.top"}
+    assert imports_of(pkg / "util" / "b.py", modules, pkg) == {"fsvfm.util.a"}
+    assert imports_of(pkg / "top.py", modules, pkg) == {"fsvfm.util.b"}
+
+
+def test_no_import_circle():
+    graph = import_graph()
+    assert len(graph) > 40  # the whole package was read
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        raise AssertionError(f"import circle: {' -> '.join(e.args[1])}") from None
+    assert set(order) == set(graph)
+
+
+def test_util_imports_nothing_above_it():
+    upward = {m: sorted(t for t in targets if not t.startswith("fsvfm.util"))
+              for m, targets in import_graph().items() if m.startswith("fsvfm.util")}
+    assert {m: t for m, t in upward.items() if t} == {}
+    assert len(upward) > 15
+
+
+@pytest.mark.slow
+def test_importing_pretraining_loads_no_face_stack():
+    """A fresh interpreter: pre-training's program loads neither dlib nor OpenCV (the face stack of
+    preprocessing and of visualize's photo cropping)."""
+    code = ("import sys, fsvfm.main_pretrain; "
+            "print(' '.join(m for m in ('dlib', 'cv2', 'fsvfm.preprocess', 'fsvfm.pretrain_runner') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["fsvfm.pretrain_runner"]  # the probe itself sees what it loads
