@@ -23,11 +23,16 @@ def _json_lines(script: str, *argv: str) -> list[dict]:
 def test_bench_datapath_smoke(tmp_path):
     (out,) = _json_lines("bench_datapath.py", "--num_images", "8", "--input_size", "32", "--patch_size", "8",
                          "--batch_size", "4", "--passes", "1", "--data_dir", str(tmp_path))
-    for key in ("pretrain_samples_per_s_per_worker", "finetune_samples_per_s_per_worker",
-                "pretrain_host_float_samples_per_s_per_worker"):
-        assert isinstance(out[key], float) and out[key] > 0, key
-    assert out["uint8_vs_host_float"] == round(out["pretrain_samples_per_s_per_worker"]
-                                               / out["pretrain_host_float_samples_per_s_per_worker"], 3)
+    pre = out["pretrain"]
+    for side in ("ours", "baseline"):
+        for key in ("samples_per_cpu_s", "samples_per_wall_s"):
+            assert isinstance(pre[side][key], float) and pre[side][key] > 0, (side, key)
+    assert pre["ratio_cpu"] == round(pre["ours"]["samples_per_cpu_s"] / pre["baseline"]["samples_per_cpu_s"], 3)
+    assert pre["ratio_wall"] == round(pre["ours"]["samples_per_wall_s"] / pre["baseline"]["samples_per_wall_s"], 3)
+    # both maskings give every sample round(0.75 * 16) = 12 masked patches of the 4x4 grid
+    assert pre["masked_per_sample"] == {"ours": [12], "baseline": [12]}
+    assert out["pretrain_samples_per_s_per_worker"] == pre["ours"]["samples_per_cpu_s"]
+    assert out["finetune_samples_per_s_per_worker"] > 0 and len(out["load_average"]) == 3
     assert (out["num_images"], out["input_size"], out["batch_size"], out["torch_threads"]) == (8, 32, 4, 1)
     assert len(list((tmp_path / "pretrain" / "images").iterdir())) == 8
     assert len(list((tmp_path / "finetune" / "train" / "real_faces").iterdir())) == 4
