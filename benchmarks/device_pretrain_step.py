@@ -3,7 +3,7 @@
     python benchmarks/device_pretrain_step.py --baseline             # GPU: ViT-B, batch 128, both configs
     python benchmarks/device_pretrain_step.py --model fsfm_vit_large_patch16 --compile
     python benchmarks/device_pretrain_step.py --device cpu --batch_size 2 --steps 1 --input_size 32 \\
-        --model_overrides '{"patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 2}' --baseline  # smoke
+        --model_kwargs '{"patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 2}' --baseline  # smoke
 
 Each step is ``fsvfm.engine_pretrain.train_step``: host batch (pinned on CUDA) copied non-blocking,
 both forwards under autocast (the target without gradient), the loss all-reduce / non-finite flag,
@@ -52,7 +52,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--model", default="fsfm_vit_base_patch16")
-    p.add_argument("--model_overrides", default="", help="JSON dict of model overrides (smoke runs)")
+    p.add_argument("--model_kwargs", "--model_overrides", dest="model_kwargs", default="",
+                   help="JSON dict of model overrides (smoke runs)")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--amp", default=None, choices=("bf16", "fp16", "none"),
@@ -97,7 +98,7 @@ def run_config(bench: argparse.Namespace, device: torch.device, baseline: bool) 
     torch.manual_seed(0)
     run = get_args_parser().parse_args(["--model", bench.model, "--input_size", str(bench.input_size),
                                         "--norm_pix_loss", "--device", str(device), "--amp", amp,
-                                        "--model_overrides", bench.model_overrides])
+                                        "--model_kwargs", bench.model_kwargs])
     model, target = build_networks(run, device)
     set_fused_attention(model, not baseline)
     set_fused_attention(target, not baseline)

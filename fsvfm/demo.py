@@ -76,7 +76,7 @@ def pretrain_args(data_dir: Path, out_dir: Path, args: argparse.Namespace) -> ar
         "--warmup_epochs", "1", "--batch_size", str(args.batch_size), "--num_workers", "0",
         "--blr", "1.5e-4", "--mask_ratio", "0.75", "--norm_pix_loss", "--weight_sfr", "0.007",
         "--weight_cl", "0.1", "--cl_loss", "SimSiam", "--save_freq", str(args.epochs), "--print_freq", "1",
-        "--model_overrides", args.model_overrides, "--seed", str(args.seed),
+        "--model_kwargs", args.model_kwargs, "--seed", str(args.seed),
     ])
 
 
@@ -103,7 +103,7 @@ def toy_deepfakes(data_dir: Path, out: Path, val_every: int = 4) -> dict[str, in
 
 def finetune_args(data_dir: Path, pretrained: Path, out_dir: Path, args: argparse.Namespace) -> argparse.Namespace:
     """A short CPU DfD fine-tuning of the demo's pre-trained encoder (the classifier of ``--model``)."""
-    overrides = json.loads(args.model_overrides or "{}")
+    overrides = json.loads(args.model_kwargs or "{}")
     kwargs = {k: overrides[k] for k in ("embed_dim", "depth", "num_heads", "patch_size") if k in overrides}
     ns = main_finetune_DfD.get_args_parser().parse_args([
         "--finetune", str(pretrained), "--finetune_data_path", str(data_dir), "--output_dir", str(out_dir),
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra folder of face photos (default: $DEMO_FACES)")
     parser.add_argument("--variants", default=16, type=int, help="varied copies of the astronaut photo")
     parser.add_argument("--model", default="fsfm_vit_small_patch16")
-    parser.add_argument("--model_overrides", default="", help="JSON model constructor overrides (tests)")
+    parser.add_argument("--model_kwargs", "--model_overrides", dest="model_kwargs", default="",
+                        help="JSON model constructor overrides (tests; --model_overrides is the former name)")
     parser.add_argument("--epochs", default=2, type=int)
     parser.add_argument("--finetune_epochs", default=1, type=int)
     parser.add_argument("--batch_size", default=8, type=int)

@@ -4,7 +4,6 @@ a fine-tuned classifier from its checkpoint, mixup/criterion and the layer-decay
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections import Counter
@@ -20,6 +19,7 @@ from fsvfm.data.finetune import build_transform
 from fsvfm.models_vit import _SIZES as VIT_SIZES
 from fsvfm.models_vit import FS_ADAPTER_SUFFIX, is_fs_adapter
 from fsvfm.registry import create_model, list_models, model_family
+from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
@@ -31,7 +31,6 @@ from fsvfm.util.checkpoint import (
     model_warnings,
 )
 from fsvfm.util.dist import unwrap_model
-from fsvfm.util.errors import UsageError
 from fsvfm.util.norm_stats import checkpoint_mean_std
 from fsvfm.util.pos_embed import interpolate_pos_embed
 
@@ -39,20 +38,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------- the model
-def parse_model_kwargs(value: str | dict | None) -> dict[str, Any]:
-    if not value:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        kwargs = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r} ({e})") from e
-    if not isinstance(kwargs, dict):
-        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r}")
-    return kwargs
-
-
 def build_classifier(args: argparse.Namespace) -> torch.nn.Module:
     """Registered classifier ``--model`` with ``--nb_classes``, ``--drop_path``, ``--global_pool``
     and ``--model_kwargs`` (``img_size`` defaults to ``--input_size``); an FS-Adapter model also

@@ -47,8 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--vis_freq", default=20, type=int,
                    help="every N epochs a TensorBoard image grid of fixed faces: input, CRFR-P mask, "
                         "reconstruction (0 = off)")
-    g.add_argument("--model_overrides", default="",
-                   help='JSON dict of model constructor overrides, e.g. \'{"depth": 2}\' (tests, ablations)')
+    g.add_argument("--model_kwargs", "--model_overrides", dest="model_kwargs", default="",
+                   help='JSON dict of model constructor overrides, e.g. \'{"depth": 2}\' (tests, ablations; '
+                        "--model_overrides is the former name)")
     speed = parser.add_argument_group("speed")
     add_speed_args(speed)
     add_loader_args(speed)

@@ -1,5 +1,6 @@
-"""Detection metrics (spec 5.3 / 8.7), computed once on the full set of predictions: binary, FAS and
-N-class (``multiclass_metrics``).
+"""Detection metrics, computed once on the full set of predictions: binary, FAS and N-class
+(``multiclass_metrics``). Names say the protocol: ``roc_*`` is the DfD/DiFF one (sklearn's ROC curve, EER by
+Brent root), ``fas_*`` the FAS one (a grid of 10,002 thresholds, FAR/FRR/HTER as SSDG defines them).
 
 Conventions: label 1 = real = positive class; ``scores`` = P(real); ACC/AUC in percent, EER as a
 fraction in [0, 1]. Video level: frames are grouped by video name in first-seen order, the video
@@ -54,7 +55,7 @@ def frame_level_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     return float(roc_auc_score(labels, np.asarray(scores)) * 100)
 
 
-def frame_level_eer(labels: Sequence[int], scores: Sequence[float]) -> float:
+def roc_eer(labels: Sequence[int], scores: Sequence[float]) -> float:
     """FPR where FPR = FNR: Brent root of ``1 - x - TPR(x)`` on [0, 1], TPR linearly interpolated."""
     labels = np.asarray(labels)
     _check_binary(labels, "EER")
@@ -73,30 +74,24 @@ def get_video_level_label_pred(frame_labels: Sequence[int], video_names: Sequenc
     if not len(frame_labels) == len(video_names) == len(frame_scores):
         raise ValueError(f"length mismatch: {len(frame_labels)} labels, {len(video_names)} names, "
                          f"{len(frame_scores)} scores")
-    order: dict[str, int] = {}
-    first_label: list[int] = []
-    sums: list[float] = []
-    counts: list[int] = []
-    mixed: dict[str, None] = {}
-    for label, name, score in zip(frame_labels, video_names, frame_scores):
-        if name not in order:
-            order[name] = len(order)
-            first_label.append(int(label))
-            sums.append(0.0)
-            counts.append(0)
-        elif int(label) != first_label[order[name]]:
-            mixed.setdefault(name, None)
-        sums[order[name]] += float(score)
-        counts[order[name]] += 1
-    if mixed:
-        raise VideoGroupingError(f"{len(mixed)} video(s) hold frames of both classes, e.g. {next(iter(mixed))!r}: "
+    names = np.asarray([str(n) for n in video_names])
+    _, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    index = rank[inverse.reshape(-1)]                     # video id of each frame, in first-seen order
+    labels = np.asarray(frame_labels).astype(np.int64).reshape(-1)
+    first_label = labels[np.sort(first)]
+    mixed = np.flatnonzero(labels != first_label[index])
+    if len(mixed):
+        count_mixed = len(np.unique(index[mixed]))
+        raise VideoGroupingError(f"{count_mixed} video(s) hold frames of both classes, e.g. {str(names[mixed[0]])!r}: "
                                  "frames of different videos share a name; give each video a distinct name")
-    scores = np.asarray(sums) / np.asarray(counts)
-    if dtype is not None:
-        frames = np.asarray(frame_scores, dtype)
-        index = np.asarray([order[n] for n in video_names])
-        scores = np.asarray([np.mean(frames[index == i]) for i in range(len(order))], dtype)
-    return np.asarray(first_label), scores, (scores >= 0.5).astype(int)
+    counts = np.bincount(index, minlength=len(first))
+    scores = np.bincount(index, weights=np.asarray(frame_scores, np.float64), minlength=len(first)) / counts
+    if dtype is not None and len(counts):                 # per-video np.mean in dtype, frames in their order
+        frames = np.asarray(frame_scores, dtype)[np.argsort(index, kind="stable")]
+        scores = np.asarray([np.mean(g) for g in np.split(frames, np.cumsum(counts)[:-1])], dtype)
+    return first_label, scores, (scores >= 0.5).astype(int)
 
 
 def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +104,7 @@ def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarr
 def binary_metrics(labels: Sequence[int], scores: Sequence[float], preds: Sequence[int]) -> dict[str, float]:
     """ACC, balanced ACC, AUC (percent) and EER (fraction) of one set of per-sample predictions."""
     return {"acc": frame_level_acc(labels, preds), "balanced_acc": frame_level_balanced_acc(labels, preds),
-            "auc": frame_level_auc(labels, scores), "eer": frame_level_eer(labels, scores)}
+            "auc": frame_level_auc(labels, scores), "eer": roc_eer(labels, scores)}
 
 
 def video_metrics(labels: Sequence[int], scores: Sequence[float], video_names: Sequence[str]) -> dict[str, float]:
@@ -118,7 +113,7 @@ def video_metrics(labels: Sequence[int], scores: Sequence[float], video_names: S
     return {"num_videos": len(v_labels), **binary_metrics(v_labels, v_scores, v_preds)}
 
 
-def eer_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+def roc_eer_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
     """The score threshold where FAR (fakes accepted) and FRR (reals rejected) are closest; a sample
     is called real when ``score >= threshold``."""
     labels = np.asarray(labels)
@@ -219,7 +214,7 @@ def image_level_val_threshold(test: ScoredSet, val: ScoredSet | None) -> dict[st
     """Image-level metrics plus FAR/FRR/HTER/ACC at the EER threshold of the validation set."""
     if val is None:
         raise ValueError("this metric mode needs validation predictions (give --val_split or --finetune_data_path)")
-    threshold = eer_threshold(val.labels, val.scores)
+    threshold = roc_eer_threshold(val.labels, val.scores)
     at = {f"{k}_at_val_threshold": v for k, v in rates_at(test.labels, test.scores, threshold).items()}
     return {"frame": {**binary_metrics(test.labels, test.scores, test.preds), "val_threshold": threshold, **at}}
 
@@ -250,30 +245,30 @@ def _fas_inputs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return probs, labels
 
 
-def eer_thresholds(grid_density: int = 10000) -> np.ndarray:
+def fas_eer_grid(grid_density: int = 10000) -> np.ndarray:
     """0, 1/g, 2/g, ..., 1 and 1.1: the original's ``grid_density + 2`` candidate thresholds."""
     return np.append(np.arange(grid_density + 1) * 1.0 / float(grid_density), 1.1)
 
 
-def get_EER_states(probs, labels, grid_density: int = 10000) -> tuple[float, float, list[float], list[float]]:
+def fas_eer_states(probs, labels, grid_density: int = 10000) -> tuple[float, float, list[float], list[float]]:
     """``(EER, threshold, FRR list, FAR list)``: the threshold minimising |FRR - FAR| (the last one on
     ties), EER = (FAR + FRR) / 2 there; the lists hold FRR/FAR at every candidate threshold."""
     probs, labels = _fas_inputs(probs, labels)
-    thresholds = eer_thresholds(grid_density)
+    thresholds = fas_eer_grid(grid_density)
     far, frr, _ = _far_frr(probs, labels, thresholds)
     dist = np.abs(frr - far)
     best = len(dist) - 1 - int(np.argmin(dist[::-1]))
     return float((far[best] + frr[best]) / 2.0), float(thresholds[best]), frr.tolist(), far.tolist()
 
 
-def get_HTER_at_thr(probs, labels, thr: float) -> float:
+def fas_hter_at(probs, labels, thr: float) -> float:
     """Half total error rate (FAR + FRR) / 2 at ``thr``."""
     probs, labels = _fas_inputs(probs, labels)
     far, frr, _ = _far_frr(probs, labels, np.array([thr], np.float64))
     return float((far[0] + frr[0]) / 2.0)
 
 
-def calculate_threshold(probs, labels, threshold: float) -> float:
+def fas_acc_at(probs, labels, threshold: float) -> float:
     """Accuracy (TP + TN) / N (a fraction) at ``threshold``."""
     probs, labels = _fas_inputs(probs, labels)
     return float(_far_frr(probs, labels, np.array([threshold], np.float64))[2][0])
@@ -293,13 +288,13 @@ def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float
     ``tpr_at_fpr``, and with ``source_threshold`` (chosen elsewhere) ``hter_src``/``acc_src`` at it."""
     probs, labels = _fas_inputs(probs, labels)
     _check_binary(labels, "AUC")
-    eer, thr, _, _ = get_EER_states(probs, labels)
+    eer, thr, _, _ = fas_eer_states(probs, labels)
     out = {"auc": float(roc_auc_score(labels, probs)), "eer": eer, "threshold": thr,
-           "hter": get_HTER_at_thr(probs, labels, thr), "acc": calculate_threshold(probs, labels, thr),
+           "hter": fas_hter_at(probs, labels, thr), "acc": fas_acc_at(probs, labels, thr),
            "tpr_at_fpr": tpr_at_fpr(labels, probs, fpr)}
     if source_threshold is not None:
-        out["hter_src"] = get_HTER_at_thr(probs, labels, source_threshold)
-        out["acc_src"] = calculate_threshold(probs, labels, source_threshold)
+        out["hter_src"] = fas_hter_at(probs, labels, source_threshold)
+        out["acc_src"] = fas_acc_at(probs, labels, source_threshold)
     return out
 
 
@@ -312,7 +307,7 @@ def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, 
     threshold = None
     if val is not None:
         v_labels, v_probs, _ = get_video_level_label_pred(val.labels, val.names, val.scores, np.float32)
-        threshold = get_EER_states(v_probs, v_labels)[1]
+        threshold = fas_eer_states(v_probs, v_labels)[1]
     out = fas_metrics(probs, labels, source_threshold=threshold)
     if threshold is not None:
         out["threshold_src"] = threshold

@@ -11,7 +11,6 @@ checked for NaN/inf after every epoch, before any save.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from fsvfm.util.accel import (
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import (
+    parse_model_kwargs,
     set_effective_lr,
 )
 from fsvfm.util.checkpoint import (
@@ -76,11 +76,7 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------- set-up
 def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Online network and a target network that starts as an exact copy of it (spec 3.5)."""
-    try:
-        overrides = json.loads(args.model_overrides) if args.model_overrides else {}
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--model_overrides is not a JSON object: {e}") from e
-    kwargs = {"img_size": args.input_size, **overrides}
+    kwargs = {"img_size": args.input_size, **parse_model_kwargs(args.model_kwargs)}
     model = create_model(args.model, family="pretrain", norm_pix_loss=args.norm_pix_loss, **kwargs)
     target = vit_target_network(args.model, **kwargs)
     if args.patch_size is None:
@@ -166,7 +162,7 @@ def _load_pair(args: argparse.Namespace, run: _Run, found: CheckpointSet) -> Non
     online_path, target_path = found.paths["online"], found.paths["target"]
     online_ckpt, target_ckpt = found.checkpoints["online"], found.checkpoints["target"]
     _check_pretrain_checkpoint(online_path, online_ckpt)
-    hint = (f"; resume with the --model and --model_overrides it was trained with "
+    hint = (f"; resume with the --model and --model_kwargs it was trained with "
             f"({online_ckpt.get('model_name') or args_dict(online_ckpt).get('model', 'see its args')})")
     try:
         restore_training_state(online_path, run.model, run.optimizer, run.loss_scaler, args, fallback=target_ckpt,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torchvision.utils import make_grid
 from fsvfm.data.device import DeviceNormalize
 from fsvfm.masking import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
 from fsvfm.registry import create_model
+from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,
@@ -95,7 +95,7 @@ class Pretrained:
 def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu") -> Pretrained:
     """Rebuild the online network of a pre-training checkpoint (``checkpoint-N.pth``, ours or released).
 
-    The model name, input size, ``--model_overrides`` and ``--norm_pix_loss`` come from the file;
+    The model name, input size, ``--model_kwargs`` and ``--norm_pix_loss`` come from the file;
     mean/std from its ``norm_stats`` or the ``pretrain_ds_mean_std.txt`` beside it (ImageNet when it
     was trained with ``--normalize_from_IMN``). Raises ``CheckpointError`` naming the file.
     """
@@ -106,7 +106,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
     args = args_dict(ckpt)
     name = ckpt.get("model_name") or args.get("model")
     try:
-        overrides = json.loads(args.get("model_overrides") or "{}")
+        overrides = parse_model_kwargs(args.get("model_kwargs") or args.get("model_overrides"))
         model = create_model(str(name), family="pretrain", img_size=int(args.get("input_size", FACE_SIZE)),
                              norm_pix_loss=bool(args.get("norm_pix_loss", False)), **overrides)
     except ValueError as e:

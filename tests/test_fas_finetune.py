@@ -16,7 +16,7 @@ from fsvfm import fas_runner, main_finetune_FAS, predict
 from fsvfm.data.fas import fas_transform
 from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
-from fsvfm.metrics import METRIC_MODES, ScoredSet, get_EER_states, get_HTER_at_thr
+from fsvfm.metrics import METRIC_MODES, ScoredSet, fas_eer_states, fas_hter_at
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
@@ -138,8 +138,8 @@ def test_fas_metric_mode_averages_videos_and_applies_a_source_threshold():
     source = ScoredSet(np.array([1, 1, 0, 0]), np.array([.75, .95, .2, .7]), np.zeros(4, int), ["a", "b", "c", "d"])
     out = METRIC_MODES["fas"].compute(test, source)["fas"]
     v_probs, v_labels = np.array([.8, .6, .3, .4, .1, .6]), np.array([1, 1, 1, 0, 0, 0])
-    eer, thr, _, _ = get_EER_states(v_probs, v_labels)
-    assert out["num_videos"] == 6 and out["threshold"] == thr and out["hter"] == pytest.approx(get_HTER_at_thr(v_probs, v_labels, thr))
+    eer, thr, _, _ = fas_eer_states(v_probs, v_labels)
+    assert out["num_videos"] == 6 and out["threshold"] == thr and out["hter"] == pytest.approx(fas_hter_at(v_probs, v_labels, thr))
     assert out["auc"] == pytest.approx(6.5 / 9)  # live > spoof pairs: .8 > 3, .6 > 2 (+ a tie, 1/2), .3 > 1
     # source (live .75/.95, spoof .2/.7): FAR = FRR = 0 for thresholds in (.7, .75]; ties -> the last, .75
     assert out["threshold_src"] == 0.75

@@ -12,10 +12,10 @@ from fsvfm.metrics import (
     OneClassError,
     ScoredSet,
     VideoGroupingError,
-    calculate_threshold,
+    fas_acc_at,
+    fas_eer_states,
+    fas_hter_at,
     fas_metrics,
-    get_EER_states,
-    get_HTER_at_thr,
     get_video_level_label_pred,
     tpr_at_fpr,
 )
@@ -82,13 +82,13 @@ def _random_with_ties(seed, n=60):
 @pytest.mark.parametrize("seed", range(4))
 def test_vectorised_equals_plain_loops_with_ties(seed):
     probs, labels = _random_with_ties(seed)
-    eer, thr, frrs, fars = get_EER_states(probs, labels, grid_density=200)
+    eer, thr, frrs, fars = fas_eer_states(probs, labels, grid_density=200)
     r_eer, r_thr, r_frrs, r_fars = ref_eer(probs, labels, grid=200)
     assert (eer, thr) == pytest.approx((r_eer, r_thr), abs=1e-9)
     assert len(frrs) == 202 and np.allclose(frrs, r_frrs, atol=1e-9, rtol=0) and np.allclose(fars, r_fars, atol=1e-9, rtol=0)
     for t in (0.0, 0.25, thr, 0.5, 0.55, 1.0, 1.1):
-        assert get_HTER_at_thr(probs, labels, t) == pytest.approx(ref_hter(probs, labels, t), abs=1e-9)
-        assert calculate_threshold(probs, labels, t) == pytest.approx(ref_acc(probs, labels, t), abs=1e-9)
+        assert fas_hter_at(probs, labels, t) == pytest.approx(ref_hter(probs, labels, t), abs=1e-9)
+        assert fas_acc_at(probs, labels, t) == pytest.approx(ref_acc(probs, labels, t), abs=1e-9)
     assert tpr_at_fpr(labels, probs) == pytest.approx(ref_tpr(labels, probs), abs=1e-9)
     assert tpr_at_fpr(labels, probs, fpr=0.3) == pytest.approx(ref_tpr(labels, probs, 0.3), abs=1e-9)
 
@@ -96,7 +96,7 @@ def test_vectorised_equals_plain_loops_with_ties(seed):
 def test_default_grid_on_continuous_scores():
     rng = np.random.default_rng(7)
     probs, labels = rng.random(40), rng.integers(0, 2, 40)
-    eer, thr, _, _ = get_EER_states(probs, labels)
+    eer, thr, _, _ = fas_eer_states(probs, labels)
     r_eer, r_thr, _, _ = ref_eer(probs.tolist(), labels.tolist())
     assert (eer, thr) == pytest.approx((r_eer, r_thr), abs=1e-9)
 
@@ -104,18 +104,18 @@ def test_default_grid_on_continuous_scores():
 def test_hand_computed_values():
     probs, labels = [0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]
     # |FRR - FAR| is 0 for thresholds in (0.35, 0.4]; the last of them is 0.4 (FAR = FRR = 0.5).
-    eer, thr, frrs, fars = get_EER_states(probs, labels)
+    eer, thr, frrs, fars = fas_eer_states(probs, labels)
     assert (eer, thr) == (0.5, 0.4)
     assert (frrs[0], fars[0], frrs[-1], fars[-1]) == (0.0, 1.0, 1.0, 0.0)
-    assert get_HTER_at_thr(probs, labels, 0.5) == 0.25      # FAR 0, FRR 0.5
-    assert calculate_threshold(probs, labels, 0.5) == 0.75   # 3 of 4 right
+    assert fas_hter_at(probs, labels, 0.5) == 0.25      # FAR 0, FRR 0.5
+    assert fas_acc_at(probs, labels, 0.5) == 0.75   # 3 of 4 right
     assert tpr_at_fpr(labels, probs) == 0.5                  # FPR 0 up to TPR 0.5
 
 
 def test_degenerate_classes_follow_the_original():
     # no real samples: FRR = 1 everywhere; no fake samples: FAR = 1 everywhere
-    assert get_HTER_at_thr([0.2, 0.7], [0, 0], 0.5) == (0.5 + 1.0) / 2
-    assert get_HTER_at_thr([0.2, 0.7], [1, 1], 0.5) == (1.0 + 0.5) / 2
+    assert fas_hter_at([0.2, 0.7], [0, 0], 0.5) == (0.5 + 1.0) / 2
+    assert fas_hter_at([0.2, 0.7], [1, 1], 0.5) == (1.0 + 0.5) / 2
     with pytest.raises(OneClassError):
         tpr_at_fpr([1, 1], [0.2, 0.7])
 

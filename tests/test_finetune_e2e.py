@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
-from fsvfm.metrics import eer_threshold, rates_at
+from fsvfm.metrics import rates_at, roc_eer_threshold
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
@@ -165,7 +165,7 @@ def test_finetune_then_test(workspace):
                                              str(test_root), "--metric_mode", "image_val_threshold",
                                              "--finetune_data_path", str(data)))
     v_labels, v_scores, _ = _frame_scores(model, transform, data / "val")
-    threshold = eer_threshold(v_labels, v_scores)
+    threshold = roc_eer_threshold(v_labels, v_scores)
     for name, res in thr["results"].items():
         folder = test_root / next(t.folder for t in DFD_TEST_SETS if t.name == name) / "test"
         labels, scores, _ = _frame_scores(model, transform, folder)

@@ -30,7 +30,7 @@ def test_auc_and_balanced_acc_hand_computed():
     ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5),
 ])
 def test_brent_eer(labels, scores, eer):
-    assert M.frame_level_eer(labels, scores) == pytest.approx(eer, abs=1e-9)
+    assert M.roc_eer(labels, scores) == pytest.approx(eer, abs=1e-9)
 
 
 def test_video_grouping_first_seen_order_and_mean():
@@ -63,7 +63,7 @@ def test_length_mismatch_is_an_error():
         M.get_video_level_label_pred([0, 1], ["a"], [0.1, 0.2])
 
 
-@pytest.mark.parametrize("fn", [M.frame_level_auc, M.frame_level_eer, M.roc_points])
+@pytest.mark.parametrize("fn", [M.frame_level_auc, M.roc_eer, M.roc_points])
 def test_one_class_is_a_clear_error(fn):
     with pytest.raises(M.OneClassError, match=r"all 3 labels are \[1\]"):
         fn([1, 1, 1], [0.1, 0.5, 0.9])
@@ -84,7 +84,7 @@ def test_metric_modes():
 def test_threshold_chosen_on_validation_applied_to_test():
     val = M.ScoredSet(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 0, 1]), list("abcd"))
     # at 0.4: FPR = 1/2 (0.4 accepted), FNR = 1/2 (0.35 rejected) -> the EER point
-    assert M.eer_threshold(val.labels, val.scores) == pytest.approx(0.4)
+    assert M.roc_eer_threshold(val.labels, val.scores) == pytest.approx(0.4)
     test = M.ScoredSet(np.array([0, 0, 1, 1, 1]), np.array([0.3, 0.5, 0.45, 0.6, 0.9]), np.array([0, 1, 0, 1, 1]),
                        list("vwxyz"))
     mode = M.METRIC_MODES["image_val_threshold"]
@@ -97,3 +97,21 @@ def test_threshold_chosen_on_validation_applied_to_test():
     assert frame["auc"] == pytest.approx(100 * 5 / 6)
     with pytest.raises(ValueError, match="needs validation predictions"):
         mode.compute(test, None)
+
+
+def test_video_grouping_equals_a_reference_loop_bit_for_bit():
+    rng = np.random.default_rng(0)
+    names = [f"v{k}" for k in rng.integers(0, 40, 500)]
+    labels = [int(n[1:]) % 2 for n in names]
+    scores = rng.random(500).astype(np.float32)
+    seen: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        seen.setdefault(n, []).append(i)
+    ref64 = [sum(float(scores[i]) for i in idx) / len(idx) for idx in seen.values()]
+    ref32 = [np.mean(scores[idx]) for idx in seen.values()]
+    v_labels, v64, _ = M.get_video_level_label_pred(labels, names, scores)
+    _, v32, _ = M.get_video_level_label_pred(labels, names, scores, np.float32)
+    assert v_labels.tolist() == [labels[idx[0]] for idx in seen.values()]
+    assert v64.tolist() == ref64 and v32.dtype == np.float32 and v32.tolist() == [float(x) for x in ref32]
+    empty = M.get_video_level_label_pred([], [], [])
+    assert [len(a) for a in empty] == [0, 0, 0]

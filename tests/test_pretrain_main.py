@@ -219,3 +219,10 @@ def test_best_set_is_a_second_name_of_the_epoch_set(data_root, tmp_path):
     best = _load(tmp_path / "checkpoint-min_pretrain_loss.pth")
     assert best["epoch"] == (2 if _log(tmp_path)[2]["train_loss"] < _log(tmp_path)[1]["train_loss"] else 1)
     assert load_latest_checkpoint_set(tmp_path).checkpoints["online"]["epoch"] == 2
+
+
+def test_model_kwargs_is_the_one_flag_and_model_overrides_its_alias():
+    parser = get_args_parser()
+    new = parser.parse_args(["--model_kwargs", '{"depth": 2}'])
+    old = parser.parse_args(["--model_overrides", '{"depth": 2}'])
+    assert new.model_kwargs == old.model_kwargs == '{"depth": 2}' and not hasattr(old, "model_overrides")

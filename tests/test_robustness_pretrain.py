@@ -286,7 +286,7 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(case, data_root, tmp_pa
     line = _user_error(capsys, argv)
     assert line.startswith("FS-VFM pre-training: error: ") and expected in line
     if case == "wrong_size":
-        assert "resume with the --model and --model_overrides it was trained with (see its args)" in line
+        assert "resume with the --model and --model_kwargs it was trained with (see its args)" in line
 
 
 # ----------------------------------------------------------------------------- 5. statistics of another data set

@@ -31,12 +31,13 @@ from fsvfm.data.fas import (
 )
 from fsvfm.data.finetune import dataset_video_names
 from fsvfm.engine_finetune import LossFn, make_eval_loader, predict
-from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder, parse_model_kwargs
+from fsvfm.finetune_setup import infer_classifier_name, load_pretrained_encoder
 from fsvfm.losses import RealAnchorConLoss
 from fsvfm.metrics import ScoredSet
 from fsvfm.models_fas import add_embedder_aliases, create_fas_model, fas_registry_name
 from fsvfm.models_vit import is_fs_adapter
 from fsvfm.registry import list_models
+from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.checkpoint import (
     CheckpointError,
     args_dict,

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fsvfm.util.amp import AMP_CHOICES
+from fsvfm.util.errors import UsageError
 
 logger = logging.getLogger(__name__)
 # below this an lr scaled down from --blr by a small CPU batch leaves the weights almost where they started
@@ -195,3 +198,18 @@ def set_effective_lr(args: argparse.Namespace, world_size: int) -> int:
                            "barely move; give --lr (e.g. --lr %.0e) or a larger batch", args.lr, args.blr,
                            eff_batch, args.blr)
     return eff_batch
+
+
+def parse_model_kwargs(value: str | dict | None) -> dict[str, Any]:
+    """The JSON object of ``--model_kwargs`` (a string, or a dict as stored in a checkpoint's args)."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        kwargs = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r} ({e})") from e
+    if not isinstance(kwargs, dict):
+        raise UsageError(f"--model_kwargs must be a JSON object, got {value!r}")
+    return kwargs
