@@ -23,13 +23,13 @@ from fsvfm.util import images
 from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
 from fsvfm.util.images import UnreadableImageError
+from fsvfm.util.naming import fas_video_key
 from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
 
 FAKE, REAL = 0, 1
 CLASSES = (("fake", FAKE), ("real", REAL))
 MCIO_DOMAINS = ("casia", "replay", "oulu", "msu", "celeb")
 WCS_DOMAINS = ("cefa", "surf", "wmca")
-FRAME_SUFFIXES = ("frame0.png", "frame1.png")
 SHOTS, SHOT_REPEATS = 5, 4
 
 
@@ -144,16 +144,9 @@ def sample_frames(flag: int, dataset_name: str, root: str | os.PathLike) -> list
     return list(test_frames(root, dataset_name))
 
 
-def video_key(path: str) -> str:
-    """The path without ``frame0.png`` / ``frame1.png``: both frames of a video share it."""
-    for suffix in FRAME_SUFFIXES:
-        path = path.replace(suffix, "")
-    return path
-
-
 def video_ids(paths: Sequence[str]) -> np.ndarray:
     """Integer video id per path (``np.unique`` inverse of the video keys), int64 [N]."""
-    return np.unique([video_key(p) for p in paths], return_inverse=True)[1].astype(np.int64).reshape(-1)
+    return np.unique([fas_video_key(p) for p in paths], return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 def read_bgr(path: str) -> np.ndarray:
@@ -207,7 +200,7 @@ class FASDataset(Dataset):
     @property
     def video_names(self) -> list[str]:
         """The video of each item (its path without ``frame0.png``/``frame1.png``): the metrics' grouping key."""
-        return [video_key(p) for p in self.paths]
+        return [fas_video_key(p) for p in self.paths]
 
     def __len__(self) -> int:
         return len(self.paths)

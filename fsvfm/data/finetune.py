@@ -29,7 +29,7 @@ from torchvision import datasets, transforms
 
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import SkipsUnreadable, read_rgb
-from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary, video_name_from_path
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary, frame_video_key
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class LabelledImageFolder(ReadsImages, datasets.ImageFolder):
     @property
     def video_names(self) -> list[str]:
         """``{folder relative to root}/{video}`` per sample, e.g. ``real/id0_0001``."""
-        return [video_key(p, self.root) for p, _ in self.samples]
+        return [frame_video_key(p, self.root) for p, _ in self.samples]
 
 
 class TestImageFolder(LabelledImageFolder):
@@ -101,16 +101,7 @@ class TestImageFolder(LabelledImageFolder):
 
     def __getitem__(self, index: int) -> tuple[Any, int, str]:
         image, label = super().__getitem__(index)
-        return image, label, video_key(self.samples[index][0], self.root)
-
-
-def video_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
-    """Grouping key of a frame: its folder (relative to ``root`` when given) and its video name
-    (``video_name_from_path``), so same-named frames in different folders stay apart."""
-    folder = os.path.dirname(path)
-    if root is not None:
-        folder = os.path.relpath(folder, root)
-    return f"{folder}/{video_name_from_path(path)}"
+        return image, label, frame_video_key(self.samples[index][0], self.root)
 
 
 def _split_line(line: str, delimiter: str, num_classes: int | None) -> tuple[str, int]:
@@ -206,7 +197,7 @@ class SplitFileDataset(ReadsImages, Dataset):
     @property
     def video_names(self) -> list[str]:
         """``{image folder}/{video}`` per sample."""
-        return [video_key(p) for p, _ in self.samples]
+        return [frame_video_key(p) for p, _ in self.samples]
 
 
 class IndexedDataset(Dataset):

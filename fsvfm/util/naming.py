@@ -3,6 +3,8 @@
 * ``IMAGE_EXTENSIONS``: the image files every reader accepts.
 * ``STATS_FILENAME``: a data set's normalisation statistics, written beside its checkpoints.
 * ``FRAME_SEPARATOR``: frames are saved as ``{video}_frame_{i}.png``; metrics group by the prefix.
+* ``VIDEO_KEYS``: the one rule per layout that says which video a frame belongs to (video-level metrics):
+  ``frames`` (DfD/DiFF: folder + name before ``_frame_``), ``fas`` (the path without ``frame0/1.png``).
 * ``ClassVocabulary``: a task's classes (short stable names in index order, display names) and the
   words that name them in folder names (DfD/DiFF: ``fake``/``real``; FAS: ``spoof``/``attack``/``fake``
   vs ``live``/``real``; the unified detector: ``real``/``deepfake``/``diffusion``/``spoof``).
@@ -26,9 +28,31 @@ FRAME_SEPARATOR = "_frame_"
 STATS_FILENAME = "pretrain_ds_mean_std.txt"
 
 
+FAS_FRAME_SUFFIXES = ("frame0.png", "frame1.png")   # the two frames FAS preprocessing keeps per video
+
+
 def video_name_from_path(path: str | os.PathLike) -> str:
     """Video of a frame: the file name before ``_frame_`` (a file without it is its own video)."""
     return os.path.basename(path).split(FRAME_SEPARATOR)[0]
+
+
+def frame_video_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """DfD/DiFF grouping key of a frame: its folder (relative to ``root`` when given) and its video name
+    (``video_name_from_path``), so same-named frames in different folders stay apart."""
+    folder = os.path.dirname(path)
+    if root is not None:
+        folder = os.path.relpath(folder, root)
+    return f"{folder}/{video_name_from_path(path)}"
+
+
+def fas_video_key(path: str) -> str:
+    """FAS grouping key: the path without ``frame0.png`` / ``frame1.png``: both frames of a video share it."""
+    for suffix in FAS_FRAME_SUFFIXES:
+        path = path.replace(suffix, "")
+    return path
+
+
+VIDEO_KEYS = {"frames": frame_video_key, "fas": fas_video_key}
 
 
 @dataclass(frozen=True)
