@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from fsvfm.util.errors import UsageError
+
 # (name, LaPa labels); the face boundary is special-cased (hair or background, and skin).
 REGION_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     ("eyebrows", (2, 3)),
@@ -183,9 +185,9 @@ class CRFRPCollate:
 
     def __init__(self, input_size: int = 224, patch_size: int = 16, mask_ratio: float = 0.75) -> None:
         if input_size % patch_size:
-            raise ValueError(f"--input_size {input_size} is not a multiple of --patch_size {patch_size}")
+            raise UsageError(f"--input_size {input_size} is not a multiple of --patch_size {patch_size}")
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"--mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise UsageError(f"--mask_ratio must be in [0, 1), got {mask_ratio}; e.g. --mask_ratio 0.75")
         self.input_size, self.patch_size, self.mask_ratio = input_size, patch_size, mask_ratio
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -256,7 +256,7 @@ def _wrong_pairs(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", ["no_data", "missing_root", "no_parsing_maps", "wrong_model", "wrong_size",
-                                  "wrong_family", "target_without_resume"])
+                                  "wrong_family", "target_without_resume", "mask_ratio", "input_size"])
 def test_user_mistakes_end_with_one_line_and_exit_code_2(case, data_root, tmp_path, capsys):
     argv = pretrain_argv(data_root, tmp_path / "out")
     if case == "no_data":
@@ -270,6 +270,10 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(case, data_root, tmp_pa
         argv += ["--model", "fsfm_vit_tiny_patch16"]
     elif case in ("wrong_size", "wrong_family"):
         argv += ["--resume", str(_wrong_pairs(tmp_path / "pairs")[case.split("_")[1]])]
+    elif case == "mask_ratio":
+        argv += ["--mask_ratio", "1.5"]
+    elif case == "input_size":
+        argv[argv.index("--input_size") + 1] = "33"
     else:
         argv += ["--resume_target_network", str(tmp_path / "te.pth")]
     expected = {
@@ -282,6 +286,8 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(case, data_root, tmp_pa
                       "49 shape mismatch(es): cls_token: file (1, 1, 64) vs model (1, 1, 48)",
         "wrong_family": "holds a vit_base_patch16 model (classifier checkpoint), not a pre-training one; --resume takes",
         "target_without_resume": "--resume_target_network needs --resume",
+        "mask_ratio": "--mask_ratio must be in [0, 1), got 1.5; e.g. --mask_ratio 0.75",
+        "input_size": "--input_size 33 is not a multiple of --patch_size 8",
     }[case]
     line = _user_error(capsys, argv)
     assert line.startswith("FS-VFM pre-training: error: ") and expected in line

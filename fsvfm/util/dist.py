@@ -143,7 +143,7 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     requested = getattr(args, "world_size", None)
     _set_ranks(args)
     if requested is not None and requested != args.world_size:
-        raise ValueError(f"--world_size {requested} but {args.world_size} process(es) were started; "
+        raise UsageError(f"--world_size {requested} but {args.world_size} process(es) were started; "
                          "drop --world_size or launch that many processes")
     if not args.distributed:
         args.device = str(resolve_device(getattr(args, "device", None)))
