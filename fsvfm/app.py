@@ -323,7 +323,8 @@ def launch(blocks, host: str, port: int, max_bytes: int, block: bool = True) -> 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m fsvfm.app", description=__doc__.split("\n")[0])
     p.add_argument("--detector", action="append", default=[], metavar="CKPT",
-                   help="fine-tuned checkpoint (DfD, DiFF, ...; local or hf://); repeat for side-by-side columns")
+                   help="fine-tuned checkpoint (DfD, DiFF, FAS, the 4-class unified detector, ...; local or hf://); "
+                        "repeat for side-by-side columns")
     p.add_argument("--pretrained", default=None, metavar="CKPT",
                    help="pre-training checkpoint-N.pth: adds reconstructions to the masking tab")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")
