@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
@@ -674,6 +675,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: fp16 on CUDA, none on CPU)")
     p.add_argument("--save_vis", default=None, metavar="DIR",
                    help="write annotated images (boxes and P(real) / P(live) / the decided class) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (count and ETA) on stderr")
     p.add_argument("--classes", type=class_names, default=None, metavar="NAME,NAME,...",
                    help="name the model's classes in index order (default: the checkpoint's, or its task's)")
     add_max_pixels_flag(p)
@@ -714,6 +716,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(table_columns(det.classes))
     records: list[dict] = []
     written_at = time.monotonic()
+    progress = tqdm(total=len(inputs), desc="predict", unit="input", file=sys.stderr, disable=args.quiet,
+                    dynamic_ncols=True)
     try:
         for i, record in enumerate(det.predict_many(inputs)):
             if args.save_vis:
@@ -721,12 +725,15 @@ def run(args: argparse.Namespace) -> list[dict]:
                     save_visualisations(record, args.save_vis, i, det.classes)
                 except Exception as e:  # noqa: BLE001 - the score stands without its picture
                     _note(record, f"no visualisation ({type(e).__name__}: {e})")
-            print(table_line(record, det.classes), flush=True)
+            progress.write(table_line(record, det.classes), file=sys.stdout)  # above the bar, not through it
+            sys.stdout.flush()
+            progress.update()
             records.append(record)
             if args.output and time.monotonic() - written_at > SAVE_EVERY_S:  # finished work survives a kill
                 write_output(args.output, records, det.classes)
                 written_at = time.monotonic()
     finally:
+        progress.close()
         if args.output and len(records) < len(inputs):
             write_output(args.output, records, det.classes)
             print(f"stopped after {len(records)} of {len(inputs)} inputs; wrote their records to {args.output}",
