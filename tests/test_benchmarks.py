@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, TINY_FSFM, TINY_VIT
 
 TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
@@ -57,3 +59,21 @@ def test_bench_eval_smoke_with_baseline():
     assert set(out["images_per_s"]) == {"fp32"}
     assert out["fast"]["fused_attention"] and not out["baseline"]["fused_attention"]
     assert out["speedup_vs_baseline"] == round(out["fast"]["images_per_s"] / out["baseline"]["images_per_s"], 3)
+
+
+def test_bench_predict_smoke_equal_scores():
+    from tests.preprocess_helpers import faces_dir
+    faces_dir()  # skips where ../shared/faces is absent
+    (out,) = _json_lines("bench_predict.py", "--photos", "2", "--frames", "20", "--num_frames", "3", "--rounds", "1",
+                         "--input_size", "32", "--batch_size", "4", "--model_kwargs", TINY_CLASSIFIER)
+    # the two ways find the same faces (2 photos + 3 frames) and give them the same scores
+    assert out["same_boxes"] is True and out["max_abs_score_diff"] <= 1e-6
+    for group in ("photos", "video", "all"):
+        assert out["ours"][group]["faces"] == out["baseline"][group]["faces"] > 0
+        for key, ratio in (("faces_per_cpu_s", "cpu"), ("faces_per_wall_s", "wall")):
+            expected = out["ours"][group][key] / out["baseline"][group][key]
+            assert out["ratio"][group][ratio] == pytest.approx(expected, abs=2e-3)
+    assert out["ours"]["all"]["faces"] == out["ours"]["photos"]["faces"] + out["ours"]["video"]["faces"]
+    settings = out["settings"]
+    assert (settings["photos"], settings["num_frames"], settings["batch_size"], settings["rounds"]) == (2, 3, 4, 1)
+    assert "load average" in out["uptime"]
