@@ -718,8 +718,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     written_at = time.monotonic()
     progress = tqdm(total=len(inputs), desc="predict", unit="input", file=sys.stderr, disable=args.quiet,
                     dynamic_ncols=True)
+    stream = det.predict_many(inputs)
     try:
-        for i, record in enumerate(det.predict_many(inputs)):
+        for i, record in enumerate(stream):
             if args.save_vis:
                 try:
                     save_visualisations(record, args.save_vis, i, det.classes)
@@ -733,6 +734,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 write_output(args.output, records, det.classes)
                 written_at = time.monotonic()
     finally:
+        stream.close()  # stops the crop thread now, also after an interrupt
         progress.close()
         if args.output and len(records) < len(inputs):
             write_output(args.output, records, det.classes)
