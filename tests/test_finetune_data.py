@@ -171,6 +171,23 @@ def test_build_finetune_datasets(tmp_path):
         fd.build_finetune_datasets(args, None, None)
 
 
+def test_plain_train_val_folders(tmp_path):
+    """--train/--val name any two folders of class folders (no DIR/train, DIR/val naming needed)."""
+    make_split_tree(tmp_path, "mine_a", videos=2, frames=2)
+    make_split_tree(tmp_path, "mine_b", videos=1, frames=1)
+    args = argparse.Namespace(data_path=[], train=str(tmp_path / "mine_a"), val=str(tmp_path / "mine_b"),
+                              train_split=None, val_split=None, nb_classes=2)
+    train, val = fd.build_finetune_datasets(args, None, None)
+    assert (len(train), len(val)) == (8, 2)
+    assert fd.dataset_targets(val) == [0, 1] and fd.dataset_video_names(val)[1] == "real_youtube/real_youtube0"
+    with pytest.raises(fd.UsageError, match="--train needs --val"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "val": None}), None, None)
+    with pytest.raises(fd.UsageError, match="--finetune_data_path both"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "data_path": [str(tmp_path)]}), None, None)
+    with pytest.raises(fd.UsageError, match="not both"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "train_split": "x.txt"}), None, None)
+
+
 def test_indexed_dataset():
     ds = fd.IndexedDataset([(torch.zeros(1), 1, "v")] * 3)
     assert len(ds) == 3 and ds[2][1:] == (1, 2)
