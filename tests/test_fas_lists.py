@@ -85,3 +85,19 @@ def test_missing_lists_are_named_all_at_once(tmp_path):
     for d in ("oulu", "casia", "replay", "celeb"):
         assert f"{d}_real_train.txt" in msg and f"{d}_fake_train.txt" in msg
     assert "msu_real_test.txt" in msg and "msu_fake_test.txt" in msg and "fsvfm.preprocess.fas_lists" in msg
+
+
+def test_the_fas_task_checks_every_list_before_reading_one(tmp_path):
+    import argparse
+
+    from fsvfm.tasks import fas as engine_fas
+    write_frames(tmp_path / "frames", "live", 2)
+    write_frames(tmp_path / "frames", "spoof", 2)
+    fas_lists.write_fas_lists(tmp_path / "frames", tmp_path / "fas")
+    args = argparse.Namespace(config="C", fas_data_root=str(tmp_path / "fas"))
+    with pytest.raises(fd.FASDataError, match=r"^10 list files of --config C not found: .*oulu_real_train\.txt"):
+        engine_fas.build_fas_datasets(args, None, None)
+    (tmp_path / "fas/WCS/txt/custom_fake_test.txt").unlink()
+    args.config = "custom"
+    with pytest.raises(fd.FASDataError, match=r"custom_fake_test\.txt: list file not found \(.*fas_lists"):
+        engine_fas.build_fas_datasets(args, None, None)
