@@ -237,3 +237,15 @@ def test_test_programs_plain_test_folder(tmp_path):
     args.test_split, args.test = None, str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: folder not found"):
         list(evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY))
+
+
+def test_half_a_folder_pair_is_one_line_before_any_output(tmp_path, capsys):
+    from fsvfm import main_finetune_DfD
+    from fsvfm.util.cli import run_cli
+    with pytest.raises(SystemExit) as e:
+        run_cli(main_finetune_DfD.main, main_finetune_DfD.get_args_parser(),
+                ["--val", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and [line.split(": ", 1)[1] for line in err] == ["error: --val needs --train too: give both folders "
+                                         "(each holds class folders, e.g. real/, fake/)"]
+    assert not (tmp_path / "out").exists()

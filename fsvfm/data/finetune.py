@@ -317,6 +317,21 @@ def split_folders(args: argparse.Namespace, split: str) -> list[str]:
     return [plain] if plain else [str(Path(d) / split) for d in args.data_path]
 
 
+def check_folder_flags(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(train folders, val folders)``; a ``UsageError`` for half a pair or folders mixed with split files
+    (cheap: the fine-tuning program calls it before its start-up log)."""
+    if not hasattr(args, "data_path"):  # a task without folder flags
+        return [], []
+    train_dirs, val_dirs = split_folders(args, "train"), split_folders(args, "val")
+    if bool(train_dirs) != bool(val_dirs):
+        given, lacking = ("--train", "--val") if train_dirs else ("--val", "--train")
+        raise UsageError(f"{given} needs {lacking} too: give both folders (each holds class folders, e.g. real/, fake/)")
+    if train_dirs and (getattr(args, "train_split", None) or getattr(args, "val_split", None)):
+        raise UsageError("give folders (--train/--val or --finetune_data_path) or split files (--train_split/"
+                         "--val_split), not both")
+    return train_dirs, val_dirs
+
+
 def _image_folders(folders: Sequence[str], transform: Callable, vocabulary: ClassVocabulary,
                    on_unreadable: str) -> Dataset:
     missing = [d for d in folders if not Path(d).is_dir()]
@@ -334,13 +349,7 @@ def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable,
     ``--finetune_data_path`` (repeatable; ``DIR/train`` and ``DIR/val``) or from ``--train_split``/``--val_split``
     (then ``args.nb_classes`` = max label + 1, and validation labels must be below it). Unreadable training
     images are replaced by the next readable one, unreadable validation images are left out (both counted)."""
-    train_dirs, val_dirs = split_folders(args, "train"), split_folders(args, "val")
-    if bool(train_dirs) != bool(val_dirs):
-        given, lacking = ("--train", "--val") if train_dirs else ("--val", "--train")
-        raise UsageError(f"{given} needs {lacking} too: give both folders (each holds class folders, e.g. real/, fake/)")
-    if train_dirs and (args.train_split or args.val_split):
-        raise UsageError("give folders (--train/--val or --finetune_data_path) or split files (--train_split/"
-                         "--val_split), not both")
+    train_dirs, val_dirs = check_folder_flags(args)
     if train_dirs:
         return (_image_folders(train_dirs, train_transform, vocabulary, "next"),
                 _image_folders(val_dirs, val_transform, vocabulary, "skip"))
