@@ -83,6 +83,31 @@ def test_named_dataset_with_no_input_exits_2(tmp_path, capsys):
     assert "nothing to process for --dataset VF2" in line
 
 
+def test_unknown_opts_key_is_one_line_with_a_hint(tmp_path, capsys):
+    argv = ["--dataset", "DFD", "--opts", "DFD_num_frame", "8", "--log_dir", str(tmp_path)]
+    line = _exit_line(capsys, lambda: main_dataset_preprocess(FINETUNE_DEFAULT, "finetune", argv))
+    assert line.endswith("error: unknown config key(s) in --opts: 'DFD_num_frame' (did you mean 'DFD_num_frames'?); "
+                         f"the known keys are in {FINETUNE_DEFAULT.resolve()}")
+
+
+@pytest.mark.parametrize("dataset, keys, missing", [
+    ("FF++_all", {"FF_train_split": "s/train.json", "FF_val_split": "s/val.json", "FF_test_split": "s/test.json"},
+     "FaceForensics++ split file(s) not found: {d}/s/train.json (config key FF_train_split), {d}/s/val.json (config "
+     "key FF_val_split), {d}/s/test.json (config key FF_test_split)"),
+    ("CelebDFv2", {"CelebDFv2_path": "cdf/"},
+     "CelebDFv2 test list not found: {d}/cdf/List_of_testing_videos.txt (config key CelebDFv2_path)"),
+    ("DFDC", {"DFDC_path": "dfdc/"}, "DFDC labels not found: {d}/dfdc/labels.csv (config key DFDC_path)"),
+])
+def test_missing_benchmark_files_are_one_line_naming_path_and_key(tmp_path, capsys, monkeypatch, dataset, keys,
+                                                                  missing):
+    """A benchmark that is not downloaded (was a bare [Errno 2])."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", dataset, "--log_dir", str(tmp_path), "--opts", *[x for kv in keys.items() for x in kv]]
+    line = _exit_line(capsys, lambda: main_dataset_preprocess(FINETUNE_DEFAULT, "finetune", argv))
+    assert line.endswith(f"error: {missing.format(d=tmp_path)}; download the data set as datasets/README.md "
+                         "describes, or set the key (--opts KEY PATH or --config FILE)")
+
+
 def test_missing_facer_weights_print_the_instructions_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     write_image(tmp_path / "src" / "a.png")
