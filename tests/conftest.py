@@ -1,4 +1,5 @@
-"""Shared test fixtures: tiny model configurations and the workspace's shared/ folder."""
+"""Fixtures shared by several test modules (the shared helpers are in tests/helpers.py), and the progress
+line of a long run."""
 from __future__ import annotations
 
 import os
@@ -7,18 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from fsvfm import hub
+from fsvfm.util.checkpoint import save_checkpoint
+from fsvfm.util.norm_stats import STATS_FILENAME
+from tests.helpers import FT, PRE, SHARED, add_to_cache, make_split_tree, write_pretrain_checkpoint
+
 # A hung collective in a multi-process test fails it after 2 minutes instead of fsvfm's 30 (the
 # subprocesses inherit it); a test may still set its own.
 os.environ.setdefault("FSVFM_DIST_TIMEOUT", "2")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-# A pre-training network small enough for CPU tests (widths must divide by the head counts).
-TINY_FSFM = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, rep_decoder_embed_dim=48,
-                 rep_decoder_depth=1, rep_decoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1,
-                 decoder_num_heads=2, projection_size=16, projection_hidden_size=64)
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2)
 
 
 @pytest.fixture(autouse=True)
@@ -30,16 +27,46 @@ def _deterministic():
 @pytest.fixture
 def shared_dir() -> Path:
     if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not present")
+        pytest.skip(f"needs the workspace's shared/ folder at {SHARED} (real photos in shared/faces/, beside the "
+                    "repository)")
     return SHARED
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """One per test module: ``(root, tiny pre-training checkpoint, data tree with train/ (12) and val/ (8))``."""
-    from tests.test_finetune_data import make_split_tree
-    from tests.test_finetune_e2e import write_pretrain_checkpoint
     root = tmp_path_factory.mktemp("ft")
     data = make_split_tree(root / "data", "train", videos=2, frames=3)
     make_split_tree(data, "val", videos=2, frames=2)
     return root, write_pretrain_checkpoint(root / "pretrain"), data
+
+
+# ------------------------------------------------------------------------------------ a hub cache
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> dict[str, bytes]:
+    """Repository path -> bytes: a tiny pre-trained release (online, target, statistics) and a fine-tuned folder."""
+    src = tmp_path_factory.mktemp("release")
+    write_pretrain_checkpoint(src)
+    save_checkpoint(src / "checkpoint-te-1.pth", {"w": torch.zeros(1)}, epoch=1, network="target")
+    files = {f"{PRE}/checkpoint-599.pth": (src / "checkpoint-1.pth").read_bytes(),
+             f"{PRE}/checkpoint-te-599.pth": (src / "checkpoint-te-1.pth").read_bytes(),
+             f"{PRE}/{STATS_FILENAME}": (src / STATS_FILENAME).read_bytes(),
+             f"{FT}/log_detail.txt": b"fine-tuning log\n",
+             f"{FT}/experiments_test/test_results.txt": b"results\n"}
+    return files
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, released) -> Path:
+    """An offline hub cache holding ``released``, in the hub's own on-disk layout."""
+    from huggingface_hub import constants
+    root = tmp_path / "hub_cache"
+    for rel, data in released.items():
+        add_to_cache(root, rel, data)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.resolve_hub_uri.cache_clear()
+    yield root
+    hub.resolve_hub_uri.cache_clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,8 +19,14 @@ gradio_client = pytest.importorskip("gradio_client")
 from fsvfm import app  # noqa: E402
 from fsvfm.predict import Detector  # noqa: E402
 from fsvfm.visualize import load_pretrained  # noqa: E402
-from tests.preprocess_helpers import FACES, write_image, write_video  # noqa: E402
-from tests.tiny_checkpoints import detector_checkpoint, pretrain_checkpoint  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    FACES,
+    detector_checkpoint,
+    free_port,
+    pretrain_checkpoint,
+    write_face_image,
+    write_video,
+)
 
 # pandas deprecations raised inside Gradio's queue, not ours
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -29,12 +34,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 LIMIT = 300 * 1024               # --max_file_mb of the served app (bytes): photos of shared/faces fit
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_PHOTO = "Tom_Cruise_avp_2014_4.jpg"    # one face for dlib
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def served(checkpoints):
     with app.app_workdir() as workdir:
         detectors = app.load_detectors([str(det_ckpt)], "cpu")
         blocks = app.build_app(detectors, load_pretrained(pre_ckpt), workdir, LIMIT)
-        url = app.launch(blocks, "127.0.0.1", _free_port(), LIMIT, block=False)
+        url = app.launch(blocks, "127.0.0.1", free_port(), LIMIT, block=False)
         try:
             yield url, workdir, next(iter(detectors)), Detector.from_checkpoint(det_ckpt, device="cpu")
         finally:
@@ -66,11 +65,11 @@ def client(served, tmp_path_factory):
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("media")
-    files = {"photo": write_image(root / "photo.jpg"), "clip": write_video(root / "clip.mp4", n_frames=4),
+    files = {"photo": write_face_image(root / "photo.jpg"), "clip": write_video(root / "clip.mp4", n_frames=4),
              "text": root / "notes.txt", "big": root / "big.png"}
     files["text"].write_text("not a picture\n")
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
-    write_image(files["big"], noise)   # incompressible PNG: about 480 KB > LIMIT
+    write_face_image(files["big"], noise)   # incompressible PNG: about 480 KB > LIMIT
     return files
 
 

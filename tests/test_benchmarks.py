@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, TINY_FSFM, TINY_VIT
+from tests.helpers import REPO, TINY_FSFM, TINY_VIT
 
 TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
 TINY_CLASSIFIER = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fsvfm.util import checkpoint as ckpt
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _payloads(value: float) -> dict[str, dict]:

@@ -19,11 +19,7 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import DFD_TASK, UNIFIED_TASK, TestSet
 from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.naming import UNIFIED_RELEASE_PATH, checkpoint_vocabulary
-from tests.preprocess_helpers import faces_dir
-from tests.test_finetune_e2e import eval_argv
-from tests.tiny_checkpoints import UNIFIED_CLASSES, unified_detector_checkpoint
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers import SHARED, UNIFIED_CLASSES, eval_argv, faces_dir, unified_detector_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from fsvfm.preprocess.augment import make_variants
 from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.faces import FaceCropper
-from tests.preprocess_helpers import FINETUNE_DEFAULT, PRETRAIN_DEFAULT, REPO, astronaut_bgr
+from tests.helpers import FINETUNE_DEFAULT, PRETRAIN_DEFAULT, REPO, astronaut_bgr
 
 
 def test_defaults_resolve_against_the_script_folder(monkeypatch, tmp_path):

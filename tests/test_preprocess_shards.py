@@ -15,7 +15,7 @@ from fsvfm.preprocess.jobs import Job
 from fsvfm.preprocess.layouts import copy_jobs
 from fsvfm.preprocess.shards import parse_shard, shard_jobs, shard_of
 from fsvfm.util.errors import UsageError
-from tests.preprocess_helpers import REPO, tree
+from tests.helpers import REPO, tree
 
 FAS_DEFAULT = REPO / "datasets" / "finetune" / "preprocess_FAS" / "config" / "default.py"
 

@@ -16,7 +16,7 @@ from fsvfm.main_pretrain import get_args_parser, main
 from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.seeding import seed_everything
-from tests.conftest import REPO, TINY_FSFM
+from tests.helpers import REPO, TINY_FSFM
 
 WARNING = "is a GPU recipe but no CUDA device is visible"
 

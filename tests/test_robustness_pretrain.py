@@ -27,8 +27,7 @@ from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
-from tests.conftest import REPO, TINY_VIT
-from tests.test_pretrain_main import pretrain_argv
+from tests.helpers import REPO, TINY_VIT, pretrain_argv
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.masking import num_masked_patches
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
-from tests.tiny_checkpoints import (
-    PRETRAIN_MEAN,
-    PRETRAIN_OVERRIDES,
-    PRETRAIN_STD,
-    pretrain_checkpoint,
-    tiny_fsfm,
-)
+from tests.helpers import PRETRAIN_MEAN, PRETRAIN_OVERRIDES, PRETRAIN_STD, pretrain_checkpoint, tiny_fsfm
 
 PHOTO = "2008_001322.jpg"
 
