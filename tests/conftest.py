@@ -110,6 +110,7 @@ _PROGRESS: list[_Progress] = []
 def pytest_collection_finish(session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     _PROGRESS.clear()
+    _STARTED.clear()                     # processes of collection (skipif probes) belong to no test
     if reporter is not None and session.items:
         _PROGRESS.append(_Progress(reporter, len(session.items)))
 

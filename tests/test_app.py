@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
+_APP_EXTRA = "needs the web app's extra: pip install -e '.[app]' (make setup installs it)"
+pytest.importorskip("gradio", reason=_APP_EXTRA)
+gradio_client = pytest.importorskip("gradio_client", reason=_APP_EXTRA)
 
 from fsvfm import app  # noqa: E402
 from fsvfm.predict import Detector  # noqa: E402
@@ -146,11 +147,16 @@ def test_start_up_errors_are_one_line(tmp_path, capsys):
     assert app.main(["--max_file_mb", "0"]) == 2
 
 
+@pytest.mark.slow
 def test_browser_shows_scores(served, media):
     """Headless Chromium: open the page, see an oversized upload refused, upload a photo of
     ../shared/faces and read the rendered scores."""
-    if not os.path.exists(CHROMIUM) or not FACES.is_dir():
-        pytest.skip("needs the chromium binary and ../shared/faces")
+    missing = [need for need, ok in ((f"a Chromium binary at {CHROMIUM} (apt-get install chromium)",
+                                      os.path.exists(CHROMIUM)),
+                                     (f"real face photos in {FACES} (the workspace's shared/faces folder)",
+                                      FACES.is_dir())) if not ok]
+    if missing:
+        pytest.skip("needs " + " and ".join(missing))
     from playwright import sync_api  # the app extra installs it; it drives the system's Chromium
     url, _, label, ref = served
     photo = FACES / BROWSER_PHOTO

@@ -15,7 +15,7 @@ from fsvfm.util.args import distributed_parser
 from tests.helpers import REPO, free_port
 
 DRILL = REPO / "tests" / "dist_drill.py"
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drill reads /proc, uses prctl")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux: the drill reads /proc and uses prctl")
 
 
 def test_dist_timeout_sources(monkeypatch):

@@ -19,6 +19,7 @@ MCIO = [("M", "OCI2M"), ("C", "OMI2C"), ("I", "OCM2I"), ("O", "ICM2O")]
 DATA = "datasets/finetune_datasets/face_anti_spoofing/data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", sorted(FULL))
 def test_full_fine_tuning_scripts(size, tmp_path):
     jobs = dry_run(f"run_FAS-ViT-{size}.sh", tmp_path)  # any working directory
@@ -32,6 +33,7 @@ def test_full_fine_tuning_scripts(size, tmp_path):
         assert "--trainable_modules" not in job and "--weight_cl" not in job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", sorted(ADAPTER))
 def test_fs_adapter_scripts(size, tmp_path):
     weight_cl, lr, wd = ADAPTER[size]
@@ -45,6 +47,7 @@ def test_fs_adapter_scripts(size, tmp_path):
         assert "--runs" not in job and "--batch_size" not in job  # 3 runs, 24 per source and class: the defaults
 
 
+@pytest.mark.slow
 def test_wcs_script_and_overrides(tmp_path):
     jobs = dry_run("run_FAS-WCS.sh", tmp_path)
     assert [(j["--config"], j["--model"], j["--lr"]) for j in jobs] == [
@@ -60,6 +63,7 @@ def test_wcs_script_and_overrides(tmp_path):
     assert bad.returncode == 2 and "unknown size: ViT-X" in bad.stderr
 
 
+@pytest.mark.slow
 def test_script_runs_tiny_end_to_end(tmp_path):
     data = make_synthetic_fas_tree(tmp_path / "data", n_videos=3, size=32)
     env = {**os.environ, "PRETRAINED": str(write_pretrain_checkpoint(tmp_path / "pre")), "FAS_DATA_ROOT": str(data),

@@ -223,7 +223,8 @@ def _namespace_ok() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _namespace_ok(), reason="needs `unshare --user --mount` to mount a small tmpfs")
+@pytest.mark.skipif(not _namespace_ok(), reason="needs `unshare --user --mount` (util-linux) with unprivileged user namespaces "
+                    "allowed (sysctl kernel.unprivileged_userns_clone=1) to mount a small tmpfs")
 def test_real_small_tmpfs_full_and_read_only(tmp_path):
     """The kernel's own ENOSPC and EROFS: a 256 KiB tmpfs in a user namespace; epoch 0 fits, epoch 1 does not."""
     mnt = tmp_path / "mnt"

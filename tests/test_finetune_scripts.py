@@ -38,6 +38,7 @@ ADAPTER_ROWS = {  # spec 7.6: task, size -> batch/GPU, epochs, blr, weight_cl, m
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(ROWS))
 def test_script_settings(script, tmp_path):
     model, ckpt, blr, ld, wd, tag, test_program = ROWS[script]
@@ -54,6 +55,7 @@ def test_script_settings(script, tmp_path):
     assert "--apply_simple_augment" not in test  # the released numbers used the full resize
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, size", sorted(ADAPTER_ROWS))
 def test_fs_adapter_script_settings(task, size, tmp_path):
     batch, epochs, blr, weight_cl, port = ADAPTER_ROWS[task, size]
@@ -82,6 +84,7 @@ def test_fs_adapter_script_settings(task, size, tmp_path):
     assert test_args.model == model and test_args.adapter_reduction is None
 
 
+@pytest.mark.slow
 def test_script_overrides(tmp_path):
     ft, test = dry_run("run_DfD-ViT-S.sh", tmp_path, BLR="1e-3", OUTPUT_ROOT="/x", DATA_ROOT="/d",
                         TEST_EXTRA_ARGS="--device cpu")

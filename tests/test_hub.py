@@ -131,6 +131,7 @@ def test_finetune_from_hf_uses_the_release_statistics(cache, tmp_path):
     assert load_checkpoint(out / "checkpoint-0.pth")["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
 
 
+@pytest.mark.slow
 def test_cli_offline_with_environment(cache, tmp_path):
     """``python -m fsvfm.hub`` in a fresh process, configured only by HF_HUB_OFFLINE / HF_HUB_CACHE."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}

@@ -28,7 +28,8 @@ def released_unified(tmp_path_factory) -> Path:
     head, keys model / optimizer / epoch / scaler / args (an argparse.Namespace), at its repository path."""
     ref = SHARED / "fixtures" / "reference_state_dict_shapes.json"
     if not ref.is_file():
-        pytest.skip(f"needs {ref}")
+        pytest.skip(f"needs {ref} (the original's parameter names and shapes, in the workspace's shared/fixtures "
+                    "folder beside the repository)")
     shapes = json.loads(ref.read_text())["vit_base_patch16:global_pool=True"]
     torch.manual_seed(0)
     model = create_model("vit_base_patch16", family="classifier", num_classes=4, global_pool=True)

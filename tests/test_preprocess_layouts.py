@@ -216,6 +216,7 @@ def test_diff_test_and_val_subsets(ws):
     assert tree(ws / "out/diff/DiFF") == expected
 
 
+@pytest.mark.slow
 def test_pretrain_vf2_ytf_ff_and_parse(ws, clip):
     for rel in ("VGG-Face2/train/n000002/0001_01.jpg", "VGG-Face2/test/n000003/0002_01.jpg",
                 "YoutubeFace/frame_images_DB/Aaron_Eckhart/0/0.555.jpg"):

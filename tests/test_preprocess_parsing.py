@@ -103,6 +103,7 @@ def test_custom_face_parse_outputs_resume_and_bad_inputs(tmp_path, face224, land
     assert (s.counts["done"], s.counts["skipped"]) == (0, 1)
 
 
+@pytest.mark.slow
 def test_entry_script_runs_from_any_directory(tmp_path):
     write_face_image(tmp_path / "photos" / "a.jpg", astronaut_bgr())
     script = REPO / "datasets/pretrain/preprocess/face_parse.py"
@@ -150,7 +151,8 @@ def _stand_in_parser(path: Path) -> None:
 
 @pytest.fixture
 def facer_cache(tmp_path, monkeypatch) -> Path:
-    pytest.importorskip("facer")
+    pytest.importorskip("facer", reason="needs the optional FACER parser: pip install --no-deps pyfacer==0.0.5 "
+                                 "(make setup installs it)")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)

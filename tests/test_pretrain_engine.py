@@ -177,6 +177,7 @@ def _reduce_worker(rank: int, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_non_finite_decision_is_shared_by_all_ranks():
     port = free_port()
     ctx = torch.multiprocessing.get_context("spawn")

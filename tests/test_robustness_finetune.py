@@ -194,6 +194,7 @@ def test_split_file_reports_every_bad_line(tmp_path):
         read_split_file(split, num_classes=2)
 
 
+@pytest.mark.slow
 def test_main_program_prints_one_line_and_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "fsvfm" / "main_test_DfD.py"), "--resume",
                            str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "o"), "--device", "cpu"],
