@@ -3,8 +3,10 @@
     python -m fsvfm.app --detector DfD.pth [--detector DiFF.pth ...] [--pretrained checkpoint-1.pth]
                         [--host 127.0.0.1 --port 7860] [--max_file_mb 100]
 
-Tabs: **Detect** (an image or a video in; every face boxed with its P(real), the mean over faces and
-frames as the video score; one column per detector checkpoint, labelled ``task: folder/file``) and
+Tabs: **Detect** (an image or a video in; every face boxed with its score, the mean over faces and
+frames as the video score; one column per detector checkpoint, labelled ``task: folder/file``; a binary
+detector reads P(real) (FAS: P(live)), an N-class one such as the unified real / deepfake / diffusion /
+spoof detector also shows one bar per class) and
 **Facial masking** (a face in; its LaPa parsing map, the CRFR-P mask of each region and, with
 ``--pretrained``, the online network's reconstruction). The app adds no model code: every picture and
 score comes from the two modules. It binds to 127.0.0.1 unless ``--host`` says otherwise, sends no
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsvfm.predict import Detector, save_visualisations
+from fsvfm.predict import Detector, reading, save_visualisations, score_key
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.checkpoint import CheckpointError
@@ -45,7 +47,7 @@ from fsvfm.util.images import (
     max_pixels,
     open_image,
 )
-from fsvfm.util.naming import IMAGE_EXTENSIONS
+from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS, ClassVocabulary
 from fsvfm.visualize import (
     REGION_NAMES,
     Pretrained,
@@ -104,6 +106,20 @@ def prune_served(workdir: Path, max_age_s: float = SERVED_FILES_MAX_AGE_S, now: 
     return removed
 
 
+def hide_path(text: str | None, path: str | os.PathLike) -> str | None:
+    """``text`` with the upload's temporary path (and folder) shown as its file name: the page and the
+    API name files as the user knows them."""
+    if not text:
+        return text
+    p = Path(path)
+    for where in dict.fromkeys((str(path), str(p), str(p.resolve()))):
+        text = text.replace(where, p.name)
+    if p.is_absolute():  # the rest of the folder, e.g. in a message that names a neighbour
+        for folder in dict.fromkeys((str(p.parent), str(p.resolve().parent))):
+            text = text.replace(folder + os.sep, "")
+    return text
+
+
 def detector_labels(paths: Sequence[str], tasks: Sequence[str]) -> list[str]:
     """``task: folder/file`` per checkpoint, made unique with ``#k`` when two would read the same."""
     labels = [f"{task}: {Path(p).parent.name}/{Path(p).name}" for p, task in zip(paths, tasks)]
@@ -127,17 +143,37 @@ def warnings_note(det: Detector) -> str:
     return "".join(f"> **Warning**: {w}\n\n" for w in det.info.get("warnings", []))
 
 
-def score_table(label: str, record: dict) -> str:
-    """Markdown of one detector's record: verdict line and one row per face."""
+def score_table(label: str, record: dict, vocab: ClassVocabulary = DFD_VOCABULARY) -> str:
+    """Markdown of one detector's record: verdict line and one row per face. Binary: P(positive class)
+    decided at 0.5 (DfD: P(real), FAS: P(live)); N classes: the argmax class and every class's P."""
     head = f"#### {label}\n"
-    if record["score_real"] is None:
+    if record["label"] is None:
         return head + f"No score: {record['error']}."
-    verdict = "real" if record["score_real"] >= 0.5 else "fake"
     what = "video score (mean over faces and frames)" if record["type"] == "video" else "image score (mean over faces)"
+    if vocab.binary:
+        pos, neg = vocab.names[vocab.positive], vocab.names[vocab.negative]
+        keys, columns = [score_key(vocab), score_key(vocab, vocab.negative)], [f"P({pos})", f"P({neg})"]
+        verdict = f"**P({pos}) = {record[keys[0]]:.4f}** ({record['label']})"
+    else:
+        keys, columns = list(vocab.names), [f"P({c})" for c in vocab.names] + ["class"]
+        verdict = f"**{record['label']}** (P({record['label']}) = {record['scores'][record['label']]:.4f})"
+
+    def cells(face: dict) -> list[str]:
+        probs = [face[k] if vocab.binary else face["scores"][k] for k in keys]
+        return [f"{v:.4f}" for v in probs] + ([] if vocab.binary else [face["label"]])
     rows = [f"| {i} | {'-' if f['frame'] is None else f['frame']} | {', '.join(map(str, f['box']))} | "
-            f"{f['score_real']:.4f} | {f['score_fake']:.4f} |" for i, f in enumerate(record["faces"], start=1)]
-    return (head + f"**P(real) = {record['score_real']:.4f}** ({verdict}), {what}, {len(record['faces'])} face(s)\n\n"
-            "| face | frame | box x1, y1, x2, y2 | P(real) | P(fake) |\n|---:|---:|---|---:|---:|\n" + "\n".join(rows))
+            + " | ".join(cells(f)) + " |" for i, f in enumerate(record["faces"], start=1)]
+    return (head + f"{verdict}, {what}, {len(record['faces'])} face(s)\n\n"
+            f"| face | frame | box x1, y1, x2, y2 | {' | '.join(columns)} |\n"
+            f"|---:|---:|---|{'---:|' * len(columns)}\n" + "\n".join(rows))
+
+
+def class_bars(record: dict, vocab: ClassVocabulary) -> dict[str, float] | None:
+    """``{class: mean probability}`` of an N-class detector's record (a ``gr.Label``'s bars), None
+    without a score."""
+    if vocab.binary or record.get("scores") is None:
+        return None
+    return {name: float(record["scores"][name]) for name in vocab.names}
 
 
 def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, workdir: Path
@@ -157,9 +193,10 @@ def detect(path: str | None, detectors: dict[str, Detector], max_bytes: int, wor
     records, galleries, tables = {}, [], []
     for k, (label, det) in enumerate(detectors.items()):
         record = det.predict(path)
+        record.update({key: hide_path(record[key], path) for key in ("error", "warning")})
         out = Path(tempfile.mkdtemp(dir=workdir, prefix=OUTPUT_PREFIX))
-        galleries.append([str(p) for p in save_visualisations(record, out, k)])
-        tables.append(warnings_note(det) + score_table(label, record))
+        galleries.append([str(p) for p in save_visualisations(record, out, k, det.classes)])
+        tables.append(warnings_note(det) + score_table(label, record, det.classes))
         # the upload's temp path stays private; a "path" key would also read as a file to Gradio's client
         records[label] = {"file": Path(path).name, **{key: v for key, v in record.items() if key != "path"}}
     return f"**{Path(path).name}**: {next(iter(records.values()))['type']}", records, galleries, tables
@@ -174,7 +211,7 @@ def masking(path: str | None, region: str, is_crop: bool, seed: int | None, pret
     try:
         face, parsing_map = prepare_face(path, backend, crop=not is_crop)
     except VisualizeError as e:
-        return f"**{Path(path).name}**: {e}", None
+        return f"**{Path(path).name}**: {hide_path(str(e), path)}", None
     seed = int(seed or 0)  # an emptied number box arrives as None
     figure = masking_figure(face, parsing_map, region, pretrained, seed=seed)
     recon = f"reconstructions by {Path(pretrained.source).name}" if pretrained else "no `--pretrained`: masks only"
@@ -191,23 +228,31 @@ def _import_gradio():
 
 
 def _detect_tab(gr, detectors: dict[str, Detector], max_bytes: int, workdir: Path) -> None:
-    gr.Markdown("Upload an image or a video. Every face is boxed with its P(real) (class 1 = real; "
-                ">= 0.5 reads as real); the record's score is the mean over faces and sampled frames.")
+    gr.Markdown("Upload an image or a video. Every face is boxed with its score; the record's score is the mean "
+                "over faces and sampled frames. " + " ".join(f"*{label}*: {reading(det.classes)}."
+                                                             for label, det in detectors.items()))
     file = gr.File(label="image or video", type="filepath", elem_id="detect-file")
     button = gr.Button("Detect", variant="primary")
-    status = gr.Markdown(elem_id="detect-status")
-    galleries, tables = [], []
+    status = gr.Markdown(label="status", show_label=False, elem_id="detect-status")
+    galleries, tables, bars = [], [], []
     with gr.Row():
-        for k, label in enumerate(detectors):
+        for k, (label, det) in enumerate(detectors.items()):
             with gr.Column():
                 galleries.append(gr.Gallery(label=label, columns=1, format="png"))
-                tables.append(gr.Markdown(elem_id=f"detect-scores-{k}"))
+                if not det.classes.binary:  # one bar per class, as the online demo of the unified detector
+                    bars.append((label, gr.Label(label=f"classes: {label}", num_top_classes=len(det.classes.names),
+                                                 elem_id=f"detect-classes-{k}")))
+                tables.append(gr.Markdown(label=f"scores: {label}", show_label=False, elem_id=f"detect-scores-{k}"))
     records = gr.JSON(label="records (fsvfm.predict)")
 
-    def run(path):
-        message, recs, gals, tabs = detect(path, detectors, max_bytes, workdir)
-        return [message, recs, *gals, *tabs]
-    button.click(run, file, [status, records, *galleries, *tables], api_name="detect")
+    def run(image_or_video):
+        message, recs, gals, tabs = detect(image_or_video, detectors, max_bytes, workdir)
+        return [message, recs, *gals, *tabs,
+                *(class_bars(recs[label], detectors[label].classes) if label in recs else None for label, _ in bars)]
+    button.click(run, file, [status, records, *galleries, *tables, *(bar for _, bar in bars)], api_name="detect",
+                 api_description="An image or video through every detector: status, the records (JSON), per detector "
+                                 "its annotated pictures, then its score table, then per N-class detector its class "
+                                 "bars ({class: probability}).")
 
 
 def _masking_tab(gr, pretrained: Pretrained | None, max_bytes: int, backend: str) -> None:
@@ -220,16 +265,20 @@ def _masking_tab(gr, pretrained: Pretrained | None, max_bytes: int, backend: str
         is_crop = gr.Checkbox(False, label="already a face crop (skip detection)")
         seed = gr.Number(0, precision=0, label="mask seed")
     button = gr.Button("Show masking", variant="primary")
-    status = gr.Markdown(elem_id="masking-status")
+    status = gr.Markdown(label="status", show_label=False, elem_id="masking-status")
     figure = gr.Image(label="CRFR-P masking", format="png", type="numpy", interactive=False)
-    button.click(lambda p, r, c, s: masking(p, r, c, s, pretrained, max_bytes, backend),
-                 [file, region, is_crop, seed], [status, figure], api_name="masking")
+
+    def show(face_photo, region, already_cropped, mask_seed):  # Gradio's API names the inputs after these
+        return masking(face_photo, region, already_cropped, mask_seed, pretrained, max_bytes, backend)
+    button.click(show, [file, region, is_crop, seed], [status, figure], api_name="masking",
+                 api_description="A face photo's parsing map and CRFR-P masks: status and the figure.")
 
 
 def build_app(detectors: dict[str, Detector], pretrained: Pretrained | None, workdir: Path,
               max_bytes: int = int(DEFAULT_MAX_FILE_MB * MIB), backend: str = "auto"):
-    """The Gradio Blocks of both tabs. API names: ``/detect`` (file -> status, records JSON, then a
-    gallery and a score table per detector) and ``/masking`` (file, region, is_crop, seed -> status, figure).
+    """The Gradio Blocks of both tabs. API names: ``/detect`` (image_or_video -> status, records JSON,
+    then a gallery per detector, a score table per detector and the class bars ``{class: P}`` of each
+    N-class detector) and ``/masking`` (face_photo, region, already_cropped, mask_seed -> status, figure).
     Call inside ``app_workdir()`` so that Gradio's cache lands in ``workdir``."""
     gr = _import_gradio()
     with gr.Blocks(title=TITLE, analytics_enabled=False,
@@ -274,7 +323,8 @@ def launch(blocks, host: str, port: int, max_bytes: int, block: bool = True) -> 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m fsvfm.app", description=__doc__.split("\n")[0])
     p.add_argument("--detector", action="append", default=[], metavar="CKPT",
-                   help="fine-tuned checkpoint (DfD, DiFF, ...; local or hf://); repeat for side-by-side columns")
+                   help="fine-tuned checkpoint (DfD, DiFF, FAS, the 4-class unified detector, ...; local or hf://); "
+                        "repeat for side-by-side columns")
     p.add_argument("--pretrained", default=None, metavar="CKPT",
                    help="pre-training checkpoint-N.pth: adds reconstructions to the masking tab")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default localhost only)")

@@ -26,9 +26,10 @@ from skimage.data import astronaut
 
 from fsvfm import main_finetune_DfD, main_pretrain, models_fsfm
 from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
+from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import save_checkpoint
-from fsvfm.util.naming import DFD_VOCABULARY
+from fsvfm.util.naming import DFD_VOCABULARY, UNIFIED_RELEASE_PATH
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
 
 # ------------------------------------------------------------------------------------ paths
@@ -258,6 +259,37 @@ def unified_detector_checkpoint(root: Path, *extra: str) -> Path:
                          "--cutmix", "0", "--task", "Unified", "--classes", ",".join(UNIFIED_CLASSES), *extra)
     main_finetune_DfD.cli(argv)
     return root / "ft4" / "checkpoint-min_val_loss.pth"
+
+
+def released_unified_checkpoint(root: Path) -> Path:
+    """A tiny 4-class classifier saved the way the released unified detector is: keys model / optimizer / epoch /
+    scaler / args (an ``argparse.Namespace``), no ``classes`` key, at the release's repository path under ``root``
+    (so its class names come from the known-release table). Its head's bias makes ``deepfake`` the likely winner."""
+    torch.manual_seed(4)
+    model = create_model("vit_small_patch16", family="classifier", num_classes=4, global_pool=True, **TINY_VIT)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.0, 2.0, 0.5, -1.0]))
+    kwargs = {k: v for k, v in TINY_VIT.items() if k != "img_size"}
+    args = argparse.Namespace(model="vit_small_patch16", nb_classes=4, input_size=32, global_pool=True, drop_path=0.1,
+                              normalize_from_IMN=False, apply_simple_augment=True, model_kwargs=json.dumps(kwargs))
+    path = root / UNIFIED_RELEASE_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 9,
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                           "_growth_tracker": 0}, "args": args}, path)
+    return path
+
+
+def fas_checkpoint(root: Path) -> Path:
+    """``root/fas/msu_vit_0_shot_checkpoint_run_0.pth.tar``: a tiny FAS network (32x32) under the FAS files'
+    ``state_dict`` key, with the args that rebuild it, as the FAS program writes it (no training)."""
+    torch.manual_seed(5)
+    model = create_fas_model("vit_small_patch16", **TINY_VIT)
+    kwargs = {k: v for k, v in TINY_VIT.items() if k != "img_size"}
+    args = {"model": "vit_small_patch16", "input_size": 32, "model_kwargs": json.dumps(kwargs)}
+    return save_checkpoint(root / "fas" / "msu_vit_0_shot_checkpoint_run_0.pth.tar", model.state_dict(),
+                           model_key="state_dict", epoch=1, args=args, task="FAS", threshold=0.5)
 
 
 # ------------------------------------------------------------------------------------ a hub cache
