@@ -5,7 +5,6 @@ the programs printed (``...`` = anything)."""
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import shlex
 import shutil
@@ -20,12 +19,10 @@ from fsvfm.data.synthetic import draw_parsing_map, render_face, render_fas_face
 from fsvfm.preprocess import fas_lists
 from fsvfm.tasks import DFD_TASK, DIFF_TASK, UNIFIED_TASK
 from fsvfm.util.cli import run_cli
-from tests.conftest import TINY_FSFM
-from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
+from tests.helpers import MODEL_KWARGS, PRETRAIN_OVERRIDES_JSON, REPO, write_pretrain_checkpoint
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "OWN_DATA.md"
+DOC = REPO / "docs" / "OWN_DATA.md"
 EXAMPLES = ("dfd", "diff", "fas", "pretrain", "unified")
-FSFM_KWARGS = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
 TINY_FINETUNE = ["--model", "vit_small_patch16", "--model_kwargs", MODEL_KWARGS, "--input_size", "32",
                  "--batch_size", "2", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0"]
 
@@ -44,7 +41,7 @@ PROGRAMS = {
         "--model", "vit_small_patch16", "--model_kwargs", MODEL_KWARGS, "--input_size", "32", "--iters", "2",
         "--eval_freq", "2", "--runs", "1", "--batch_size", "2", "--test_batch_size", "4"]),
     "fsvfm/main_pretrain.py": (_main_of(main_pretrain), [
-        "--model", "fsfm_vit_small_patch16", "--model_kwargs", FSFM_KWARGS, "--input_size", "32", "--batch_size", "2",
+        "--model", "fsfm_vit_small_patch16", "--model_kwargs", PRETRAIN_OVERRIDES_JSON, "--input_size", "32", "--batch_size", "2",
         "--num_workers", "0", "--warmup_epochs", "1"]),
     "-m fsvfm.preprocess.fas_lists": (_main_of(fas_lists), []),
 }
