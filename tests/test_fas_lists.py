@@ -32,7 +32,7 @@ def test_random_video_split_is_read_back_by_the_fas_reader(tmp_path, capsys):
     txt = root / "WCS" / "txt"
     assert sorted(p.name for p in txt.iterdir()) == [f"custom_{c}_{s}.txt" for c in ("fake", "real")
                                                      for s in ("test", "train")]
-    assert f"{txt / 'custom_real_train.txt'}: 6 frames, 3 videos" in capsys.readouterr().out
+    assert f"{txt / 'custom_real_train.txt'}: 6 frames, 3 video(s)" in capsys.readouterr().out
     # frames outside the tree are listed by absolute path; the reader joins and finds them
     sets = fd.build_train_sets(fd.get_protocol("custom"), root, MEAN, STD, input_size=16)
     assert [(d, len(r), len(f)) for d, r, f in sets] == [("custom", 6, 6)]

@@ -136,7 +136,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, dict[str, int]]:
     summary = write_fas_lists(args.src, args.dst, args.test_fraction, args.seed)
     for path, n in summary.items():
-        print(f"{path}: {n['frames']} frames, {n['videos']} videos")
+        print(f"{path}: {n['frames']} frames, {n['videos']} video(s)")
     print(f"train and test with: python fsvfm/main_finetune_FAS.py --config {CUSTOM_DOMAIN} --fas_data_root {args.dst} ...")
     return summary
 
