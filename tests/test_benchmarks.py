@@ -76,6 +76,7 @@ def test_bench_predict_smoke_equal_scores():
             expected = out["ours"][group][key] / out["baseline"][group][key]
             assert out["ratio"][group][ratio] == pytest.approx(expected, abs=2e-3)
     assert out["ours"]["all"]["faces"] == out["ours"]["photos"]["faces"] + out["ours"]["video"]["faces"]
+    assert out["network_only_faces_per_cpu_s"] > 0
     settings = out["settings"]
     assert (settings["photos"], settings["num_frames"], settings["batch_size"], settings["rounds"]) == (2, 3, 4, 1)
     assert "load average" in out["uptime"]
