@@ -64,6 +64,7 @@ def test_bench_eval_smoke_with_baseline():
     assert out["speedup_vs_baseline"] == round(out["fast"]["images_per_s"] / out["baseline"]["images_per_s"], 3)
 
 
+@pytest.mark.slow
 def test_bench_predict_smoke_equal_scores():
     faces_dir()  # skips where ../shared/faces is absent
     (out,) = _json_lines("bench_predict.py", "--photos", "2", "--frames", "20", "--num_frames", "3", "--rounds", "1",
