@@ -15,7 +15,7 @@ run and in interleaved rounds (the order reversed every round, so a load change 
 * ``ours``: ``fsvfm.util.accel.prepare_inference`` + ``inference_context`` (what predict and the web app
   run): fused SDPA attention, ``torch.inference_mode``, frozen parameters; fp32 on the CPU (bf16 +
   channels-last on CUDA); ``torch.compile`` with ``--compile on`` (default ``auto``: CUDA only);
-* ``opt_in`` (``--opt_in bf16``): ours under bf16 autocast, with its largest class-probability
+* ``opt_in`` (``--opt_in bf16``, predict's ``--amp bf16``): ours with bf16 weights under bf16 autocast, with its largest class-probability
   difference from ours and its argmax agreement on the benchmark's images.
 
 Each side gets images per wall-clock second and, on the CPU, per process-CPU second (less sensitive
@@ -144,7 +144,7 @@ def _sides(bench: argparse.Namespace, device: torch.device) -> list[Side]:
         if gpu:
             model, side_images = model.to(memory_format=torch.channels_last), images.contiguous(
                 memory_format=torch.channels_last)
-        model = prepare_inference(model, device, compile=compiled)
+        model = prepare_inference(model, device, amp=amp, compile=compiled)
         sides.append(Side(name, model, side_images, amp, original=False,
                           compiled=hasattr(model, "_orig_mod")))  # False after a fallback
     return sides

@@ -109,16 +109,20 @@ def fused_attention_blocks(model: torch.nn.Module) -> tuple[int, int]:
     return sum(bool(m.fused_attn) for m in blocks), len(blocks)
 
 
-def prepare_inference(model: torch.nn.Module, device: torch.device | str, *, compile: bool = False
-                      ) -> torch.nn.Module:
+def prepare_inference(model: torch.nn.Module, device: torch.device | str, *, amp: str = "none",
+                      compile: bool = False) -> torch.nn.Module:
     """``model`` on ``device`` for scoring only: eval mode, no parameter gradients, fused SDPA attention,
-    and ``torch.compile`` when asked (eager fallback when unavailable).
+    and ``torch.compile`` when asked (eager fallback when unavailable). Run it under
+    ``inference_context(device, amp)``.
 
     Fused attention computes the same fp32 values as the eager softmax(QK^T)V up to rounding (< 1e-5 on
-    the logits) without materialising the attention matrix. Compile is opt-in: on a 2-core CPU it costs
-    a minute or more at the first batch of each shape for a few per cent afterwards.
+    the logits) without materialising the attention matrix. ``amp="bf16"`` on the CPU also stores the
+    weights in bf16: autocast would otherwise convert every weight again for every batch. Compile is
+    opt-in: on a 2-core CPU its first batch takes a minute or more.
     """
     model = model.to(device).eval().requires_grad_(False)
+    if amp == "bf16" and torch.device(device).type == "cpu":
+        model = model.to(torch.bfloat16)
     set_fused_attention(model, True)
     return maybe_compile(model, compile, device)
 
