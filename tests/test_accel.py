@@ -156,11 +156,21 @@ def test_inference_path_gives_the_original_ways_logits_in_fp32():
     assert not torch.equal(expected[0], expected[1])  # distinct images give distinct logits
 
 
-def test_inference_context_bf16_autocast_on_cpu():
-    model = prepare_inference(_tiny_classifier(), "cpu")
+def test_bf16_opt_in_on_cpu_stores_bf16_weights_and_stays_close():
+    fp32 = prepare_inference(_tiny_classifier(), "cpu")
+    bf16 = prepare_inference(_tiny_classifier(), "cpu", amp="bf16")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with inference_context("cpu", "none"):
+        expected = fp32(images).softmax(-1)
     with inference_context("cpu", "bf16"):
-        assert model.head(torch.randn(2, 48)).dtype == torch.bfloat16
+        probs = bf16(images)  # fp32 images in, autocast converts them
+        assert probs.dtype == torch.bfloat16
+        probs = probs.float().softmax(-1)
     assert not torch.is_inference_mode_enabled()
+    gap = (probs - expected).abs().max().item()
+    assert 0 < gap < 0.02  # bf16 keeps 8 bits of mantissa: different, but close
 
 
 def test_prepare_inference_compile_falls_back_when_unavailable(monkeypatch):
