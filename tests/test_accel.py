@@ -27,7 +27,7 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from tests.conftest import TINY_FSFM, TINY_VIT
+from tests.helpers import TINY_FSFM, TINY_VIT
 
 
 def _networks():
