@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
     p.add_argument("--model", default="vit_base_patch16")
     p.add_argument("--model_kwargs", default="", help="JSON dict of model keywords (smoke runs)")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=None, help="default: 16 on the CPU, 64 on GPU")
     p.add_argument("--input_size", type=int, default=224)
     p.add_argument("--iters", type=int, default=None, help="timed batches per side and round (default: 2 CPU, 50 GPU)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of --baseline (default: 3 CPU, 2 GPU)")
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--baseline", action="store_true", help="compare ours with the original's way, interleaved")
     bench = p.parse_args(argv)
+    batch_size = bench.batch_size
     if bench.threads:
         torch.set_num_threads(bench.threads)
     devices = [bench.device] if bench.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         iters = bench.iters or (50 if gpu else 2)
         warmup = bench.warmup if bench.warmup is not None else (10 if gpu else 1)
         rounds = bench.rounds or (2 if gpu else 3)
+        bench.batch_size = batch_size or (64 if gpu else 16)
         load_start = _load()
         result = {"device": torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"}
         if bench.baseline:
