@@ -1,6 +1,7 @@
 """FAS data (spec 6.1-6.3): protocol table, list files, video ids, data set items, balanced batches, errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,30 @@ def test_saturation_jitter_is_seeded_by_torch():
     assert (fd.saturation_jitter(bgr) == a).all() and a.dtype.name == "uint8"
     same = fd.saturation_jitter(bgr, p=0.0)    # no jitter: an exact BGR -> RGB round trip (within 1)
     assert abs(same.astype(int) - bgr[:, :, ::-1].astype(int)).max() <= 1
+
+
+def test_saturation_jitter_clips_or_wraps_like_the_original():
+    """RGB (200, 90, 20) has S = 0.9; S x 1.17 gives RGB (200, 71.3, -10.6): clipped to 0, or wrapped as the
+    original's uint8 cast (trunc -10.6 = -10, mod 256 = 246). A grey pixel (S = 0) is unchanged either way."""
+    bgr = np.array([[[20, 90, 200], [128, 128, 128]]], np.uint8)
+    clipped = fd.saturation_jitter(bgr, p=1.0, low=1.17, high=1.17)
+    wrapped = fd.saturation_jitter(bgr, p=1.0, low=1.17, high=1.17, wrap=True)
+    assert clipped.tolist() == [[[200, 71, 0], [128, 128, 128]]]
+    assert wrapped.tolist() == [[[200, 71, 246], [128, 128, 128]]]
+
+
+def test_saturation_wrap_reaches_the_training_sets(tmp_path):
+    root = make_synthetic_fas_tree(tmp_path / "t", n_videos=2, size=8)
+    sets = fd.build_train_sets(fd.get_protocol("M"), root, [0.5] * 3, [0.2] * 3, 8, saturation_wrap=True)
+    assert [(real.saturation_wrap, fake.saturation_wrap) for _, real, fake in sets] == [(True, True)] * 4
+    assert not fd.build_train_sets(fd.get_protocol("M"), root, [0.5] * 3, [0.2] * 3, 8)[0][1].saturation_wrap
+    from fsvfm.main_finetune_FAS import get_args_parser
+    from fsvfm.tasks import FAS_TASK
+    tf = fd.fas_transform(True, [0.5] * 3, [0.2] * 3, 8)
+    for flag, want in (([], False), (["--saturation_wrap"], True)):
+        args = get_args_parser().parse_args(["--config", "M", "--fas_data_root", str(root), *flag])
+        train, _ = FAS_TASK.build_datasets(args, tf, tf, FAS_TASK.vocabulary)
+        assert {ds.saturation_wrap for _, real, fake in train for ds in (real, fake)} == {want}
 
 
 def test_missing_list_file_empty_domain_and_missing_frame(tmp_path):

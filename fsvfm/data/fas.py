@@ -157,16 +157,21 @@ def read_bgr(path: str) -> np.ndarray:
         raise FASDataError(f"cannot read FAS frame: {e}") from e
 
 
-def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2) -> np.ndarray:
+def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2,
+                      wrap: bool = False) -> np.ndarray:
     """Float HSV jitter of the original: with probability ``p`` scale S by U(low, high); RGB uint8 out.
 
-    Values pushed outside [0, 255] are clipped (the original's uint8 cast wrapped them, S6). Random
-    numbers come from torch, so DataLoader workers get distinct streams.
+    Values pushed outside [0, 255] are clipped; ``wrap``: truncated and taken modulo 256 as the original's
+    uint8 cast did on x86 (-10.6 -> 246), for a faithful reproduction. Random numbers come from torch, so
+    DataLoader workers get distinct streams.
     """
     hsv = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2HSV)
     if float(torch.rand(())) < p:
         hsv[..., 1] *= float(torch.empty(()).uniform_(low, high))
-    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if wrap:
+        return np.mod(np.trunc(rgb).astype(np.int64), 256).astype(np.uint8)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def fas_transform(is_train: bool, mean: Sequence[float], std: Sequence[float],
@@ -181,20 +186,20 @@ def fas_transform(is_train: bool, mean: Sequence[float], std: Sequence[float],
 class FASDataset(Dataset):
     """Fake frames (label 0) followed by real frames (label 1).
 
-    Training items: ``(img [3, S, S], label)`` with the saturation jitter; test items:
-    ``(img, label, video_id, path)``. ``transform`` (PIL RGB -> tensor) defaults to
-    ``fas_transform(is_train, mean, std, input_size)``.
+    Training items: ``(img [3, S, S], label)`` with the saturation jitter (``saturation_wrap``: wrapped
+    as the original, else clipped); test items: ``(img, label, video_id, path)``. ``transform`` (PIL RGB ->
+    tensor) defaults to ``fas_transform(is_train, mean, std, input_size)``.
     """
 
     def __init__(self, fake_paths: Sequence[str], real_paths: Sequence[str], is_train: bool,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, input_size: int = 224,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, saturation_wrap: bool = False):
         if transform is None and (mean is None or std is None):
             raise ValueError("FASDataset needs mean and std, or a transform")
         self.paths = list(fake_paths) + list(real_paths)
         self.labels = [FAKE] * len(fake_paths) + [REAL] * len(real_paths)
         self.video_ids = video_ids(self.paths) if self.paths else np.zeros(0, np.int64)
-        self.is_train = is_train
+        self.is_train, self.saturation_wrap = is_train, saturation_wrap
         self.transform = transform or fas_transform(is_train, mean, std, input_size)  # type: ignore[arg-type]
 
     @property
@@ -208,7 +213,7 @@ class FASDataset(Dataset):
     def __getitem__(self, index: int):
         path = self.paths[index]
         bgr = read_bgr(path)
-        rgb = saturation_jitter(bgr) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = saturation_jitter(bgr, wrap=self.saturation_wrap) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         img = self.transform(Image.fromarray(rgb))
         if self.is_train:
             return img, self.labels[index]
@@ -216,10 +221,10 @@ class FASDataset(Dataset):
 
 
 def build_train_sets(protocol: Protocol, root: str | os.PathLike, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None, input_size: int = 224,
-                     transform: Callable | None = None) -> list[tuple[str, FASDataset, FASDataset]]:
+                     std: Sequence[float] | None = None, input_size: int = 224, transform: Callable | None = None,
+                     saturation_wrap: bool = False) -> list[tuple[str, FASDataset, FASDataset]]:
     """``[(domain, real set, fake set)]`` for the protocol's training sources, in source order."""
-    kw = dict(mean=mean, std=std, input_size=input_size, transform=transform)
+    kw = dict(mean=mean, std=std, input_size=input_size, transform=transform, saturation_wrap=saturation_wrap)
     return [(d, FASDataset([], train_frames(root, d, "real"), True, **kw),  # type: ignore[arg-type]
              FASDataset(train_frames(root, d, "fake"), [], True, **kw))  # type: ignore[arg-type]
             for d in protocol.train_sources]
