@@ -7,6 +7,7 @@ A test video is one list line ``..._frame0.png`` plus its ``..._frame1.png``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from fsvfm.hub import pretrained_stats_candidates
 from fsvfm.util import images
 from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
+from fsvfm.util.hub_io import HUB_SCHEME
 from fsvfm.util.images import UnreadableImageError
 from fsvfm.util.naming import fas_video_key
-from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
+from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std, warn_if_stale
+
+logger = logging.getLogger(__name__)
 
 FAKE, REAL = 0, 1
 CLASSES = (("fake", FAKE), ("real", REAL))
@@ -279,11 +284,35 @@ class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
         return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
 
 
-def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False,
-                 embedded: object = None) -> tuple[list[float], list[float], str]:
-    """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else ``embedded`` (a fine-tuned
-    checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
-    (``hf://`` too); else ImageNet (also without a checkpoint, S5)."""
+def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, embedded: object = None, *,
+                 finetuned: bool = False) -> tuple[list[float], list[float], str]:
+    """Normalisation statistics ``(mean, std, source)``: ImageNet with ``--normalize_from_IMN``; else ``embedded``
+    (a fine-tuned checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
+    (``hf://`` too). Then, for training from ``--pt_model``, ImageNet as the original (also without a checkpoint).
+
+    ``finetuned`` (scoring a FAS checkpoint, whose folder the original never gives a statistics file): the
+    statistics training used instead, i.e. those of the pre-trained release the FAS release started from
+    (found locally, or fetched from the hub when ``checkpoint`` is an ``hf://`` path), else the VGGFace2 values
+    of every released pre-trained model. The source is logged."""
     files = [resolve_checkpoint_path(checkpoint).parent / STATS_FILENAME] if checkpoint and not imagenet else []
-    return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
-                            fallback_name="ImageNet")
+    if not finetuned:
+        return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files,
+                                fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")
+    pretrained = None
+    if checkpoint and not imagenet and embedded is None:
+        pretrained, more = pretrained_stats_candidates(checkpoint, fetch=str(checkpoint).startswith(HUB_SCHEME))
+        files += more
+    mean, std, source = resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files)  # VGGFace2 fallback
+    why = (f" (the pre-trained release {pretrained.name} the FAS release was fine-tuned from)"
+           if pretrained is not None and source in map(str, files[1:]) else "")
+    logger.info("normalisation from %s%s: mean %s std %s", source, why, mean, std)
+    return mean, std, source
+
+
+def fas_training_mean_std(pt_model: str | os.PathLike | None, imagenet: bool,
+                          output_dir: str | os.PathLike) -> tuple[list[float], list[float], str]:
+    """:func:`fas_mean_std` of a training run from ``pt_model``, with the fine-tuning programs' warning when
+    ``output_dir`` already holds a statistics file with other values (left by a run on other data)."""
+    mean, std, source = fas_mean_std(pt_model, imagenet)
+    warn_if_stale(Path(output_dir) / STATS_FILENAME, mean, std, source)
+    return mean, std, source
