@@ -1,6 +1,8 @@
 """FAS data (spec 6.1-6.3): protocol table, list files, video ids, data set items, balanced batches, errors."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,32 @@ def test_missing_list_file_empty_domain_and_missing_frame(tmp_path):
     sets = fd.build_train_sets(fd.get_protocol("cefa"), root, MEAN, STD, 8)
     with pytest.raises(fd.FASDataError, match="domain wmca has 2 real training frames, fewer than --batch_size 3"):
         fd.BalancedSourceBatches(sets, batch_size=3)
+
+
+def test_a_stale_statistics_file_in_the_output_folder_is_warned_about(tmp_path, caplog):
+    """As DfD's fine-tuning: the output folder's statistics differ from those of --pt_model's folder (or from
+    ImageNet, when that has none); the same values, or no file, are no warning."""
+    from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, write_mean_std
+    pre, out = tmp_path / "pre", tmp_path / "out"
+    pre.mkdir()
+    out.mkdir()
+    write_mean_std(pre / STATS_FILENAME, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    with caplog.at_level(logging.WARNING):
+        assert fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)[2] == str(pre / STATS_FILENAME)
+    assert caplog.text == ""
+    write_mean_std(out / STATS_FILENAME, [0.1, 0.1, 0.1], [0.3, 0.3, 0.3])
+    with caplog.at_level(logging.WARNING):
+        mean, _, _ = fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)
+    assert mean == [0.5, 0.4, 0.3]
+    assert (f"normalisation statistics differ: {pre / STATS_FILENAME} has mean [0.5, 0.4, 0.3] std [0.2, 0.2, 0.2], "
+            f"{out / STATS_FILENAME} has mean [0.1, 0.1, 0.1] std [0.3, 0.3, 0.3] (another data set?); this run uses "
+            f"{pre / STATS_FILENAME}") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert fd.fas_training_mean_std(None, True, out)[:2] == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert "normalisation statistics differ: ImageNet (--normalize_from_IMN) has mean [0.485" in caplog.text
+    write_mean_std(out / STATS_FILENAME, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)
+    assert caplog.text == ""
