@@ -140,10 +140,12 @@ def finetuned_release_of(path: str | os.PathLike) -> tuple[Release, str] | None:
     return release, text[:at]
 
 
-def pretrained_stats_candidates(path: str | os.PathLike, fetch: bool = False) -> tuple[Release | None, list[Path]]:
+def pretrained_stats_candidates(path: str | os.PathLike,
+                                fetch: bool | None = None) -> tuple[Release | None, list[Path]]:
     """For a checkpoint of a fine-tuned release: the pre-trained release it started from and the places its
     statistics file may be, in order: the same download folder (or hub snapshot), ``checkpoint/`` here, the hub
-    cache, and (``fetch``) the hub itself (a failed fetch is logged and skipped). ``(None, [])`` for other paths."""
+    cache, and (``fetch``) the hub itself (a failed fetch is logged and skipped). ``fetch`` None: only for a
+    checkpoint that came from the hub (an ``hf://`` path or a file in the hub cache). ``(None, [])`` for other paths."""
     match = finetuned_release_of(path)
     if match is None or match[0].pretrained is None:
         return None, []
@@ -151,8 +153,11 @@ def pretrained_stats_candidates(path: str | os.PathLike, fetch: bool = False) ->
     rel = next(f for f in pretrained.files if f.endswith(STATS_FILENAME))
     places = [Path(root) / rel] if root else []
     places.append(Path(DEFAULT_DIR) / rel)
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
     cached = try_to_load_from_cache(REPO_ID, rel)  # the cache only, no network
+    if fetch is None:
+        hub_cache = Path(constants.HF_HUB_CACHE).absolute() / f"models--{REPO_ID.replace('/', '--')}"
+        fetch = str(path).startswith(HUB_SCHEME) or Path(path).absolute().is_relative_to(hub_cache)
     if isinstance(cached, str):
         places.append(Path(cached))
     if fetch:

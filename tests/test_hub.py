@@ -242,17 +242,22 @@ def test_pretrained_release_of_each_finetuned_folder():
     assert pre["FS-Adapter_DfD_DiFF"] is None  # one folder for all sizes: no single pre-trained release
 
 
-def test_pretrained_statistics_are_fetched_only_for_hf_paths(cache, tmp_path, monkeypatch):
-    """A local copy looks in its download folder, checkpoint/ and the hub cache; only an hf:// path fetches."""
+def test_pretrained_statistics_are_fetched_only_for_files_from_the_hub(cache, tmp_path, monkeypatch):
+    """A local copy looks in its download folder, checkpoint/ and the hub cache; only an hf:// path or a file of
+    the hub cache (what predict passes on for hf://) fetches."""
     monkeypatch.chdir(tmp_path)
     fetched = []
     monkeypatch.setattr(hub, "hub_file", lambda rel, *a, **k: fetched.append(rel) or tmp_path / "fetched.txt")
     fas = "finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-S_VF2_600e/MCIO_protocol/c.pth.tar"
     snapshot = cache / "models--Wolowolo--fsfm-3c/snapshots" / COMMIT
-    release, places = hub.pretrained_stats_candidates(tmp_path / "dl" / fas, fetch=False)
+    release, places = hub.pretrained_stats_candidates(tmp_path / "dl" / fas)
     assert release.name == "FS-VFM_ViT-S_VF2_600e" and fetched == []
     assert places == [tmp_path / "dl" / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
                       snapshot / PRE / STATS_FILENAME]
-    _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}", fetch=True)
+    _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}")
     assert fetched == [f"{PRE}/{STATS_FILENAME}"] and places[-1] == tmp_path / "fetched.txt"
-    assert hub.pretrained_stats_candidates(tmp_path / "mine.pth.tar", fetch=True) == (None, []) and len(fetched) == 1
+    _, places = hub.pretrained_stats_candidates(snapshot / fas)
+    assert len(fetched) == 2 and places == [snapshot / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
+                                            tmp_path / "fetched.txt"]
+    assert hub.pretrained_stats_candidates(tmp_path / "dl" / fas, fetch=True)[1][-1] == tmp_path / "fetched.txt"
+    assert hub.pretrained_stats_candidates(tmp_path / "mine.pth.tar", fetch=True) == (None, []) and len(fetched) == 3

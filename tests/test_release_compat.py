@@ -295,3 +295,49 @@ def test_a_fas_file_outside_a_release_gets_the_vggface2_values(fas_model, tmp_pa
                                       "source": "VGGFace2 fallback"}
     # training from a --pt_model without a statistics file keeps the original's ImageNet fallback
     assert fas_data.fas_mean_std(path)[2] == "ImageNet fallback"
+
+
+# ------------------------------------------------------------------------------ issue 17's "done when"
+def _predict_cli(checkpoint, photo, json_out) -> tuple[int, str]:
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "fsvfm.predict", "--checkpoint", str(checkpoint), str(photo),
+                           "--device", "cpu", "--output", str(json_out)],
+                          capture_output=True, text=True, env=env, cwd=json_out.parent, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_original_structures_are_scored_by_the_predict_program(fas_model, dfd, tmp_path):
+    """``python -m fsvfm.predict`` on a real photo: the original FAS ``.pth.tar`` (np.float64 in the numpy 1.x and
+    2.x spellings), a DfD checkpoint with Namespace args and a 4-class file shaped as the unified detector; exit 0,
+    one face, and the classes named (live/spoof, real/fake, the unified detector's four)."""
+    import json
+
+    from tests.tiny_checkpoints import UNIFIED_CLASSES, released_unified_checkpoint
+    photo = faces_dir() / PHOTO
+    files = {}
+    for numpy1 in (True, False):
+        files[f"FAS numpy{2 - numpy1}"] = path = tmp_path / f"np{2 - numpy1}" / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+        path.parent.mkdir()
+        save_original(original_fas_dict(fas_model), path, numpy1)
+    files["DfD Namespace args"] = tmp_path / "dfd" / "checkpoint-min_val_loss.pth"
+    files["DfD Namespace args"].parent.mkdir()
+    torch.save(original_dfd_dict(load_checkpoint(dfd)), files["DfD Namespace args"])
+    files["Unified 4 classes"] = released_unified_checkpoint(tmp_path / "hub" / "checkpoint")
+    expected = {"FAS": ["spoof", "live"], "DfD": ["fake", "real"], "Unified": list(UNIFIED_CLASSES)}
+    for name, path in files.items():
+        out = tmp_path / f"{name.replace(' ', '_')}.json"
+        rc, printed = _predict_cli(path, photo, out)
+        print(f"\n=== {name}: python -m fsvfm.predict --checkpoint {path.name} {PHOTO} (rc {rc})\n{printed}")
+        assert rc == 0, printed
+        assert "; normalisation from VGGFace2 fallback" in printed.splitlines()[0]  # no statistics in these folders
+        (record,) = json.loads(out.read_text())
+        face = record["faces"][0]
+        assert len(record["faces"]) == 1 and record["error"] is None
+        assert sorted(face["scores"]) == sorted(expected[name.split()[0]]) == sorted(record["scores"])
+        assert face["label"] == max(face["scores"], key=face["scores"].get)
+        assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-6)

@@ -24,7 +24,6 @@ from fsvfm.hub import pretrained_stats_candidates
 from fsvfm.util import images
 from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
-from fsvfm.util.hub_io import HUB_SCHEME
 from fsvfm.util.images import UnreadableImageError
 from fsvfm.util.naming import fas_video_key
 from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std, warn_if_stale
@@ -292,7 +291,7 @@ def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, e
 
     ``finetuned`` (scoring a FAS checkpoint, whose folder the original never gives a statistics file): the
     statistics training used instead, i.e. those of the pre-trained release the FAS release started from
-    (found locally, or fetched from the hub when ``checkpoint`` is an ``hf://`` path), else the VGGFace2 values
+    (found locally, or fetched when ``checkpoint`` came from the hub itself), else the VGGFace2 values
     of every released pre-trained model. The source is logged."""
     files = [resolve_checkpoint_path(checkpoint).parent / STATS_FILENAME] if checkpoint and not imagenet else []
     if not finetuned:
@@ -300,7 +299,7 @@ def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, e
                                 fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")
     pretrained = None
     if checkpoint and not imagenet and embedded is None:
-        pretrained, more = pretrained_stats_candidates(checkpoint, fetch=str(checkpoint).startswith(HUB_SCHEME))
+        pretrained, more = pretrained_stats_candidates(checkpoint)
         files += more
     mean, std, source = resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files)  # VGGFace2 fallback
     why = (f" (the pre-trained release {pretrained.name} the FAS release was fine-tuned from)"
