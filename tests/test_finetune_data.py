@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,26 +16,7 @@ from torchvision import transforms
 from fsvfm.data import finetune as fd
 from fsvfm.util import norm_stats as ns
 from fsvfm.util.naming import DFD_VOCABULARY, video_name_from_path
-
-
-def write_image(path: Path, real: bool, seed: int, size: int = 32) -> None:
-    """Real images are brighter than fake ones, so a tiny model can separate them."""
-    rng = np.random.default_rng(seed)
-    base = 170 if real else 70
-    arr = np.clip(base + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def make_split_tree(root: Path, split: str, videos: int = 2, frames: int = 3,
-                    classes: tuple[str, str] = ("fake_four", "real_youtube")) -> Path:
-    """``root/split/{fake,real folder}/v{k}_frame_{j}.png``; returns ``root``."""
-    for c, cls in enumerate(classes):
-        real = DFD_VOCABULARY.label_of(cls) == 1
-        for v in range(videos):
-            for f in range(frames):
-                write_image(root / split / cls / f"{cls}{v}_frame_{f}.png", real, seed=zlib.crc32(f"{split}/{c}/{v}/{f}".encode()))
-    return root
+from tests.helpers import make_split_tree, write_image
 
 
 @pytest.mark.parametrize("name,label", [("DiFF_real", 1), ("real_youtube", 1), ("fake_four", 0),

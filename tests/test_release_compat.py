@@ -30,9 +30,7 @@ from fsvfm.util.checkpoint import (
 )
 from fsvfm.util.cli import run_cli
 from fsvfm.util.norm_stats import STATS_FILENAME, VGGFACE2_MEAN, VGGFACE2_STD, write_mean_std
-from tests.conftest import TINY_FSFM, TINY_VIT
-from tests.preprocess_helpers import faces_dir
-from tests.tiny_checkpoints import detector_checkpoint
+from tests.helpers import TINY_FSFM, TINY_VIT, detector_checkpoint, faces_dir
 
 PHOTO = "Tom_Cruise_avp_2014_4.jpg"
 _SCALAR = np._core.multiarray.scalar
@@ -256,7 +254,7 @@ def no_hub(tmp_path, monkeypatch):
 def test_released_fas_file_is_normalised_as_its_training_was(fas_model, tmp_path, no_hub, caplog):
     """A released FAS file (no statistics file beside it) takes the statistics of the pre-trained release it was
     fine-tuned from: in the download folder, else in the hub cache, else the VGGFace2 values (not ImageNet)."""
-    from tests.test_hub import add_to_cache
+    from tests.helpers import add_to_cache
     download = tmp_path / "dl"
     path = download / FAS_RELEASE / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
     path.parent.mkdir(parents=True)
@@ -317,7 +315,7 @@ def test_original_structures_are_scored_by_the_predict_program(fas_model, dfd, t
     one face, and the classes named (live/spoof, real/fake, the unified detector's four)."""
     import json
 
-    from tests.tiny_checkpoints import UNIFIED_CLASSES, released_unified_checkpoint
+    from tests.helpers import UNIFIED_CLASSES, released_unified_checkpoint
     photo = faces_dir() / PHOTO
     files = {}
     for numpy1 in (True, False):
