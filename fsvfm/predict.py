@@ -662,7 +662,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                    max_faces=args.max_faces, num_frames=args.num_frames, every=args.every,
                                    batch_size=args.batch_size, classes=args.classes)
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
-          f"on {det.device}; {reading(det.classes)}")
+          f"on {det.device}; {reading(det.classes)}; normalisation from {det.info['norm_stats']['source']}")
     for line in det.info.get("warnings", []):
         print(f"WARNING: {line}")
     print(table_columns(det.classes))
