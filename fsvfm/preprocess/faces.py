@@ -95,6 +95,11 @@ def alignment_matrix(points: np.ndarray, out_size: int) -> np.ndarray:
     return matrix
 
 
+def smallest_side(faces: list[Face]) -> int | None:
+    """Longer side of the smallest face box (the next video frame's search floor), None without faces."""
+    return min((max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) for f in faces), default=None)
+
+
 def skipped_levels(upsample: int, min_side: float | None) -> int:
     """Pyramid levels of an ``upsample`` search that only find faces narrower than ``min_side`` pixels."""
     if not min_side or min_side <= 0:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fsvfm.preprocess.faces import FaceCropper
+from fsvfm.preprocess.faces import FaceCropper, smallest_side
 from fsvfm.preprocess.parsing import build_parser, output_paths, parser_input, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
 from fsvfm.util.errors import OutputError
@@ -212,7 +212,7 @@ class Worker:
                 crops = self.cropper.crops(frame, 1)
             else:
                 faces = self.cropper.detect_tracked(np.ascontiguousarray(frame[:, :, ::-1]), prev_side)
-                prev_side = min((max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) for f in faces), default=None)
+                prev_side = smallest_side(faces)
                 crops = self.cropper.crops(frame, 1, faces)
             if not crops:
                 out.add("no_face", item)
