@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, TINY_FSFM, TINY_VIT
 
 TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
@@ -57,3 +59,24 @@ def test_bench_eval_smoke_with_baseline():
     assert set(out["images_per_s"]) == {"fp32"}
     assert out["fast"]["fused_attention"] and not out["baseline"]["fused_attention"]
     assert out["speedup_vs_baseline"] == round(out["fast"]["images_per_s"] / out["baseline"]["images_per_s"], 3)
+
+
+@pytest.mark.slow
+def test_bench_preprocess_smoke_both_ways():
+    if not (REPO.parent / "shared" / "faces").is_dir():
+        pytest.skip("needs ../shared/faces (the benchmark's real photos)")
+    (out,) = _json_lines("bench_preprocess.py", "--frames", "24", "--num_frames", "3", "--repeats", "1",
+                         "--size", "320x240", "--skip_fas")
+    cases = {"video_face", "video_photos", "photos"}
+    for clock in ("cpu", "wall"):
+        assert set(out["ours"][clock]) == set(out["baseline"][clock]) == cases
+        for c in cases:
+            assert out["ratio"][clock][c] == round(out["ours"][clock][c] / out["baseline"][clock][c], 3)
+    eq = out["equal_output"]
+    # photos take the full search both ways: the same 68 faces of the 12 photos, the same 11 crops (dogs: none)
+    assert (eq["photos"]["items"], eq["photos"]["faces_baseline"], eq["photos"]["faces_ours"]) == (12, 68, 68)
+    assert eq["photos"]["min_crop_box_iou"] == 1.0 and eq["photos"]["crops_identical"] == 11
+    # one face in each of the 3 sampled frames of the face video, found both ways
+    assert (eq["video_face"]["items"], eq["video_face"]["faces_baseline"], eq["video_face"]["faces_ours"]) == (3, 3, 3)
+    assert eq["video_face"]["crops_same_name"] == 3 and eq["video_face"]["min_crop_box_iou"] >= 0.95
+    assert len(out["uptime_load"]["start"]) == 3 and out["settings"]["num_frames"] == 3

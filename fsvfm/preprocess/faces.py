@@ -175,9 +175,10 @@ class FaceCropper:
     def detect(self, rgb: np.ndarray, upsample: int | None = None, min_side: float | None = None) -> list[Face]:
         """All faces in dlib's order (highest score first).
 
-        ``min_side`` (pixels): skip the pyramid levels that only find faces smaller than that. The levels
-        kept are built with dlib's own resampling, so the faces they find are the full search's (boxes
-        within a pixel or two of dlib's rounding, same scores); the skipped levels hold most of the cost.
+        ``min_side`` (pixels): skip the pyramid levels that only find faces smaller than that, and return
+        only faces at least that wide. The levels kept are built with dlib's own resampling, so those
+        faces are the full search's (boxes within a pixel or two of dlib's rounding, same scores); the
+        skipped levels hold most of the cost.
         """
         upsample = self.upsample if upsample is None else upsample
         skip = skipped_levels(upsample, min_side)
@@ -186,7 +187,9 @@ class FaceCropper:
             return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
         level, down = pyramid_level(rgb, upsample, skip)
         rects, scores, _ = self.detector.run(level, 0, 0.0)
-        return [Face(rect_tuple(down(r)), float(s)) for r, s in zip(rects, scores)]
+        faces = [Face(rect_tuple(down(r)), float(s)) for r, s in zip(rects, scores)]
+        # a smaller face can still show up on the coarse levels, with a looser box than the full search's
+        return [f for f in faces if max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) >= min_side]
 
     def detect_tracked(self, rgb: np.ndarray, prev_side: float | None) -> list[Face]:
         """``detect`` of a video frame given the smallest face side of the previous sampled frame: only
