@@ -87,6 +87,7 @@ def fas_parser(task: FinetuneTask = FAS_TASK) -> argparse.ArgumentParser:
     g.add_argument("--fas_data_root", default=DEFAULT_FAS_DATA_ROOT, help="folder with MCIO/{frame,txt} and WCS/")
     g.add_argument("--embed_norm", default="tokens", choices=EMBED_NORMS,
                    help="embedding normalisation: across tokens (the original, S1) or per vector")
+    g.add_argument("--saturation_wrap", action="store_true", help="wrap jittered colours past 0/255 as the original (default: clip)")
     g = p.add_argument_group("schedule (hard-coded in the original)")
     g.add_argument("--iters", default=4001, type=int, help="training iterations per run")
     g.add_argument("--eval_freq", default=100, type=int, help="evaluate every N iterations")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fsvfm.data.finetune import build_transform, check_classes
+from fsvfm.data.finetune import build_transform, check_classes, check_folder_flags
 from fsvfm.engine_finetune import evaluate, make_eval_loader, train_one_epoch
 from fsvfm.finetune_setup import (
     build_mixup_and_criterion,
@@ -101,6 +101,7 @@ def finetune_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> ar
 def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     """Fine-tune; returns ``{'min_val_loss', 'last_val', 'output_dir'}`` (``{}`` with ``--eval``)."""
     check_trainable_flags(args)  # before the start-up log: a wrong flag is one line
+    check_folder_flags(args)
     default_output_dir(args, "finetune")
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())

@@ -2,7 +2,6 @@
 the FS-Adapter variant, usage errors, and predict on a FAS checkpoint."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -22,9 +21,15 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
-from tests.conftest import TINY_FSFM, TINY_VIT
-from tests.preprocess_helpers import faces_dir
-from tests.test_finetune_e2e import MODEL_KWARGS, PRETRAIN_STATS, write_pretrain_checkpoint
+from tests.helpers import (
+    MODEL_KWARGS,
+    PRETRAIN_STATS,
+    TINY_FSFM,
+    TINY_VIT,
+    faces_dir,
+    read_report,
+    write_pretrain_checkpoint,
+)
 
 ORIGINAL_KEYS = {"epoch", "state_dict", "valid_arg", "best_model_EER", "best_model_ACER", "best_model_ACC", "threshold"}
 
@@ -34,12 +39,6 @@ def fas_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--iters", "4", "--eval_freq", "2", "--runs", "2", "--batch_size", "2", "--op_dir", str(out),
             "--report_logger_path", str(out / "performance.csv"), "--device", "cpu", "--input_size", "32",
             "--model_kwargs", MODEL_KWARGS, "--test_batch_size", "5", "--print_freq", "50", *extra]
-
-
-def read_report(path: Path) -> tuple[list[str], dict[str, list[float]]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh, skipinitialspace=True))
-    return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +204,9 @@ def test_released_layouts_load_by_their_weights(tmp_path):
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedder.bottleneck_layer.0.")}
     torch.save({"state_dict": state, "epoch": 3.0, "best_model_EER": 0.1, "threshold": 0.5}, tmp_path / "r.pth.tar")
     rebuilt, transform, info = engine_fas.load_fas_from_checkpoint(tmp_path / "r.pth.tar")
-    assert (info["model"], info["norm_source"], info["mean"]) == ("fas_vit_small_patch16", "ImageNet fallback",
-                                                                  [0.485, 0.456, 0.406])
+    assert (info["model"], info["norm_source"], info["mean"]) == ("fas_vit_small_patch16", "VGGFace2 fallback",
+                                                                  [0.5482207536697388, 0.42340534925460815,
+                                                                   0.3654651641845703])
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x)[0][:, 0])

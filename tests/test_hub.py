@@ -3,7 +3,6 @@ the hub's own on-disk layout (blobs, snapshot symlinks, refs/main) and sets HF_H
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,54 +20,18 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
-from tests.test_finetune_e2e import PRETRAIN_STATS, write_pretrain_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-PRE = "pretrained_models/FS-VFM_ViT-S_VF2_600e"
-FT = "finetuned_models/FS-VFM_extensions/cross_dataset_DFD_and_DiFF/ViT-S_VF2_600e/FT_on_FF++_c23_32frames"
-
-
-def add_to_cache(cache: Path, rel: str, data: bytes) -> None:
-    """One file in the hub layout: ``blobs/<sha256>`` plus a relative symlink from the snapshot."""
-    repo = cache / "models--Wolowolo--fsfm-3c"
-    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo / "snapshots" / COMMIT / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-
-
-@pytest.fixture(scope="module")
-def released(tmp_path_factory) -> dict[str, bytes]:
-    """Repository path -> bytes: a tiny pre-trained release (online, target, statistics) and a fine-tuned folder."""
-    src = tmp_path_factory.mktemp("release")
-    write_pretrain_checkpoint(src)
-    save_checkpoint(src / "checkpoint-te-1.pth", {"w": torch.zeros(1)}, epoch=1, network="target")
-    files = {f"{PRE}/checkpoint-599.pth": (src / "checkpoint-1.pth").read_bytes(),
-             f"{PRE}/checkpoint-te-599.pth": (src / "checkpoint-te-1.pth").read_bytes(),
-             f"{PRE}/{STATS_FILENAME}": (src / STATS_FILENAME).read_bytes(),
-             f"{FT}/log_detail.txt": b"fine-tuning log\n",
-             f"{FT}/experiments_test/test_results.txt": b"results\n"}
-    return files
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch, released) -> Path:
-    from huggingface_hub import constants
-    root = tmp_path / "hub_cache"
-    for rel, data in released.items():
-        add_to_cache(root, rel, data)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.resolve_hub_uri.cache_clear()
-    yield root
-    hub.resolve_hub_uri.cache_clear()
+from tests.helpers import (
+    COMMIT,
+    FT,
+    MODEL_KWARGS,
+    PRE,
+    PRETRAIN_STATS,
+    REPO,
+    add_to_cache,
+    finetune_argv,
+    make_split_tree,
+    tiny_classifier,
+)
 
 
 def test_release_table_matches_spec_10():
@@ -160,8 +123,6 @@ def test_pretraining_resume_from_hf_finds_the_target(cache):
 
 def test_finetune_from_hf_uses_the_release_statistics(cache, tmp_path):
     from fsvfm import main_finetune_DfD
-    from tests.test_finetune_data import make_split_tree
-    from tests.test_finetune_e2e import finetune_argv
     data = make_split_tree(tmp_path / "data", "train", videos=2, frames=2)
     make_split_tree(data, "val", videos=1, frames=2)
     write_mean_std(tmp_path / "decoy" / STATS_FILENAME, [0.1] * 3, [0.9] * 3)
@@ -170,6 +131,7 @@ def test_finetune_from_hf_uses_the_release_statistics(cache, tmp_path):
     assert load_checkpoint(out / "checkpoint-0.pth")["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
 
 
+@pytest.mark.slow
 def test_cli_offline_with_environment(cache, tmp_path):
     """``python -m fsvfm.hub`` in a fresh process, configured only by HF_HUB_OFFLINE / HF_HUB_CACHE."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
@@ -207,8 +169,6 @@ def test_human_sizes(size, text):
 def test_predict_from_hf_checkpoint(cache, tmp_path):
     """predict's --checkpoint takes hf:// too (the same resolution as every other program)."""
     from fsvfm.predict import Detector
-    from fsvfm.util.checkpoint import save_checkpoint
-    from tests.test_finetune_e2e import MODEL_KWARGS, tiny_classifier
     src = tmp_path / "ft.pth"
     save_checkpoint(src, tiny_classifier().state_dict(), args={"model": "vit_small_patch16", "input_size": 32,
                                                                "model_kwargs": MODEL_KWARGS},
@@ -218,3 +178,46 @@ def test_predict_from_hf_checkpoint(cache, tmp_path):
     assert det.info["norm_stats"]["mean"] == [0.5] * 3 and det.info["input_size"] == 32
     record = det.predict(torch.zeros(40, 30, 3, dtype=torch.uint8).numpy())
     assert record["faces"][0]["box"] == [0, 0, 30, 40] and record["error"] is None
+
+
+@pytest.mark.parametrize("path,release,root", [
+    ("/d/checkpoint/finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-B_VF2_600e/MCIO_protocol/x.pth.tar",
+     "FAS_ViT-B", "/d/checkpoint"),
+    ("/d/finetuned_models/FS-VFM_extensions/finetune_fs-adapter/cross_domain_FAS/ViT-L_VF2_600e/MCIO_protocol/a/x.tar",
+     "FS-Adapter_FAS_ViT-L", "/d"),
+    ("/d/finetuned_models/MCIO_protocol/x.pth.tar", "FSFM_FAS_ViT-B", "/d"),
+    ("hf://Wolowolo/fsfm-3c/finetuned_models/Unified-detector/v1_Fine-tuned_on_4_classes/c.pth", "Unified-detector_ViT-B", ""),
+    ("/d/mine/x.pth.tar", None, None),
+    ("hf://other/repo/finetuned_models/MCIO_protocol/x.pth.tar", None, None)])
+def test_finetuned_release_of_a_path(path, release, root):
+    found = hub.finetuned_release_of(path)
+    assert (found[0].name, found[1]) == (release, root) if release else found is None
+
+
+def test_pretrained_release_of_each_finetuned_folder():
+    pre = {r.name: r.pretrained for r in hub.RELEASES if r.folder}
+    assert pre["FAS_ViT-S"] == pre["DfD_ViT-S"] == "FS-VFM_ViT-S_VF2_600e"
+    assert pre["FS-Adapter_FAS_ViT-L"] == "FS-VFM_ViT-L_VF2_600e"
+    assert pre["FSFM_FAS_ViT-B"] == pre["Unified-detector_ViT-B"] == "VF2_ViT-B"
+    assert pre["FS-Adapter_DfD_DiFF"] is None  # one folder for all sizes: no single pre-trained release
+
+
+def test_pretrained_statistics_are_fetched_only_for_files_from_the_hub(cache, tmp_path, monkeypatch):
+    """A local copy looks in its download folder, checkpoint/ and the hub cache; only an hf:// path or a file of
+    the hub cache (what predict passes on for hf://) fetches."""
+    monkeypatch.chdir(tmp_path)
+    fetched = []
+    monkeypatch.setattr(hub, "hub_file", lambda rel, *a, **k: fetched.append(rel) or tmp_path / "fetched.txt")
+    fas = "finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-S_VF2_600e/MCIO_protocol/c.pth.tar"
+    snapshot = cache / "models--Wolowolo--fsfm-3c/snapshots" / COMMIT
+    release, places = hub.pretrained_stats_candidates(tmp_path / "dl" / fas)
+    assert release.name == "FS-VFM_ViT-S_VF2_600e" and fetched == []
+    assert places == [tmp_path / "dl" / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
+                      snapshot / PRE / STATS_FILENAME]
+    _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}")
+    assert fetched == [f"{PRE}/{STATS_FILENAME}"] and places[-1] == tmp_path / "fetched.txt"
+    _, places = hub.pretrained_stats_candidates(snapshot / fas)
+    assert len(fetched) == 2 and places == [snapshot / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
+                                            tmp_path / "fetched.txt"]
+    assert hub.pretrained_stats_candidates(tmp_path / "dl" / fas, fetch=True)[1][-1] == tmp_path / "fetched.txt"
+    assert hub.pretrained_stats_candidates(tmp_path / "mine.pth.tar", fetch=True) == (None, []) and len(fetched) == 3

@@ -14,7 +14,7 @@ from fsvfm.preprocess.faces import (
     smallest_side,
     square_box,
 )
-from tests.preprocess_helpers import astronaut_bgr, faces_dir
+from tests.helpers import astronaut_bgr, faces_dir
 
 # dlib HOG, upsample 1 (see shared/faces/README.md): faces per photo.
 EXPECTED_COUNTS = {

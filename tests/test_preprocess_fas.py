@@ -15,7 +15,7 @@ from fsvfm.preprocess.cli import main_fas_preprocess
 from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.preprocess.runner import Summary
-from tests.preprocess_helpers import REPO, faces_dir, tree
+from tests.helpers import REPO, faces_dir, tree
 
 FAS_DEFAULT = REPO / "datasets" / "finetune" / "preprocess_FAS" / "config" / "default.py"
 PHOTOS = ("Tom_Cruise_avp_2014_4.jpg", "2008_001009.jpg", "2009_004587.jpg")
@@ -40,6 +40,12 @@ def test_eyes_land_on_the_template_in_real_photos(detector, photo):
     assert face is not None and face.points.shape == (5, 2)
     eyes = transform_points(chip_matrix(face.points), face.points)[:2]
     assert np.abs(eyes - _expected_eyes()).max() < 3.0
+
+
+def test_detector_is_built_with_the_original_thresholds(detector):
+    """P-, R- and O-Net thresholds of the MXNet MTCNN version the original's crop comes from."""
+    assert detector.mtcnn.thresholds == [0.6, 0.7, 0.8]
+    assert detector.mtcnn.min_face_size == 20 and detector.mtcnn.factor == 0.709
 
 
 def test_redetected_chip_eyes_and_no_face_in_dogs(detector):

@@ -24,6 +24,7 @@ from fsvfm.data.fas import (
     BalancedSourceBatches,
     build_test_set,
     build_train_sets,
+    check_protocol_lists,
     fas_mean_std,
     fas_transform,
     get_protocol,
@@ -129,7 +130,9 @@ def build_fas_datasets(args: argparse.Namespace, train_transform, test_transform
     """``([(domain, real set, fake set)] of the training sources, target test set)`` of ``--config``
     under ``--fas_data_root``. Errors (``FASDataError``) name the list file and line."""
     protocol = get_protocol(args.config)
-    return (build_train_sets(protocol, args.fas_data_root, transform=train_transform),
+    check_protocol_lists(protocol, args.fas_data_root)
+    return (build_train_sets(protocol, args.fas_data_root, transform=train_transform,
+                             saturation_wrap=getattr(args, "saturation_wrap", False)),
             build_test_set(protocol.target, args.fas_data_root, transform=test_transform))
 
 
@@ -196,7 +199,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
                              checkpoint: dict | None = None, **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild a FAS checkpoint (ours or a released ``.pth.tar``) for inference: ``(FASLogits(model) in eval
     mode, eval transform PIL -> [3, S, S], info)``; weights load strictly; normalisation from the
-    checkpoint's ``norm_stats``, else the statistics file beside it, else ImageNet (FAS training's fallback).
+    checkpoint's ``norm_stats``, else the statistics file beside it, else those training used (``fas_mean_std``).
     ``checkpoint``: the file's content when the caller has already loaded it (read once)."""
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
@@ -212,7 +215,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
     model = build_for_weights(lambda: create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs),
                               state, path, name)
-    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"))
+    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"), finetuned=True)
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}
     return FASLogits(model).to(device).eval(), fas_transform(False, mean, std, size), info
