@@ -95,3 +95,24 @@ def test_bench_predict_smoke_equal_scores():
     settings = out["settings"]
     assert (settings["photos"], settings["num_frames"], settings["batch_size"], settings["rounds"]) == (2, 3, 4, 1)
     assert "load average" in out["uptime"]
+
+
+@pytest.mark.slow
+def test_bench_preprocess_smoke_both_ways():
+    if not (REPO.parent / "shared" / "faces").is_dir():
+        pytest.skip("needs ../shared/faces (the benchmark's real photos)")
+    (out,) = _json_lines("bench_preprocess.py", "--frames", "24", "--num_frames", "3", "--repeats", "1",
+                         "--size", "320x240", "--skip_fas")
+    cases = {"video_face", "video_photos", "photos"}
+    for clock in ("cpu", "wall"):
+        assert set(out["ours"][clock]) == set(out["baseline"][clock]) == cases
+        for c in cases:
+            assert out["ratio"][clock][c] == round(out["ours"][clock][c] / out["baseline"][clock][c], 3)
+    eq = out["equal_output"]
+    # photos take the full search both ways: the same 68 faces of the 12 photos, the same 11 crops (dogs: none)
+    assert (eq["photos"]["items"], eq["photos"]["faces_baseline"], eq["photos"]["faces_ours"]) == (12, 68, 68)
+    assert eq["photos"]["min_crop_box_iou"] == 1.0 and eq["photos"]["crops_identical"] == 11
+    # one face in each of the 3 sampled frames of the face video, found both ways
+    assert (eq["video_face"]["items"], eq["video_face"]["faces_baseline"], eq["video_face"]["faces_ours"]) == (3, 3, 3)
+    assert eq["video_face"]["crops_same_name"] == 3 and eq["video_face"]["min_crop_box_iou"] >= 0.95
+    assert len(out["uptime_load"]["start"]) == 3 and out["settings"]["num_frames"] == 3
