@@ -29,7 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from bench_preprocess import FACES, build_video
+from bench_preprocess import FACES, photo_video
+from bench_preprocess import photos as shared_photos
 
 from fsvfm.data.finetune import build_transform
 from fsvfm.predict import Detector, expand_inputs, input_type
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     det = make_detector(bench)
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         video = Path(tmp) / "faces.mp4"
-        build_video(video, bench.frames, w, h)
+        photo_video(video, shared_photos(), bench.frames, w, h)
         cases = {"photos": photos, "video": [str(video)]}
         det.score_crops([np.zeros((64, 64, 3), np.uint8)] * min(bench.batch_size, 2))  # first-call costs
         ways = {"ours": our_faces, "baseline": baseline_faces}

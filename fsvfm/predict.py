@@ -60,8 +60,8 @@ from tqdm import tqdm
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
-from fsvfm.util.accel import prepare_inference
-from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
+from fsvfm.util.accel import inference_context, prepare_inference
+from fsvfm.util.amp import AMP_CHOICES, resolve_amp
 from fsvfm.util.args import class_names
 from fsvfm.util.checkpoint import args_dict, load_checkpoint, model_warnings, resolve_checkpoint_path
 from fsvfm.util.cli import run_cli
@@ -357,12 +357,11 @@ class Detector:
         tensors = [self.transform(Image.fromarray(c)) for c in crops]
         return self._score(tensors) if tensors else np.zeros((0, len(self.classes.names)))
 
-    @torch.no_grad()
     def _score(self, tensors: list[torch.Tensor]) -> np.ndarray:
         out = []
         for start in range(0, len(tensors), self.batch_size):
             batch = torch.stack(tensors[start:start + self.batch_size]).to(self.device)
-            with autocast(self.device, self.amp):
+            with inference_context(self.device, self.amp):
                 logits = self.model(batch)
             out.append(logits.float().softmax(dim=-1).cpu().numpy())
         return np.concatenate(out)
