@@ -1,5 +1,5 @@
 """Cross-dataset deepfake-detection test (spec 5): frame- and video-level metrics on the test-set
-table of ``fsvfm.tasks.DFD_TASK``.
+table of ``fsvfm.tasks.dfd.DFD_TASK``.
 
     python fsvfm/main_test_DfD.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test
     python fsvfm/main_test_DfD.py --task Unified --resume FT_DIR/checkpoint-min_val_loss.pth --test_root DATA
@@ -7,7 +7,7 @@ table of ``fsvfm.tasks.DFD_TASK``.
 from __future__ import annotations
 
 from fsvfm.evaluation import main_for
-from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS, UNIFIED_TASK
+from fsvfm.tasks.dfd import DFD_TASK, DFD_TEST_SETS, UNIFIED_TASK
 
 __all__ = ["DFD_TASK", "DFD_TEST_SETS"]
 

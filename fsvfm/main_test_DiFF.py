@@ -1,12 +1,12 @@
 """Unseen diffusion-face (DiFF) test (spec 5): image-level metrics on the test-set table of
-``fsvfm.tasks.DIFF_TASK``.
+``fsvfm.tasks.dfd.DIFF_TASK``.
 
     python fsvfm/main_test_DiFF.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test
 """
 from __future__ import annotations
 
 from fsvfm.evaluation import main_for
-from fsvfm.tasks import DIFF_TASK, DIFF_TEST_SETS
+from fsvfm.tasks.dfd import DIFF_TASK, DIFF_TEST_SETS
 
 __all__ = ["DIFF_TASK", "DIFF_TEST_SETS"]
 

@@ -2,6 +2,7 @@
 the FS-Adapter variant, usage errors, and predict on a FAS checkpoint."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import fas_runner, main_finetune_FAS, predict
+from fsvfm import main_finetune_FAS, predict
 from fsvfm.data.fas import fas_transform
 from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
@@ -22,6 +23,7 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.train_step import StepConfig
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.preprocess_helpers import faces_dir
 from tests.test_finetune_e2e import MODEL_KWARGS, PRETRAIN_STATS, write_pretrain_checkpoint
@@ -63,7 +65,7 @@ def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
     for config, sources, target, held_out, frames in (
             ("M", ["oulu", "casia", "replay", "celeb"], "msu", ["oulu", "casia", "replay"], 2),
             ("cefa", ["wmca", "surf", "celeb"], "cefa", ["wmca", "surf"], 1)):  # WCS: one image per "video"
-        args = fas_runner.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
+        args = engine_fas.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
         train, test = engine_fas.build_fas_datasets(args, tf, tf)
         assert [d for d, _, _ in train] == sources
         assert all(set(real.labels) == {1} and set(fake.labels) == {0} for _, real, fake in train)
@@ -74,14 +76,16 @@ def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
 
 
 def test_defaults_of_full_and_adapter_models():
-    parse = fas_runner.fas_parser().parse_args
+    parse = engine_fas.fas_parser().parse_args
     full = parse(["--config", "M", "--scratch"])
-    fas_runner.check_args(full)
+    engine_fas.check_args(full)
     assert (full.model, full.iters, full.eval_freq, full.runs, full.batch_size, full.test_batch_size) == (
         "vit_base_patch16", 4001, 100, 5, 12, 512)
-    assert (full.lr, full.wd, full.drop_path, full.epochs, full.min_lr, full.warmup_epochs) == (1e-4, 1e-6, 0.0, 40, 1e-4, 0)
+    schedule = engine_fas.fas_schedule(full)  # 40 intervals at a constant lr (min_lr = lr, no warm-up)
+    assert (full.lr, full.wd, full.drop_path, schedule.intervals) == (1e-4, 1e-6, 0.0, 40)
+    assert [schedule.lr(e) for e in (0.0, 0.5, 39.99)] == [1e-4] * 3 and full.pin_mem
     adapter = parse(["--config", "O", "--model", "vit_small_patch16_fs_adapter", "--pt_model", "x.pth"])
-    fas_runner.check_args(adapter)
+    engine_fas.check_args(adapter)
     assert (adapter.runs, adapter.batch_size, adapter.weight_cl, adapter.temperature) == (3, 24, 0.1, 0.07)
     assert [parse(["--config", "M", *f]).scratch for f in ([], ["--scratch"], ["--scratch", "False"], ["--scratch", "true"])] == [
         False, True, False, True]  # S4: a real boolean
@@ -151,14 +155,16 @@ def test_fas_metric_mode_averages_videos_and_applies_a_source_threshold():
 # ---------------------------------------------------------------------------------- adapter
 def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     _, data, pre = workspace
-    args = fas_runner.fas_parser().parse_args(
+    args = engine_fas.fas_parser().parse_args(
         ["--config", "M", "--model", "vit_small_patch16_fs_adapter", "--trainable_modules", "fs-adapter",
          "--pt_model", str(pre), "--fas_data_root", str(data), "--batch_size", "2", "--eval_freq", "2", "--iters", "2",
          "--input_size", "32", "--model_kwargs", MODEL_KWARGS, "--device", "cpu", "--print_freq", "50"])
-    fas_runner.check_args(args)
+    engine_fas.check_args(args)
     args.amp, args.distributed = "none", False
-    task = fas_runner.FAS_TASK
-    model = fas_runner._model(args, task, torch.device("cpu"))
+    task = engine_fas.FAS_TASK
+    model = task.build_model(args)
+    engine_fas.FASExperiment.load_encoder(argparse.Namespace(args=args), model)
+    task.configure_model(model, args)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = engine_fas.fas_optimizer(model, args)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -168,7 +174,8 @@ def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     tf = fas_transform(True, (0.5,) * 3, (0.5,) * 3, 32)
     train, _ = task.build_datasets(args, tf, tf, task.vocabulary)
     stats = train_one_epoch(model, task.make_loss(torch.nn.CrossEntropyLoss(), args), task.build_train_loader(train, args, torch.device("cpu")),
-                            optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False), args)
+                            optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False),
+                            StepConfig("none", print_freq=args.print_freq), lr_at=engine_fas.fas_schedule(args).lr)
     assert {"loss", "cls_loss", "con_loss", "acc"} <= set(stats)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fsvfm import evaluation, main_finetune_DfD
-from fsvfm.tasks import TASKS
+from fsvfm.tasks import get_task
 from tests.test_finetune_data import make_split_tree
 from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
 
@@ -97,7 +97,7 @@ def test_fs_adapter_script_settings(task, size, tmp_path):
     assert (args.model, args.trainable_modules, args.weight_cl, args.temperature, args.adapter_reduction) == (
         model, "fs-adapter", float(weight_cl), 0.07, 4)
     assert (args.layer_decay, args.weight_decay, args.train_fc_norm) == (0.0, 0.0, False)
-    test_args = evaluation.test_parser(TASKS[task]).parse_args(test["argv"])
+    test_args = evaluation.test_parser(get_task(task)).parse_args(test["argv"])
     assert test_args.model == model and test_args.adapter_reduction is None
 
 
