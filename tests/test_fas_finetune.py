@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import main_finetune_FAS, predict
+from fsvfm import main_finetune_FAS, main_test_FAS, predict
 from fsvfm.data.fas import fas_transform
 from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
@@ -277,3 +277,61 @@ def test_predict_scores_aligned_chips_of_a_real_photo(trained):
     assert record["faces"][0]["score_live"] == pytest.approx(expected, abs=1e-6)
     assert record["faces"][0]["box"] == list(crops[0].box)
     assert predict.main(["--checkpoint", str(ckpt), str(photo), "--device", "cpu"]) == 0
+
+
+# --------------------------------------------------------------------------------- test program
+def _test_fas(ckpt: Path, data: Path, out: Path, *extra: str) -> tuple[dict, dict[str, list[float]]]:
+    report = main_test_FAS.cli(["--resume", str(ckpt), "--config", "M", "--fas_data_root", str(data),
+                                "--output_dir", str(out), "--device", "cpu", "--batch_size", "5", "--num_workers", "0", *extra])
+    return report, read_report(out / "performance.csv")[1]
+
+
+def test_main_test_fas_reproduces_the_training_runs_final_test(trained, workspace, tmp_path):
+    _, data, _ = workspace
+    header, training = read_report(trained / "performance.csv")
+    for run in (0, 1):
+        ckpt = trained / f"msu_vit_0_shot_checkpoint_run_{run}.pth.tar"
+        report, tested = _test_fas(ckpt, data, tmp_path / str(run))
+        assert read_report(tmp_path / str(run) / "performance.csv")[0] == header
+        assert tested[str(run)] == training[str(run)]  # HTER, AUC, TPR@FPR=1%, HTER@source threshold as printed
+        fas = report["results"]["msu"]["fas"]
+        stored = load_checkpoint(ckpt)
+        assert (fas["hter"], fas["threshold"]) == (stored["best_model_ACER"], stored["threshold"])
+        assert report["model"] == "fas_vit_small_patch16" and report["metric_mode"] == "fas"
+        assert fas["num_videos"] == 6  # msu test lists: 3 live + 3 spoof videos
+        assert (tmp_path / str(run) / "scores_msu_frames.csv").is_file()
+        text = (tmp_path / str(run) / "test_results.txt").read_text()
+        assert f"HTER: {training[str(run)][0]:.2f}" in text
+
+
+def test_main_test_fas_scores_a_released_structure_file(trained, workspace, tmp_path):
+    """The original's ``.pth.tar`` (``state_dict``, numpy float64 metrics, no args or norm_stats) with the
+    pre-training statistics file beside it: the same numbers as our checkpoint of the same weights."""
+    from tests.test_release_compat import save_original
+    _, data, pre = workspace
+    ours = load_checkpoint(trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
+    released = tmp_path / "release" / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    released.parent.mkdir()
+    save_original({"epoch": ours["epoch"], "state_dict": ours["state_dict"], "valid_arg": ours["valid_arg"],
+                   "best_model_EER": np.float64(ours["best_model_EER"]), "best_model_ACER": ours["best_model_ACER"],
+                   "best_model_ACC": np.float64(ours["best_model_ACC"]), "threshold": np.float64(ours["threshold"])},
+                  released, numpy1=True)
+    shutil.copy(Path(pre).parent / "pretrain_ds_mean_std.txt", released.parent)
+    _, training = read_report(trained / "performance.csv")
+    report, tested = _test_fas(released, data, tmp_path / "t", "--model", "vit_small_patch16",
+                                 "--model_kwargs", MODEL_KWARGS, "--input_size", "32")
+    assert tested["0"] == training["0"]
+    assert report["norm_stats"]["source"].endswith("pretrain_ds_mean_std.txt")
+
+
+def test_main_test_fas_usage_errors_are_one_line(trained, workspace, tmp_path, capsys):
+    _, data, _ = workspace
+    ckpt = trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    with pytest.raises(SystemExit) as e:
+        main_test_FAS.cli(["--resume", str(ckpt), "--fas_data_root", str(data), "--device", "cpu"])
+    assert e.value.code == 2 and "--config" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as e:
+        main_test_FAS.cli(["--resume", str(ckpt), "--config", "M", "--fas_data_root", str(tmp_path / "none"),
+                           "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and str(tmp_path / "none") in err[-1]

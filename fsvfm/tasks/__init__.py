@@ -67,6 +67,10 @@ class FinetuneTask:
     * ``rebuild(path, device, **overrides)``: a fine-tuned checkpoint of the task, ready for inference
       (``fsvfm.predict``, the test programs).
     * ``crop_mode``: how ``fsvfm.predict`` cuts faces out of a photo for this task's models.
+    * ``test_flags(parser)``: adds the test program's own flags; ``test_data(args, transform)``: its sets as
+      ``(name, source, build)`` when they are not the ``test_sets`` folder table; ``threshold_data(args,
+      transform)``: the data a decision threshold is chosen on (a data set or None); ``test_report(args,
+      report, checkpoint)``: the task's own summary file after testing.
     * ``multiclass``: N classes named by ``--classes`` (``vocabulary`` is the default), ``--nb_classes``
       follows them.
     """
@@ -89,6 +93,10 @@ class FinetuneTask:
     check_args: Callable[[argparse.Namespace], None] | None = None
     output_kind: str = "finetune"
     crop_mode: str = "dlib_square"
+    test_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    test_data: Callable | None = None
+    threshold_data: Callable | None = None
+    test_report: Callable | None = None
     multiclass: bool = False
 
     def vocabulary_for(self, args: argparse.Namespace, split_file: str | None = None) -> ClassVocabulary:

@@ -257,9 +257,9 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     stored = args_dict(checkpoint)
     name = overrides.get("model") or stored.get("model") or infer_fas_model_name(state)
     size = int(overrides.get("input_size") or stored.get("input_size") or 224)
-    kwargs = {"img_size": size, **parse_model_kwargs(stored.get("model_kwargs"))}
+    kwargs = {"img_size": size, **parse_model_kwargs(overrides.get("model_kwargs") or stored.get("model_kwargs"))}
     if is_fs_adapter(name):
-        kwargs["adapter_reduction"] = int(stored.get("adapter_reduction") or 4)
+        kwargs["adapter_reduction"] = int(overrides.get("adapter_reduction") or stored.get("adapter_reduction") or 4)
     if fas_registry_name(name) not in list_models(family="fas"):
         raise CheckpointError(f"{path}: model {name!r} is not a registered FAS model; known: {list_models(family='fas')}")
     check_model_kwargs(kwargs, path)
@@ -287,7 +287,7 @@ def fas_parser(task: FinetuneTask | None = None) -> argparse.ArgumentParser:
     parents = [input_parser("vit_base_patch16"), classifier_parser("spoof 0, live 1"), distributed_parser(),
                *(make() for make in task.extra_parsers)]
     p = argparse.ArgumentParser("main_finetune_FAS.py", description=task.description, parents=parents)
-    p.set_defaults(drop_path=0.0, pin_mem=True)
+    p.set_defaults(drop_path=0.0, pin_mem=True, amp="none")  # fp32 as the original, also on CUDA
     g = p.add_argument_group("face anti-spoofing")
     g.add_argument("--config", required=True, choices=list(PROTOCOLS),
                    help="target domain; trained on the protocol's other domains (M = OCI->M, C = OMI->C, ...)")
@@ -618,6 +618,44 @@ def write_report(path: str | Path, results: list[dict], source_domains: list[str
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+# ------------------------------------------------------------------------------------- test
+def fas_test_flags(p: argparse.ArgumentParser) -> None:
+    """main_test_FAS.py's own flags: whose target domain's test lists, under which root, and the report."""
+    g = p.add_argument_group("face anti-spoofing")
+    g.add_argument("--config", required=True, choices=list(PROTOCOLS),
+                   help="protocol whose target domain's test lists are tested (M = msu, C = casia, ...); its "
+                        "training sources' test lists give the source threshold")
+    g.add_argument("--fas_data_root", default=DEFAULT_FAS_DATA_ROOT, help="folder with MCIO/{frame,txt} and WCS/")
+    g.add_argument("--report_logger_path", default=None,
+                   help="results CSV as fine-tuning writes it (default: {output_dir}/performance.csv)")
+    p.set_defaults(amp="none")  # fp32 as the original, also on CUDA
+
+
+def fas_test_data(args: argparse.Namespace, transform) -> Iterator[tuple[str, str, Any]]:
+    """The target domain's test lists of ``--config``: the test program's one set."""
+    target = get_protocol(args.config).target
+    yield target, str(Path(args.fas_data_root)), lambda: build_test_set(target, args.fas_data_root,
+                                                                         transform=transform)
+
+
+def fas_threshold_data(args: argparse.Namespace, transform) -> Dataset | None:
+    """The training sources' test lists (the source threshold of fine-tuning's report), or None."""
+    return build_source_test_set(args, transform)[0]
+
+
+def fas_test_report(args: argparse.Namespace, report: dict, checkpoint: dict) -> None:
+    """``--report_logger_path``: the fine-tuning report's CSV with the tested checkpoint as its one run."""
+    target = get_protocol(args.config).target
+    m = report["results"].get(target, {}).get("fas")
+    if m is None:
+        return
+    result = {"run": int(checkpoint.get("run") or 0), "hter": 100 * m["hter"], "auc": 100 * m["auc"],
+              "tpr": 100 * m["tpr_at_fpr"], "hter_src": 100 * m.get("hter_src", math.nan)}
+    path = args.report_logger_path or str(Path(args.output_dir) / "performance.csv")
+    write_report(path, [result], source_test_domains(get_protocol(args.config), args.fas_data_root))
+    logger.info("report: %s", path)
+
+
 # ------------------------------------------------------------------------------------ entry
 # Leave-one-out over domains, balanced per-source batches, iteration intervals and several runs; tested on
 # the held-out domain during training, and by main_test_FAS.py on any target's test lists.
@@ -626,4 +664,6 @@ FAS_TASK = FinetuneTask(
     build_model=build_fas_model, configure_model=configure_fas_model, make_loss=fas_loss, output_fn=fas_output,
     metric_mode="fas", extra_parsers=(adapter_parser,), rebuild=load_fas_from_checkpoint, parser=fas_parser,
     experiment=FASExperiment, check_args=check_args, output_kind="FAS", crop_mode="fas_aligned",
+    test_flags=fas_test_flags, test_data=fas_test_data, threshold_data=fas_threshold_data,
+    test_report=fas_test_report,
     description="FS-VFM cross-domain face anti-spoofing (FAS): leave-one-out MCIO / WCS protocols")
