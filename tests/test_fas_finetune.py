@@ -84,6 +84,9 @@ def test_defaults_of_full_and_adapter_models():
     schedule = engine_fas.fas_schedule(full)  # 40 intervals at a constant lr (min_lr = lr, no warm-up)
     assert (full.lr, full.wd, full.drop_path, schedule.intervals) == (1e-4, 1e-6, 0.0, 40)
     assert [schedule.lr(e) for e in (0.0, 0.5, 39.99)] == [1e-4] * 3 and full.pin_mem
+    # fp32 by default, also on CUDA (the original's); the test program too
+    assert full.amp == "none" and main_test_FAS.get_args_parser().parse_args(["--resume", "x", "--config", "M"]).amp == "none"
+    assert parse(["--config", "M", "--amp", "bf16"]).amp == "bf16"
     adapter = parse(["--config", "O", "--model", "vit_small_patch16_fs_adapter", "--pt_model", "x.pth"])
     engine_fas.check_args(adapter)
     assert (adapter.runs, adapter.batch_size, adapter.weight_cl, adapter.temperature) == (3, 24, 0.1, 0.07)
@@ -221,7 +224,7 @@ def test_released_layouts_load_by_their_weights(tmp_path):
 
 # ----------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("case", ["missing_list", "empty_domain", "missing_frame", "no_pt_model", "bad_pt_model",
-                                  "wrong_size_pt_model", "adapter_mode_on_plain_model"])
+                                  "wrong_size_pt_model", "finetuned_pt_model", "adapter_mode_on_plain_model"])
 def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
     _, data, pre = workspace
     tree = tmp_path / "data"
@@ -235,6 +238,8 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
                 "no_pt_model": "give --pt_model",
                 "bad_pt_model": f"--pt_model: checkpoint not found: {tmp_path / 'none.pth'}",
                 "wrong_size_pt_model": "--pt_model: checkpoint",
+                "finetuned_pt_model": f"--pt_model {tmp_path / 'ft.pth'} is a fine-tuned detector (a classifier head, "
+                                      "task DfD, class names), not a pre-training checkpoint",
                 "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model"}[case]
     if case == "missing_list":
         (txt / "casia_real_train.txt").unlink()
@@ -251,6 +256,10 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
         other = create_model("fsfm_vit_small_patch16", **{**TINY_FSFM, "embed_dim": 64, "rep_decoder_embed_dim": 64})
         torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
         argv[argv.index(str(pre))] = str(tmp_path / "other.pth")
+    elif case == "finetuned_pt_model":  # a DfD detector as our fine-tuning writes it
+        classifier = create_model("vit_small_patch16", **TINY_VIT)
+        torch.save({"model": classifier.state_dict(), "task": "DfD", "classes": ["fake", "real"]}, tmp_path / "ft.pth")
+        argv[argv.index(str(pre))] = str(tmp_path / "ft.pth")
     else:
         argv += ["--trainable_modules", "fs-adapter"]
     with pytest.raises(SystemExit) as exit_info:

@@ -122,6 +122,25 @@ def load_fas_encoder(model: nn.Module, path: str | os.PathLike) -> dict[str, lis
     return load_pretrained_encoder(model.backbone.vit, path, strip_prefix="target_encoder.")
 
 
+def check_pt_model(path: str | os.PathLike) -> None:
+    """``UsageError`` when ``--pt_model`` is a fine-tuned detector (a classifier head, a task or class
+    names, FAS network weights) rather than a pre-training checkpoint: its head would be dropped silently."""
+    try:
+        checkpoint = load_checkpoint(path)
+        state = model_state_from(checkpoint, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"--pt_model: {e}") from e
+    signs = [s for s, found in (
+        ("a classifier head", any(k.startswith(("head.", "backbone.vit.head.")) for k in state)),
+        (f"task {checkpoint.get('task') or args_dict(checkpoint).get('task')}",
+         bool(checkpoint.get("task") or args_dict(checkpoint).get("task"))),
+        ("class names", bool(checkpoint.get("classes"))),
+        ("FAS network weights", "backbone.vit.cls_token" in state)) if found]
+    if signs:
+        raise UsageError(f"--pt_model {path} is a fine-tuned detector ({', '.join(signs)}), not a pre-training "
+                         "checkpoint: give main_pretrain.py's checkpoint (e.g. FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth)")
+
+
 def configure_fas_model(model: nn.Module, args: argparse.Namespace) -> None:
     """``--trainable_modules fs-adapter``: inside ``backbone.vit`` only ``adapter``/``projector`` train
     (``fc_norm`` too with ``--train_fc_norm``); the embedder and classifier always train (spec 7.5)."""
@@ -410,6 +429,8 @@ class FASExperiment:
         self.runs = args.runs
         self.schedule = fas_schedule(args)
         self.step = StepConfig(args.amp, 1, None, args.print_freq)
+        if args.pt_model:
+            check_pt_model(args.pt_model)
         check_experiment_folder(args)
         self.data = self._data()
 
