@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,13 @@ from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_state_from,
+    save_checkpoint,
+)
 from fsvfm.util.train_step import StepConfig
 from tests.conftest import TINY_FSFM, TINY_VIT
 from tests.preprocess_helpers import faces_dir
@@ -224,7 +231,8 @@ def test_released_layouts_load_by_their_weights(tmp_path):
 
 # ----------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("case", ["missing_list", "empty_domain", "missing_frame", "no_pt_model", "bad_pt_model",
-                                  "wrong_size_pt_model", "finetuned_pt_model", "adapter_mode_on_plain_model"])
+                                  "wrong_size_pt_model", "finetuned_pt_model", "adapter_mode_on_plain_model",
+                                  "latin1_list", "binary_list"])
 def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
     _, data, pre = workspace
     tree = tmp_path / "data"
@@ -240,7 +248,9 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
                 "wrong_size_pt_model": "--pt_model: checkpoint",
                 "finetuned_pt_model": f"--pt_model {tmp_path / 'ft.pth'} is a fine-tuned detector (a classifier head, "
                                       "task DfD, class names), not a pre-training checkpoint",
-                "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model"}[case]
+                "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model",
+                "latin1_list": f"{txt / 'oulu_fake_train.txt'}: not UTF-8 text (byte 0xE9",
+                "binary_list": f"{txt / 'msu_real_test.txt'}: not UTF-8 text (byte 0x89"}[case]
     if case == "missing_list":
         (txt / "casia_real_train.txt").unlink()
     elif case == "empty_domain":
@@ -248,6 +258,10 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
     elif case == "missing_frame":
         lines = (txt / "msu_real_test.txt").read_text().splitlines()
         (txt / "msu_real_test.txt").write_text("\n".join([lines[0], "msu/test/real/gone_frame0.png", *lines[1:]]) + "\n")
+    elif case == "latin1_list":
+        (txt / "oulu_fake_train.txt").write_bytes(b"oulu/caf\xe9_frame0.png\n")
+    elif case == "binary_list":
+        (txt / "msu_real_test.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     elif case == "no_pt_model":
         argv = [a for a in argv if a not in ("--pt_model", str(pre))]
     elif case == "bad_pt_model":
@@ -344,3 +358,99 @@ def test_main_test_fas_usage_errors_are_one_line(trained, workspace, tmp_path, c
                            "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and str(tmp_path / "none") in err[-1]
+
+
+# ----------------------------------------------------------------------------------- resume, skips
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _log_keys(out: Path) -> list[tuple[int, int]]:
+    return [(r["run"], r["iteration"]) for r in map(json.loads, (out / "log.txt").read_text().splitlines())]
+
+
+def test_rerun_keeps_finished_runs_and_refuses_another_experiment(workspace, tmp_path, capsys):
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--runs", "2", "--iters", "2")
+    first = main_finetune_FAS.cli(argv)
+    ckpts = {r: tmp_path / f"msu_vit_0_shot_checkpoint_run_{r}.pth.tar" for r in (0, 1)}
+    kept = (ckpts[0].stat().st_mtime_ns, _digest(ckpts[0]))
+    (tmp_path / "run_1_result.json").unlink()  # run 1 "interrupted" after its checkpoint
+    (tmp_path / "performance.csv").unlink()  # the report write was lost
+    stale = tmp_path / ".performance.csv.1a2b3c.tmp"  # what a killed atomic write leaves
+    stale.write_text("half")
+    second = main_finetune_FAS.cli(argv)
+    assert (ckpts[0].stat().st_mtime_ns, _digest(ckpts[0])) == kept  # the finished run is not trained again
+    assert second["runs"][0] == first["runs"][0] and second["runs"][1]["hter"] == first["runs"][1]["hter"]
+    assert read_report(tmp_path / "performance.csv")[1]["0"] == [round(first["runs"][0][c], 4) for c in (
+        "hter", "auc", "tpr", "hter_src")]  # the report is rebuilt from the finished runs
+    assert _log_keys(tmp_path) == [(0, 1), (1, 1)]  # no duplicate records
+    assert not stale.exists() and not list(tmp_path.glob("run_*_last.pth"))
+    with pytest.raises(SystemExit) as exit_info:
+        main_finetune_FAS.cli([*argv, "--lr", "1e-3"])
+    assert exit_info.value.code == 2
+    assert "another experiment's results (different --lr)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main_finetune_FAS.cli([*argv, "--lr", "1e-3", "--overwrite"])["runs"]
+    assert json.loads((tmp_path / "fas_experiment.json").read_text())["lr"] == 1e-3
+
+
+def test_interrupted_run_resumes_from_its_last_interval(workspace, tmp_path):
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--runs", "1", "--iters", "4")
+    main_finetune_FAS.cli(argv)
+    best = load_checkpoint(tmp_path / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
+    # what a kill after the first of two intervals leaves: the last-interval file, no result
+    (tmp_path / "run_0_result.json").unlink()
+    model = create_fas_model("vit_small_patch16", **TINY_VIT)
+    load_model_weights(model, model_state_from(best), strict=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    save_checkpoint(tmp_path / "run_0_last.pth", model.state_dict(), optimizer=opt, epoch=0,
+                    scaler=NativeScalerWithGradNormCount("cpu", enabled=False), run=0)
+    result = main_finetune_FAS.cli(argv)
+    assert _log_keys(tmp_path) == [(0, 1), (0, 3)]  # interval 1 logged once, again
+    assert result["runs"][0]["iteration"] in (1, 3) and not (tmp_path / "run_0_last.pth").exists()
+    assert "resumed from" in (tmp_path / "log_detail.txt").read_text()
+
+
+def test_unreadable_and_oversized_frames_are_skipped_counted_and_named_once(workspace, tmp_path):
+    from tests.test_hostile_inputs import bomb_png
+    _, data, pre = workspace
+    tree = tmp_path / "data"
+    shutil.copytree(data / "MCIO" / "txt", tree / "MCIO" / "txt")
+    (tree / "MCIO" / "frame").symlink_to(data / "MCIO" / "frame")
+    txt = tree / "MCIO" / "txt"
+    bad_train = tmp_path / "bad_train.png"
+    bad_train.write_bytes(b"not an image")
+    # a list line may be an absolute path; 2 frames at --batch_size 2: every batch draws the bad one
+    first = (txt / "casia_real_train.txt").read_text().splitlines()[0]
+    (txt / "casia_real_train.txt").write_text(f"{first}\n{bad_train}\n")
+    bomb_png(tmp_path / "bad_frame0.png")  # 20000x20000: over the pixel guard
+    (tmp_path / "bad_frame1.png").write_bytes(b"\x89PNG truncated")
+    with open(txt / "msu_fake_test.txt", "a") as fh:
+        fh.write(f"{tmp_path / 'bad_frame0.png'}\n")
+    out = tmp_path / "out"
+    result = main_finetune_FAS.cli(fas_argv(pre, tree, out, "--runs", "1", "--iters", "4"))
+    assert len(result["runs"]) == 1
+    records = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    assert [(r["train_skipped_files"], r["test_skipped_files"]) for r in records] == [(1, 2), (1, 2)]
+    log = (out / "log_detail.txt").read_text()
+    assert log.count(f"skipping FAS frame: unreadable image {bad_train}") == 1  # drawn in every batch, named once
+    assert log.count("bad_frame0.png") == 1 and "400 megapixels" in log
+    report = main_test_FAS.cli(["--resume", str(out / "msu_vit_0_shot_checkpoint_run_0.pth.tar"), "--config", "M",
+                                "--fas_data_root", str(tree), "--output_dir", str(tmp_path / "t"), "--device", "cpu",
+                                "--num_workers", "0"])
+    msu = report["results"]["msu"]
+    assert msu["skipped_files"] == 2 and msu["fas"]["num_videos"] == 6  # the bad video has no frame left
+    assert sorted(Path(p).name for p in msu["unreadable_files"]) == ["bad_frame0.png", "bad_frame1.png"]
+
+
+def test_list_files_decode_as_utf8_with_an_optional_bom(workspace, tmp_path):
+    from fsvfm.data.fas import FASDataError, read_list_file
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfcasia/a_frame0.png\r\ncasia/b_frame0.png\n")
+    assert read_list_file(tmp_path / "bom.txt") == ["casia/a_frame0.png", "casia/b_frame0.png"]
+    (tmp_path / "latin1.txt").write_bytes(b"casia/caf\xe9_frame0.png\n")
+    with pytest.raises(FASDataError, match=r"latin1.txt: not UTF-8 text \(byte 0xE9 at offset 9\)"):
+        read_list_file(tmp_path / "latin1.txt")
+    (tmp_path / "zeros.txt").write_bytes(b"casia/a.png\x00\x00\x01")
+    with pytest.raises(FASDataError, match="zeros.txt: a binary file, not a list of frame paths"):
+        read_list_file(tmp_path / "zeros.txt")

@@ -83,6 +83,7 @@ from fsvfm.util.checkpoint import (
 )
 from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import append_json_line, atomic_write_text
+from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import summary_writer
 from fsvfm.util.lr_sched import Schedule
 from fsvfm.util.naming import FAS_VOCABULARY, ClassVocabulary
@@ -519,6 +520,12 @@ class FASExperiment:
         return summary_writer(self.args, f"run_{run}", purge_step=start * 1000 if start else None)
 
     # -- one interval
+    def _skipped(self) -> dict[str, int]:
+        """Distinct unreadable frames found so far (named once in the log when found)."""
+        data = self.data
+        train = sum(len(unreadable_files(ds, self.device)) for _, real, fake in data.train for ds in (real, fake))
+        return {"train_skipped_files": train, "test_skipped_files": len(unreadable_files(data.test, self.device))}
+
     def end_of_interval(self, run: int, interval: int, model: nn.Module, optimizer, scaler,
                         train: dict[str, float], writer) -> None:
         args, data = self.args, self.data
@@ -532,7 +539,7 @@ class FASExperiment:
                                                       for k, v in model.state_dict().items()}
             self.best = _Best(metrics["hter"], metrics, test, state)
             _save(args, model, data, run, iteration, test, metrics)
-        _log_evaluation(args, run, iteration, train, metrics, self.best, self.start, writer)
+        _log_evaluation(args, run, iteration, train, metrics, self.best, self.start, writer, self._skipped())
         if dist.is_main_process() and interval + 1 < self.schedule.intervals:
             save_checkpoint(self._out(f"run_{run}_last.pth"), model.state_dict(), optimizer=optimizer,
                             epoch=interval, scaler=scaler, run=run)
@@ -598,7 +605,7 @@ ROW_HEADER = ("  iter | val loss | ACC@thr |  HTER  |  AUC   | TPR@1% | train lo
 
 
 def _log_evaluation(args: argparse.Namespace, run: int, iteration: int, train: dict[str, float],
-                    m: dict[str, float], best: _Best, start: float, writer) -> None:
+                    m: dict[str, float], best: _Best, start: float, writer, skipped: dict[str, int]) -> None:
     """A ``log_detail.txt`` row (percent; train loss/acc are this interval's means, S8), a ``log.txt`` line
     and TensorBoard scalars."""
     b = best.metrics
@@ -611,7 +618,7 @@ def _log_evaluation(args: argparse.Namespace, run: int, iteration: int, train: d
         return
     append_json_line(Path(args.output_dir) / "log.txt", {
         "run": run, "iteration": iteration, **{f"train_{k}": v for k, v in train.items()},
-        **{f"test_{k}": v for k, v in m.items() if k != "iteration"}})
+        **{f"test_{k}": v for k, v in m.items() if k != "iteration"}, **skipped})
     for key in ("hter", "auc", "tpr_at_fpr", "loss"):
         writer.add_scalar(f"perf/test_{key}", m[key], (iteration + 1) // args.eval_freq * 1000)
     writer.flush()
