@@ -6,7 +6,11 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -403,7 +407,7 @@ def test_interrupted_run_resumes_from_its_last_interval(workspace, tmp_path):
     (tmp_path / "run_0_result.json").unlink()
     model = create_fas_model("vit_small_patch16", **TINY_VIT)
     load_model_weights(model, model_state_from(best), strict=True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = engine_fas.fas_optimizer(model, argparse.Namespace(lr=1e-4, wd=1e-6))  # the run's optimizer
     save_checkpoint(tmp_path / "run_0_last.pth", model.state_dict(), optimizer=opt, epoch=0,
                     scaler=NativeScalerWithGradNormCount("cpu", enabled=False), run=0)
     result = main_finetune_FAS.cli(argv)
@@ -454,3 +458,29 @@ def test_list_files_decode_as_utf8_with_an_optional_bom(workspace, tmp_path):
     (tmp_path / "zeros.txt").write_bytes(b"casia/a.png\x00\x00\x01")
     with pytest.raises(FASDataError, match="zeros.txt: a binary file, not a list of frame paths"):
         read_list_file(tmp_path / "zeros.txt")
+
+
+@pytest.mark.slow
+def test_killed_experiment_continues_where_it_stopped(workspace, tmp_path):
+    """SIGKILL in run 1 (after its first interval); the same command again keeps run 0 as it was, resumes run 1
+    from its last interval and writes the report of both, each (run, iteration) logged once."""
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--iters", "8")  # 2 runs x 4 intervals
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "fsvfm.main_finetune_FAS", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "run_1_last.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (tmp_path / "run_0_result.json").is_file() and not (tmp_path / "performance.csv").exists()
+    run0 = tmp_path / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    kept = (run0.stat().st_mtime_ns, _digest(run0))
+    result = main_finetune_FAS.cli(argv)
+    assert (run0.stat().st_mtime_ns, _digest(run0)) == kept
+    assert [r["run"] for r in result["runs"]] == [0, 1]
+    assert sorted(read_report(tmp_path / "performance.csv")[1]) == ["0", "1", "Mean", "Std dev"]
+    assert _log_keys(tmp_path) == [(r, i) for r in (0, 1) for i in (1, 3, 5, 7)]
+    assert "run 0: finished earlier" in (tmp_path / "log_detail.txt").read_text()
+    assert "run 1: resumed from" in (tmp_path / "log_detail.txt").read_text()
