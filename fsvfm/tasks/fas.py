@@ -516,8 +516,9 @@ class FASExperiment:
         return start
 
     def writer(self, run: int, start: int):
-        # a resumed run writes on in its own folder; purge_step drops the events after the resume point
-        return summary_writer(self.args, f"run_{run}", purge_step=start * 1000 if start else None)
+        # a resumed or restarted run writes on in its own folder; purge_step drops the events of the intervals it
+        # trains again (interval i is logged at step (i + 1) * 1000)
+        return summary_writer(self.args, f"run_{run}", purge_step=(start + 1) * 1000)
 
     # -- one interval
     def _skipped(self) -> dict[str, int]:
