@@ -11,7 +11,7 @@ DEMO_PRETRAIN := demo_output/pretrain/checkpoint-1.pth
 DEMO_DETECTOR := demo_output/finetune/checkpoint-min_val_loss.pth
 APP_ARGS ?=
 
-.PHONY: setup test demo app lint bench clean
+.PHONY: setup test test-fast demo app lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -27,8 +27,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps pyfacer==0.0.5 facenet-pytorch==2.6.0
 	touch $@
 
+# The whole suite (CI runs it); test-fast leaves out the tests marked slow (subprocesses, process pools,
+# DDP ranks, scripts, multi-epoch runs). Both print a progress line with an estimate every 30 s.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m fsvfm.demo

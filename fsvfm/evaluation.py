@@ -37,6 +37,7 @@ from fsvfm.data.finetune import (
     SplitFileDataset,
     TestImageFolder,
     dataset_video_names,
+    split_folders,
 )
 from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
 from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
@@ -82,6 +83,9 @@ def test_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argpar
     g.add_argument("--test_root", default=DEFAULT_TEST_ROOT, help="root of the test-set table's folders")
     g.add_argument("--test_sets", nargs="+", default=None, help="names from the table (default: all present)")
     g.add_argument("--test_split", default=None, help="split file to test instead of the table")
+    g.add_argument("--test", default=None, metavar="DIR",
+                   help="plain layout: a folder of class folders to test instead of the table (the set is named "
+                        "after the folder)")
     g.add_argument("--metric_mode", default=None, choices=sorted(METRIC_MODES),
                    help="default: the task's ('image' for --test_split lists)")
     ignored = p.add_argument_group("fine-tuning flags, accepted and ignored")
@@ -119,6 +123,13 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
 def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_classes: int,
                vocabulary: ClassVocabulary) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
     """``(name, source, build)`` per selected set; ``build()`` makes the data set (it may fail alone)."""
+    if args.test and (args.test_split or args.test_sets):
+        raise UsageError(f"--test {args.test} tests one folder: drop --test_split/--test_sets, or drop --test")
+    if args.test:
+        if not Path(args.test).is_dir():
+            raise FileNotFoundError(f"--test {args.test}: folder not found (it holds class folders, e.g. real/, fake/)")
+        yield Path(args.test).name, args.test, lambda: TestImageFolder(args.test, transform, vocabulary)
+        return
     if task.test_data is not None and not args.test_split:
         yield from task.test_data(args, transform)
         return
@@ -132,14 +143,16 @@ def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_clas
 
 
 def _validation_set(args: argparse.Namespace, vocabulary: ClassVocabulary, transform, num_classes: int) -> Dataset:
-    """The validation data a threshold is chosen on: ``--val_split``, else ``--finetune_data_path``'s ``val/``."""
+    """The validation data a threshold is chosen on: ``--val_split``, else ``--val DIR``, else
+    ``--finetune_data_path``'s ``val/``."""
     if args.val_split:
         return SplitFileDataset(args.val_split, transform, args.delimiter_in_split, args.dataset_abs_path,
                                 num_classes, "skip")
-    if args.data_path:
-        return LabelledImageFolder(str(Path(args.data_path[0]) / "val"), transform, vocabulary, "skip")
+    folders = split_folders(args, "val")
+    if folders:
+        return LabelledImageFolder(folders[0], transform, vocabulary, "skip")
     raise UsageError(f"metric mode {args.metric_mode!r} chooses its threshold on validation data: "
-                     "give --val_split FILE or --finetune_data_path DIR (with DIR/val)")
+                     "give --val_split FILE, --val DIR or --finetune_data_path DIR (with DIR/val)")
 
 
 def _scored(dataset: Dataset, pred: Predictions, classes: Sequence[str] = ()) -> ScoredSet:
@@ -312,7 +325,7 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
         val = evaluate_set(_validation_set(args, vocabulary, transform, n_classes), "Validation:")[1]
-    elif task.threshold_data is not None and not args.test_split:
+    elif task.threshold_data is not None and not (args.test_split or args.test):
         held_out = task.threshold_data(args, transform)
         val = None if held_out is None else evaluate_set(held_out, "Threshold data:")[1]
     for name, source, build in _test_sets(args, task, transform, n_classes, vocabulary):

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from fsvfm.data.finetune import check_folder_flags
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.tasks import FinetuneTask
 from fsvfm.util import dist
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     """Fine-tune; returns the task's report (``{}`` with ``--eval``)."""
     if task.check_args is not None:  # before the start-up log: a wrong flag is one line
         task.check_args(args)
+    check_folder_flags(args)
     default_output_dir(args, task.output_kind)
     dist.init_distributed_mode(args)
     setup_logging(args.output_dir, dist.get_rank())

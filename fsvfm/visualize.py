@@ -44,7 +44,7 @@ from fsvfm.util.checkpoint import (
     model_state_from,
 )
 from fsvfm.util.cli import run_cli
-from fsvfm.util.errors import DataError
+from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.norm_stats import checkpoint_mean_std
@@ -62,6 +62,7 @@ FACE_SIZE, PATCH_SIZE, MASK_RATIO = 224, 16, 0.75       # without a checkpoint: 
 PANEL_INCHES = 2.0
 MASK_GREY = 0.5                                          # fill of masked patches in the masked input
 SHADE, SHADE_RGB, REGION_RGB = 0.55, (0.25, 0.25, 0.25), (0.9, 0.15, 0.15)
+FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".gif")      # what --out may end with (OpenCV encodes them)
 TB_IMAGE_TAG, TB_NUM_FACES = "crfrp_reconstruction", 8
 
 
@@ -391,7 +392,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", default=None, help="pre-training checkpoint-N.pth (adds reconstructions)")
     m.add_argument("--region", default="all", choices=(*REGION_NAMES, "all"),
                    help="covered facial region, or all (one row per region)")
-    m.add_argument("--out", required=True, help="output figure (.png or .jpg)")
+    m.add_argument("--out", required=True, help=f"output figure ({', '.join(FIGURE_FORMATS)})")
     m.add_argument("--backend", default="auto", choices=BACKENDS, help="face parser (as face_parse.py)")
     m.add_argument("--no_crop", action="store_true", help="the image is already a face crop")
     m.add_argument("--skip_crop_check", action="store_true",
@@ -403,7 +404,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_figure_path(out: str) -> None:
+    """``UsageError`` unless ``out`` ends with a format of ``FIGURE_FORMATS`` this OpenCV can write
+    (GIF needs OpenCV 4.12 or later)."""
+    import cv2
+    suffix = Path(out).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise UsageError(f"--out {out}: the figure is written as {', '.join(FIGURE_FORMATS)}; "
+                         "end the file name with one of them")
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise UsageError(f"--out {out}: this OpenCV ({cv2.__version__}) cannot write {suffix}; "
+                         "use .png, or install opencv-python-headless>=4.12")
+
+
 def _masking(args: argparse.Namespace) -> int:
+    check_figure_path(args.out)                                # before the slow work, not after it
     face, parsing_map = prepare_face(args.image, args.backend, crop=not args.no_crop,
                                       check_crop=not args.skip_crop_check)
     pretrained = load_pretrained(args.checkpoint, args.device) if args.checkpoint else None

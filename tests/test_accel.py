@@ -24,7 +24,7 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from tests.conftest import TINY_FSFM
+from tests.helpers import TINY_FSFM
 
 
 def _networks():

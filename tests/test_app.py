@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,19 +14,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
+_APP_EXTRA = "needs the web app's extra: pip install -e '.[app]' (make setup installs it)"
+pytest.importorskip("gradio", reason=_APP_EXTRA)
+gradio_client = pytest.importorskip("gradio_client", reason=_APP_EXTRA)
 
 from fsvfm import app  # noqa: E402
 from fsvfm.predict import Detector  # noqa: E402
 from fsvfm.visualize import load_pretrained  # noqa: E402
-from tests.preprocess_helpers import FACES, write_image, write_video  # noqa: E402
-from tests.tiny_checkpoints import (  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    FACES,
     UNIFIED_CLASSES,
     detector_checkpoint,
     fas_checkpoint,
+    free_port,
     pretrain_checkpoint,
     released_unified_checkpoint,
+    write_face_image,
+    write_video,
 )
 
 # pandas deprecations raised inside Gradio's queue, not ours
@@ -39,12 +42,6 @@ BROWSER_PHOTO = "Tom_Cruise_avp_2014_4.jpg"    # one face for dlib
 DFD, UNIFIED, FAS = ("DfD: ft/checkpoint-min_val_loss.pth",
                      "DfD: v1_Fine-tuned_on_4_classes/checkpoint-min_train_loss.pth",
                      "FAS: fas/msu_vit_0_shot_checkpoint_run_0.pth.tar")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def served(checkpoints):
     with app.app_workdir() as workdir:
         detectors = app.load_detectors([str(p) for p in det_ckpts], "cpu")
         blocks = app.build_app(detectors, load_pretrained(pre_ckpt), workdir, LIMIT)
-        url = app.launch(blocks, "127.0.0.1", _free_port(), LIMIT, block=False)
+        url = app.launch(blocks, "127.0.0.1", free_port(), LIMIT, block=False)
         try:
             refs = {label: Detector.from_checkpoint(p, device="cpu") for label, p in zip(detectors, det_ckpts)}
             yield url, workdir, refs
@@ -87,12 +84,12 @@ def client(served, tmp_path_factory):
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("media")
-    files = {"photo": write_image(root / "photo.jpg"), "clip": write_video(root / "clip.mp4", n_frames=4),
+    files = {"photo": write_face_image(root / "photo.jpg"), "clip": write_video(root / "clip.mp4", n_frames=4),
              "text": root / "notes.txt", "big": root / "big.png",
-             "blank": write_image(root / "blank.png", np.full((120, 120, 3), 128, np.uint8))}
+             "blank": write_face_image(root / "blank.png", np.full((120, 120, 3), 128, np.uint8))}
     files["text"].write_text("not a picture\n")
     noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
-    write_image(files["big"], noise)   # incompressible PNG: about 480 KB > LIMIT
+    write_face_image(files["big"], noise)   # incompressible PNG: about 480 KB > LIMIT
     return files
 
 
@@ -237,8 +234,12 @@ def test_start_up_errors_are_one_line(tmp_path, capsys):
 def test_browser_shows_scores(served, media):
     """Headless Chromium: open the page, see an oversized upload refused, upload a photo of
     ../shared/faces and read the rendered scores: P(real), the unified detector's four class bars, P(live)."""
-    if not os.path.exists(CHROMIUM) or not FACES.is_dir():
-        pytest.skip("needs the chromium binary and ../shared/faces")
+    missing = [need for need, ok in ((f"a Chromium binary at {CHROMIUM} (apt-get install chromium)",
+                                      os.path.exists(CHROMIUM)),
+                                     (f"real face photos in {FACES} (the workspace's shared/faces folder)",
+                                      FACES.is_dir())) if not ok]
+    if missing:
+        pytest.skip("needs " + " and ".join(missing))
     from playwright import sync_api  # the app extra installs it; it drives the system's Chromium
     url, _, refs = served
     photo = FACES / BROWSER_PHOTO

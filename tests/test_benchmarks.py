@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, TINY_FSFM, TINY_VIT
+import pytest
+
+from tests.helpers import REPO, TINY_FSFM, TINY_VIT
 
 TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
 TINY_CLASSIFIER = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})
@@ -20,6 +22,7 @@ def _json_lines(script: str, *argv: str) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_bench_datapath_smoke(tmp_path):
     (out,) = _json_lines("bench_datapath.py", "--num_images", "8", "--input_size", "32", "--patch_size", "8",
                          "--batch_size", "4", "--passes", "1", "--data_dir", str(tmp_path))
@@ -38,6 +41,7 @@ def test_bench_datapath_smoke(tmp_path):
     assert len(list((tmp_path / "finetune" / "train" / "real_faces").iterdir())) == 4
 
 
+@pytest.mark.slow
 def test_device_pretrain_step_smoke_with_baseline():
     (out,) = _json_lines("device_pretrain_step.py", "--device", "cpu", "--batch_size", "2", "--steps", "1",
                          "--mask_sets", "1", "--input_size", "32", "--model_overrides", TINY_PRETRAIN, "--baseline")
@@ -51,6 +55,7 @@ def test_device_pretrain_step_smoke_with_baseline():
     assert abs(fast["last_loss"] - base["last_loss"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_bench_eval_smoke_with_baseline():
     (out,) = _json_lines("bench_eval.py", "--device", "cpu", "--iters", "1", "--warmup", "0", "--batch_size", "2",
                          "--input_size", "32", "--model_kwargs", TINY_CLASSIFIER, "--baseline")

@@ -10,7 +10,7 @@ import torch
 
 from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
-from tests.conftest import TINY_FSFM
+from tests.helpers import TINY_FSFM
 
 
 def _tiny():

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fsvfm.util import checkpoint as ckpt
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _payloads(value: float) -> dict[str, dict]:
@@ -150,6 +150,7 @@ ckpt.save_checkpoint_set(folder, {tag!r}, payloads(1.0), epoch=1, run_id="r")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["before-renames", "between-renames", "before-manifest"])
 def test_kill_during_a_set_save_leaves_the_previous_set_usable(tmp_path, stage):
     """The process is killed (SIGKILL) while it saves set 1 (and, in a second run, while it overwrites

@@ -5,7 +5,6 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,10 +12,10 @@ import pytest
 
 from fsvfm.util import dist
 from fsvfm.util.args import distributed_parser
-from tests.conftest import REPO
+from tests.helpers import REPO, free_port
 
 DRILL = REPO / "tests" / "dist_drill.py"
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drill reads /proc, uses prctl")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux: the drill reads /proc and uses prctl")
 
 
 def test_dist_timeout_sources(monkeypatch):
@@ -37,15 +36,9 @@ def test_dist_timeout_sources(monkeypatch):
         dist.dist_timeout(distributed_parser().parse_args(["--dist_timeout", "0"]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_hung_rank_times_out_after_the_set_timeout(tmp_path):
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
            dist.DIST_TIMEOUT_ENV: "0.05"}                                  # 3 s
     procs = [subprocess.Popen([sys.executable, str(DRILL), "worker", str(tmp_path), "hang"],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)

@@ -24,9 +24,10 @@ def test_protocol_table():
         "cefa": (("wmca", "surf", "celeb"), "cefa"),
         "surf": (("wmca", "cefa", "celeb"), "surf"),
         "wmca": (("cefa", "surf", "celeb"), "wmca"),
+        "custom": (("custom",), "custom"),   # your own data: one domain, train lists -> test lists
     }
     assert [fd.domain_group(d) for d in ("msu", "celeb", "cefa", "wmca")] == ["MCIO", "MCIO", "WCS", "WCS"]
-    with pytest.raises(fd.FASDataError, match="choose from C, I, M, O, cefa, surf, wmca"):
+    with pytest.raises(fd.FASDataError, match="choose from C, I, M, O, cefa, surf, wmca, custom"):
         fd.get_protocol("X")
 
 

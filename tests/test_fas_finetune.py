@@ -3,7 +3,6 @@ the FS-Adapter variant, usage errors, and predict on a FAS checkpoint."""
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ from fsvfm.metrics import METRIC_MODES, ScoredSet, fas_eer_states, fas_hter_at
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
+from fsvfm.util import images
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.checkpoint import (
     CheckpointError,
@@ -35,9 +35,15 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.train_step import StepConfig
-from tests.conftest import TINY_FSFM, TINY_VIT
-from tests.preprocess_helpers import faces_dir
-from tests.test_finetune_e2e import MODEL_KWARGS, PRETRAIN_STATS, write_pretrain_checkpoint
+from tests.helpers import (
+    MODEL_KWARGS,
+    PRETRAIN_STATS,
+    TINY_FSFM,
+    TINY_VIT,
+    faces_dir,
+    read_report,
+    write_pretrain_checkpoint,
+)
 
 ORIGINAL_KEYS = {"epoch", "state_dict", "valid_arg", "best_model_EER", "best_model_ACER", "best_model_ACC", "threshold"}
 
@@ -47,12 +53,6 @@ def fas_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "--iters", "4", "--eval_freq", "2", "--runs", "2", "--batch_size", "2", "--op_dir", str(out),
             "--report_logger_path", str(out / "performance.csv"), "--device", "cpu", "--input_size", "32",
             "--model_kwargs", MODEL_KWARGS, "--test_batch_size", "5", "--print_freq", "50", *extra]
-
-
-def read_report(path: Path) -> tuple[list[str], dict[str, list[float]]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh, skipinitialspace=True))
-    return rows[0], {r[0]: [float(v) for v in r[1:]] for r in rows[1:]}
 
 
 @pytest.fixture(scope="module")
@@ -334,15 +334,14 @@ def test_main_test_fas_reproduces_the_training_runs_final_test(trained, workspac
 def test_main_test_fas_scores_a_released_structure_file(trained, workspace, tmp_path):
     """The original's ``.pth.tar`` (``state_dict``, numpy float64 metrics, no args or norm_stats) with the
     pre-training statistics file beside it: the same numbers as our checkpoint of the same weights."""
-    from tests.test_release_compat import save_original
     _, data, pre = workspace
     ours = load_checkpoint(trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
     released = tmp_path / "release" / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
     released.parent.mkdir()
-    save_original({"epoch": ours["epoch"], "state_dict": ours["state_dict"], "valid_arg": ours["valid_arg"],
-                   "best_model_EER": np.float64(ours["best_model_EER"]), "best_model_ACER": ours["best_model_ACER"],
-                   "best_model_ACC": np.float64(ours["best_model_ACC"]), "threshold": np.float64(ours["threshold"])},
-                  released, numpy1=True)
+    torch.save({"epoch": ours["epoch"], "state_dict": ours["state_dict"], "valid_arg": ours["valid_arg"],
+                "best_model_EER": np.float64(ours["best_model_EER"]), "best_model_ACER": ours["best_model_ACER"],
+                "best_model_ACC": np.float64(ours["best_model_ACC"]), "threshold": np.float64(ours["threshold"])},
+               released)
     shutil.copy(Path(pre).parent / "pretrain_ds_mean_std.txt", released.parent)
     _, training = read_report(trained / "performance.csv")
     report, tested = _test_fas(released, data, tmp_path / "t", "--model", "vit_small_patch16",
@@ -417,7 +416,6 @@ def test_interrupted_run_resumes_from_its_last_interval(workspace, tmp_path):
 
 
 def test_unreadable_and_oversized_frames_are_skipped_counted_and_named_once(workspace, tmp_path):
-    from tests.test_hostile_inputs import bomb_png
     _, data, pre = workspace
     tree = tmp_path / "data"
     shutil.copytree(data / "MCIO" / "txt", tree / "MCIO" / "txt")
@@ -428,21 +426,25 @@ def test_unreadable_and_oversized_frames_are_skipped_counted_and_named_once(work
     # a list line may be an absolute path; 2 frames at --batch_size 2: every batch draws the bad one
     first = (txt / "casia_real_train.txt").read_text().splitlines()[0]
     (txt / "casia_real_train.txt").write_text(f"{first}\n{bad_train}\n")
-    bomb_png(tmp_path / "bad_frame0.png")  # 20000x20000: over the pixel guard
+    Image.new("RGB", (64, 64)).save(tmp_path / "bad_frame0.png")  # over the pixel guard lowered below
     (tmp_path / "bad_frame1.png").write_bytes(b"\x89PNG truncated")
     with open(txt / "msu_fake_test.txt", "a") as fh:
         fh.write(f"{tmp_path / 'bad_frame0.png'}\n")
     out = tmp_path / "out"
-    result = main_finetune_FAS.cli(fas_argv(pre, tree, out, "--runs", "1", "--iters", "4"))
+    try:
+        images.set_max_pixels(2000)  # the 32x32 frames pass, the 64x64 one is oversized
+        result = main_finetune_FAS.cli(fas_argv(pre, tree, out, "--runs", "1", "--iters", "4"))
+        report = main_test_FAS.cli(["--resume", str(out / "msu_vit_0_shot_checkpoint_run_0.pth.tar"), "--config",
+                                    "M", "--fas_data_root", str(tree), "--output_dir", str(tmp_path / "t"),
+                                    "--device", "cpu", "--num_workers", "0"])
+    finally:
+        images.set_max_pixels(None)
     assert len(result["runs"]) == 1
     records = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
     assert [(r["train_skipped_files"], r["test_skipped_files"]) for r in records] == [(1, 2), (1, 2)]
     log = (out / "log_detail.txt").read_text()
     assert log.count(f"skipping FAS frame: unreadable image {bad_train}") == 1  # drawn in every batch, named once
-    assert log.count("bad_frame0.png") == 1 and "400 megapixels" in log
-    report = main_test_FAS.cli(["--resume", str(out / "msu_vit_0_shot_checkpoint_run_0.pth.tar"), "--config", "M",
-                                "--fas_data_root", str(tree), "--output_dir", str(tmp_path / "t"), "--device", "cpu",
-                                "--num_workers", "0"])
+    assert log.count("bad_frame0.png") == 1 and "64x64 (0 megapixels), over the limit" in log
     msu = report["results"]["msu"]
     assert msu["skipped_files"] == 2 and msu["fas"]["num_videos"] == 6  # the bad video has no frame left
     assert sorted(Path(p).name for p in msu["unreadable_files"]) == ["bad_frame0.png", "bad_frame1.png"]

@@ -8,9 +8,7 @@ import sys
 import pytest
 
 from fsvfm.data.synthetic import make_synthetic_fas_tree
-from tests.test_fas_finetune import read_report
-from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
-from tests.test_finetune_scripts import REPO, _dry_run
+from tests.helpers import MODEL_KWARGS, REPO, dry_run, read_report, write_pretrain_checkpoint
 
 CKPT = {"S": "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "B": "FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth",
         "L": "FS-VFM_ViT-L_VF2_600e/checkpoint-599.pth"}
@@ -21,9 +19,10 @@ MCIO = [("M", "OCI2M"), ("C", "OMI2C"), ("I", "OCM2I"), ("O", "ICM2O")]
 DATA = "datasets/finetune_datasets/face_anti_spoofing/data"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", sorted(FULL))
 def test_full_fine_tuning_scripts(size, tmp_path):
-    jobs = _dry_run(f"run_FAS-ViT-{size}.sh", tmp_path)  # any working directory
+    jobs = dry_run(f"run_FAS-ViT-{size}.sh", tmp_path)  # any working directory
     out = f"checkpoint/finetuned_models/ViT-{size}_VF2_600e/MCIO_protocol"
     assert [(j["--config"], j["--op_dir"]) for j in jobs] == [(c, f"{out}/{n}/") for c, n in MCIO]
     for job in jobs:
@@ -34,10 +33,11 @@ def test_full_fine_tuning_scripts(size, tmp_path):
         assert "--trainable_modules" not in job and "--weight_cl" not in job
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", sorted(ADAPTER))
 def test_fs_adapter_scripts(size, tmp_path):
     weight_cl, lr, wd = ADAPTER[size]
-    jobs = _dry_run(f"run_FAS-FS-Adapter-ViT-{size}.sh", tmp_path)
+    jobs = dry_run(f"run_FAS-FS-Adapter-ViT-{size}.sh", tmp_path)
     out = f"checkpoint/finetuned_models_FS-Adapter/ViT-{size}_VF2_600e/MCIO_protocol"
     assert [(j["--config"], j["--op_dir"]) for j in jobs] == [(c, f"{out}/{c}/") for c, _ in MCIO]  # spec 7.5 folders
     for job in jobs:
@@ -47,12 +47,13 @@ def test_fs_adapter_scripts(size, tmp_path):
         assert "--runs" not in job and "--batch_size" not in job  # 3 runs, 24 per source and class: the defaults
 
 
+@pytest.mark.slow
 def test_wcs_script_and_overrides(tmp_path):
-    jobs = _dry_run("run_FAS-WCS.sh", tmp_path)
+    jobs = dry_run("run_FAS-WCS.sh", tmp_path)
     assert [(j["--config"], j["--model"], j["--lr"]) for j in jobs] == [
         (c, "vit_base_patch16", "2.5e-5") for c in ("cefa", "surf", "wmca")]
     assert jobs[0]["--op_dir"] == "checkpoint/finetuned_models/ViT-B_VF2_600e/WCS_protocol/cefa/"
-    jobs = _dry_run("run_FAS-WCS.sh", tmp_path, SIZE="FS-Adapter-ViT-S", TARGETS="surf", LR="1e-2",
+    jobs = dry_run("run_FAS-WCS.sh", tmp_path, SIZE="FS-Adapter-ViT-S", TARGETS="surf", LR="1e-2",
                     OUTPUT_DIR="/o", FAS_DATA_ROOT="/d", PRETRAINED="/p.pth", NPROC_PER_NODE="2")
     assert len(jobs) == 1 and (jobs[0]["--config"], jobs[0]["--lr"], jobs[0]["--wd"]) == ("surf", "1e-2", "1e-6")
     assert (jobs[0]["--op_dir"], jobs[0]["--fas_data_root"], jobs[0]["--pt_model"]) == ("/o/surf/", "/d", "/p.pth")
@@ -62,6 +63,7 @@ def test_wcs_script_and_overrides(tmp_path):
     assert bad.returncode == 2 and "unknown size: ViT-X" in bad.stderr
 
 
+@pytest.mark.slow
 def test_script_runs_tiny_end_to_end(tmp_path):
     data = make_synthetic_fas_tree(tmp_path / "data", n_videos=3, size=32)
     env = {**os.environ, "PRETRAINED": str(write_pretrain_checkpoint(tmp_path / "pre")), "FAS_DATA_ROOT": str(data),

@@ -28,11 +28,15 @@ from fsvfm.util.checkpoint import load_checkpoint, save_checkpoint
 from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import OutputError
 from fsvfm.util.log import TolerantFileHandler, setup_logging
-from tests.conftest import REPO
-from tests.preprocess_helpers import PRETRAIN_DEFAULT, write_image
-from tests.test_finetune_e2e import finetune_argv
-from tests.test_pretrain_main import pretrain_argv
-from tests.tiny_checkpoints import detector_checkpoint
+from tests.helpers import (
+    MODEL_KWARGS,
+    PRETRAIN_DEFAULT,
+    REPO,
+    detector_checkpoint,
+    finetune_argv,
+    pretrain_argv,
+    write_face_image,
+)
 
 
 def dfd(argv):
@@ -151,7 +155,7 @@ def test_finetuning_into_a_read_only_folder_one_line_exit_2(workspace, tmp_path,
 
 def test_predict_output_on_a_full_disk_one_line_exit_2(tmp_path, monkeypatch, capsys):
     ckpt = detector_checkpoint(tmp_path / "ckpt")
-    image = write_image(tmp_path / "in" / "photo.jpg")
+    image = write_face_image(tmp_path / "in" / "photo.jpg")
     out = tmp_path / "results"
     out.mkdir()
     _stand_in(monkeypatch, out, errno.ENOSPC)
@@ -164,7 +168,7 @@ def test_predict_output_on_a_full_disk_one_line_exit_2(tmp_path, monkeypatch, ca
 def test_preprocessing_into_a_full_disk_stops_with_one_line(tmp_path, monkeypatch, capsys):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name in ("a", "b", "c"):
-        write_image(src / f"{name}.png")
+        write_face_image(src / f"{name}.png")
     _stand_in(monkeypatch, dst, errno.ENOSPC)
     argv = ["--dataset", "custom", "--src", str(src), "--dst", str(dst), "--workers", "1", "--backend", "landmarks"]
     line = _exit_line(capsys, lambda: main_face_parse(PRETRAIN_DEFAULT, argv))
@@ -219,7 +223,8 @@ def _namespace_ok() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _namespace_ok(), reason="needs `unshare --user --mount` to mount a small tmpfs")
+@pytest.mark.skipif(not _namespace_ok(), reason="needs `unshare --user --mount` (util-linux) with unprivileged user namespaces "
+                    "allowed (sysctl kernel.unprivileged_userns_clone=1) to mount a small tmpfs")
 def test_real_small_tmpfs_full_and_read_only(tmp_path):
     """The kernel's own ENOSPC and EROFS: a 256 KiB tmpfs in a user namespace; epoch 0 fits, epoch 1 does not."""
     mnt = tmp_path / "mnt"
@@ -312,7 +317,6 @@ def test_resuming_an_adapter_run_without_its_flag_names_the_flag(workspace, tmp_
     with the default --trainable_modules all."""
     import argparse
 
-    from tests.test_finetune_e2e import MODEL_KWARGS
     _, pretrained, data = workspace
     out = tmp_path / "ft"
     argv = finetune_argv(pretrained, data, out, "--epochs", "1")

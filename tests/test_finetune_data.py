@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,26 +16,7 @@ from torchvision import transforms
 from fsvfm.data import finetune as fd
 from fsvfm.util import norm_stats as ns
 from fsvfm.util.naming import DFD_VOCABULARY, video_name_from_path
-
-
-def write_image(path: Path, real: bool, seed: int, size: int = 32) -> None:
-    """Real images are brighter than fake ones, so a tiny model can separate them."""
-    rng = np.random.default_rng(seed)
-    base = 170 if real else 70
-    arr = np.clip(base + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def make_split_tree(root: Path, split: str, videos: int = 2, frames: int = 3,
-                    classes: tuple[str, str] = ("fake_four", "real_youtube")) -> Path:
-    """``root/split/{fake,real folder}/v{k}_frame_{j}.png``; returns ``root``."""
-    for c, cls in enumerate(classes):
-        real = DFD_VOCABULARY.label_of(cls) == 1
-        for v in range(videos):
-            for f in range(frames):
-                write_image(root / split / cls / f"{cls}{v}_frame_{f}.png", real, seed=zlib.crc32(f"{split}/{c}/{v}/{f}".encode()))
-    return root
+from tests.helpers import make_split_tree, write_image
 
 
 @pytest.mark.parametrize("name,label", [("DiFF_real", 1), ("real_youtube", 1), ("fake_four", 0),
@@ -171,6 +150,23 @@ def test_build_finetune_datasets(tmp_path):
         fd.build_finetune_datasets(args, None, None)
 
 
+def test_plain_train_val_folders(tmp_path):
+    """--train/--val name any two folders of class folders (no DIR/train, DIR/val naming needed)."""
+    make_split_tree(tmp_path, "mine_a", videos=2, frames=2)
+    make_split_tree(tmp_path, "mine_b", videos=1, frames=1)
+    args = argparse.Namespace(data_path=[], train=str(tmp_path / "mine_a"), val=str(tmp_path / "mine_b"),
+                              train_split=None, val_split=None, nb_classes=2)
+    train, val = fd.build_finetune_datasets(args, None, None)
+    assert (len(train), len(val)) == (8, 2)
+    assert fd.dataset_targets(val) == [0, 1] and fd.dataset_video_names(val)[1] == "real_youtube/real_youtube0"
+    with pytest.raises(fd.UsageError, match="--train needs --val"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "val": None}), None, None)
+    with pytest.raises(fd.UsageError, match="--finetune_data_path both"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "data_path": [str(tmp_path)]}), None, None)
+    with pytest.raises(fd.UsageError, match="not both"):
+        fd.build_finetune_datasets(argparse.Namespace(**{**vars(args), "train_split": "x.txt"}), None, None)
+
+
 def test_indexed_dataset():
     ds = fd.IndexedDataset([(torch.zeros(1), 1, "v")] * 3)
     assert len(ds) == 3 and ds[2][1:] == (1, 2)
@@ -202,3 +198,33 @@ def test_one_class_or_out_of_range_sets_fail_before_training():
         fd.check_classes(_Labels([1, 1, 1]), "validation", 2)
     with pytest.raises(ValueError, match="label 2 but --nb_classes is 2"):
         fd.check_classes(_Labels([0, 1, 2]), "training", 2)
+
+
+def test_test_programs_plain_test_folder(tmp_path):
+    """--test DIR: one set named after the folder, labelled by its class folders; mistakes are usage errors."""
+    from fsvfm import evaluation
+    from fsvfm.tasks import DFD_TASK
+    make_split_tree(tmp_path, "holdout", videos=2, frames=2)
+    args = evaluation.test_parser(DFD_TASK).parse_args(["--test", str(tmp_path / "holdout"), "--resume", "x"])
+    (name, source, build), = evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY)
+    ds = build()
+    assert (name, source, len(ds)) == ("holdout", str(tmp_path / "holdout"), 8)
+    assert fd.dataset_video_names(ds)[0] == "fake_four/fake_four0" and fd.dataset_targets(ds)[-1] == 1
+    args.test_split = "list.txt"
+    with pytest.raises(fd.UsageError, match="--test .* tests one folder: drop --test_split"):
+        list(evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY))
+    args.test_split, args.test = None, str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="nowhere: folder not found"):
+        list(evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY))
+
+
+def test_half_a_folder_pair_is_one_line_before_any_output(tmp_path, capsys):
+    from fsvfm import main_finetune_DfD
+    from fsvfm.util.cli import run_cli
+    with pytest.raises(SystemExit) as e:
+        run_cli(main_finetune_DfD.main, main_finetune_DfD.get_args_parser(),
+                ["--val", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and [line.split(": ", 1)[1] for line in err] == ["error: --val needs --train too: give both folders "
+                                         "(each holds class folders, e.g. real/, fake/)"]
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,6 @@
 """Fine-tune a tiny ViT from a pre-training checkpoint, then test it (in-process, CPU)."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,49 +17,18 @@ from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.metrics import rates_at, roc_eer_threshold
-from fsvfm.registry import create_model
-from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
-from tests.conftest import TINY_FSFM, TINY_VIT
-from tests.test_finetune_data import make_split_tree, write_image
-
-MODEL_KWARGS = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})
-PRETRAIN_STATS = ([0.45, 0.4, 0.35], [0.25, 0.2, 0.22])
-
-
-def write_pretrain_checkpoint(folder: Path, legacy: bool = False) -> Path:
-    """A checkpoint as main_pretrain writes it (shared save function + stats file), or the
-    released legacy layout (Namespace args, plain torch.save)."""
-    torch.manual_seed(1)
-    net = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    path = folder / "checkpoint-1.pth"
-    folder.mkdir(parents=True, exist_ok=True)
-    if legacy:
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "scaler": {},
-                    "args": argparse.Namespace(model="fsfm_vit_small_patch16", mask_ratio=0.75)}, path)
-    else:
-        save_checkpoint(path, net.state_dict(), optimizer=opt, epoch=1, args={"model": "fsfm_vit_small_patch16"},
-                        model_name="fsfm_vit_small_patch16")
-    write_mean_std(folder / STATS_FILENAME, *PRETRAIN_STATS)
-    return path
-
-
-def tiny_classifier(**kw):
-    return create_model("vit_small_patch16", num_classes=2, **{**TINY_VIT, **kw})
-
-
-def finetune_argv(pretrained: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--finetune", str(pretrained), "--finetune_data_path", str(data), "--output_dir", str(out),
-            "--model", "vit_small_patch16", "--input_size", "32", "--model_kwargs", MODEL_KWARGS,
-            "--batch_size", "4", "--epochs", "2", "--warmup_epochs", "1", "--blr", "5e-3",
-            "--num_workers", "0", "--device", "cpu", "--apply_simple_augment", "--mixup", "0.8",
-            "--cutmix", "1.0", "--layer_decay", "0.65", "--print_freq", "50", *extra]
-
-
-def eval_argv(resume: Path, out: Path, *extra: str) -> list[str]:
-    return ["--eval", "--resume", str(resume), "--output_dir", str(out), "--input_size", "32",
-            "--batch_size", "5", "--num_workers", "0", "--device", "cpu", *extra]
+from fsvfm.util.checkpoint import CheckpointError, load_checkpoint
+from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std
+from tests.helpers import (
+    PRETRAIN_STATS,
+    eval_argv,
+    finetune_argv,
+    make_split_tree,
+    pretrain_with_main,
+    tiny_classifier,
+    write_image,
+    write_pretrain_checkpoint,
+)
 
 
 def test_pretrained_encoder_missing_and_ignored_keys(workspace, tmp_path):
@@ -228,20 +196,6 @@ def test_stats_fallback_warns(workspace, tmp_path, caplog):
         main_finetune_DfD.cli(finetune_argv(bare / "ckpt.pth", data, tmp_path / "out", "--epochs", "1"))
     assert "VGGFace2" in caplog.text and str(bare / STATS_FILENAME) in caplog.text
     assert "--epochs 1 <= --warmup_epochs 1: the learning rate never leaves" in caplog.text
-
-
-def pretrain_with_main(folder: Path) -> Path:
-    """One epoch of main_pretrain (tiny FSFM, 4 synthetic faces); returns its checkpoint under ``folder/pre``."""
-    main_pretrain = pytest.importorskip("fsvfm.main_pretrain")
-    synthetic = pytest.importorskip("fsvfm.data.synthetic")
-    faces = synthetic.make_synthetic_pretrain_dataset(folder / "faces", 4, size=32, seed=0)
-    pre = folder / "pre"
-    overrides = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
-    main_pretrain.main(main_pretrain.get_args_parser().parse_args([
-        "--pretrain_data_path", str(faces), "--output_dir", str(pre), "--device", "cpu", "--input_size", "32",
-        "--model_overrides", overrides, "--batch_size", "2", "--num_workers", "0", "--epochs", "1",
-        "--warmup_epochs", "1"]))
-    return pre / "checkpoint-0.pth"
 
 
 def test_finetune_from_main_pretrain_output(workspace, tmp_path):

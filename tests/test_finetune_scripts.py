@@ -3,19 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fsvfm import evaluation, main_finetune_DfD
 from fsvfm.tasks import get_task
-from tests.test_finetune_data import make_split_tree
-from tests.test_finetune_e2e import MODEL_KWARGS, write_pretrain_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import MODEL_KWARGS, REPO, dry_run, make_split_tree, write_pretrain_checkpoint
 
 ROWS = {  # script: (model, pre-trained file, blr, layer decay, weight decay, output tag, test program)
     "run_DfD-ViT-S.sh": ("vit_small_patch16", "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "2e-4", "0.65", "0.03",
@@ -43,24 +38,11 @@ ADAPTER_ROWS = {  # spec 7.6: task, size -> batch/GPU, epochs, blr, weight_cl, m
 }
 
 
-def _dry_run(script: str, cwd: Path, **env: str) -> list[dict[str, str]]:
-    out = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "DRY_RUN": "1", **env}, check=True).stdout
-    commands = []
-    for line in out.strip().splitlines():  # VAR=value ... scripts/launch.sh PROGRAM --flag value ...
-        words = shlex.split(line)
-        launcher = words.index("scripts/launch.sh")
-        flags = {w: (words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else "")
-                 for i, w in enumerate(words) if w.startswith("--")}
-        env_vars = dict(w.split("=", 1) for w in words[:launcher])
-        commands.append({"program": words[launcher + 1], "argv": words[launcher + 2:], **env_vars, **flags})
-    return commands
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(ROWS))
 def test_script_settings(script, tmp_path):
     model, ckpt, blr, ld, wd, tag, test_program = ROWS[script]
-    ft, test = _dry_run(script, tmp_path)  # any working directory
+    ft, test = dry_run(script, tmp_path)  # any working directory
     assert ft["program"] == "fsvfm/main_finetune_DfD.py" and test["program"] == f"fsvfm/{test_program}"
     assert ft["--model"] == test["--model"] == model
     assert ft["--finetune"] == f"checkpoint/pretrained_models/{ckpt}"
@@ -73,10 +55,11 @@ def test_script_settings(script, tmp_path):
     assert "--apply_simple_augment" not in test  # the released numbers used the full resize
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, size", sorted(ADAPTER_ROWS))
 def test_fs_adapter_script_settings(task, size, tmp_path):
     batch, epochs, blr, weight_cl, port = ADAPTER_ROWS[task, size]
-    ft, test = _dry_run(f"run_{task}-FS-Adapter-ViT-{size}.sh", tmp_path)
+    ft, test = dry_run(f"run_{task}-FS-Adapter-ViT-{size}.sh", tmp_path)
     model = f"{MODEL[size]}_fs_adapter"
     assert ft["program"] == "fsvfm/main_finetune_DfD.py" and test["program"] == f"fsvfm/main_test_{task}.py"
     assert ft["--model"] == test["--model"] == model
@@ -101,8 +84,9 @@ def test_fs_adapter_script_settings(task, size, tmp_path):
     assert test_args.model == model and test_args.adapter_reduction is None
 
 
+@pytest.mark.slow
 def test_script_overrides(tmp_path):
-    ft, test = _dry_run("run_DfD-ViT-S.sh", tmp_path, BLR="1e-3", OUTPUT_ROOT="/x", DATA_ROOT="/d",
+    ft, test = dry_run("run_DfD-ViT-S.sh", tmp_path, BLR="1e-3", OUTPUT_ROOT="/x", DATA_ROOT="/d",
                         TEST_EXTRA_ARGS="--device cpu")
     assert ft["--blr"] == "1e-3" and ft["--output_dir"].startswith("/x/ViT-S_VF2_600e")
     assert ft["--finetune_data_path"].startswith("/d/") and test["--test_root"] == "/d" and test["--device"] == "cpu"

@@ -12,7 +12,7 @@ from fsvfm import models_vit
 from fsvfm.losses import RealAnchorConLoss
 from fsvfm.registry import create_model, list_models
 from fsvfm.util.trainable import apply_trainable_modules, count_parameters
-from tests.conftest import TINY_VIT
+from tests.helpers import TINY_VIT
 
 SIZES = ["vit_small_patch16", "vit_base_patch16", "vit_large_patch16", "vit_huge_patch14"]
 ADAPTER_NAMES = [f"{s}_fs_adapter" for s in SIZES]

@@ -19,12 +19,12 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import classifier as adapter_hooks
 from fsvfm.util.checkpoint import load_checkpoint, save_checkpoint
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
-from tests.conftest import TINY_VIT
-from tests.test_finetune_data import make_split_tree
-from tests.test_finetune_e2e import (
+from tests.helpers import (
     PRETRAIN_STATS,
+    TINY_VIT,
     eval_argv,
     finetune_argv,
+    make_split_tree,
     pretrain_with_main,
 )
 

@@ -15,9 +15,7 @@ from fsvfm import app, evaluation, predict
 from fsvfm.main_test_DfD import DFD_TASK
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.checkpoint import load_checkpoint, model_warnings
-from tests.preprocess_helpers import write_image
-from tests.test_finetune_e2e import eval_argv
-from tests.tiny_checkpoints import detector_checkpoint
+from tests.helpers import detector_checkpoint, eval_argv, write_face_image
 
 DEMO = "this detector was trained by the demo on toy data: its scores mean nothing"
 
@@ -60,7 +58,7 @@ def test_predict_app_and_test_program_say_it(toy, tmp_path, capsys):
     _, path = toy
     near = "this detector is near chance on its own validation data (AUC 0.504 after 1 epoch(s)): " \
            "its scores are not verdicts"
-    photo = write_image(tmp_path / "photo.jpg")
+    photo = write_face_image(tmp_path / "photo.jpg")
     assert predict.main(["--checkpoint", str(path), str(photo), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1:3] == [f"WARNING: {DEMO}", f"WARNING: {near}"]

@@ -3,7 +3,6 @@ the hub's own on-disk layout (blobs, snapshot symlinks, refs/main) and sets HF_H
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -21,54 +20,18 @@ from fsvfm.util.checkpoint import (
     save_checkpoint,
 )
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
-from tests.test_finetune_e2e import PRETRAIN_STATS, write_pretrain_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-PRE = "pretrained_models/FS-VFM_ViT-S_VF2_600e"
-FT = "finetuned_models/FS-VFM_extensions/cross_dataset_DFD_and_DiFF/ViT-S_VF2_600e/FT_on_FF++_c23_32frames"
-
-
-def add_to_cache(cache: Path, rel: str, data: bytes) -> None:
-    """One file in the hub layout: ``blobs/<sha256>`` plus a relative symlink from the snapshot."""
-    repo = cache / "models--Wolowolo--fsfm-3c"
-    blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    blob.write_bytes(data)
-    link = repo / "snapshots" / COMMIT / rel
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-
-
-@pytest.fixture(scope="module")
-def released(tmp_path_factory) -> dict[str, bytes]:
-    """Repository path -> bytes: a tiny pre-trained release (online, target, statistics) and a fine-tuned folder."""
-    src = tmp_path_factory.mktemp("release")
-    write_pretrain_checkpoint(src)
-    save_checkpoint(src / "checkpoint-te-1.pth", {"w": torch.zeros(1)}, epoch=1, network="target")
-    files = {f"{PRE}/checkpoint-599.pth": (src / "checkpoint-1.pth").read_bytes(),
-             f"{PRE}/checkpoint-te-599.pth": (src / "checkpoint-te-1.pth").read_bytes(),
-             f"{PRE}/{STATS_FILENAME}": (src / STATS_FILENAME).read_bytes(),
-             f"{FT}/log_detail.txt": b"fine-tuning log\n",
-             f"{FT}/experiments_test/test_results.txt": b"results\n"}
-    return files
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch, released) -> Path:
-    from huggingface_hub import constants
-    root = tmp_path / "hub_cache"
-    for rel, data in released.items():
-        add_to_cache(root, rel, data)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(root))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.resolve_hub_uri.cache_clear()
-    yield root
-    hub.resolve_hub_uri.cache_clear()
+from tests.helpers import (
+    COMMIT,
+    FT,
+    MODEL_KWARGS,
+    PRE,
+    PRETRAIN_STATS,
+    REPO,
+    add_to_cache,
+    finetune_argv,
+    make_split_tree,
+    tiny_classifier,
+)
 
 
 def test_release_table_matches_spec_10():
@@ -160,8 +123,6 @@ def test_pretraining_resume_from_hf_finds_the_target(cache):
 
 def test_finetune_from_hf_uses_the_release_statistics(cache, tmp_path):
     from fsvfm import main_finetune_DfD
-    from tests.test_finetune_data import make_split_tree
-    from tests.test_finetune_e2e import finetune_argv
     data = make_split_tree(tmp_path / "data", "train", videos=2, frames=2)
     make_split_tree(data, "val", videos=1, frames=2)
     write_mean_std(tmp_path / "decoy" / STATS_FILENAME, [0.1] * 3, [0.9] * 3)
@@ -170,6 +131,7 @@ def test_finetune_from_hf_uses_the_release_statistics(cache, tmp_path):
     assert load_checkpoint(out / "checkpoint-0.pth")["norm_stats"] == {"mean": PRETRAIN_STATS[0], "std": PRETRAIN_STATS[1]}
 
 
+@pytest.mark.slow
 def test_cli_offline_with_environment(cache, tmp_path):
     """``python -m fsvfm.hub`` in a fresh process, configured only by HF_HUB_OFFLINE / HF_HUB_CACHE."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
@@ -207,8 +169,6 @@ def test_human_sizes(size, text):
 def test_predict_from_hf_checkpoint(cache, tmp_path):
     """predict's --checkpoint takes hf:// too (the same resolution as every other program)."""
     from fsvfm.predict import Detector
-    from fsvfm.util.checkpoint import save_checkpoint
-    from tests.test_finetune_e2e import MODEL_KWARGS, tiny_classifier
     src = tmp_path / "ft.pth"
     save_checkpoint(src, tiny_classifier().state_dict(), args={"model": "vit_small_patch16", "input_size": 32,
                                                                "model_kwargs": MODEL_KWARGS},

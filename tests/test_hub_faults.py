@@ -1,4 +1,3 @@
-# ruff: noqa: F811
 """A broken hub cache or a failing hub never leaves the user stuck: a truncated cached blob is refused (exit 2,
 nothing placed, the fix named) and ``--force`` fetches it again; HTTP 404 / 500 are named; an endpoint that
 never answers is given up on in bounded time; the retries print one line. The hub is a local HTTP stand-in
@@ -16,7 +15,7 @@ import pytest
 
 from fsvfm import hub
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint
-from tests.test_hub import COMMIT, PRE, cache, released  # noqa: F401 - fixtures (parameters below: F811)
+from tests.helpers import COMMIT, PRE
 
 CKPT = f"{PRE}/checkpoint-599.pth"
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fsvfm import models_fsfm, models_vit
 from fsvfm.registry import create_model
 from fsvfm.util.pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
-from tests.conftest import TINY_FSFM, TINY_VIT
+from tests.helpers import TINY_FSFM, TINY_VIT
 
 FSFM_NAMES = ["fsfm_vit_small_patch16", "fsfm_vit_base_patch16", "fsfm_vit_large_patch16",
               "fsfm_vit_huge_patch14"]

@@ -9,7 +9,7 @@ import torch
 
 from fsvfm.models_fas import add_embedder_aliases, create_fas_model
 from fsvfm.registry import list_models, model_family
-from tests.conftest import TINY_VIT
+from tests.helpers import TINY_VIT
 
 
 def _tiny(**kw):

@@ -19,11 +19,7 @@ from fsvfm.registry import create_model
 from fsvfm.tasks import DFD_TASK, UNIFIED_TASK, TestSet
 from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.naming import UNIFIED_RELEASE_PATH, checkpoint_vocabulary
-from tests.preprocess_helpers import faces_dir
-from tests.test_finetune_e2e import eval_argv
-from tests.tiny_checkpoints import UNIFIED_CLASSES, unified_detector_checkpoint
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.helpers import SHARED, UNIFIED_CLASSES, eval_argv, faces_dir, unified_detector_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,8 @@ def released_unified(tmp_path_factory) -> Path:
     head, keys model / optimizer / epoch / scaler / args (an argparse.Namespace), at its repository path."""
     ref = SHARED / "fixtures" / "reference_state_dict_shapes.json"
     if not ref.is_file():
-        pytest.skip(f"needs {ref}")
+        pytest.skip(f"needs {ref} (the original's parameter names and shapes, in the workspace's shared/fixtures "
+                    "folder beside the repository)")
     shapes = json.loads(ref.read_text())["vit_base_patch16:global_pool=True"]
     torch.manual_seed(0)
     model = create_model("vit_base_patch16", family="classifier", num_classes=4, global_pool=True)

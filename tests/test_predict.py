@@ -19,9 +19,7 @@ from fsvfm.predict import Detector
 from fsvfm.preprocess.faces import FaceCropper, square_box
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.util.checkpoint import load_checkpoint
-from tests.preprocess_helpers import face_frame, faces_dir, write_image, write_video
-from tests.test_finetune_e2e import eval_argv
-from tests.tiny_checkpoints import detector_checkpoint
+from tests.helpers import detector_checkpoint, eval_argv, face_frame, faces_dir, write_face_image, write_video
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +32,10 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """photo (one face), group (three), a 10-frame clip, a faceless and a broken image."""
     root = tmp_path_factory.mktemp("inputs")
     face = face_frame()
-    files = {"photo": write_image(root / "photo.jpg"),
-             "group": write_image(root / "group.jpg", np.concatenate([face, face[:, ::-1], face], axis=1)),
+    files = {"photo": write_face_image(root / "photo.jpg"),
+             "group": write_face_image(root / "group.jpg", np.concatenate([face, face[:, ::-1], face], axis=1)),
              "clip": write_video(root / "clip.mp4", n_frames=10),
-             "nofaces": write_image(root / "nofaces.jpg", np.full((120, 160, 3), 128, np.uint8)),
+             "nofaces": write_face_image(root / "nofaces.jpg", np.full((120, 160, 3), 128, np.uint8)),
              "broken": root / "broken.jpg"}
     files["broken"].write_bytes(b"not a jpeg")
     return files
@@ -118,7 +116,7 @@ def test_scores_equal_the_test_program(ckpt, inputs, tmp_path):
 
 def test_api_accepts_paths_pil_and_arrays(ckpt, inputs, tmp_path):
     det = Detector.from_checkpoint(ckpt, device="cpu")
-    png = write_image(tmp_path / "face.png")  # lossless, so the decoded pixels equal the array's
+    png = write_face_image(tmp_path / "face.png")  # lossless, so the decoded pixels equal the array's
     rgb = np.ascontiguousarray(face_frame()[:, :, ::-1])
     by_path, by_array, by_pil = det.predict(png), det.predict(rgb), det.predict(Image.fromarray(rgb))
     assert by_path["path"] == str(png) and by_array["path"] is None and by_pil["type"] == "image"

@@ -17,7 +17,7 @@ from fsvfm.preprocess.cli import main_dataset_preprocess, main_face_parse
 from fsvfm.preprocess.config import load_config
 from fsvfm.util import fileio
 from fsvfm.util.naming import IMAGE_EXTENSIONS
-from tests.preprocess_helpers import (
+from tests.helpers import (
     FINETUNE_DEFAULT,
     PRETRAIN_DEFAULT,
     astronaut_bgr,
@@ -25,7 +25,7 @@ from tests.preprocess_helpers import (
     faces_dir,
     frames,
     tree,
-    write_image,
+    write_face_image,
     write_video,
 )
 
@@ -44,8 +44,8 @@ def _exit_line(capsys, run) -> str:
 
 def test_face_parse_custom_processes_photos_and_videos(tmp_path, caplog):
     src, dst = tmp_path / "src", tmp_path / "ds"
-    write_image(src / "a.png")
-    write_image(src / "sub" / "b.png")
+    write_face_image(src / "a.png")
+    write_face_image(src / "sub" / "b.png")
     write_video(src / "clip.mp4", n_frames=10)
     argv = ["--dataset", "custom", "--src", str(src), "--dst", str(dst), "--num_frames", "3", *PARSE]
     with caplog.at_level(logging.INFO):
@@ -83,10 +83,35 @@ def test_named_dataset_with_no_input_exits_2(tmp_path, capsys):
     assert "nothing to process for --dataset VF2" in line
 
 
+def test_unknown_opts_key_is_one_line_with_a_hint(tmp_path, capsys):
+    argv = ["--dataset", "DFD", "--opts", "DFD_num_frame", "8", "--log_dir", str(tmp_path)]
+    line = _exit_line(capsys, lambda: main_dataset_preprocess(FINETUNE_DEFAULT, "finetune", argv))
+    assert line.endswith("error: unknown config key(s) in --opts: 'DFD_num_frame' (did you mean 'DFD_num_frames'?); "
+                         f"the known keys are in {FINETUNE_DEFAULT.resolve()}")
+
+
+@pytest.mark.parametrize("dataset, keys, missing", [
+    ("FF++_all", {"FF_train_split": "s/train.json", "FF_val_split": "s/val.json", "FF_test_split": "s/test.json"},
+     "FaceForensics++ split file(s) not found: {d}/s/train.json (config key FF_train_split), {d}/s/val.json (config "
+     "key FF_val_split), {d}/s/test.json (config key FF_test_split)"),
+    ("CelebDFv2", {"CelebDFv2_path": "cdf/"},
+     "CelebDFv2 test list not found: {d}/cdf/List_of_testing_videos.txt (config key CelebDFv2_path)"),
+    ("DFDC", {"DFDC_path": "dfdc/"}, "DFDC labels not found: {d}/dfdc/labels.csv (config key DFDC_path)"),
+])
+def test_missing_benchmark_files_are_one_line_naming_path_and_key(tmp_path, capsys, monkeypatch, dataset, keys,
+                                                                  missing):
+    """A benchmark that is not downloaded (was a bare [Errno 2])."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", dataset, "--log_dir", str(tmp_path), "--opts", *[x for kv in keys.items() for x in kv]]
+    line = _exit_line(capsys, lambda: main_dataset_preprocess(FINETUNE_DEFAULT, "finetune", argv))
+    assert line.endswith(f"error: {missing.format(d=tmp_path)}; download the data set as datasets/README.md "
+                         "describes, or set the key (--opts KEY PATH or --config FILE)")
+
+
 def test_missing_facer_weights_print_the_instructions_once(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    write_image(tmp_path / "src" / "a.png")
-    write_image(tmp_path / "src" / "b.png")
+    write_face_image(tmp_path / "src" / "a.png")
+    write_face_image(tmp_path / "src" / "b.png")
     argv = ["--dataset", "custom", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "ds"), "--workers", "1",
             "--backend", "facer", "--facer_model_dir", str(tmp_path / "weights")]
     with pytest.raises(SystemExit) as e:
@@ -106,7 +131,7 @@ def test_distinct_job_errors_are_logged_once_each(tmp_path, caplog, monkeypatch)
         raise OSError("disk full")
     monkeypatch.setattr(jobs, "atomic_write_image", broken)
     for name in ("a", "b", "c"):
-        write_image(tmp_path / "src" / f"{name}.png")
+        write_face_image(tmp_path / "src" / f"{name}.png")
     argv = ["--dataset", "custom", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "out"), "--workers", "1"]
     with caplog.at_level(logging.INFO):
         s = main_dataset_preprocess(PRETRAIN_DEFAULT, "pretrain", argv)
@@ -131,7 +156,7 @@ def test_config_must_be_yaml_and_is_never_executed(tmp_path, capsys, monkeypatch
 
 def test_max_faces_keeps_every_face_with_distinct_names(tmp_path):
     src = tmp_path / "src"
-    write_image(src / "astro.png", astronaut_bgr())         # dlib finds 2 faces (scores 1.16, 0.12)
+    write_face_image(src / "astro.png", astronaut_bgr())         # dlib finds 2 faces (scores 1.16, 0.12)
     base = ["--dataset", "custom", "--src", str(src), "--workers", "1"]
     one = main_dataset_preprocess(PRETRAIN_DEFAULT, "pretrain", [*base, "--dst", str(tmp_path / "one")])
     assert one.counts["done"] == 1 and {"astro.png"} == {p for p in tree(tmp_path / "one") if p.endswith(".png")}
@@ -151,7 +176,7 @@ def test_max_faces_keeps_every_face_with_distinct_names(tmp_path):
 
 def test_max_faces_on_a_group_photo(tmp_path):
     photo = faces_dir() / "2008_001322.jpg"                  # 3 faces
-    write_image(tmp_path / "src" / "group.jpg", cv2.imread(str(photo)))
+    write_face_image(tmp_path / "src" / "group.jpg", cv2.imread(str(photo)))
     argv = ["--dataset", "custom", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "out"),
             "--workers", "1", "--max_faces", "2"]
     s = main_dataset_preprocess(PRETRAIN_DEFAULT, "pretrain", argv)
@@ -173,7 +198,7 @@ def test_writers_leave_only_non_image_temporary_names(tmp_path, monkeypatch):
     real_replace = os.replace
     monkeypatch.setattr(fileio.os, "replace", lambda a, b: (moved.append(os.path.basename(a)), real_replace(a, b)))
     src = tmp_path / "src"
-    write_image(src / "a.png", face_frame())
+    write_face_image(src / "a.png", face_frame())
     write_video(src / "clip.mp4", n_frames=2)
     main_face_parse(PRETRAIN_DEFAULT, ["--dataset", "custom", "--src", str(src), "--dst", str(tmp_path / "ds"),
                                        "--num_frames", "2", "--save_vis", *PARSE])
@@ -183,10 +208,10 @@ def test_writers_leave_only_non_image_temporary_names(tmp_path, monkeypatch):
 
 def test_leftover_temporary_files_are_not_listed_as_images(tmp_path):
     root = tmp_path / "ds"
-    write_image(root / "images" / "a.png")
+    write_face_image(root / "images" / "a.png")
     (root / "parsing_maps").mkdir()
     np.save(root / "parsing_maps" / "a.npy", np.zeros((1, 4, 4), np.int8))
-    write_image(tmp_path / "train" / "real_youtube" / "r.png")
+    write_face_image(tmp_path / "train" / "real_youtube" / "r.png")
     leftovers = [fileio._create_temp(p) for p in
                  (root / "images" / "b.png", root / "parsing_maps" / "b.npy", tmp_path / "train" / "real_youtube" / "s.png")]
     assert all(os.path.getsize(f) == 0 and f.endswith(".tmp") for f in leftovers)
@@ -230,7 +255,7 @@ def test_face_parse_refuses_photos_that_are_not_face_crops(tmp_path, capsys):
     for name in ("bald_guys.jpg", "dogs.jpg"):
         (src / name).symlink_to(faces_dir() / name)
     tom = cv2.imread(str(faces_dir() / "Tom_Cruise_avp_2014_4.jpg"))
-    write_image(src / "tom_crop.png", FaceCropper().crop(tom)[0])
+    write_face_image(src / "tom_crop.png", FaceCropper().crop(tom)[0])
     base = ["--dataset", "custom", "--src", str(src), *PARSE]
     line = _exit_line(capsys, lambda: main_face_parse(PRETRAIN_DEFAULT, [*base, "--dst", str(tmp_path / "a")]))
     assert line.split(": ", 1)[1] == (f"error: 2 photo(s) in --src {src} are not face crops (bald_guys.jpg: 24 faces; "

@@ -7,7 +7,7 @@ import pytest
 from fsvfm.preprocess.augment import make_variants
 from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.faces import FaceCropper
-from tests.preprocess_helpers import FINETUNE_DEFAULT, PRETRAIN_DEFAULT, REPO, astronaut_bgr
+from tests.helpers import FINETUNE_DEFAULT, PRETRAIN_DEFAULT, REPO, astronaut_bgr
 
 
 def test_defaults_resolve_against_the_script_folder(monkeypatch, tmp_path):
@@ -42,6 +42,18 @@ def test_config_file_and_opts(monkeypatch, tmp_path):
     assert cfg.DFDC_path == str(tmp_path / "dfdc") + "/"                           # --opts: cwd
     with pytest.raises(KeyError):
         load_config(FINETUNE_DEFAULT, opts=["no_such_key", "1"])
+
+
+def test_unknown_keys_are_named_together_with_the_closest_known_key(tmp_path):
+    with pytest.raises(KeyError) as e:
+        load_config(FINETUNE_DEFAULT, opts=["FF_num_frame", "8", "no_such_key", "1", "FF_compression", "c40"])
+    assert e.value.args[0] == ("unknown config key(s) in --opts: 'FF_num_frame' (did you mean 'FF_num_frames'?), "
+                               f"'no_such_key'; the known keys are in {FINETUNE_DEFAULT.resolve()}")
+    (tmp_path / "my.yaml").write_text("FF_compresion: c40\nDFDC_path: x/\n")
+    with pytest.raises(KeyError) as e:
+        load_config(FINETUNE_DEFAULT, tmp_path / "my.yaml")
+    assert e.value.args[0].startswith(f"unknown config key(s) in --config {tmp_path / 'my.yaml'}: "
+                                      "'FF_compresion' (did you mean 'FF_compression'?); ")
 
 
 def test_make_variants_varied_reproducible_and_still_faces():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fsvfm.preprocess.faces import ARCFACE_TEMPLATE_112, FaceCropper, alignment_matrix, square_box
-from tests.preprocess_helpers import astronaut_bgr, faces_dir
+from tests.helpers import astronaut_bgr, faces_dir
 
 # dlib HOG, upsample 1 (see shared/faces/README.md): faces per photo.
 EXPECTED_COUNTS = {

@@ -15,7 +15,7 @@ from fsvfm.preprocess.cli import main_fas_preprocess
 from fsvfm.preprocess.config import load_config
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.preprocess.runner import Summary
-from tests.preprocess_helpers import REPO, faces_dir, tree
+from tests.helpers import REPO, faces_dir, tree
 
 FAS_DEFAULT = REPO / "datasets" / "finetune" / "preprocess_FAS" / "config" / "default.py"
 PHOTOS = ("Tom_Cruise_avp_2014_4.jpg", "2008_001009.jpg", "2009_004587.jpg")

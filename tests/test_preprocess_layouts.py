@@ -12,14 +12,7 @@ from pathlib import Path
 import pytest
 
 from fsvfm.preprocess.cli import main_dataset_preprocess, main_face_parse
-from tests.preprocess_helpers import (
-    FINETUNE_DEFAULT,
-    PRETRAIN_DEFAULT,
-    frames,
-    tree,
-    write_image,
-    write_video,
-)
+from tests.helpers import FINETUNE_DEFAULT, PRETRAIN_DEFAULT, frames, tree, write_face_image, write_video
 
 MANIPS = ("DeepFakes", "Face2Face", "FaceSwap", "NeuralTextures")
 FF_PAIRS = {"train": ("000", "001"), "val": ("002", "003"), "test": ("004", "005")}
@@ -197,9 +190,9 @@ def test_dfdc_preview_dataset_json(ws, clip):
 
 def test_wild_deepfake_copies(ws):
     root = ws / "data/deepfake_in_the_wild"
-    a = write_image(root / "fake_test/12/fake/3/0001.png")
-    write_image(root / "real_test/5/real/1/0002.png")
-    write_image(root / "real_test/5/real/1/0003.jpg")             # not a .png: not copied
+    a = write_face_image(root / "fake_test/12/fake/3/0001.png")
+    write_face_image(root / "real_test/5/real/1/0002.png")
+    write_face_image(root / "real_test/5/real/1/0003.jpg")             # not a .png: not copied
     finetune(ws, "WildDeepfake")
     out = ws / "out/dfd/deepfake_in_the_wild/test"
     assert tree(out) == {"fake/fake_test_12_fake_3_frame_0001.png", "real/real_test_5_real_1_frame_0002.png"}
@@ -210,7 +203,7 @@ def test_diff_test_and_val_subsets(ws):
     root = ws / "data/DiFF"
     for rel in ("test/FS/Roop/a/0001.jpg", "test/FE/x/0002.png", "test/I2I/y/0003.jpg", "test/T2I/z/0004.png",
                 "val/FS/Roop/b/0005.jpg", "DiFF_real/test/r1.jpg", "DiFF_real/val/r2.png"):
-        write_image(root / rel)
+        write_face_image(root / rel)
     (root / "test/FS/notes.txt").write_text("not an image")
     s = finetune(ws, "DiFF")
     assert (s.counts["done"], s.counts["error"]) == (7, 0)             # each real image cropped once
@@ -223,10 +216,11 @@ def test_diff_test_and_val_subsets(ws):
     assert tree(ws / "out/diff/DiFF") == expected
 
 
+@pytest.mark.slow
 def test_pretrain_vf2_ytf_ff_and_parse(ws, clip):
     for rel in ("VGG-Face2/train/n000002/0001_01.jpg", "VGG-Face2/test/n000003/0002_01.jpg",
                 "YoutubeFace/frame_images_DB/Aaron_Eckhart/0/0.555.jpg"):
-        write_image(ws / "data" / rel)
+        write_face_image(ws / "data" / rel)
     make_ff(ws, clip)
     args = ["--config", str(ws / "cfg/pretrain.yaml"), "--workers", "2", "--log_dir", str(ws / "logs")]
     for ds in ("VF2", "YTF", "FF++_o"):

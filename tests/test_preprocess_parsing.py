@@ -20,7 +20,7 @@ from fsvfm.preprocess.labels import LAPA, LEGEND_WIDTH, PALETTE, legend_image
 from fsvfm.preprocess.parse_facer import FACER_FILES, FacerParser
 from fsvfm.preprocess.parse_landmarks import LandmarkParser
 from fsvfm.preprocess.parsing import resolve_backend, to_parser_input
-from tests.preprocess_helpers import PRETRAIN_DEFAULT, REPO, astronaut_bgr, tree, write_image
+from tests.helpers import PRETRAIN_DEFAULT, REPO, astronaut_bgr, tree, write_face_image
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_landmark_parser_no_face_returns_none(landmark_parser):
 
 def test_custom_face_parse_outputs_resume_and_bad_inputs(tmp_path, face224, landmark_parser):
     src = tmp_path / "src"
-    write_image(src / "face.png", np.ascontiguousarray(face224[:, :, ::-1]))
-    write_image(src / "sub" / "blank.jpg", np.full((100, 100, 3), 127, np.uint8))
+    write_face_image(src / "face.png", np.ascontiguousarray(face224[:, :, ::-1]))
+    write_face_image(src / "sub" / "blank.jpg", np.full((100, 100, 3), 127, np.uint8))
     (src / "corrupt.png").write_bytes(b"\x89PNG broken")
     (src / "readme.txt").write_text("not an image (D1)")
     dst = tmp_path / "ds"
@@ -103,8 +103,9 @@ def test_custom_face_parse_outputs_resume_and_bad_inputs(tmp_path, face224, land
     assert (s.counts["done"], s.counts["skipped"]) == (0, 1)
 
 
+@pytest.mark.slow
 def test_entry_script_runs_from_any_directory(tmp_path):
-    write_image(tmp_path / "photos" / "a.jpg", astronaut_bgr())
+    write_face_image(tmp_path / "photos" / "a.jpg", astronaut_bgr())
     script = REPO / "datasets/pretrain/preprocess/face_parse.py"
     r = subprocess.run([sys.executable, str(script), "--dataset", "custom", "--src", "photos", "--dst", "out",
                         "--crop", "--workers", "1", "--backend", "landmarks"],
@@ -150,7 +151,8 @@ def _stand_in_parser(path: Path) -> None:
 
 @pytest.fixture
 def facer_cache(tmp_path, monkeypatch) -> Path:
-    pytest.importorskip("facer")
+    pytest.importorskip("facer", reason="needs the optional FACER parser: pip install --no-deps pyfacer==0.0.5 "
+                                 "(make setup installs it)")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)

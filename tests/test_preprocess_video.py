@@ -8,7 +8,7 @@ import pytest
 
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, sample_indices, unique_indices
-from tests.preprocess_helpers import frames, tree, write_video
+from tests.helpers import frames, tree, write_video
 
 
 def test_sample_indices_match_linspace_truncation():

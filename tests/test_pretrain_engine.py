@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from fsvfm.util.train_step import (
     TrainingDivergedError,
     reduce_losses_on_device,
 )
+from tests.helpers import free_port
 
 
 class FakeOnline(nn.Module):
@@ -177,10 +177,9 @@ def _reduce_worker(rank: int, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_non_finite_decision_is_shared_by_all_ranks():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = torch.multiprocessing.get_context("spawn")
     results = ctx.Manager().dict()
     torch.multiprocessing.start_processes(_reduce_worker, args=(port, results), nprocs=2, start_method="spawn")

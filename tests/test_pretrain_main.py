@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +16,14 @@ from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser, main
 from fsvfm.pretrain_runner import _Run, build_networks, find_resume_set, resume
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from tests.conftest import REPO, TINY_FSFM
+from tests.helpers import PRETRAIN_OVERRIDES_JSON, REPO, free_port, pretrain_argv
 
-OVERRIDES = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
 LOG_KEYS = {"train_lr", "train_loss", "train_loss_rec_all", "train_loss_rec_sfr", "train_loss_cl", "epoch"}
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return make_synthetic_pretrain_dataset(tmp_path_factory.mktemp("faces"), 8, size=32, seed=0)
-
-
-def pretrain_argv(data_root, out, *extra) -> list[str]:
-    return ["--pretrain_data_path", str(data_root), "--output_dir", str(out), "--device", "cpu",
-            "--input_size", "32", "--model_overrides", OVERRIDES, "--batch_size", "2", "--num_workers", "0",
-            "--epochs", "2", "--warmup_epochs", "1", "--save_freq", "1", "--norm_pix_loss", *extra]
 
 
 def _run(data_root, out, *extra) -> dict:
@@ -74,7 +66,7 @@ def test_checkpoints_load_safely_and_hold_both_networks(two_epoch_run):
     assert {"model", "optimizer", "epoch", "args", "model_name"} <= set(online) and "scaler" not in online  # CPU: no scaler
     assert online["epoch"] == 1 and isinstance(online["args"], dict) and online["model_name"] == "fsfm_vit_base_patch16"
     assert "optimizer" not in target and "scaler" not in target and target["epoch"] == 1
-    args = get_args_parser().parse_args(["--input_size", "32", "--model_overrides", OVERRIDES, "--norm_pix_loss"])
+    args = get_args_parser().parse_args(["--input_size", "32", "--model_overrides", PRETRAIN_OVERRIDES_JSON, "--norm_pix_loss"])
     model, tnet = build_networks(args, torch.device("cpu"))
     assert set(online["model"]) == set(model.state_dict()) and set(target["model"]) == set(tnet.state_dict())
     groups = online["optimizer"]["param_groups"]
@@ -155,12 +147,6 @@ def test_both_local_rank_spellings_parse():
     assert args.data_path == ["a", "b"] and parser.parse_args([]).data_path is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _subprocess(cmd: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -174,7 +160,7 @@ def _subprocess(cmd: list[str]) -> subprocess.CompletedProcess:
 def test_torchrun_two_process_gloo(data_root, tmp_path):
     out = tmp_path / "ddp"
     _subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                 "127.0.0.1", "--master_port", str(_free_port()), "fsvfm/main_pretrain.py",
+                 "127.0.0.1", "--master_port", str(free_port()), "fsvfm/main_pretrain.py",
                  *pretrain_argv(data_root, out)])
     detail = (out / "log_detail.txt").read_text()
     assert "processes: 2 (backend gloo)" in detail
@@ -192,7 +178,7 @@ def test_torchrun_two_process_gloo(data_root, tmp_path):
 def test_torch_distributed_launch_and_module_entry_points(data_root, tmp_path):
     out = tmp_path / "launch"
     _subprocess([sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "1", "--master_port",
-                 str(_free_port()), "fsvfm/main_pretrain.py", *pretrain_argv(data_root, out, "--epochs", "1")])
+                 str(free_port()), "fsvfm/main_pretrain.py", *pretrain_argv(data_root, out, "--epochs", "1")])
     assert (out / "checkpoint-0.pth").is_file()
     result = _subprocess([sys.executable, "-m", "fsvfm.main_pretrain", "--help"])
     assert "--pretrain_data_path" in result.stdout and "--resume_target_network" in result.stdout

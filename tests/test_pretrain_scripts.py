@@ -12,7 +12,7 @@ import pytest
 from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.util.args import set_effective_lr
-from tests.conftest import REPO, TINY_FSFM
+from tests.helpers import REPO, TINY_FSFM
 
 
 def _script(size: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -22,6 +22,7 @@ def _script(size: str, env: dict[str, str], *args: str) -> subprocess.CompletedP
                           env=full_env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,model,batch,accum", [("S", "fsfm_vit_small_patch16", 512, 2),
                                                     ("B", "fsfm_vit_base_patch16", 256, 4),
                                                     ("L", "fsfm_vit_large_patch16", 256, 4)])
@@ -41,6 +42,7 @@ def test_script_settings(size, model, batch, accum):
     assert set_effective_lr(args, world_size=4) == 4096 and args.lr == pytest.approx(2.4e-3)
 
 
+@pytest.mark.slow
 def test_script_environment_overrides(tmp_path):
     env = {"PYTHON": "echo", "NPROC_PER_NODE": "1", "DATA_PATH": f"{tmp_path}/a {tmp_path}/b",
            "OUTPUT_DIR": str(tmp_path / "out"), "DEVICE": "cpu", "EXTRA_ARGS": "--epochs 1 --batch_size 4"}

@@ -16,7 +16,7 @@ from fsvfm.main_pretrain import get_args_parser, main
 from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.seeding import seed_everything
-from tests.conftest import REPO, TINY_FSFM
+from tests.helpers import REPO, TINY_FSFM
 
 WARNING = "is a GPU recipe but no CUDA device is visible"
 
@@ -39,6 +39,7 @@ def _script(fake_python, script: str, *args: str, **env: str) -> subprocess.Comp
     return r
 
 
+@pytest.mark.slow
 def test_gpu_recipes_warn_without_cuda(fake_python):
     r = _script(fake_python, "pretrain_FSVFM_ViT-B.sh")
     assert r.stderr.count(WARNING) == 1 and "pretrain_FSVFM_ViT-B is a GPU recipe" in r.stderr
@@ -49,6 +50,7 @@ def test_gpu_recipes_warn_without_cuda(fake_python):
                                                                    "fsvfm/main_test_DfD.py"]
 
 
+@pytest.mark.slow
 def test_asking_for_the_cpu_silences_the_warning(fake_python):
     assert WARNING not in _script(fake_python, "pretrain_FSVFM_ViT-S.sh", DEVICE="cpu").stderr
     assert WARNING not in _script(fake_python, "pretrain_FSVFM_ViT-S.sh", "--device=cpu").stderr

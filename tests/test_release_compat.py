@@ -26,9 +26,7 @@ from fsvfm.util.checkpoint import (
     restore_training_state,
 )
 from fsvfm.util.cli import run_cli
-from tests.conftest import TINY_FSFM, TINY_VIT
-from tests.preprocess_helpers import faces_dir
-from tests.tiny_checkpoints import detector_checkpoint
+from tests.helpers import TINY_FSFM, TINY_VIT, detector_checkpoint, faces_dir
 
 PHOTO = "Tom_Cruise_avp_2014_4.jpg"
 _SCALAR = np._core.multiarray.scalar

@@ -24,9 +24,15 @@ from fsvfm.tasks.dfd import DFD_TASK, DFD_TEST_SETS
 from fsvfm.util.checkpoint import NonFiniteWeightsError, load_checkpoint
 from fsvfm.util.cli import run_cli
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std
-from tests.conftest import REPO, TINY_FSFM
-from tests.test_finetune_data import make_split_tree, write_image
-from tests.test_finetune_e2e import PRETRAIN_STATS, eval_argv, finetune_argv
+from tests.helpers import (
+    PRETRAIN_STATS,
+    REPO,
+    TINY_FSFM,
+    eval_argv,
+    finetune_argv,
+    make_split_tree,
+    write_image,
+)
 
 
 def png_bomb(side: int = 20000) -> bytes:
@@ -188,6 +194,7 @@ def test_split_file_reports_every_bad_line(tmp_path):
         read_split_file(split, num_classes=2)
 
 
+@pytest.mark.slow
 def test_main_program_prints_one_line_and_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "fsvfm" / "main_test_DfD.py"), "--resume",
                            str(tmp_path / "missing.pth"), "--output_dir", str(tmp_path / "o"), "--device", "cpu"],

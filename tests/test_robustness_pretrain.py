@@ -27,8 +27,7 @@ from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
-from tests.conftest import REPO, TINY_VIT
-from tests.test_pretrain_main import pretrain_argv
+from tests.helpers import REPO, TINY_VIT, pretrain_argv
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +81,7 @@ def _kill_at_pair_2(out: Path, argv: list[str], stage: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["between-renames", "before-manifest"])
 def test_kill_while_writing_a_pair_then_auto_resume_finishes(first_epoch, data_root, tmp_path, stage):
     """Pair 0 is complete; a resumed run (epochs 1-3, pairs every 3 epochs) is killed while it writes
@@ -206,6 +206,7 @@ def test_bomb_png_is_48_kb_and_decodes_to_400_megapixels(tmp_path):
         Image.open(tmp_path / "bomb.png")
 
 
+@pytest.mark.slow
 def test_ten_bad_files_count_as_ten_and_are_named_once(tmp_path, caplog):
     data = make_synthetic_pretrain_dataset(tmp_path / "ds", 14, size=32, seed=1)
     bad = _spoil(data, 10)

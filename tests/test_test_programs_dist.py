@@ -5,27 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fsvfm import evaluation
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.tasks import TestSet
-from tests.test_finetune_data import make_split_tree, write_image
-from tests.test_finetune_e2e import eval_argv, finetune_argv, write_pretrain_checkpoint
+from tests.helpers import (
+    REPO,
+    eval_argv,
+    finetune_argv,
+    free_port,
+    make_split_tree,
+    write_image,
+    write_pretrain_checkpoint,
+)
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(script: str, argv: list[str]) -> None:
@@ -33,7 +31,7 @@ def _torchrun(script: str, argv: list[str]) -> None:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), script, *argv]
+           "--master_port", str(free_port()), script, *argv]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-12000:]
 

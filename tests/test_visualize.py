@@ -18,13 +18,7 @@ from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.masking import num_masked_patches
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
-from tests.tiny_checkpoints import (
-    PRETRAIN_MEAN,
-    PRETRAIN_OVERRIDES,
-    PRETRAIN_STD,
-    pretrain_checkpoint,
-    tiny_fsfm,
-)
+from tests.helpers import PRETRAIN_MEAN, PRETRAIN_OVERRIDES, PRETRAIN_STD, pretrain_checkpoint, tiny_fsfm
 
 PHOTO = "2008_001322.jpg"
 
@@ -145,6 +139,27 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert visualize.main(["masking", "--image", str(tmp_path / "blank.png"), "--backend", "landmarks",
                            "--out", str(out)]) == 2
     assert "no face found" in capsys.readouterr().err and not out.exists()
+
+
+def test_out_formats_agree_with_the_help(tmp_path, capsys, monkeypatch):
+    help_text = visualize.get_args_parser()._subparsers._group_actions[0].choices["masking"].format_help()
+    assert "(.png, .jpg, .jpeg, .gif)" in " ".join(help_text.split())
+    image = np.zeros((6, 4, 3), np.uint8)
+    image[:, :, 0] = 255                                    # red: RGB order kept, within GIF's palette step
+    gif = visualize.save_image(tmp_path / "fig.gif", image)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.size == (4, 6)
+        assert np.abs(np.asarray(im.convert("RGB")).astype(int) - image).max() <= 4
+    # refused before the (missing) image is even looked at: the one line is about --out
+    pdf = tmp_path / "fig.pdf"
+    assert visualize.main(["masking", "--image", str(tmp_path / "none.jpg"), "--out", str(pdf)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"python -m fsvfm.visualize: error: --out {pdf}: the figure is written as .png, .jpg, .jpeg, "
+                   ".gif; end the file name with one of them"]
+    import cv2
+    monkeypatch.setattr(cv2, "haveImageWriter", lambda name: not name.endswith(".gif"))   # an OpenCV < 4.12
+    assert visualize.main(["masking", "--image", str(tmp_path / "none.jpg"), "--out", str(tmp_path / "f.gif")]) == 2
+    assert "cannot write .gif; use .png, or install opencv-python-headless>=4.12" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ real photos

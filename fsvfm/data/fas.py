@@ -1,7 +1,8 @@
 """Cross-domain FAS data: the protocol table, list files, FASDataset and balanced source batches (spec 6.1-6.3).
 
 Tree under ``--fas_data_root``: ``MCIO/{frame,txt}/`` (casia, replay, oulu, msu, celeb) and
-``WCS/{frame,txt}/`` (cefa, surf, wmca). A list file ``{domain}_{real|fake}_{train|test|shot}.txt``
+``WCS/{frame,txt}/`` (cefa, surf, wmca, and ``custom``: your own data, lists from
+``python -m fsvfm.preprocess.fas_lists``, trained and tested with ``--config custom``). A list file ``{domain}_{real|fake}_{train|test|shot}.txt``
 holds one frame path per line, relative to the group's ``frame/`` folder. Labels: fake = 0, real = 1.
 A test video is one list line ``..._frame0.png`` plus its ``..._frame1.png``.
 """
@@ -31,6 +32,7 @@ CLASSES = (("fake", FAKE), ("real", REAL))
 MCIO_DOMAINS = ("casia", "replay", "oulu", "msu", "celeb")
 WCS_DOMAINS = ("cefa", "surf", "wmca")
 SHOTS, SHOT_REPEATS = 5, 4
+CUSTOM_DOMAIN = "custom"   # your own data: one domain, its train lists trained on, its test lists tested
 
 
 class FASDataError(DataError):
@@ -47,8 +49,8 @@ class Protocol:
 
     @property
     def train_sources(self) -> tuple[str, ...]:
-        """Domains trained on: src1..src4 for MCIO targets, src1..src3 for WCS targets (spec 6.5)."""
-        return self.sources[:3] if self.target in WCS_DOMAINS else self.sources
+        """Domains trained on: src1..src4 for MCIO targets, src1..src3 for WCS targets (spec 6.5), each once."""
+        return tuple(dict.fromkeys(self.sources[:3] if self.target in WCS_DOMAINS else self.sources))
 
 
 # Leave-one-out protocols (spec 6.1); src5 (= target, 5-shot lists) and weight/gamma/beta are unused.
@@ -60,6 +62,8 @@ PROTOCOLS: dict[str, Protocol] = {p.config: p for p in (
     Protocol("cefa", ("wmca", "surf", "celeb", "celeb"), "cefa"),
     Protocol("surf", ("wmca", "cefa", "celeb", "celeb"), "surf"),
     Protocol("wmca", ("cefa", "surf", "celeb", "celeb"), "wmca"),
+    # one-domain protocol of your own data (not cross-domain): train lists -> test lists of the same domain
+    Protocol(CUSTOM_DOMAIN, (CUSTOM_DOMAIN,) * 4, CUSTOM_DOMAIN),
 )}
 
 
@@ -83,12 +87,15 @@ def list_path(root: str | os.PathLike, domain: str, cls: str, split: str) -> Pat
     return Path(root) / domain_group(domain) / "txt" / f"{domain}_{cls}_{split}.txt"
 
 
+LIST_HINT = ("the benchmark lists come from data.tgz (datasets/README.md); lists of your own frames: "
+             "python -m fsvfm.preprocess.fas_lists --src FRAMES --dst ROOT (docs/OWN_DATA.md); or check --fas_data_root")
+
+
 def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     """Stripped non-blank lines with their 1-based numbers; a missing file is a ``FASDataError``."""
     path = Path(path)
     if not path.is_file():
-        raise FASDataError(f"{path}: list file not found (the FAS list files come from data.tgz; "
-                           "see datasets/README.md, or check --fas_data_root)")
+        raise FASDataError(f"{path}: list file not found ({LIST_HINT})")
     try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the first path
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -97,6 +104,22 @@ def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     if "\x00" in text:
         raise FASDataError(f"{path}: a binary file, not a list of frame paths (one per line)")
     return [(i, s) for i, line in enumerate(text.splitlines(), 1) if (s := line.strip())]
+
+
+def protocol_lists(protocol: Protocol, root: str | os.PathLike) -> list[Path]:
+    """Every list file a 0-shot run of ``protocol`` reads: the train lists of each source, the target's test lists."""
+    return [*(list_path(root, d, c, "train") for d in protocol.train_sources for c in ("real", "fake")),
+            *(list_path(root, protocol.target, c, "test") for c in ("real", "fake"))]
+
+
+def check_protocol_lists(protocol: Protocol, root: str | os.PathLike) -> None:
+    """One ``FASDataError`` naming every missing list of ``protocol`` (not one per run attempt)."""
+    missing = [p for p in protocol_lists(protocol, root) if not p.is_file()]
+    if len(missing) == 1:
+        raise FASDataError(f"{missing[0]}: list file not found ({LIST_HINT})")
+    if missing:
+        raise FASDataError(f"{len(missing)} list files of --config {protocol.config} not found: "
+                           f"{', '.join(map(str, missing))} ({LIST_HINT})")
 
 
 def read_list_file(path: str | os.PathLike) -> list[str]:
@@ -250,8 +273,8 @@ def build_test_set(domains: str | Sequence[str], root: str | os.PathLike, mean: 
 
 def source_test_domains(protocol: Protocol, root: str | os.PathLike) -> list[str]:
     """Training sources that have test lists (CelebA-Spoof has none): held-out data for a threshold."""
-    return [d for d in dict.fromkeys(protocol.train_sources)
-            if list_path(root, d, "real", "test").is_file() and list_path(root, d, "fake", "test").is_file()]
+    return [d for d in protocol.train_sources if d != protocol.target  # never the test data itself
+            and list_path(root, d, "real", "test").is_file() and list_path(root, d, "fake", "test").is_file()]
 
 
 class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):

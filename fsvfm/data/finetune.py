@@ -308,12 +308,36 @@ def _posterize_zero_bits_compat(transform: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------------------------ data sets
-def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabulary: ClassVocabulary,
+def split_folders(args: argparse.Namespace, split: str) -> list[str]:
+    """The folders of class folders of ``split`` (``train``/``val``): ``--train``/``--val DIR`` (the plain
+    layout, any folder names), else ``DIR/{split}`` of each ``--finetune_data_path``; [] when neither."""
+    plain = getattr(args, split, None)
+    if plain and args.data_path:
+        raise UsageError(f"--{split} {plain} and --finetune_data_path both name {split} data: give one of them")
+    return [plain] if plain else [str(Path(d) / split) for d in args.data_path]
+
+
+def check_folder_flags(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(train folders, val folders)``; a ``UsageError`` for half a pair or folders mixed with split files
+    (cheap: the fine-tuning program calls it before its start-up log)."""
+    if not hasattr(args, "data_path"):  # a task without folder flags
+        return [], []
+    train_dirs, val_dirs = split_folders(args, "train"), split_folders(args, "val")
+    if bool(train_dirs) != bool(val_dirs):
+        given, lacking = ("--train", "--val") if train_dirs else ("--val", "--train")
+        raise UsageError(f"{given} needs {lacking} too: give both folders (each holds class folders, e.g. real/, fake/)")
+    if train_dirs and (getattr(args, "train_split", None) or getattr(args, "val_split", None)):
+        raise UsageError("give folders (--train/--val or --finetune_data_path) or split files (--train_split/"
+                         "--val_split), not both")
+    return train_dirs, val_dirs
+
+
+def _image_folders(folders: Sequence[str], transform: Callable, vocabulary: ClassVocabulary,
                    on_unreadable: str) -> Dataset:
-    missing = [str(Path(d) / split) for d in dirs if not (Path(d) / split).is_dir()]
+    missing = [d for d in folders if not Path(d).is_dir()]
     if missing:
         raise FileNotFoundError(f"data folder(s) not found: {', '.join(missing)}")
-    parts = [LabelledImageFolder(str(Path(d) / split), transform, vocabulary, on_unreadable) for d in dirs]
+    parts = [LabelledImageFolder(d, transform, vocabulary, on_unreadable) for d in folders]
     for d in parts:
         logger.info("%s: %d images, classes %s", d.root, len(d), d.class_to_idx)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
@@ -321,13 +345,14 @@ def _image_folders(dirs: Sequence[str], split: str, transform: Callable, vocabul
 
 def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable, val_transform: Callable,
                             vocabulary: ClassVocabulary = DFD_VOCABULARY) -> tuple[Dataset, Dataset]:
-    """Training and validation sets from ``--finetune_data_path`` (repeatable; ``DIR/train`` and
-    ``DIR/val``) or from ``--train_split``/``--val_split`` (then ``args.nb_classes`` = max label + 1,
-    and validation labels must be below it). Unreadable training images are replaced by the next
-    readable one, unreadable validation images are left out (both counted)."""
-    if args.data_path:
-        return (_image_folders(args.data_path, "train", train_transform, vocabulary, "next"),
-                _image_folders(args.data_path, "val", val_transform, vocabulary, "skip"))
+    """Training and validation sets from ``--train DIR --val DIR`` (folders of class folders), from
+    ``--finetune_data_path`` (repeatable; ``DIR/train`` and ``DIR/val``) or from ``--train_split``/``--val_split``
+    (then ``args.nb_classes`` = max label + 1, and validation labels must be below it). Unreadable training
+    images are replaced by the next readable one, unreadable validation images are left out (both counted)."""
+    train_dirs, val_dirs = check_folder_flags(args)
+    if train_dirs:
+        return (_image_folders(train_dirs, train_transform, vocabulary, "next"),
+                _image_folders(val_dirs, val_transform, vocabulary, "skip"))
     if args.train_split and args.val_split:
         kw = dict(delimiter=args.delimiter_in_split, root=args.dataset_abs_path)
         train = SplitFileDataset(args.train_split, train_transform, **kw)
@@ -337,6 +362,6 @@ def build_finetune_datasets(args: argparse.Namespace, train_transform: Callable,
             args.nb_classes = nb_classes
         val = SplitFileDataset(args.val_split, val_transform, num_classes=nb_classes, on_unreadable="skip", **kw)
         return train, val
-    raise UsageError("no training data: give --finetune_data_path DIR (with DIR/train and DIR/val) "
-                     "or both --train_split and --val_split")
+    raise UsageError("no training data: give --train DIR --val DIR (folders of class folders), "
+                     "--finetune_data_path DIR (with DIR/train and DIR/val) or both --train_split and --val_split")
 

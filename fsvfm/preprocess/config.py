@@ -10,6 +10,7 @@ yacs would execute a ``.py`` file, so any other suffix is refused.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from collections.abc import Callable
@@ -80,13 +81,24 @@ def _resolve(value, base: Path):
     return value
 
 
-def _merge_opts(cfg: CfgNode, opts: list[str], origin: dict, cwd: Path) -> None:
+def check_keys(cfg: CfgNode, keys, where: str, default_file: Path) -> None:
+    """``KeyError`` naming every key of ``where`` (``--opts``, ``--config FILE``) the defaults
+    (``default_file``) lack, each with its closest known key when one is near."""
+    unknown = [k for k in keys if k not in cfg]
+    if unknown:
+        def hint(key: str) -> str:
+            close = difflib.get_close_matches(key, list(cfg), n=1, cutoff=0.6)
+            return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        raise KeyError(f"unknown config key(s) in {where}: {', '.join(hint(k) for k in unknown)}; "
+                       f"the known keys are in {default_file}")
+
+
+def _merge_opts(cfg: CfgNode, opts: list[str], origin: dict, cwd: Path, default_file: Path) -> None:
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got {opts}")
+    check_keys(cfg, opts[0::2], "--opts", default_file)
     rest = []
     for key, value in zip(opts[0::2], opts[1::2]):
-        if key not in cfg:
-            raise KeyError(f"unknown config key {key!r}")
         if value in ("None", "none", "all") and (cfg[key] is None or key.endswith("num_frames")):
             cfg[key] = None              # yacs refuses int -> None; frame counts accept "all frames"
         else:
@@ -108,9 +120,10 @@ def load_config(default_file: str | Path, config_file: str | Path | None = None,
     if config_file:
         config_file = Path(config_file).resolve()
         other = read_yaml_config(config_file)
+        check_keys(cfg, other, f"--config {config_file}", default_file)
         cfg.merge_from_other_cfg(other)
         origin.update({k: config_file.parent for k in other})
-    _merge_opts(cfg, list(opts or []), origin, Path.cwd())
+    _merge_opts(cfg, list(opts or []), origin, Path.cwd(), default_file)
     for key, (base_key, fn) in derived.items():
         if origin[key] is base and cfg[key] == defaults[key]:
             cfg[key] = fn(cfg)

@@ -16,6 +16,7 @@ from fsvfm.preprocess.layouts import (
     flat_name,
     frames_folder,
     list_files,
+    require_files,
     unique_names,
     video_jobs,
 )
@@ -65,6 +66,7 @@ def celeb_df_stages(cfg, dataset: str) -> list[Stage]:
     out = Path(cfg[f"{prefix}_split_face_ds"]) / frames_folder(n) / "test"
 
     def make() -> list[Job]:
+        require_files(f"{dataset} test list", {f"{prefix}_path": root / "List_of_testing_videos.txt"})
         listed = read_test_list(root / "List_of_testing_videos.txt")
         videos = [(v, out / cls, v.relative_to(root).with_suffix("").as_posix().replace("/", "_"))
                   for top, cls in folders for v in list_files(root / top, (".mp4",), recursive)
@@ -79,6 +81,7 @@ def dfdc_stages(cfg, summary: Summary) -> list[Stage]:
     out = Path(cfg.DFDC_split_face_ds) / frames_folder(n) / "test"
 
     def make() -> list[Job]:
+        require_files("DFDC labels", {"DFDC_path": root / "labels.csv"})
         with open(root / "labels.csv", newline="", encoding="utf-8") as f:
             labels = {row["filename"]: int(float(row["label"])) for row in csv.DictReader(f)}
         videos = []
@@ -98,6 +101,7 @@ def dfdc_preview_stages(cfg, summary: Summary) -> list[Stage]:
     out = Path(cfg.DFDC_P_split_face_ds) / frames_folder(n) / "test"
 
     def make() -> list[Job]:
+        require_files("DFDC preview metadata", {"DFDC_P_path": root / "dataset.json"})
         with open(root / "dataset.json", encoding="utf-8") as f:
             meta = json.load(f)
         test = sorted((k, v["label"]) for k, v in meta.items() if v.get("set") == "test")

@@ -16,6 +16,7 @@ from pathlib import Path
 from fsvfm.preprocess.jobs import Job
 from fsvfm.preprocess.runner import Stage, Summary
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
+from fsvfm.util.errors import UsageError
 from fsvfm.util.naming import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -87,12 +88,25 @@ def image_crop_jobs(roots: Iterable[str], dst: str | Path) -> list[Job]:
     return jobs
 
 
+def require_files(what: str, files: dict[str, str | Path]) -> None:
+    """``UsageError`` naming every file of ``files`` (config key -> path) that is not there, so a
+    missing download is one line with the fix, not a bare ``[Errno 2]``."""
+    missing = [f"{path} (config key {key})" for key, path in files.items() if not Path(path).is_file()]
+    if missing:
+        raise UsageError(f"{what} not found: {', '.join(missing)}; download the data set as datasets/README.md "
+                         "describes, or set the key (--opts KEY PATH or --config FILE)")
+
+
 # --- FaceForensics++ -------------------------------------------------------------------------
+
 
 def ff_split_of(cfg) -> dict[str, str]:
     """id -> split from the official JSONs (lists of [target, source] id pairs)."""
+    keys = ("FF_train_split", "FF_val_split", "FF_test_split")
+    require_files("FaceForensics++ split file(s)", {k: cfg[k] for k in keys})
+    paths = [cfg[k] for k in keys]
     out = {}
-    for split, path in zip(SPLITS, (cfg.FF_train_split, cfg.FF_val_split, cfg.FF_test_split)):
+    for split, path in zip(SPLITS, paths):
         with open(path, encoding="utf-8") as f:
             for pair in json.load(f):
                 out.update({vid: split for vid in pair})

@@ -47,6 +47,7 @@ from fsvfm.data.fas import (
     BalancedSourceBatches,
     build_test_set,
     build_train_sets,
+    check_protocol_lists,
     fas_mean_std,
     fas_transform,
     get_protocol,
@@ -203,6 +204,7 @@ def build_fas_datasets(args: argparse.Namespace, train_transform, test_transform
     """``([(domain, real set, fake set)] of the training sources, target test set)`` of ``--config``
     under ``--fas_data_root``. Errors (``FASDataError``) name the list file and line."""
     protocol = get_protocol(args.config)
+    check_protocol_lists(protocol, args.fas_data_root)
     return (build_train_sets(protocol, args.fas_data_root, transform=train_transform),
             build_test_set(protocol.target, args.fas_data_root, transform=test_transform))
 

@@ -125,6 +125,10 @@ def finetune_data_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("fine-tuning data and split files")
     g.add_argument("--finetune_data_path", dest="data_path", action="append", default=[],
                    help="folder with train/ and val/ class folders (repeatable)")
+    g.add_argument("--train", default=None, metavar="DIR",
+                   help="plain layout: a folder of class folders to train on (with --val; instead of "
+                        "--finetune_data_path)")
+    g.add_argument("--val", default=None, metavar="DIR", help="plain layout: a folder of class folders to validate on")
     g.add_argument("--train_split", default=None, help="split file '<path><delimiter><label>' for training")
     g.add_argument("--val_split", default=None, help="split file for validation")
     g.add_argument("--dataset_abs_path", default=None, help="prefix joined to the paths in split files")
