@@ -26,7 +26,7 @@ import torch
 
 from fsvfm.data.finetune import check_folder_flags
 from fsvfm.engine_finetune import train_one_epoch
-from fsvfm.tasks import FinetuneTask
+from fsvfm.tasks import FinetuneTask, get_task
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
@@ -53,9 +53,8 @@ def add_task_flag(p: argparse.ArgumentParser, task: FinetuneTask, also: Sequence
 
 def chosen_task(args: argparse.Namespace, task: FinetuneTask) -> FinetuneTask:
     """The table entry ``--task`` names (the program's own task, as given, without the flag)."""
-    from fsvfm.tasks import TASKS
     name = getattr(args, "task", None)
-    return task if name in (None, task.name) else TASKS[name]
+    return task if name in (None, task.name) else get_task(name)
 
 
 class Experiment(Protocol):
