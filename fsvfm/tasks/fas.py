@@ -581,6 +581,7 @@ class FASExperiment:
                         key, len(results), *(summary[key][c] for c in ("hter", "auc", "tpr", "hter_src")))
         if dist.is_main_process():
             write_report(args.report_logger_path, results, self.data.source_domains)
+            logger.info("wrote %s", args.report_logger_path)
         return {"runs": results, **summary, "output_dir": args.output_dir}
 
 
@@ -684,7 +685,7 @@ def fas_test_report(args: argparse.Namespace, report: dict, checkpoint: dict) ->
               "tpr": 100 * m["tpr_at_fpr"], "hter_src": 100 * m.get("hter_src", math.nan)}
     path = args.report_logger_path or str(Path(args.output_dir) / "performance.csv")
     write_report(path, [result], source_test_domains(get_protocol(args.config), args.fas_data_root))
-    logger.info("report: %s", path)
+    logger.info("wrote %s", path)
 
 
 # ------------------------------------------------------------------------------------ entry
