@@ -51,13 +51,15 @@ DEFAULT_DIR = "checkpoint"
 @dataclass(frozen=True)
 class Release:
     """One released artefact: either ``files`` (online network first, then its statistics file) with an
-    optional EMA ``target`` network, or a whole ``folder`` of the repository."""
+    optional EMA ``target`` network, or a whole ``folder`` of the repository; ``pretrained``: the pre-trained
+    release a fine-tuned folder started from (its statistics normalised the fine-tuning)."""
 
     name: str
     description: str
     files: tuple[str, ...] = ()
     target: str | None = None
     folder: str | None = None
+    pretrained: str | None = None
 
     def paths(self, target: bool = False) -> tuple[str, ...]:
         return self.files + ((self.target,) if target and self.target else ())
@@ -73,28 +75,29 @@ def _finetuned_table() -> list[Release]:
     ext = "finetuned_models/FS-VFM_extensions"
     rows = []
     for size in ("S", "B", "L"):
-        run = f"ViT-{size}_VF2_600e"
+        run, pt = f"ViT-{size}_VF2_600e", f"FS-VFM_ViT-{size}_VF2_600e"
         rows += [
             Release(f"DfD_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned on FF++ c23 (DfD)",
-                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_c23_32frames"),
+                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_c23_32frames", pretrained=pt),
             Release(f"DiFF_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned on FF++ DeepFakes c23 (DiFF)",
-                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_DF_c23_32frames"),
+                    folder=f"{ext}/cross_dataset_DFD_and_DiFF/{run}/FT_on_FF++_DF_c23_32frames", pretrained=pt),
             Release(f"FAS_ViT-{size}", f"FS-VFM ViT-{size} fine-tuned for FAS, MCIO protocol",
-                    folder=f"{ext}/cross_domain_FAS/{run}/MCIO_protocol"),
+                    folder=f"{ext}/cross_domain_FAS/{run}/MCIO_protocol", pretrained=pt),
             Release(f"FS-Adapter_FAS_ViT-{size}", f"FS-VFM ViT-{size} FS-Adapter for FAS, MCIO protocol",
-                    folder=f"{ext}/finetune_fs-adapter/cross_domain_FAS/{run}/MCIO_protocol"),
+                    folder=f"{ext}/finetune_fs-adapter/cross_domain_FAS/{run}/MCIO_protocol", pretrained=pt),
         ]
     rows += [
         Release("FS-Adapter_DfD_DiFF", "FS-VFM FS-Adapters for DfD and DiFF (all sizes)",
                 folder=f"{ext}/finetune_fs-adapter/cross_dataset_DfD_and_DiFF"),
         Release("FSFM_DfD_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned on FF++ c23 (DfD)",
-                folder="finetuned_models/FF++_c23_32frames"),
+                folder="finetuned_models/FF++_c23_32frames", pretrained="VF2_ViT-B"),
         Release("FSFM_DiFF_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned on FF++ DeepFakes c23 (DiFF)",
-                folder="finetuned_models/FF++_DF_c23_32frames/correct_version"),
+                folder="finetuned_models/FF++_DF_c23_32frames/correct_version", pretrained="VF2_ViT-B"),
         Release("FSFM_FAS_ViT-B", "FSFM ViT-B (CVPR'25) fine-tuned for FAS, MCIO protocol",
-                folder="finetuned_models/MCIO_protocol"),
+                folder="finetuned_models/MCIO_protocol", pretrained="VF2_ViT-B"),
         Release("Unified-detector_ViT-B", "FSFM ViT-B unified detector, 4 classes: "
-                + ", ".join(UNIFIED_VOCABULARY.display_names), folder=UNIFIED_RELEASE_PATH.rsplit("/", 1)[0]),
+                + ", ".join(UNIFIED_VOCABULARY.display_names), folder=UNIFIED_RELEASE_PATH.rsplit("/", 1)[0],
+                pretrained="VF2_ViT-B"),
     ]
     return rows
 
@@ -116,6 +119,53 @@ def find_release(name: str) -> Release:
                        "`python -m fsvfm.hub list` shows the names "
                        "(a path inside the repository, e.g. pretrained_models/VF2_ViT-B/checkpoint-400.pth, works too)")
     return by_name[name]
+
+
+def finetuned_release_of(path: str | os.PathLike) -> tuple[Release, str] | None:
+    """The fine-tuned release a checkpoint path lies in (``hf://`` or a local copy in a download folder or the
+    hub cache, recognised by the release's folder in the path) and the root that holds the repository's
+    layout (``''`` for ``hf://``); None when the path is in no release folder."""
+    text = str(path)
+    if text.startswith(HUB_SCHEME):
+        repo_id, text = parse_hub_uri(text)
+        if repo_id != REPO_ID:
+            return None
+        text = "/" + text
+    else:
+        text = Path(path).absolute().as_posix()  # not resolved: a hub-cache snapshot links into blobs/
+    found = [(r, text.index(f"/{r.folder}/")) for r in RELEASES if r.folder and f"/{r.folder}/" in text]
+    if not found:
+        return None
+    release, at = max(found, key=lambda f: len(f[0].folder or ""))
+    return release, text[:at]
+
+
+def pretrained_stats_candidates(path: str | os.PathLike,
+                                fetch: bool | None = None) -> tuple[Release | None, list[Path]]:
+    """For a checkpoint of a fine-tuned release: the pre-trained release it started from and the places its
+    statistics file may be, in order: the same download folder (or hub snapshot), ``checkpoint/`` here, the hub
+    cache, and (``fetch``) the hub itself (a failed fetch is logged and skipped). ``fetch`` None: only for a
+    checkpoint that came from the hub (an ``hf://`` path or a file in the hub cache). ``(None, [])`` for other paths."""
+    match = finetuned_release_of(path)
+    if match is None or match[0].pretrained is None:
+        return None, []
+    root, pretrained = match[1], find_release(match[0].pretrained)
+    rel = next(f for f in pretrained.files if f.endswith(STATS_FILENAME))
+    places = [Path(root) / rel] if root else []
+    places.append(Path(DEFAULT_DIR) / rel)
+    from huggingface_hub import constants, try_to_load_from_cache
+    cached = try_to_load_from_cache(REPO_ID, rel)  # the cache only, no network
+    if fetch is None:
+        hub_cache = Path(constants.HF_HUB_CACHE).absolute() / f"models--{REPO_ID.replace('/', '--')}"
+        fetch = str(path).startswith(HUB_SCHEME) or Path(path).absolute().is_relative_to(hub_cache)
+    if isinstance(cached, str):
+        places.append(Path(cached))
+    if fetch:
+        try:
+            places.append(hub_file(rel))
+        except HubError as e:
+            logger.info("cannot fetch the statistics of %s: %s", pretrained.name, e)
+    return pretrained, list(dict.fromkeys(places))
 
 
 # ---------------------------------------------------------------------------- local folder

@@ -58,6 +58,7 @@ from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
 from fsvfm.tasks import TASK_ENTRIES, get_task, task_of_weights
+from fsvfm.util.accel import prepare_inference
 from fsvfm.util.amp import AMP_CHOICES, autocast, resolve_amp
 from fsvfm.util.args import class_names
 from fsvfm.util.checkpoint import args_dict, load_checkpoint, model_warnings, resolve_checkpoint_path
@@ -271,7 +272,7 @@ class Detector:
             raise ValueError(f"unknown crop mode {crop_mode!r}; choose from {sorted(CROP_MODES)}")
         self.device = torch.device(device)
         self.amp = resolve_amp(amp, self.device)
-        self.model = model.to(self.device).eval()
+        self.model = prepare_inference(model, self.device, amp=self.amp)
         self.transform, self.crop_mode, self.crop = transform, crop_mode, CROP_MODES[crop_mode]()
         self.max_faces, self.num_frames, self.every = max_faces, num_frames, every
         self.batch_size, self.info = batch_size, dict(info or {})
@@ -658,7 +659,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                    max_faces=args.max_faces, num_frames=args.num_frames, every=args.every,
                                    batch_size=args.batch_size, classes=args.classes)
     print(f"{det.info['model']} ({det.info['task']}, input {det.info['input_size']}, crop {det.crop_mode}) "
-          f"on {det.device}; {reading(det.classes)}")
+          f"on {det.device}; {reading(det.classes)}; normalisation from {det.info['norm_stats']['source']}")
     for line in det.info.get("warnings", []):
         print(f"WARNING: {line}")
     print(table_columns(det.classes))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 
 import pytest
@@ -19,12 +20,14 @@ from fsvfm.util.accel import (
     build_adamw,
     default_amp,
     fused_attention_blocks,
+    inference_context,
     maybe_compile,
+    prepare_inference,
     set_fused_attention,
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from tests.helpers import TINY_FSFM
+from tests.helpers import TINY_FSFM, TINY_VIT
 
 
 def _networks():
@@ -128,3 +131,49 @@ def test_uint8_images_without_statistics_are_refused():
         to_device(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), "cpu")
     floats = torch.zeros(1, 3, 2, 2)
     assert to_device(floats, "cpu") is floats
+
+
+def _tiny_classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("vit_base_patch16", num_classes=2, **TINY_VIT).eval()
+
+
+def test_inference_path_gives_the_original_ways_logits_in_fp32():
+    """prepare_inference + inference_context (fused SDPA, inference mode, frozen weights) against the
+    original's eager attention under no_grad, same weights and images."""
+    baseline = _tiny_classifier()
+    set_fused_attention(baseline, False)
+    fast = prepare_inference(copy.deepcopy(baseline), "cpu")
+    assert fused_attention_blocks(fast) == (2, 2) and fused_attention_blocks(baseline) == (0, 2)
+    assert not any(p.requires_grad for p in fast.parameters()) and not fast.training
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = baseline(images)
+    with inference_context("cpu", "none"):
+        logits = fast(images)
+    assert logits.dtype == torch.float32 and logits.is_inference() and logits.shape == (3, 2)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert not torch.equal(expected[0], expected[1])  # distinct images give distinct logits
+
+
+def test_bf16_opt_in_on_cpu_stores_bf16_weights_and_stays_close():
+    fp32 = prepare_inference(_tiny_classifier(), "cpu")
+    bf16 = prepare_inference(_tiny_classifier(), "cpu", amp="bf16")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with inference_context("cpu", "none"):
+        expected = fp32(images).softmax(-1)
+    with inference_context("cpu", "bf16"):
+        probs = bf16(images)  # fp32 images in, autocast converts them
+        assert probs.dtype == torch.bfloat16
+        probs = probs.float().softmax(-1)
+    assert not torch.is_inference_mode_enabled()
+    gap = (probs - expected).abs().max().item()
+    assert 0 < gap < 0.02  # bf16 keeps 8 bits of mantissa: different, but close
+
+
+def test_prepare_inference_compile_falls_back_when_unavailable(monkeypatch):
+    model = _tiny_classifier()
+    monkeypatch.setattr(accel, "compile_unavailable_reason", lambda device: "no C++ compiler for inductor")
+    assert prepare_inference(model, "cpu", compile=True) is model

@@ -57,8 +57,22 @@ def test_device_pretrain_step_smoke_with_baseline():
 
 @pytest.mark.slow
 def test_bench_eval_smoke_with_baseline():
-    (out,) = _json_lines("bench_eval.py", "--device", "cpu", "--iters", "1", "--warmup", "0", "--batch_size", "2",
-                         "--input_size", "32", "--model_kwargs", TINY_CLASSIFIER, "--baseline")
-    assert set(out["images_per_s"]) == {"fp32"}
-    assert out["fast"]["fused_attention"] and not out["baseline"]["fused_attention"]
-    assert out["speedup_vs_baseline"] == round(out["fast"]["images_per_s"] / out["baseline"]["images_per_s"], 3)
+    (out,) = _json_lines("bench_eval.py", "--device", "cpu", "--iters", "1", "--rounds", "2", "--warmup", "1",
+                         "--batch_size", "2", "--input_size", "32", "--model_kwargs", TINY_CLASSIFIER, "--baseline",
+                         "--opt_in", "bf16")
+    ours, base, opt = out["ours"], out["baseline"], out["opt_in"]
+    assert (ours["fused_attention"], base["fused_attention"]) == (True, False)
+    assert (ours["inference_mode"], base["inference_mode"]) == (True, False)
+    assert (ours["amp"], base["amp"], opt["amp"]) == ("none", "none", "bf16")
+    assert not ours["compile"] and not base["compile"]  # compile is CUDA-only unless --compile on
+    for side in (ours, base, opt):
+        assert side["images_per_wall_s"] > 0 and side["images_per_cpu_s"] > 0 and side["first_batch_s"] >= 0
+    assert out["ratio"] == {"wall": round(ours["images_per_wall_s"] / base["images_per_wall_s"], 3),
+                            "cpu": round(ours["images_per_cpu_s"] / base["images_per_cpu_s"], 3)}
+    assert opt["ratio_vs_baseline"]["cpu"] == round(opt["images_per_cpu_s"] / base["images_per_cpu_s"], 3)
+    # fp32 by default: the same probabilities as the original's way; bf16 differs, but not by much
+    assert out["ours_vs_baseline_max_prob_diff"] < 1e-5
+    assert 0 < opt["max_prob_diff_vs_ours"] < 0.05 and 0 <= opt["argmax_agreement_vs_ours"] <= 1
+    settings = out["settings"]
+    assert (settings["batch_size"], settings["rounds"], settings["timed_batches_per_round"]) == (2, 2, 1)
+    assert settings["threads"] == 1 and len(out["uptime"]["load_average_start"]) == 3

@@ -1,6 +1,9 @@
 """FAS data (spec 6.1-6.3): protocol table, list files, video ids, data set items, balanced batches, errors."""
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 
@@ -74,6 +77,30 @@ def test_saturation_jitter_is_seeded_by_torch():
     assert abs(same.astype(int) - bgr[:, :, ::-1].astype(int)).max() <= 1
 
 
+def test_saturation_jitter_clips_or_wraps_like_the_original():
+    """RGB (200, 90, 20) has S = 0.9; S x 1.17 gives RGB (200, 71.3, -10.6): clipped to 0, or wrapped as the
+    original's uint8 cast (trunc -10.6 = -10, mod 256 = 246). A grey pixel (S = 0) is unchanged either way."""
+    bgr = np.array([[[20, 90, 200], [128, 128, 128]]], np.uint8)
+    clipped = fd.saturation_jitter(bgr, p=1.0, low=1.17, high=1.17)
+    wrapped = fd.saturation_jitter(bgr, p=1.0, low=1.17, high=1.17, wrap=True)
+    assert clipped.tolist() == [[[200, 71, 0], [128, 128, 128]]]
+    assert wrapped.tolist() == [[[200, 71, 246], [128, 128, 128]]]
+
+
+def test_saturation_wrap_reaches_the_training_sets(tmp_path):
+    root = make_synthetic_fas_tree(tmp_path / "t", n_videos=2, size=8)
+    sets = fd.build_train_sets(fd.get_protocol("M"), root, [0.5] * 3, [0.2] * 3, 8, saturation_wrap=True)
+    assert [(real.saturation_wrap, fake.saturation_wrap) for _, real, fake in sets] == [(True, True)] * 4
+    assert not fd.build_train_sets(fd.get_protocol("M"), root, [0.5] * 3, [0.2] * 3, 8)[0][1].saturation_wrap
+    from fsvfm.main_finetune_FAS import get_args_parser
+    from fsvfm.tasks import FAS_TASK
+    tf = fd.fas_transform(True, [0.5] * 3, [0.2] * 3, 8)
+    for flag, want in (([], False), (["--saturation_wrap"], True)):
+        args = get_args_parser().parse_args(["--config", "M", "--fas_data_root", str(root), *flag])
+        train, _ = FAS_TASK.build_datasets(args, tf, tf, FAS_TASK.vocabulary)
+        assert {ds.saturation_wrap for _, real, fake in train for ds in (real, fake)} == {want}
+
+
 def test_missing_list_file_empty_domain_and_missing_frame(tmp_path):
     root = make_synthetic_fas_tree(tmp_path / "t", n_videos=2, size=8)
     (root / "MCIO/txt/oulu_real_train.txt").unlink()
@@ -88,3 +115,32 @@ def test_missing_list_file_empty_domain_and_missing_frame(tmp_path):
     sets = fd.build_train_sets(fd.get_protocol("cefa"), root, MEAN, STD, 8)
     with pytest.raises(fd.FASDataError, match="domain wmca has 2 real training frames, fewer than --batch_size 3"):
         fd.BalancedSourceBatches(sets, batch_size=3)
+
+
+def test_a_stale_statistics_file_in_the_output_folder_is_warned_about(tmp_path, caplog):
+    """As DfD's fine-tuning: the output folder's statistics differ from those of --pt_model's folder (or from
+    ImageNet, when that has none); the same values, or no file, are no warning."""
+    from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, write_mean_std
+    pre, out = tmp_path / "pre", tmp_path / "out"
+    pre.mkdir()
+    out.mkdir()
+    write_mean_std(pre / STATS_FILENAME, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    with caplog.at_level(logging.WARNING):
+        assert fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)[2] == str(pre / STATS_FILENAME)
+    assert caplog.text == ""
+    write_mean_std(out / STATS_FILENAME, [0.1, 0.1, 0.1], [0.3, 0.3, 0.3])
+    with caplog.at_level(logging.WARNING):
+        mean, _, _ = fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)
+    assert mean == [0.5, 0.4, 0.3]
+    assert (f"normalisation statistics differ: {pre / STATS_FILENAME} has mean [0.5, 0.4, 0.3] std [0.2, 0.2, 0.2], "
+            f"{out / STATS_FILENAME} has mean [0.1, 0.1, 0.1] std [0.3, 0.3, 0.3] (another data set?); this run uses "
+            f"{pre / STATS_FILENAME}") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert fd.fas_training_mean_std(None, True, out)[:2] == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert "normalisation statistics differ: ImageNet (--normalize_from_IMN) has mean [0.485" in caplog.text
+    write_mean_std(out / STATS_FILENAME, [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)
+    assert caplog.text == ""

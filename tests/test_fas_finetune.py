@@ -226,8 +226,9 @@ def test_released_layouts_load_by_their_weights(tmp_path):
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedder.bottleneck_layer.0.")}
     torch.save({"state_dict": state, "epoch": 3.0, "best_model_EER": 0.1, "threshold": 0.5}, tmp_path / "r.pth.tar")
     rebuilt, transform, info = engine_fas.load_fas_from_checkpoint(tmp_path / "r.pth.tar")
-    assert (info["model"], info["norm_source"], info["mean"]) == ("fas_vit_small_patch16", "ImageNet fallback",
-                                                                  [0.485, 0.456, 0.406])
+    assert (info["model"], info["norm_source"], info["mean"]) == ("fas_vit_small_patch16", "VGGFace2 fallback",
+                                                                  [0.5482207536697388, 0.42340534925460815,
+                                                                   0.3654651641845703])
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), model(x)[0][:, 0])

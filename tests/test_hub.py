@@ -178,3 +178,46 @@ def test_predict_from_hf_checkpoint(cache, tmp_path):
     assert det.info["norm_stats"]["mean"] == [0.5] * 3 and det.info["input_size"] == 32
     record = det.predict(torch.zeros(40, 30, 3, dtype=torch.uint8).numpy())
     assert record["faces"][0]["box"] == [0, 0, 30, 40] and record["error"] is None
+
+
+@pytest.mark.parametrize("path,release,root", [
+    ("/d/checkpoint/finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-B_VF2_600e/MCIO_protocol/x.pth.tar",
+     "FAS_ViT-B", "/d/checkpoint"),
+    ("/d/finetuned_models/FS-VFM_extensions/finetune_fs-adapter/cross_domain_FAS/ViT-L_VF2_600e/MCIO_protocol/a/x.tar",
+     "FS-Adapter_FAS_ViT-L", "/d"),
+    ("/d/finetuned_models/MCIO_protocol/x.pth.tar", "FSFM_FAS_ViT-B", "/d"),
+    ("hf://Wolowolo/fsfm-3c/finetuned_models/Unified-detector/v1_Fine-tuned_on_4_classes/c.pth", "Unified-detector_ViT-B", ""),
+    ("/d/mine/x.pth.tar", None, None),
+    ("hf://other/repo/finetuned_models/MCIO_protocol/x.pth.tar", None, None)])
+def test_finetuned_release_of_a_path(path, release, root):
+    found = hub.finetuned_release_of(path)
+    assert (found[0].name, found[1]) == (release, root) if release else found is None
+
+
+def test_pretrained_release_of_each_finetuned_folder():
+    pre = {r.name: r.pretrained for r in hub.RELEASES if r.folder}
+    assert pre["FAS_ViT-S"] == pre["DfD_ViT-S"] == "FS-VFM_ViT-S_VF2_600e"
+    assert pre["FS-Adapter_FAS_ViT-L"] == "FS-VFM_ViT-L_VF2_600e"
+    assert pre["FSFM_FAS_ViT-B"] == pre["Unified-detector_ViT-B"] == "VF2_ViT-B"
+    assert pre["FS-Adapter_DfD_DiFF"] is None  # one folder for all sizes: no single pre-trained release
+
+
+def test_pretrained_statistics_are_fetched_only_for_files_from_the_hub(cache, tmp_path, monkeypatch):
+    """A local copy looks in its download folder, checkpoint/ and the hub cache; only an hf:// path or a file of
+    the hub cache (what predict passes on for hf://) fetches."""
+    monkeypatch.chdir(tmp_path)
+    fetched = []
+    monkeypatch.setattr(hub, "hub_file", lambda rel, *a, **k: fetched.append(rel) or tmp_path / "fetched.txt")
+    fas = "finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-S_VF2_600e/MCIO_protocol/c.pth.tar"
+    snapshot = cache / "models--Wolowolo--fsfm-3c/snapshots" / COMMIT
+    release, places = hub.pretrained_stats_candidates(tmp_path / "dl" / fas)
+    assert release.name == "FS-VFM_ViT-S_VF2_600e" and fetched == []
+    assert places == [tmp_path / "dl" / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
+                      snapshot / PRE / STATS_FILENAME]
+    _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}")
+    assert fetched == [f"{PRE}/{STATS_FILENAME}"] and places[-1] == tmp_path / "fetched.txt"
+    _, places = hub.pretrained_stats_candidates(snapshot / fas)
+    assert len(fetched) == 2 and places == [snapshot / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
+                                            tmp_path / "fetched.txt"]
+    assert hub.pretrained_stats_candidates(tmp_path / "dl" / fas, fetch=True)[1][-1] == tmp_path / "fetched.txt"
+    assert hub.pretrained_stats_candidates(tmp_path / "mine.pth.tar", fetch=True) == (None, []) and len(fetched) == 3

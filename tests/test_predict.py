@@ -211,3 +211,41 @@ def test_checkpoint_is_read_once(ckpt, monkeypatch):
     monkeypatch.setattr(finetune_setup, "load_checkpoint", counting)
     model, _, info = predict.rebuild_classifier(ckpt)
     assert reads == [ckpt.name] and info["task"] == "DfD"
+
+
+# ------------------------------------------------------------------------------ label placement
+def _inside_and_apart(rects, width, height):
+    assert all(0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height for x1, y1, x2, y2 in rects)
+    assert not any(predict._overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+
+
+def test_labels_at_the_top_and_right_edges_stay_inside():
+    """200 x 100 picture, 60 x 20 labels: a box touching the top gets its label inside its top edge (no room
+    above); a box at the right edge gets its label moved left to end at x = 200, above the box."""
+    top, right = (10, 0, 60, 50), (170, 40, 200, 90)
+    assert predict.place_labels([top], [(60, 20)], 200, 100) == [(10, 0, 70, 20)]
+    assert predict.place_labels([right], [(60, 20)], 200, 100) == [(140, 20, 200, 40)]
+    assert predict.place_labels([top, right], [(60, 20)] * 2, 200, 100) == [(10, 0, 70, 20), (140, 20, 200, 40)]
+
+
+def test_labels_of_overlapping_group_boxes_do_not_overlap():
+    """Three overlapping boxes: the first label goes above its box; the second's spot above is taken, so it
+    sits inside its box's top edge; the third's spots above and inside are taken, so it goes below its box."""
+    boxes = [(20, 30, 60, 70), (40, 35, 80, 75), (30, 40, 70, 80)]
+    rects = predict.place_labels(boxes, [(60, 20)] * 3, 200, 100)
+    assert rects == [(20, 10, 80, 30), (40, 35, 100, 55), (30, 80, 90, 100)]
+    _inside_and_apart(rects, 200, 100)
+
+
+def test_annotated_labels_are_whole_and_apart():
+    """Real captions through annotate: a top-edge face, a right-edge face and a group of three; every label
+    rectangle is inside the picture, clear of the others, and filled with its class colour."""
+    faces = [{"box": b, "label": "fake", "scores": {"fake": 0.9, "real": 0.1}}
+             for b in ([0, 0, 40, 40], [280, 60, 320, 100], [120, 100, 170, 150], [135, 105, 185, 155],
+                       [125, 110, 175, 160])]
+    out, rects = predict.annotate(np.zeros((200, 320, 3), np.uint8), faces, return_labels=True)
+    assert len(rects) == 5 and out.shape == (200, 320, 3)
+    _inside_and_apart(rects, 320, 200)
+    assert rects[0][:2] == (0, 0) and rects[1][2] == 320  # top edge: inside the box; right edge: flush, not cut
+    for x1, y1, _, _ in rects:
+        assert tuple(out[y1, x1]) == predict.PALETTE[1]

@@ -42,6 +42,12 @@ def test_eyes_land_on_the_template_in_real_photos(detector, photo):
     assert np.abs(eyes - _expected_eyes()).max() < 3.0
 
 
+def test_detector_is_built_with_the_original_thresholds(detector):
+    """P-, R- and O-Net thresholds of the MXNet MTCNN version the original's crop comes from."""
+    assert detector.mtcnn.thresholds == [0.6, 0.7, 0.8]
+    assert detector.mtcnn.min_face_size == 20 and detector.mtcnn.factor == 0.709
+
+
 def test_redetected_chip_eyes_and_no_face_in_dogs(detector):
     bgr = cv2.imread(str(faces_dir() / "Tom_Cruise_avp_2014_4.jpg"))
     face = detector.select(np.ascontiguousarray(bgr[:, :, ::-1]))

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import pickle
 import pickletools
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from fsvfm import main_finetune_DfD, predict
+from fsvfm.data import fas as fas_data
 from fsvfm.finetune_setup import build_optimizer
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
@@ -26,6 +29,7 @@ from fsvfm.util.checkpoint import (
     restore_training_state,
 )
 from fsvfm.util.cli import run_cli
+from fsvfm.util.norm_stats import STATS_FILENAME, VGGFACE2_MEAN, VGGFACE2_STD, write_mean_std
 from tests.helpers import TINY_FSFM, TINY_VIT, detector_checkpoint, faces_dir
 
 PHOTO = "Tom_Cruise_avp_2014_4.jpg"
@@ -225,3 +229,113 @@ def test_fas_backbone_loader_strips_the_mcf_target_encoder_prefix(tmp_path):
     model = create_fas_model("vit_small_patch16", **TINY_VIT)
     engine_fas.load_fas_encoder(model, tmp_path / "mcf.pth")
     assert torch.equal(model.backbone.vit.blocks[1].mlp.fc2.weight, encoder.blocks[1].mlp.fc2.weight)
+
+
+# ------------------------------------------------------------------------------ FAS normalisation
+FAS_RELEASE = "finetuned_models/FS-VFM_extensions/cross_domain_FAS/ViT-S_VF2_600e/MCIO_protocol"
+PRE_STATS = f"pretrained_models/FS-VFM_ViT-S_VF2_600e/{STATS_FILENAME}"
+
+
+@pytest.fixture
+def no_hub(tmp_path, monkeypatch):
+    """An empty hub cache, the working folder in tmp (its checkpoint/ is looked at) and no fetching."""
+    from huggingface_hub import constants
+
+    from fsvfm import hub
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(*a, **k):
+        raise AssertionError("fetched from the hub")
+    monkeypatch.setattr(hub, "hub_file", refuse)
+    return tmp_path / "hub_cache"
+
+
+def test_released_fas_file_is_normalised_as_its_training_was(fas_model, tmp_path, no_hub, caplog):
+    """A released FAS file (no statistics file beside it) takes the statistics of the pre-trained release it was
+    fine-tuned from: in the download folder, else in the hub cache, else the VGGFace2 values (not ImageNet)."""
+    from tests.helpers import add_to_cache
+    download = tmp_path / "dl"
+    path = download / FAS_RELEASE / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    path.parent.mkdir(parents=True)
+    save_original(original_fas_dict(fas_model), path, numpy1=True)
+    stats = download / PRE_STATS
+    stats.parent.mkdir(parents=True)
+    write_mean_std(stats, [0.55, 0.42, 0.37], [0.28, 0.24, 0.23])
+    with caplog.at_level(logging.INFO, logger="fsvfm.data.fas"):
+        det = predict.Detector.from_checkpoint(path, device="cpu", detect=False)
+    assert det.info["norm_stats"] == {"mean": [0.55, 0.42, 0.37], "std": [0.28, 0.24, 0.23], "source": str(stats)}
+    assert (f"normalisation from {stats} (the pre-trained release FS-VFM_ViT-S_VF2_600e the FAS release was "
+            "fine-tuned from)") in caplog.text
+
+    stats.unlink()
+    add_to_cache(no_hub, PRE_STATS, b'{"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}\n')
+    mean, std, source = fas_data.fas_mean_std(path, finetuned=True)
+    assert (mean, std) == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.2]) and "hub_cache" in source and source.endswith(PRE_STATS)
+
+    shutil.rmtree(no_hub)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        mean, std, source = fas_data.fas_mean_std(path, finetuned=True)
+    assert (mean, std, source) == (list(VGGFACE2_MEAN), list(VGGFACE2_STD), "VGGFace2 fallback")
+    assert "normalisation from VGGFace2 fallback" in caplog.text and str(stats) in caplog.text  # names what was tried
+    beside = path.with_name(STATS_FILENAME)  # a file beside the checkpoint still comes first
+    write_mean_std(beside, [0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
+    assert fas_data.fas_mean_std(path, finetuned=True) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6], str(beside))
+    assert fas_data.fas_mean_std(path, imagenet=True, finetuned=True)[2] == "ImageNet (--normalize_from_IMN)"
+
+
+def test_a_fas_file_outside_a_release_gets_the_vggface2_values(fas_model, tmp_path, no_hub):
+    path = tmp_path / "mine.pth.tar"
+    save_original(original_fas_dict(fas_model), path, numpy1=False)
+    det = predict.Detector.from_checkpoint(path, device="cpu", detect=False)
+    assert det.info["norm_stats"] == {"mean": list(VGGFACE2_MEAN), "std": list(VGGFACE2_STD),
+                                      "source": "VGGFace2 fallback"}
+    # training from a --pt_model without a statistics file keeps the original's ImageNet fallback
+    assert fas_data.fas_mean_std(path)[2] == "ImageNet fallback"
+
+
+# ------------------------------------------------------------------------------ issue 17's "done when"
+def _predict_cli(checkpoint, photo, json_out) -> tuple[int, str]:
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "fsvfm.predict", "--checkpoint", str(checkpoint), str(photo),
+                           "--device", "cpu", "--output", str(json_out)],
+                          capture_output=True, text=True, env=env, cwd=json_out.parent, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_original_structures_are_scored_by_the_predict_program(fas_model, dfd, tmp_path):
+    """``python -m fsvfm.predict`` on a real photo: the original FAS ``.pth.tar`` (np.float64 in the numpy 1.x and
+    2.x spellings), a DfD checkpoint with Namespace args and a 4-class file shaped as the unified detector; exit 0,
+    one face, and the classes named (live/spoof, real/fake, the unified detector's four)."""
+    import json
+
+    from tests.helpers import UNIFIED_CLASSES, released_unified_checkpoint
+    photo = faces_dir() / PHOTO
+    files = {}
+    for numpy1 in (True, False):
+        files[f"FAS numpy{2 - numpy1}"] = path = tmp_path / f"np{2 - numpy1}" / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+        path.parent.mkdir()
+        save_original(original_fas_dict(fas_model), path, numpy1)
+    files["DfD Namespace args"] = tmp_path / "dfd" / "checkpoint-min_val_loss.pth"
+    files["DfD Namespace args"].parent.mkdir()
+    torch.save(original_dfd_dict(load_checkpoint(dfd)), files["DfD Namespace args"])
+    files["Unified 4 classes"] = released_unified_checkpoint(tmp_path / "hub" / "checkpoint")
+    expected = {"FAS": ["spoof", "live"], "DfD": ["fake", "real"], "Unified": list(UNIFIED_CLASSES)}
+    for name, path in files.items():
+        out = tmp_path / f"{name.replace(' ', '_')}.json"
+        rc, printed = _predict_cli(path, photo, out)
+        print(f"\n=== {name}: python -m fsvfm.predict --checkpoint {path.name} {PHOTO} (rc {rc})\n{printed}")
+        assert rc == 0, printed
+        assert "; normalisation from VGGFace2 fallback" in printed.splitlines()[0]  # no statistics in these folders
+        (record,) = json.loads(out.read_text())
+        face = record["faces"][0]
+        assert len(record["faces"]) == 1 and record["error"] is None
+        assert sorted(face["scores"]) == sorted(expected[name.split()[0]]) == sorted(record["scores"])
+        assert face["label"] == max(face["scores"], key=face["scores"].get)
+        assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-6)

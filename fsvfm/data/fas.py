@@ -8,6 +8,7 @@ A test video is one list line ``..._frame0.png`` plus its ``..._frame1.png``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from fsvfm.hub import pretrained_stats_candidates
 from fsvfm.util import images
 from fsvfm.util.checkpoint import resolve_checkpoint_path
 from fsvfm.util.errors import DataError
 from fsvfm.util.images import UnreadableImageError
 from fsvfm.util.naming import fas_video_key
-from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std
+from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, resolve_mean_std, warn_if_stale
+
+logger = logging.getLogger(__name__)
 
 FAKE, REAL = 0, 1
 CLASSES = (("fake", FAKE), ("real", REAL))
@@ -178,16 +182,21 @@ def video_ids(paths: Sequence[str]) -> np.ndarray:
     return np.unique([fas_video_key(p) for p in paths], return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
-def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2) -> np.ndarray:
+def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2,
+                      wrap: bool = False) -> np.ndarray:
     """Float HSV jitter of the original: with probability ``p`` scale S by U(low, high); RGB uint8 out.
 
-    Values pushed outside [0, 255] are clipped (the original's uint8 cast wrapped them, S6). Random
-    numbers come from torch, so DataLoader workers get distinct streams.
+    Values pushed outside [0, 255] are clipped; ``wrap``: truncated and taken modulo 256 as the original's
+    uint8 cast did on x86 (-10.6 -> 246), for a faithful reproduction. Random numbers come from torch, so
+    DataLoader workers get distinct streams.
     """
     hsv = cv2.cvtColor(bgr.astype(np.float32), cv2.COLOR_BGR2HSV)
     if float(torch.rand(())) < p:
         hsv[..., 1] *= float(torch.empty(()).uniform_(low, high))
-    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if wrap:
+        return np.mod(np.trunc(rgb).astype(np.int64), 256).astype(np.uint8)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def fas_transform(is_train: bool, mean: Sequence[float], std: Sequence[float],
@@ -203,23 +212,23 @@ class FASDataset(images.SkipsUnreadable, Dataset):
     """Fake frames (label 0) followed by real frames (label 1).
 
     An unreadable or oversized frame (the shared pixel guard) is named once in the log and counted
-    (``util.images.unreadable_files``; a frame deleted after the lists were read too): training takes the next readable frame of the same list, testing
-    leaves it out (``None`` image, dropped by ``collate_readable``).
+    (``util.images.unreadable_files``; a frame deleted after the lists were read too): training takes the next
+    readable frame of the same list, testing leaves it out (``None`` image, dropped by ``collate_readable``).
 
-    Training items: ``(img [3, S, S], label)`` with the saturation jitter; test items:
-    ``(img, label, video_id, path)``. ``transform`` (PIL RGB -> tensor) defaults to
-    ``fas_transform(is_train, mean, std, input_size)``.
+    Training items: ``(img [3, S, S], label)`` with the saturation jitter (``saturation_wrap``: wrapped
+    as the original, else clipped); test items: ``(img, label, video_id, path)``. ``transform`` (PIL RGB ->
+    tensor) defaults to ``fas_transform(is_train, mean, std, input_size)``.
     """
 
     def __init__(self, fake_paths: Sequence[str], real_paths: Sequence[str], is_train: bool,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, input_size: int = 224,
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, saturation_wrap: bool = False):
         if transform is None and (mean is None or std is None):
             raise ValueError("FASDataset needs mean and std, or a transform")
         self.paths = list(fake_paths) + list(real_paths)
         self.labels = [FAKE] * len(fake_paths) + [REAL] * len(real_paths)
         self.video_ids = video_ids(self.paths) if self.paths else np.zeros(0, np.int64)
-        self.is_train = is_train
+        self.is_train, self.saturation_wrap = is_train, saturation_wrap
         self.transform = transform or fas_transform(is_train, mean, std, input_size)  # type: ignore[arg-type]
         self.samples = list(zip(self.paths, self.labels))
         self._track_unreadable()
@@ -244,7 +253,7 @@ class FASDataset(images.SkipsUnreadable, Dataset):
         if bgr is None:
             img = None
         else:
-            rgb = saturation_jitter(bgr) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = saturation_jitter(bgr, wrap=self.saturation_wrap) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             img = self.transform(Image.fromarray(rgb))
         if self.is_train:
             return img, self.labels[index]
@@ -252,10 +261,10 @@ class FASDataset(images.SkipsUnreadable, Dataset):
 
 
 def build_train_sets(protocol: Protocol, root: str | os.PathLike, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None, input_size: int = 224,
-                     transform: Callable | None = None) -> list[tuple[str, FASDataset, FASDataset]]:
+                     std: Sequence[float] | None = None, input_size: int = 224, transform: Callable | None = None,
+                     saturation_wrap: bool = False) -> list[tuple[str, FASDataset, FASDataset]]:
     """``[(domain, real set, fake set)]`` for the protocol's training sources, in source order."""
-    kw = dict(mean=mean, std=std, input_size=input_size, transform=transform)
+    kw = dict(mean=mean, std=std, input_size=input_size, transform=transform, saturation_wrap=saturation_wrap)
     return [(d, FASDataset([], train_frames(root, d, "real"), True, **kw),  # type: ignore[arg-type]
              FASDataset(train_frames(root, d, "fake"), [], True, **kw))  # type: ignore[arg-type]
             for d in protocol.train_sources]
@@ -310,11 +319,35 @@ class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
         return torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches])
 
 
-def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False,
-                 embedded: object = None) -> tuple[list[float], list[float], str]:
-    """Normalisation of spec 6.2: ImageNet with ``--normalize_from_IMN``; else ``embedded`` (a fine-tuned
-    checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
-    (``hf://`` too); else ImageNet (also without a checkpoint, S5)."""
+def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, embedded: object = None, *,
+                 finetuned: bool = False) -> tuple[list[float], list[float], str]:
+    """Normalisation statistics ``(mean, std, source)``: ImageNet with ``--normalize_from_IMN``; else ``embedded``
+    (a fine-tuned checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
+    (``hf://`` too). Then, for training from ``--pt_model``, ImageNet as the original (also without a checkpoint).
+
+    ``finetuned`` (scoring a FAS checkpoint, whose folder the original never gives a statistics file): the
+    statistics training used instead, i.e. those of the pre-trained release the FAS release started from
+    (found locally, or fetched when ``checkpoint`` came from the hub itself), else the VGGFace2 values
+    of every released pre-trained model. The source is logged."""
     files = [resolve_checkpoint_path(checkpoint).parent / STATS_FILENAME] if checkpoint and not imagenet else []
-    return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files, fallback=(IMAGENET_MEAN, IMAGENET_STD),
-                            fallback_name="ImageNet")
+    if not finetuned:
+        return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files,
+                                fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")
+    pretrained = None
+    if checkpoint and not imagenet and embedded is None:
+        pretrained, more = pretrained_stats_candidates(checkpoint)
+        files += more
+    mean, std, source = resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files)  # VGGFace2 fallback
+    why = (f" (the pre-trained release {pretrained.name} the FAS release was fine-tuned from)"
+           if pretrained is not None and source in map(str, files[1:]) else "")
+    logger.info("normalisation from %s%s: mean %s std %s", source, why, mean, std)
+    return mean, std, source
+
+
+def fas_training_mean_std(pt_model: str | os.PathLike | None, imagenet: bool,
+                          output_dir: str | os.PathLike) -> tuple[list[float], list[float], str]:
+    """:func:`fas_mean_std` of a training run from ``pt_model``, with the fine-tuning programs' warning when
+    ``output_dir`` already holds a statistics file with other values (left by a run on other data)."""
+    mean, std, source = fas_mean_std(pt_model, imagenet)
+    warn_if_stale(Path(output_dir) / STATS_FILENAME, mean, std, source)
+    return mean, std, source

@@ -1,7 +1,7 @@
 """MTCNN face detection with the weights shipped inside the ``facenet-pytorch`` wheel (spec 1.5.2).
 
-Settings of the original (an MXNet port of the same networks): thresholds 0.6/0.7/0.7, minimum face
-size 20, scale factor 0.709; the first (most confident) detection is kept. Nothing is downloaded:
+Settings of the original (an MXNet port of the same networks): thresholds 0.6/0.7/0.8 (those of the
+port's version the original's crop function comes from), minimum face size 20, scale factor 0.709; the first (most confident) detection is kept. Nothing is downloaded:
 ``pnet.pt``, ``rnet.pt`` and ``onet.pt`` are files of the installed package.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-THRESHOLDS = (0.6, 0.7, 0.7)
+THRESHOLDS = (0.6, 0.7, 0.8)  # P-, R-, O-Net
 MIN_FACE_SIZE = 20
 FACTOR = 0.709
 

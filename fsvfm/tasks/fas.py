@@ -205,7 +205,8 @@ def build_fas_datasets(args: argparse.Namespace, train_transform, test_transform
     under ``--fas_data_root``. Errors (``FASDataError``) name the list file and line."""
     protocol = get_protocol(args.config)
     check_protocol_lists(protocol, args.fas_data_root)
-    return (build_train_sets(protocol, args.fas_data_root, transform=train_transform),
+    return (build_train_sets(protocol, args.fas_data_root, transform=train_transform,
+                             saturation_wrap=getattr(args, "saturation_wrap", False)),
             build_test_set(protocol.target, args.fas_data_root, transform=test_transform))
 
 
@@ -272,7 +273,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
                              checkpoint: dict | None = None, **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild a FAS checkpoint (ours or a released ``.pth.tar``) for inference: ``(FASLogits(model) in eval
     mode, eval transform PIL -> [3, S, S], info)``; weights load strictly; normalisation from the
-    checkpoint's ``norm_stats``, else the statistics file beside it, else ImageNet (FAS training's fallback).
+    checkpoint's ``norm_stats``, else the statistics file beside it, else those training used (``fas_mean_std``).
     ``checkpoint``: the file's content when the caller has already loaded it (read once)."""
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
@@ -288,7 +289,7 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
     model = build_for_weights(lambda: create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs),
                               state, path, name)
-    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"))
+    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"), finetuned=True)
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}
     return FASLogits(model).to(device).eval(), fas_transform(False, mean, std, size), info
@@ -323,6 +324,7 @@ def fas_parser(task: FinetuneTask | None = None) -> argparse.ArgumentParser:
     g.add_argument("--fas_data_root", default=DEFAULT_FAS_DATA_ROOT, help="folder with MCIO/{frame,txt} and WCS/")
     g.add_argument("--embed_norm", default="tokens", choices=EMBED_NORMS,
                    help="embedding normalisation: across tokens (the original, S1) or per vector")
+    g.add_argument("--saturation_wrap", action="store_true", help="wrap jittered colours past 0/255 as the original (default: clip)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --op_dir that holds another experiment's results (they are removed)")
     g = p.add_argument_group("schedule (hard-coded in the original)")

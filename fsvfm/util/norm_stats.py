@@ -123,12 +123,24 @@ def finetune_mean_std(output_dir: str | os.PathLike, finetune: str | os.PathLike
 
 def _warn_if_different(files: Sequence[Path]) -> None:
     try:
-        first, second = read_mean_std(files[0]), read_mean_std(files[1])
+        first = read_mean_std(files[0])
     except StatsFileError:
         return
-    if first != second:
-        logger.warning("normalisation statistics differ: %s has mean %s std %s, %s has mean %s std %s (another "
-                       "data set?); this run uses %s", files[0], *first, files[1], *second, files[0])
+    warn_if_stale(files[1], *first, files[0])
+
+
+def warn_if_stale(path: str | os.PathLike, mean: Sequence[float], std: Sequence[float], source: object) -> bool:
+    """Warn when the statistics file ``path`` (an output folder's, say) holds other values than the ``mean``/``std``
+    this run uses (from ``source``); True when it did. An absent or unreadable file is no warning."""
+    try:
+        recorded = read_mean_std(path)
+    except StatsFileError:
+        return False
+    if recorded == ([float(m) for m in mean], [float(s) for s in std]):
+        return False
+    logger.warning("normalisation statistics differ: %s has mean %s std %s, %s has mean %s std %s (another "
+                   "data set?); this run uses %s", source, list(mean), list(std), path, *recorded, source)
+    return True
 
 
 def checkpoint_mean_std(checkpoint: Mapping, path: str | os.PathLike,
