@@ -42,7 +42,9 @@ import csv
 import json
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
@@ -77,6 +80,7 @@ from fsvfm.util.naming import DFD_VOCABULARY, IMAGE_EXTENSIONS, ClassVocabulary,
 logger = logging.getLogger(__name__)
 
 
+_END = object()  # the crop thread's last event
 SAVE_EVERY_S = 60.0  # --output is rewritten (atomically) at most this often during a run
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -277,6 +281,7 @@ class Detector:
         self.max_faces, self.num_frames, self.every = max_faces, num_frames, every
         self.batch_size, self.info = batch_size, dict(info or {})
         self.classes: ClassVocabulary = self.info.get("classes") or DFD_VOCABULARY
+        self._crop_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None, *,
@@ -294,7 +299,8 @@ class Detector:
     # ------------------------------------------------------------------------------- faces
     def faces_of(self, rgb: np.ndarray) -> list[FaceCrop]:
         """The faces of one RGB image [H, W, 3] uint8 (at most ``max_faces``)."""
-        return self.crop(rgb)[:self.max_faces]
+        with self._crop_lock:  # one detector call at a time: dlib's crashes when two threads share it
+            return self.crop(rgb)[:self.max_faces]
 
     def frame_indices(self, count: int) -> list[int]:
         if self.every:
@@ -372,37 +378,79 @@ class Detector:
         queue.clear()
 
     def predict_many(self, items: Iterable[ImageInput]) -> Iterator[dict[str, Any]]:
-        """One record per input, in order; faces of consecutive inputs share batches. Any failure on
-        one input becomes that input's ``error``; the others go on."""
-        queue: list[tuple[dict, dict, torch.Tensor]] = []
-        ready: list[dict] = []
-        for item in items:
-            is_path = isinstance(item, (str, os.PathLike))
-            record = new_record(str(item) if is_path else None, input_type(item) if is_path else "image",
-                                self.classes)
-            if not is_path:
-                item = _rgb(item)  # a wrong array type is the caller's mistake (TypeError), not an input's
-            try:
-                for frame, face in self._crops(item, record):
-                    tensor = self.transform(Image.fromarray(face.image))
-                    entry = {"frame": frame, "box": [int(v) for v in face.box], "detector_score": face.detector_score}
-                    record["faces"].append(entry)
-                    queue.append((record, entry, tensor))
-                    if len(queue) >= self.batch_size:
-                        self._flush(queue)
-            except Exception as e:  # noqa: BLE001 - one input (a bad file, memory) must not stop the run
-                _fail(record, e)
-            ready.append(record)
-            if not queue:
-                yield from (self._finish(r) for r in ready)
-                ready = []
-        self._flush(queue)
-        yield from (self._finish(r) for r in ready)
+        """One record per input, in order; faces of consecutive inputs share batches. Decoding, detection
+        and cropping run in a background thread while the network scores the previous batch. Any
+        failure on one input becomes that input's ``error``; the others go on."""
+        events: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)  # bounded: crops wait for the network
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(items, events, stop), daemon=True,
+                                  name="fsvfm-predict-crops")
+        thread.start()
+        batch: list[tuple[dict, dict, torch.Tensor]] = []
+        ready: list[dict] = []  # inputs whose faces are all queued, in order
+        try:
+            while (event := events.get()) is not _END:
+                if isinstance(event, BaseException):
+                    raise event
+                record, entry, tensor = event
+                if entry is not None:
+                    batch.append(event)
+                    if len(batch) >= self.batch_size:
+                        self._flush(batch)
+                        yield from self._drain(ready)
+                    continue
+                ready.append(record)
+                if not batch:
+                    yield from self._drain(ready)
+            self._flush(batch)
+            yield from self._drain(ready)
+        finally:  # also when the caller stops early: the thread ends instead of cropping on
+            stop.set()
+            thread.join()
+
+    def _produce(self, items: Iterable[ImageInput], events: queue.Queue, stop: threading.Event) -> None:
+        """The crop thread: ``(record, entry, tensor)`` per face, ``(record, None, None)`` when an input is
+        done, then ``_END``; an exception that is not one input's problem is passed on to be raised."""
+        def put(event: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    events.put(event, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            for item in items:
+                is_path = isinstance(item, (str, os.PathLike))
+                record = new_record(str(item) if is_path else None, input_type(item) if is_path else "image",
+                                    self.classes)
+                if not is_path:
+                    item = _rgb(item)  # a wrong array type is the caller's mistake (TypeError), not an input's
+                try:
+                    for frame, face in self._crops(item, record):
+                        tensor = self.transform(Image.fromarray(face.image))
+                        entry = {"frame": frame, "box": [int(v) for v in face.box],
+                                 "detector_score": face.detector_score}
+                        record["faces"].append(entry)
+                        if not put((record, entry, tensor)):
+                            return
+                except Exception as e:  # noqa: BLE001 - one input (a bad file, memory) must not stop the run
+                    _fail(record, e)
+                if not put((record, None, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            put(e)
+            return
+        put(_END)
+
+    def _drain(self, ready: list[dict]) -> Iterator[dict]:
+        done, ready[:] = list(ready), []
+        yield from (self._finish(r) for r in done)
 
     def predict(self, item: ImageInput) -> dict[str, Any]:
         """The record of one image path, video path, PIL image or RGB uint8 array [H, W, 3]."""
         return next(self.predict_many([item]))
-
 
     def _finish(self, record: dict) -> dict:
         return finish_record(record, self.classes)
@@ -625,6 +673,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: fp16 on CUDA, none on CPU)")
     p.add_argument("--save_vis", default=None, metavar="DIR",
                    help="write annotated images (boxes and P(real) / P(live) / the decided class) here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (count and ETA) on stderr")
     p.add_argument("--classes", type=class_names, default=None, metavar="NAME,NAME,...",
                    help="name the model's classes in index order (default: the checkpoint's, or its task's)")
     add_max_pixels_flag(p)
@@ -665,19 +714,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(table_columns(det.classes))
     records: list[dict] = []
     written_at = time.monotonic()
+    progress = tqdm(total=len(inputs), desc="predict", unit="input", file=sys.stderr, disable=args.quiet,
+                    dynamic_ncols=True)
+    stream = det.predict_many(inputs)
     try:
-        for i, record in enumerate(det.predict_many(inputs)):
+        for i, record in enumerate(stream):
             if args.save_vis:
                 try:
                     save_visualisations(record, args.save_vis, i, det.classes)
                 except Exception as e:  # noqa: BLE001 - the score stands without its picture
                     _note(record, f"no visualisation ({type(e).__name__}: {e})")
-            print(table_line(record, det.classes), flush=True)
+            progress.write(table_line(record, det.classes), file=sys.stdout)  # above the bar, not through it
+            sys.stdout.flush()
+            progress.update()
             records.append(record)
             if args.output and time.monotonic() - written_at > SAVE_EVERY_S:  # finished work survives a kill
                 write_output(args.output, records, det.classes)
                 written_at = time.monotonic()
     finally:
+        stream.close()  # stops the crop thread now, also after an interrupt
+        progress.close()
         if args.output and len(records) < len(inputs):
             write_output(args.output, records, det.classes)
             print(f"stopped after {len(records)} of {len(inputs)} inputs; wrote their records to {args.output}",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, TINY_FSFM, TINY_VIT
+from tests.helpers import REPO, TINY_FSFM, TINY_VIT, faces_dir
 
 TINY_PRETRAIN = json.dumps({k: v for k, v in TINY_FSFM.items() if k != "img_size"})
 TINY_CLASSIFIER = json.dumps({k: v for k, v in TINY_VIT.items() if k != "img_size"})
@@ -76,3 +76,43 @@ def test_bench_eval_smoke_with_baseline():
     settings = out["settings"]
     assert (settings["batch_size"], settings["rounds"], settings["timed_batches_per_round"]) == (2, 2, 1)
     assert settings["threads"] == 1 and len(out["uptime"]["load_average_start"]) == 3
+
+
+@pytest.mark.slow
+def test_bench_predict_smoke_equal_scores():
+    faces_dir()  # skips where ../shared/faces is absent
+    (out,) = _json_lines("bench_predict.py", "--photos", "2", "--frames", "20", "--num_frames", "3", "--rounds", "1",
+                         "--input_size", "32", "--batch_size", "4", "--model_kwargs", TINY_CLASSIFIER)
+    # the two ways find the same faces (2 photos + 3 frames) and give them the same scores
+    assert out["same_boxes"] is True and out["max_abs_score_diff"] <= 1e-6
+    for group in ("photos", "video", "all"):
+        assert out["ours"][group]["faces"] == out["baseline"][group]["faces"] > 0
+        for key, ratio in (("faces_per_cpu_s", "cpu"), ("faces_per_wall_s", "wall")):
+            expected = out["ours"][group][key] / out["baseline"][group][key]
+            assert out["ratio"][group][ratio] == pytest.approx(expected, abs=2e-3)
+    assert out["ours"]["all"]["faces"] == out["ours"]["photos"]["faces"] + out["ours"]["video"]["faces"]
+    assert out["network_only_faces_per_cpu_s"] > 0
+    settings = out["settings"]
+    assert (settings["photos"], settings["num_frames"], settings["batch_size"], settings["rounds"]) == (2, 3, 4, 1)
+    assert "load average" in out["uptime"]
+
+
+@pytest.mark.slow
+def test_bench_preprocess_smoke_both_ways():
+    if not (REPO.parent / "shared" / "faces").is_dir():
+        pytest.skip("needs ../shared/faces (the benchmark's real photos)")
+    (out,) = _json_lines("bench_preprocess.py", "--frames", "24", "--num_frames", "3", "--repeats", "1",
+                         "--size", "320x240", "--skip_fas")
+    cases = {"video_face", "video_photos", "photos"}
+    for clock in ("cpu", "wall"):
+        assert set(out["ours"][clock]) == set(out["baseline"][clock]) == cases
+        for c in cases:
+            assert out["ratio"][clock][c] == round(out["ours"][clock][c] / out["baseline"][clock][c], 3)
+    eq = out["equal_output"]
+    # photos take the full search both ways: the same 68 faces of the 12 photos, the same 11 crops (dogs: none)
+    assert (eq["photos"]["items"], eq["photos"]["faces_baseline"], eq["photos"]["faces_ours"]) == (12, 68, 68)
+    assert eq["photos"]["min_crop_box_iou"] == 1.0 and eq["photos"]["crops_identical"] == 11
+    # one face in each of the 3 sampled frames of the face video, found both ways
+    assert (eq["video_face"]["items"], eq["video_face"]["faces_baseline"], eq["video_face"]["faces_ours"]) == (3, 3, 3)
+    assert eq["video_face"]["crops_same_name"] == 3 and eq["video_face"]["min_crop_box_iou"] >= 0.95
+    assert len(out["uptime_load"]["start"]) == 3 and out["settings"]["num_frames"] == 3

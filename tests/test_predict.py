@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.predict import Detector
 from fsvfm.preprocess.faces import FaceCropper, square_box
 from fsvfm.preprocess.jobs import Job, Options, Worker
+from fsvfm.preprocess.video import read_frames
 from fsvfm.util.checkpoint import load_checkpoint
 from tests.helpers import detector_checkpoint, eval_argv, face_frame, faces_dir, write_face_image, write_video
 
@@ -211,6 +213,81 @@ def test_checkpoint_is_read_once(ckpt, monkeypatch):
     monkeypatch.setattr(finetune_setup, "load_checkpoint", counting)
     model, _, info = predict.rebuild_classifier(ckpt)
     assert reads == [ckpt.name] and info["task"] == "DfD"
+
+
+def test_pipeline_scores_equal_the_serial_way(ckpt, inputs):
+    """The crop thread and cross-input batches change nothing: per input, decode every frame, detect, score."""
+    det = Detector.from_checkpoint(ckpt, device="cpu", num_frames=4, batch_size=3)
+    items = [inputs["group"], inputs["clip"], inputs["nofaces"], inputs["photo"]]
+    records = list(det.predict_many(items))
+    for item, record in zip(items, records):
+        if item.suffix == ".mp4":
+            frames = [(i, f) for i, f in read_frames(str(item), [0, 3, 6, 9], seek_gap=None)]
+        else:
+            frames = [(None, cv2.imread(str(item)))]
+        faces = [(i, face) for i, bgr in frames for face in det.faces_of(np.ascontiguousarray(bgr[:, :, ::-1]))]
+        probs = det.score_crops([face.image for _, face in faces])
+        assert [(f["frame"], f["box"]) for f in record["faces"]] == [(i, list(face.box)) for i, face in faces]
+        got = np.array([[f["scores"][n] for n in det.classes.names] for f in record["faces"]]).reshape(probs.shape)
+        np.testing.assert_allclose(got, probs, rtol=0, atol=1e-6)
+    assert [len(r["faces"]) for r in records] == [3, 4, 0, 1]
+
+
+def crop_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "fsvfm-predict-crops"]
+
+
+def test_crop_thread_ends_with_the_caller_and_passes_errors_on(ckpt, inputs):
+    det = Detector.from_checkpoint(ckpt, device="cpu", batch_size=1)
+    records = det.predict_many([inputs["photo"]] * 50)
+    assert next(records)["faces"] and len(crop_threads()) == 1
+    records.close()  # the caller stops early: the thread is not left cropping the other 49
+    assert crop_threads() == []
+
+    def items():
+        yield inputs["photo"]
+        raise RuntimeError("the caller's iterator broke")
+    with pytest.raises(RuntimeError, match="iterator broke"):
+        list(det.predict_many(items()))
+    assert crop_threads() == []
+
+
+def test_long_video_frames_are_reached_by_seeking(ckpt, tmp_path, monkeypatch):
+    """3 frames of a 200-frame video: 3 frames decoded by the caller, not the 200 up to the last sample."""
+    wide = np.pad(face_frame(), ((0, 0), (0, 400), (0, 0)))  # the face stays whole while the video pans it
+    video = write_video(tmp_path / "long.mp4", n_frames=200, frame=wide)
+    decoded, real = [], cv2.VideoCapture
+
+    class Counting:
+        def __init__(self, *a):
+            self.cap = real(*a)
+
+        def grab(self):
+            decoded.append(1)
+            return self.cap.grab()
+
+        def read(self):
+            decoded.append(1)
+            return self.cap.read()
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+    monkeypatch.setattr(cv2, "VideoCapture", Counting)
+    record = Detector.from_checkpoint(ckpt, device="cpu", num_frames=3).predict(video)
+    assert [f["frame"] for f in record["faces"]] == [0, 99, 199] and record["warning"] is None
+    assert len(decoded) == 3
+
+
+def test_folder_progress_on_stderr_and_quiet(ckpt, inputs, capsys):
+    argv = ["--checkpoint", str(ckpt), str(inputs["photo"]), str(inputs["group"]), str(inputs["nofaces"]),
+            "--device", "cpu"]
+    assert predict.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "predict: 100%" in err and "3/3" in err and ("input/s" in err or "s/input" in err)  # count, rate
+    assert len(out.splitlines()) == 2 + 3 + 1 and "3/3" not in out  # the table stays whole on stdout
+    assert predict.main([*argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "3/3" not in err and "predict:" not in err and len(out.splitlines()) == 2 + 3 + 1
 
 
 # ------------------------------------------------------------------------------ label placement

@@ -270,3 +270,17 @@ def test_face_parse_refuses_photos_that_are_not_face_crops(tmp_path, capsys):
     assert cv2.imread(str(tmp_path / "b" / "images" / "bald_guys.png")).shape == (224, 224, 3)
     whole = main_face_parse(PRETRAIN_DEFAULT, [*base, "--dst", str(tmp_path / "c"), "--skip_crop_check"])
     assert "images/bald_guys.png" in tree(tmp_path / "c") and whole.counts["refused"] == 0
+
+
+@pytest.mark.parametrize("flag,tracked_calls", [([], 3), (["--full_res_detect"], 0)])
+def test_full_res_detect_flag_reaches_the_video_worker(tmp_path, monkeypatch, flag, tracked_calls):
+    from fsvfm.preprocess.faces import FaceCropper
+    calls = []
+    real = FaceCropper.detect_tracked
+    monkeypatch.setattr(FaceCropper, "detect_tracked", lambda self, rgb, prev: calls.append(prev) or real(self, rgb, prev))
+    write_video(tmp_path / "src" / "clip.mp4", n_frames=6)
+    argv = ["--dataset", "custom", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "out"), "--workers", "1",
+            "--num_frames", "3", *flag]
+    s = main_dataset_preprocess(PRETRAIN_DEFAULT, "pretrain", argv)
+    assert s.counts["done"] == 3
+    assert len(calls) == tracked_calls and (not calls or (calls[0] is None and calls[1] > 0))

@@ -5,7 +5,15 @@ import cv2
 import numpy as np
 import pytest
 
-from fsvfm.preprocess.faces import ARCFACE_TEMPLATE_112, FaceCropper, alignment_matrix, square_box
+from fsvfm.preprocess.faces import (
+    ARCFACE_TEMPLATE_112,
+    Face,
+    FaceCropper,
+    alignment_matrix,
+    skipped_levels,
+    smallest_side,
+    square_box,
+)
 from tests.helpers import astronaut_bgr, faces_dir
 
 # dlib HOG, upsample 1 (see shared/faces/README.md): faces per photo.
@@ -90,3 +98,49 @@ def test_aligned_crop_maps_landmarks_to_template():
     # and dlib finds the re-detected face in the middle of the aligned crop
     cx, cy = (rect[0] + rect[2]) / 2, (rect[1] + rect[3]) / 2
     assert abs(cx - 112) < 30 and abs(cy - 112) < 40
+
+
+def _rect_iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return ix * iy / (area(a) + area(b) - ix * iy)
+
+
+def test_skipped_levels_hand_worked():
+    # upsample 1: level k scales by 2 * (5/6)**k; 150 px faces are window-sized (80 px) near k = log(3.75)/log(1.2) = 7.25
+    assert skipped_levels(1, 150) == 7
+    assert skipped_levels(0, 150) == 3            # log(1.875)/log(1.2) = 3.45
+    assert skipped_levels(1, 40) == 0 and skipped_levels(1, None) == 0 and skipped_levels(1, 30) == 0
+    assert smallest_side([]) is None
+    assert smallest_side([Face((0, 0, 50, 60), 1.0), Face((0, 0, 90, 80), 2.0)]) == 60
+
+
+@pytest.mark.parametrize("min_side", [60, 150])
+def test_level_skipped_search_finds_the_full_searchs_faces(cropper, min_side):
+    """Every face the full search finds at least ``min_side`` wide is found again from the skipped level:
+    same score (the levels are dlib's own), box within dlib's rounding; no face the full search lacks."""
+    matched = 0
+    for name in sorted(EXPECTED_COUNTS):
+        rgb = np.ascontiguousarray(cv2.imread(str(faces_dir() / name))[:, :, ::-1])
+        full, skipped = cropper.detect(rgb), cropper.detect(rgb, min_side=min_side)
+        for f in full:
+            if max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) < min_side:
+                continue
+            best = max(skipped, key=lambda g: _rect_iou(f.rect, g.rect))
+            assert _rect_iou(f.rect, best.rect) >= 0.95 and abs(best.score - f.score) < 1e-6, (name, f, best)
+            matched += 1
+        assert all(max(_rect_iou(g.rect, f.rect) for f in full) >= 0.95 for g in skipped), name
+        assert len(skipped) == sum(max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) >= min_side for f in full), name
+    assert matched == {60: 35, 150: 19}[min_side]          # faces of the 12 photos at least that wide
+
+
+def test_tracked_search_falls_back_to_the_full_search(cropper):
+    rgb = np.ascontiguousarray(cv2.imread(str(faces_dir() / "Tom_Cruise_avp_2014_4.jpg"))[:, :, ::-1])
+    (full,) = cropper.detect(rgb)
+    # a previous face far larger than any here: the skipped levels find nothing, the full search runs
+    assert cropper.detect(rgb, min_side=2000) == []
+    assert cropper.detect_tracked(rgb, 2000) == [full]
+    assert cropper.detect_tracked(rgb, None) == [full]
+    (near,) = cropper.detect_tracked(rgb, 380)
+    assert _rect_iou(near.rect, full.rect) >= 0.95

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,3 +103,19 @@ def test_an_inexact_seek_falls_back_to_sequential_decoding(tmp_path, monkeypatch
     assert calls == [40]                                     # one failed seek, then no more seeking
     expected = list(read_frames(path, [0, 40, 80], seek_gap=None))
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(got, expected))
+
+
+def test_tracked_video_search_matches_the_full_search(tmp_path):
+    """From the second sampled frame on, the face is searched near the last one's size: the same frames
+    get a crop, each within a few pixels of the original's full search (--full_res_detect)."""
+    video = write_video(tmp_path / "clip.mp4", n_frames=12)
+    runs = {}
+    for full in (False, True):
+        out = Worker(Options(full_res_detect=full)).run(Job("crop_video", str(video), (str(tmp_path / str(full)),),
+                                                            "clip", 4))
+        assert dict(out.counts) == {"done": 4}
+        runs[full] = {p.name: cv2.imread(str(p)) for p in sorted((tmp_path / str(full)).iterdir())}
+    assert set(runs[False]) == set(runs[True]) == frames("clip", [0, 3, 7, 11])
+    for name, crop in runs[False].items():
+        side, full_side = crop.shape[0], runs[True][name].shape[0]
+        assert abs(side - full_side) <= 0.03 * full_side, (name, side, full_side)

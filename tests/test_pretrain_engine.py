@@ -255,3 +255,36 @@ def test_grad_norm_is_read_back_at_the_print_interval():
         norms.append(float(online.w.grad.norm()))
     assert stats["grad_norm"] == pytest.approx(sum(norms) / 4, rel=1e-6)
     assert stats["skipped_batches"] == 1
+
+
+class _SlowBatches(list):
+    """Batches that each take ``seconds`` of the fake clock ``now`` to load."""
+
+    def __init__(self, batches, now: list[float], seconds: float) -> None:
+        super().__init__(batches)
+        self.now, self.seconds = now, seconds
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.now[0] += self.seconds
+            yield batch
+
+
+@pytest.mark.parametrize("seconds, logged", [(30.0, [0, 2, 4, 5]), (1.0, [0, 5]), (61.0, [0, 1, 2, 3, 4, 5])])
+def test_epoch_logs_at_least_every_interval_whatever_print_freq(monkeypatch, caplog, seconds, logged):
+    """--print_freq 1000 over 6 slow steps: a line (with fresh meters) as soon as 60 s have passed since the last."""
+    from fsvfm.util import meters
+    from fsvfm.util.train_step import StepLog
+    now = [0.0]
+    monkeypatch.setattr(meters, "clock", lambda: now[0])
+    flushed = []
+    real_flush = StepLog.flush
+
+    def flush(self):
+        flushed.extend(it for _, it, _, _ in self.meta[-1:])
+        real_flush(self)
+    monkeypatch.setattr(StepLog, "flush", flush)
+    with caplog.at_level("INFO", logger="fsvfm.util.meters"):
+        _run_epoch(_SlowBatches(_batches(6), now, seconds), _args(print_freq=1000))
+    lines = [r.args[2] for r in caplog.records if r.name == "fsvfm.util.meters" and "eta" in r.msg]
+    assert lines == logged and flushed == logged

@@ -65,6 +65,9 @@ def crop_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_faces", type=int, default=1,
                    help="faces kept per photo, in --face_select order (1: one, as the original; 0: all); "
                         "the k-th extra face is saved as NAME_face{k}; video frames keep one face")
+    g.add_argument("--full_res_detect", action="store_true",
+                   help="videos: search every sampled frame for faces of every size, as the original (default: "
+                        "from the second sampled frame on, faces down to 0.7x the last frame's smallest one)")
     return p
 
 
@@ -88,7 +91,8 @@ def _options(cfg, args, save_vis: bool = False) -> Options:
                    upsample=args.upsample, face_select=args.face_select, align=args.align,
                    backend=getattr(args, "backend", "landmarks"),
                    facer_model_dir=getattr(args, "facer_model_dir", None),
-                   device=getattr(args, "device", None), save_vis=save_vis, max_faces=args.max_faces)
+                   device=getattr(args, "device", None), save_vis=save_vis, max_faces=args.max_faces,
+                   full_res_detect=getattr(args, "full_res_detect", False))
 
 
 def _num_frames(value, default):

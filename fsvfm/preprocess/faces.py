@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ MIN_FACE_SHARE = 0.35
 # Boxes at least this fraction of the largest one count as further faces (smaller ones: false positives).
 SIMILAR_FACE = 0.5
 CHECK_SIDES = (224, 2048)   # the crop check detects on the image scaled to a longer side in this range
+# dlib's frontal detector: 80x80 windows scanned over a pyramid shrinking by 5/6 a level (after x2 per upsample)
+HOG_WINDOW, PYRAMID_RATE = 80, 6
+# A video's faces keep their size between sampled frames: the next frame is searched for faces down to this
+# share of the smallest face found in the previous one (the pyramid levels for smaller faces are skipped).
+TRACK_SHRINK = 0.7
 
 
 def landmark_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -89,6 +95,40 @@ def alignment_matrix(points: np.ndarray, out_size: int) -> np.ndarray:
     return matrix
 
 
+def smallest_side(faces: list[Face]) -> int | None:
+    """Longer side of the smallest face box (the next video frame's search floor), None without faces."""
+    return min((max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) for f in faces), default=None)
+
+
+def skipped_levels(upsample: int, min_side: float | None) -> int:
+    """Pyramid levels of an ``upsample`` search that only find faces narrower than ``min_side`` pixels."""
+    if not min_side or min_side <= 0:
+        return 0
+    # level k scales the image by 2**upsample * (5/6)**k; a face is found where it is about window-sized
+    ratio = 2.0 ** upsample * min_side / HOG_WINDOW
+    return max(0, math.floor(math.log(ratio) / math.log(PYRAMID_RATE / (PYRAMID_RATE - 1)))) if ratio > 1 else 0
+
+
+def pyramid_level(rgb: np.ndarray, upsample: int, level: int):
+    """Level ``level`` of dlib's search pyramid of ``rgb`` (its x2 upsampling, then 5/6 steps), and the
+    function taking a ``dlib.rectangle`` found on it back to ``rgb``'s coordinates."""
+    up, down6 = dlib.pyramid_down(2), dlib.pyramid_down(PYRAMID_RATE)
+    img = rgb
+    for _ in range(upsample):   # dlib's pyramid_up: its bilinear resize to the size rect_up gives
+        r = up.rect_up(dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1))
+        img = np.asarray(dlib.resize_image(np.ascontiguousarray(img), r.bottom() + 1, r.right() + 1))
+    for _ in range(level):
+        img = down6(img)
+
+    def back(rect: dlib.rectangle) -> dlib.rectangle:
+        for _ in range(level):
+            rect = down6.rect_up(rect)
+        for _ in range(upsample):
+            rect = up.rect_down(rect)
+        return rect
+    return np.ascontiguousarray(img), back
+
+
 def crop_problem(faces: list[Face], width: int, height: int) -> str | None:
     """Why an image of ``width`` x ``height`` whose detected faces are ``faces`` is not a face crop (no
     face, several faces of similar size, or one far smaller than the frame), or None when it is one."""
@@ -132,10 +172,34 @@ class FaceCropper:
             self._predictor = dlib.shape_predictor(str(landmark_model_path()))
         return self._predictor
 
-    def detect(self, rgb: np.ndarray, upsample: int | None = None) -> list[Face]:
-        """All faces in dlib's order (highest score first)."""
-        rects, scores, _ = self.detector.run(rgb, self.upsample if upsample is None else upsample, 0.0)
-        return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
+    def detect(self, rgb: np.ndarray, upsample: int | None = None, min_side: float | None = None) -> list[Face]:
+        """All faces in dlib's order (highest score first).
+
+        ``min_side`` (pixels): skip the pyramid levels that only find faces smaller than that, and return
+        only faces at least that wide. The levels kept are built with dlib's own resampling, so those
+        faces are the full search's (boxes within a pixel or two of dlib's rounding, same scores); the
+        skipped levels hold most of the cost.
+        """
+        upsample = self.upsample if upsample is None else upsample
+        skip = skipped_levels(upsample, min_side)
+        if skip == 0:
+            rects, scores, _ = self.detector.run(rgb, upsample, 0.0)
+            return [Face(rect_tuple(r), float(s)) for r, s in zip(rects, scores)]
+        level, down = pyramid_level(rgb, upsample, skip)
+        rects, scores, _ = self.detector.run(level, 0, 0.0)
+        faces = [Face(rect_tuple(down(r)), float(s)) for r, s in zip(rects, scores)]
+        # a smaller face can still show up on the coarse levels, with a looser box than the full search's
+        return [f for f in faces if max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) >= min_side]
+
+    def detect_tracked(self, rgb: np.ndarray, prev_side: float | None) -> list[Face]:
+        """``detect`` of a video frame given the smallest face side of the previous sampled frame: only
+        faces down to ``TRACK_SHRINK`` of it are searched, and the whole search runs when none is found
+        (a cut, a face leaving) or there is no previous face."""
+        if prev_side:
+            faces = self.detect(rgb, min_side=prev_side * TRACK_SHRINK)
+            if faces:
+                return faces
+        return self.detect(rgb)
 
     def crop_problem(self, rgb: np.ndarray) -> str | None:
         """``crop_problem`` of an RGB image, detected at a longer side within ``CHECK_SIDES``."""
@@ -169,13 +233,15 @@ class FaceCropper:
         crops = self.crops(bgr, 1)
         return crops[0] if crops else None
 
-    def crops(self, bgr: np.ndarray, max_faces: int = 1) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
-        """``crop`` for the first ``max_faces`` faces in ``face_select`` order (0 = every face).
+    def crops(self, bgr: np.ndarray, max_faces: int = 1, faces: list[Face] | None = None
+              ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+        """``crop`` for the first ``max_faces`` faces in ``face_select`` order (0 = every face), of the
+        faces ``detect`` finds or of those given.
 
         Faces whose crop is empty or fails the aligned re-detection are dropped, not replaced.
         """
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        faces = self.ranked(self.detect(rgb))
+        faces = self.ranked(self.detect(rgb) if faces is None else faces)
         out = []
         for face in faces[:max_faces] if max_faces > 0 else faces:
             res = self._aligned(bgr, rgb, face) if self.align else self._unaligned(bgr, face)

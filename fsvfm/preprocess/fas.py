@@ -75,7 +75,8 @@ def aligned_chips(worker: Worker, bgr: np.ndarray, max_faces: int = 1) -> list[n
 
 def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
     """Two chips: for each target index, the first frame at or after it (up to the last frame, D20)
-    where a face is found. Frames are decoded once, in order; one frame may serve both targets."""
+    where a face is found; one frame may serve both targets. Only frames from a target on are decoded
+    (``read_frames`` seeks over long gaps)."""
     paths = [Path(job.dst[0]) / n for n in fas_frame_names(job.name, worker.opts.img_format)]
     pending = {k for k, p in enumerate(paths) if not p.exists()}
     out.counts["skipped"] += 2 - len(pending)
@@ -85,17 +86,23 @@ def _fas_video(worker: Worker, job: Job, out: Summary) -> None:
     if total < 0:
         return out.add("unreadable", job.src, "cannot open video")
     targets = two_frame_targets(total)
-    for idx, frame in read_frames(job.src, range(min(targets[k] for k in pending), total)):
-        due = [k for k in pending if targets[k] <= idx]
-        chip = aligned_chip(worker, frame) if due and frame is not None else None
-        if chip is None:
-            continue
-        for k in due:
+    while pending:   # from the earliest pending target on to the first face; frames no target needs are not read
+        found = None
+        frames = read_frames(job.src, range(min(targets[k] for k in pending), total))
+        try:
+            for idx, frame in frames:
+                chip = aligned_chip(worker, frame) if frame is not None else None
+                if chip is not None:
+                    found = idx
+                    break
+        finally:
+            frames.close()
+        if found is None:
+            break
+        for k in [k for k in pending if targets[k] <= found]:
             atomic_write_image(paths[k], chip)
             out.add("done")
             pending.discard(k)
-        if not pending:
-            return None
     for k in sorted(pending):
         out.add("no_face", f"{job.src}#frame{k}", f"no face in frames {targets[k]} to {total - 1} "
                 f"of {total}")

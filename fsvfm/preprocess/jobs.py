@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fsvfm.preprocess.faces import FaceCropper
+from fsvfm.preprocess.faces import FaceCropper, smallest_side
 from fsvfm.preprocess.parsing import build_parser, output_paths, parser_input, save_parsed
 from fsvfm.preprocess.video import frame_count, frame_name, read_frames, unique_indices
 from fsvfm.util.errors import OutputError
@@ -58,6 +58,7 @@ class Options:
     save_vis: bool = False
     chip_padding: float = 0.37
     max_faces: int = 1            # faces kept per photo (crop_image, crop_parse); 0 = all
+    full_res_detect: bool = False  # videos: search every sampled frame in full (the original), not near the last
 
 
 def face_name(name: str, k: int) -> str:
@@ -201,16 +202,22 @@ class Worker:
         todo = [i for i, p in paths.items() if not p.exists()]
         if len(todo) < len(paths):
             out.counts["skipped"] += len(paths) - len(todo)
+        prev_side = None   # smallest face of the previous sampled frame: the next one is searched near its size
         for idx, frame in read_frames(job.src, todo):
             item = f"{job.src}#{idx}"
             if frame is None:
                 out.add("unreadable", item, "frame not decodable")
                 continue
-            res = self.cropper.crop(frame)
-            if res is None:
+            if self.opts.full_res_detect:
+                crops = self.cropper.crops(frame, 1)
+            else:
+                faces = self.cropper.detect_tracked(np.ascontiguousarray(frame[:, :, ::-1]), prev_side)
+                prev_side = smallest_side(faces)
+                crops = self.cropper.crops(frame, 1, faces)
+            if not crops:
                 out.add("no_face", item)
                 continue
-            atomic_write_image(paths[idx], res[0])
+            atomic_write_image(paths[idx], crops[0][0])
             out.add("done")
 
     def _copy(self, job: Job, out: Summary) -> None:

@@ -14,6 +14,9 @@ from fsvfm.util import dist
 
 logger = logging.getLogger(__name__)
 
+LOG_INTERVAL_S = 60.0  # log_every also logs when this long has passed since its last line (a slow CPU epoch)
+clock = time.monotonic  # the interval's clock; tests put a fake one here
+
 
 class SmoothedValue:
     """Windowed median/average plus global average of a scalar series."""
@@ -74,6 +77,7 @@ class MetricLogger:
     def __init__(self, delimiter: str = "  ") -> None:
         self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.delimiter = delimiter
+        self.log_due = False  # log_every logs after the step it is yielding now (StepLog reads it)
 
     def update(self, **kwargs) -> None:
         for k, v in kwargs.items():
@@ -103,16 +107,20 @@ class MetricLogger:
         return {k: m.global_avg for k, m in self.meters.items()}
 
     def log_every(self, iterable: Iterable, print_freq: int, header: str = "") -> Iterator:
-        """Yield from ``iterable``, logging progress, ETA and meters every ``print_freq`` steps."""
+        """Yield from ``iterable``, logging progress, ETA and meters every ``print_freq`` steps, after the
+        last one, and after any step that starts ``LOG_INTERVAL_S`` or more after the previous line."""
         n = len(iterable)  # type: ignore[arg-type]
         width = len(str(n))
         start = end = time.time()
+        last_line = clock()
         iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
         for i, obj in enumerate(iterable):
             data_time.update(time.time() - end)
+            self.log_due = i % print_freq == 0 or i == n - 1 or clock() - last_line >= LOG_INTERVAL_S
             yield obj
             iter_time.update(time.time() - end)
-            if i % print_freq == 0 or i == n - 1:
+            if self.log_due:
+                last_line = clock()
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (n - i - 1)))
                 mem = ""
                 if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -157,10 +157,14 @@ class StepLog:
         self.streak = streak if streak is not None else SkipStreak()
 
     def add(self, keys: Iterable[str], row: torch.Tensor, it: int, lr: float, update: bool) -> None:
-        """Keep iteration ``it``'s row; flush at the print interval (``log_every`` prints after)."""
+        """Keep iteration ``it``'s row; flush at the print interval, and in a single process at
+        ``log_every``'s time-based lines too (``log_every`` prints after). Ranks read back at the same
+        steps (a diverged run must stop on all of them at once), so there the time-based lines show the
+        meters of the last print interval."""
         self.rows.append(row)
         self.meta.append((tuple(keys), it, lr, update))
-        if it % self.print_freq == 0 or it == self.num_iters - 1:
+        timed = self.metric_logger.log_due and dist.get_world_size() == 1
+        if it % self.print_freq == 0 or it == self.num_iters - 1 or timed:
             self.flush()
 
     def flush(self) -> None:
