@@ -5,9 +5,10 @@
   ``criterion(model(samples), targets)``. A task with extra loss terms (the FS-Adapter's
   contrastive term) passes its own hook; its components (e.g. ``cls_loss``, ``con_loss``) are
   all-reduced and logged next to ``loss`` on the console, in ``log.txt`` and TensorBoard.
-* Scalar options come from ``args`` only (``amp``, ``accum_iter``, ``clip_grad``, ``print_freq``,
-  and the schedule's ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``); collaborators (loss hook,
-  mixup, writer) are arguments. The step policy (DDP ``no_sync`` on accumulation micro-steps,
+* Scalar options come from a ``util.train_step.StepConfig`` (``amp``, ``accum_iter``, ``clip_grad``,
+  ``print_freq``; parsed ``args`` have the same attributes) and the learning rate from ``lr_at(fractional
+  epoch)`` (default: the warm-up cosine of ``args``' ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``);
+  collaborators (loss hook, mixup, writer) are arguments. The step policy (DDP ``no_sync`` on accumulation micro-steps,
   all-reduced non-finite skip of the accumulation window, consecutive-skip abort, grad-norm
   logging, values read back at the print interval) is the pre-training engine's, from
   ``util.train_step``.
@@ -33,9 +34,17 @@ from fsvfm.metrics import binary_metrics, multiclass_metrics
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.errors import DataError
-from fsvfm.util.lr_sched import adjust_learning_rate
+from fsvfm.util.lr_sched import lr_at as cosine_lr_at
+from fsvfm.util.lr_sched import set_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
+from fsvfm.util.train_step import (
+    SkipStreak,
+    StepConfig,
+    StepLog,
+    backward_step,
+    device_skip_enabled,
+    micro_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +77,9 @@ def logits_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
-                    loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace, *,
-                    mixup_fn: Callable | None = None, log_writer=None,
-                    streak: SkipStreak | None = None) -> dict[str, float]:
+                    loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace | StepConfig, *,
+                    lr_at: Callable[[float], float] | None = None, mixup_fn: Callable | None = None,
+                    log_writer=None, streak: SkipStreak | None = None) -> dict[str, float]:
     """One epoch (spec 4.8): per-iteration lr, mixup, autocast, accumulation, optional clipping.
 
     Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
@@ -80,6 +89,9 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
     ``loss``, the hook's components, ``lr`` and ``grad_norm``, plus ``skipped_batches``.
     """
     model.train()
+    if lr_at is None:
+        def lr_at(e: float) -> float:
+            return cosine_lr_at(e, args)
     accum = max(int(args.accum_iter), 1)
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
@@ -90,7 +102,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
     for it, batch in enumerate(meters.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
         update = (it + 1) % accum == 0
         if it % accum == 0:
-            adjust_learning_rate(optimizer, it / n_iter + epoch, args)
+            set_learning_rate(optimizer, lr_at(it / n_iter + epoch))
         labels = batch[1].to(device, non_blocking=True)
         samples, targets = batch[0].to(device, non_blocking=True), labels
         if mixup_fn is not None:

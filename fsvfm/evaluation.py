@@ -1,9 +1,10 @@
 """Cross-dataset testing of a fine-tuned checkpoint, driven by a task's data (spec 5): its test-set
 table, class vocabulary, evaluation output and metric mode (``fsvfm.metrics.METRIC_MODES``).
 
-``main_test_DfD.py`` and ``main_test_DiFF.py`` are one call to ``cli(task)`` each. A metric mode
-that ``needs_validation`` (a threshold chosen on validation data) also gets the predictions on
-``--val_split`` / ``--finetune_data_path``'s ``val/``.
+``main_test_DfD.py``, ``main_test_DiFF.py`` and ``main_test_FAS.py`` each test one task; the checkpoint is
+rebuilt by the task's ``rebuild``. A metric mode that ``needs_validation`` (a threshold chosen on validation
+data) also gets the predictions on ``--val_split`` / ``--finetune_data_path``'s ``val/``; a task with
+``threshold_data`` (FAS: the training sources' test lists) gets its threshold from those.
 
 Outputs in ``--output_dir``: ``test_results.txt`` (appended, spec 5.4 layout), ``test_results.json``,
 ``roc_{set}.png``, ``scores_{set}.csv`` (one row per video ``{class folder}/{name before _frame_}``;
@@ -40,7 +41,6 @@ from fsvfm.data.finetune import (
 )
 from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
 from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
-from fsvfm.finetune_setup import load_classifier_from_checkpoint
 from fsvfm.metrics import (
     METRIC_MODES,
     OneClassError,
@@ -91,6 +91,8 @@ def test_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argpar
     ignored = p.add_argument_group("fine-tuning flags, accepted and ignored")
     for flag in IGNORED_TRAINING_FLAGS:
         ignored.add_argument(flag, dest=f"ignored_{flag[2:]}", default=None, metavar="VALUE", help="ignored")
+    if task.test_flags is not None:
+        task.test_flags(p)
     return p
 
 
@@ -127,6 +129,9 @@ def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_clas
         if not Path(args.test).is_dir():
             raise FileNotFoundError(f"--test {args.test}: folder not found (it holds class folders, e.g. real/, fake/)")
         yield Path(args.test).name, args.test, lambda: TestImageFolder(args.test, transform, vocabulary)
+        return
+    if task.test_data is not None and not args.test_split:
+        yield from task.test_data(args, transform)
         return
     if args.test_split:
         yield Path(args.test_split).stem, args.test_split, lambda: SplitFileDataset(
@@ -199,6 +204,12 @@ def result_lines(name: str, n_images: int, source: str, loss: float, metrics: di
         lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
                      f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
                      f"ACC: {f['acc_at_val_threshold']:.3f}")
+    if "fas" in metrics:
+        v = metrics["fas"]
+        lines.append(f"VIDEO-LEVEL  HTER: {100 * v['hter']:.2f}  AUC: {100 * v['auc']:.2f}  TPR@FPR=1%: "
+                     f"{100 * v['tpr_at_fpr']:.2f}  EER threshold: {v['threshold']:.4f}  ({v['num_videos']} videos)")
+        if "hter_src" in v:
+            lines.append(f"AT SOURCE THRESHOLD {v['threshold_src']:.4f}  HTER: {100 * v['hter_src']:.2f}")
     if "video" in metrics and "error" in metrics["video"]:
         lines.append(f"VIDEO-LEVEL  skipped: {metrics['video']['error']}")
     elif "video" in metrics:
@@ -294,28 +305,30 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
         logger.info("ignored (fine-tuning flags): %s", " ".join(ignored))
     device = torch.device(args.device)
     checkpoint = load_checkpoint(args.resume)
-    model, transform, info = load_classifier_from_checkpoint(
-        args.resume, device, checkpoint=checkpoint, **{k: getattr(args, k, None) for k in REBUILD_KEYS})
-    args.model = info["model"]
-    vocabulary = run_vocabulary(args, task, checkpoint, info["nb_classes"])
-    del checkpoint
+    model, transform, info = task.rebuild(args.resume, device, checkpoint=checkpoint,
+                                          **{k: getattr(args, k, None) for k in REBUILD_KEYS})
+    model_name, n_classes = info["model"], int(info.get("nb_classes") or len(task.vocabulary.names))
+    vocabulary = run_vocabulary(args, task, checkpoint, n_classes)
     for line in info.get("warnings", []):
         logger.warning("%s: %s", args.resume, line)
     out = Path(args.output_dir)
-    report = {"checkpoint": str(args.resume), "model": args.model, "metric_mode": args.metric_mode,
+    report = {"checkpoint": str(args.resume), "model": model_name, "metric_mode": args.metric_mode,
               "classes": list(vocabulary.names), "warnings": info.get("warnings", []),
               "eval_transform": info["eval_transform"], "norm_stats": {
                   "mean": info["mean"], "std": info["std"], "source": info["norm_source"]}, "results": {}}
     if dist.is_main_process():
         append_results(out / "test_results.txt", [
-            f"Testing {args.resume} ({args.model}, {args.metric_mode} metrics, {info['eval_transform']}, "
+            f"Testing {args.resume} ({model_name}, {args.metric_mode} metrics, {info['eval_transform']}, "
             f"normalisation from {info['norm_source']})", *(f"WARNING: {w}" for w in info.get("warnings", []))])
-    evaluate_set = _set_evaluator(args, task, model, device, vocabulary.names)
+    evaluate_set = _set_evaluator(args, model, device, vocabulary.names)
     writer = summary_writer(args)   # ROC figures and AUCs of the test sets (rank 0)
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
-        val = evaluate_set(_validation_set(args, vocabulary, transform, info["nb_classes"]), "Validation:")[1]
-    for name, source, build in _test_sets(args, task, transform, info["nb_classes"], vocabulary):
+        val = evaluate_set(_validation_set(args, vocabulary, transform, n_classes), "Validation:")[1]
+    elif task.threshold_data is not None and not (args.test_split or args.test):
+        held_out = task.threshold_data(args, transform)
+        val = None if held_out is None else evaluate_set(held_out, "Threshold data:")[1]
+    for name, source, build in _test_sets(args, task, transform, n_classes, vocabulary):
         try:
             dataset = build()
             pred, test, skipped = evaluate_set(dataset, f"Test {name}:")
@@ -328,17 +341,20 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if writer is not None:
         writer.close()
     _finish(args, report, start)
+    if task.test_report is not None and dist.is_main_process():
+        task.test_report(args, report, checkpoint)
     return report
 
 
-def _set_evaluator(args: argparse.Namespace, task: FinetuneTask, model: torch.nn.Module, device: torch.device,
+def _set_evaluator(args: argparse.Namespace, model: torch.nn.Module, device: torch.device,
                    classes: Sequence[str] = ()) -> Callable[[Dataset, str], tuple[Predictions, ScoredSet, list[str]]]:
-    """``evaluate(dataset, header) -> (predictions, scored set, unreadable files)``, on every rank."""
+    """``evaluate(dataset, header) -> (predictions, scored set, unreadable files)``, on every rank; the
+    rebuilt ``model`` returns logits as it is (the task's ``rebuild`` contract)."""
     shard, amp = dist.get_world_size() > 1, resolve_amp(args.amp, device)
 
     def evaluate(dataset: Dataset, header: str) -> tuple[Predictions, ScoredSet, list[str]]:
         pred = predict(model, make_eval_loader(dataset, args, shard), device, amp=amp, gather=shard,
-                       output_fn=task.output_fn, header=header, print_freq=args.print_freq)
+                       header=header, print_freq=args.print_freq)
         return pred, _scored(dataset, pred, classes), unreadable_files(dataset, device)
     return evaluate
 

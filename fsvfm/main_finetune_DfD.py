@@ -5,16 +5,16 @@ detection (spec 4). DfD and DiFF differ only in the training folder.
         --finetune_data_path DATA_DIR --apply_simple_augment --mixup 0.8 --cutmix 1.0 --dist_eval ...
 
 Class indices: fake 0, real 1 (folders are labelled by name); scores are P(real). The task entry
-is ``fsvfm.tasks.DFD_TASK``; the loop is ``fsvfm.finetune_runner``. ``--task Unified --classes
+is ``fsvfm.tasks.dfd.DFD_TASK``; the loop is ``fsvfm.finetune_runner``. ``--task Unified --classes
 real,deepfake,diffusion,spoof`` fine-tunes an N-class detector from class folders instead
-(``fsvfm.tasks.UNIFIED_TASK``; docs/FINETUNE.md "N-class detectors").
+(``fsvfm.tasks.dfd.UNIFIED_TASK``; docs/FINETUNE.md "N-class detectors").
 """
 from __future__ import annotations
 
 import argparse
 
 from fsvfm import finetune_runner
-from fsvfm.tasks import DFD_TASK, UNIFIED_TASK
+from fsvfm.tasks.dfd import DFD_TASK, UNIFIED_TASK
 from fsvfm.util.cli import run_cli
 
 TASK = DFD_TASK
@@ -31,6 +31,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and fine-tune (errors propagate: the library entry)."""
     return main(get_args_parser().parse_args(argv))
 
 

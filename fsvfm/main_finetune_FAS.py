@@ -7,27 +7,28 @@ the MCIO / WCS protocols, tested on the held-out domain (HTER, AUC, TPR@FPR=1%).
 
 ``--model vit_*_fs_adapter --trainable_modules fs-adapter`` trains the FS-Adapter instead (3 runs, 24 frames
 per source and class by default). Class indices: spoof 0, live 1; scores are P(live). The task entry is
-``fsvfm.tasks.FAS_TASK``; the loop is ``fsvfm.fas_runner``. A usage mistake (missing list file or frame,
+``fsvfm.tasks.fas.FAS_TASK``; the loop is the one fine-tuning runner, ``fsvfm.finetune_runner``. Rerunning
+the same command continues an interrupted experiment (finished runs are kept). A usage mistake (missing list file or frame,
 empty domain, bad ``--pt_model``) ends with one ``error:`` line and exit code 2 (``util.cli.run_cli``).
 """
 from __future__ import annotations
 
 import argparse
 
-from fsvfm import fas_runner
-from fsvfm.tasks import FAS_TASK
+from fsvfm import finetune_runner
+from fsvfm.tasks.fas import FAS_TASK
 from fsvfm.util.cli import run_cli
 
 TASK = FAS_TASK
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    return fas_runner.fas_parser(TASK)
+    return finetune_runner.task_parser(TASK)
 
 
 def main(args: argparse.Namespace) -> dict:
     """Fine-tune ``--runs`` runs; returns ``{'runs', 'mean', 'std', 'output_dir'}``. Never calls ``exit``."""
-    return fas_runner.run(args, TASK)
+    return finetune_runner.run(args, TASK)
 
 
 def cli(argv: list[str] | None = None) -> dict:

@@ -1,15 +1,36 @@
 """Cross-dataset deepfake-detection test (spec 5): frame- and video-level metrics on the test-set
-table of ``fsvfm.tasks.DFD_TASK``.
+table of ``fsvfm.tasks.dfd.DFD_TASK``.
 
     python fsvfm/main_test_DfD.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test
     python fsvfm/main_test_DfD.py --task Unified --resume FT_DIR/checkpoint-min_val_loss.pth --test_root DATA
 """
 from __future__ import annotations
 
-from fsvfm.evaluation import main_for
-from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS, UNIFIED_TASK
+import argparse
 
-__all__ = ["DFD_TASK", "DFD_TEST_SETS"]
+from fsvfm import evaluation
+from fsvfm.finetune_runner import chosen_task
+from fsvfm.tasks.dfd import DFD_TASK, DFD_TEST_SETS, UNIFIED_TASK
+from fsvfm.util.cli import run_cli
+
+__all__ = ["DFD_TASK", "DFD_TEST_SETS", "get_args_parser", "main"]
+TASK = DFD_TASK
+ALSO = (UNIFIED_TASK,)  # --task Unified: N-class metrics on {--test_root}/test
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    return evaluation.test_parser(TASK, ALSO)
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Test ``--resume``; returns the ``test_results.json`` content. Never calls ``exit``."""
+    return evaluation.run(args, chosen_task(args, TASK))
+
+
+def cli(argv: list[str] | None = None) -> dict:
+    """``main`` behind the command-line boundary: a user mistake prints one ``error:`` line, exit code 2."""
+    return run_cli(main, get_args_parser(), argv)
+
 
 if __name__ == "__main__":
-    main_for(DFD_TASK, also=(UNIFIED_TASK,))  # --task Unified: N-class metrics on {--test_root}/test
+    cli()

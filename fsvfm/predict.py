@@ -60,6 +60,7 @@ from tqdm import tqdm
 from fsvfm.preprocess.faces import FaceCropper, square_crop
 from fsvfm.preprocess.jobs import Options
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS, frame_count, read_frames, unique_indices
+from fsvfm.tasks import TASK_ENTRIES, get_task, task_of_weights
 from fsvfm.util.accel import inference_context, prepare_inference
 from fsvfm.util.amp import AMP_CHOICES, resolve_amp
 from fsvfm.util.args import class_names
@@ -138,11 +139,10 @@ def fas_aligned_crops() -> CropFn:
     return crop
 
 
-# Crop modes by name, and the mode each task's training data used; a new task adds its own with
-# ``register_crop_mode(name, factory, tasks=(task,))``.
+# Crop modes by name; the mode a task's training data used is its table entry's ``crop_mode``
+# (``register_crop_mode(name, factory, tasks=(task,))`` overrides it here).
 CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops}
-TASK_CROP_MODES: dict[str, str] = {"DfD": "dlib_square", "DiFF": "dlib_square", "Unified": "dlib_square"}
-DEFAULT_TASK = "DfD"
+TASK_CROP_MODES: dict[str, str] = {}
 
 
 def register_crop_mode(name: str, factory: Callable[[], CropFn], tasks: Sequence[str] = ()) -> None:
@@ -152,14 +152,16 @@ def register_crop_mode(name: str, factory: Callable[[], CropFn], tasks: Sequence
     TASK_CROP_MODES.update({t: name for t in tasks})
 
 
-register_crop_mode("fas_aligned", fas_aligned_crops, tasks=("FAS",))
+register_crop_mode("fas_aligned", fas_aligned_crops)
 
 
 def crop_mode_for(task: str) -> str:
-    if task not in TASK_CROP_MODES:
-        raise UsageError(f"no face-crop mode for task {task!r} yet (known: {sorted(TASK_CROP_MODES)}); "
+    if task in TASK_CROP_MODES:
+        return TASK_CROP_MODES[task]
+    if task not in TASK_ENTRIES:
+        raise UsageError(f"no face-crop mode for task {task!r} yet (known: {sorted({*TASK_ENTRIES, *TASK_CROP_MODES})}); "
                          "pass --no_detect with ready-made face crops")
-    return TASK_CROP_MODES[task]
+    return get_task(task).crop_mode
 
 
 # ------------------------------------------------------------------------------------- model
@@ -173,18 +175,17 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     a FAS network's (the released ``.pth.tar``), else DfD. ``info['classes']`` is the model's
     ``ClassVocabulary`` (``classes``: names in index order, overriding the checkpoint's). Returns
     ``(model in eval mode, transform, info)``."""
-    from fsvfm.tasks import TASKS
     local = resolve_checkpoint_path(path)
     checkpoint = load_checkpoint(local)
     stored = args_dict(checkpoint)
-    task = checkpoint.get("task") or stored.get("task") or _task_of_weights(checkpoint)
-    if task not in TASKS:
-        raise UsageError(f"{path}: unknown task {task!r} (known: {sorted(TASKS)})")
-    model, transform, built = TASKS[task].rebuild(
+    task = checkpoint.get("task") or stored.get("task") or task_of_weights(checkpoint)
+    if task not in TASK_ENTRIES:
+        raise UsageError(f"{path}: unknown task {task!r} (known: {sorted(TASK_ENTRIES)})")
+    model, transform, built = get_task(task).rebuild(
         local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
         normalize_from_IMN=stored.get("normalize_from_IMN"))
-    n = int(built.get("nb_classes") or len(TASKS[task].vocabulary.names))
-    vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, TASKS[task].vocabulary,
+    n = int(built.get("nb_classes") or len(get_task(task).vocabulary.names))
+    vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, get_task(task).vocabulary,
                                                 classes)
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
             "warnings": model_warnings(checkpoint),
@@ -192,10 +193,6 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
             "classes": vocab, "classes_source": vocab_source}
     return model, transform, info
 
-
-def _task_of_weights(checkpoint: dict) -> str:
-    state = checkpoint.get("state_dict", checkpoint.get("model"))
-    return "FAS" if isinstance(state, dict) and "backbone.vit.cls_token" in state else DEFAULT_TASK
 
 
 # ------------------------------------------------------------------------------------ inputs

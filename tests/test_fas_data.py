@@ -144,3 +144,18 @@ def test_a_stale_statistics_file_in_the_output_folder_is_warned_about(tmp_path, 
     with caplog.at_level(logging.WARNING):
         fd.fas_training_mean_std(pre / "checkpoint-1.pth", False, out)
     assert caplog.text == ""
+
+
+def test_a_stale_statistics_file_in_the_op_dir_is_warned_about(tmp_path, caplog):
+    from fsvfm.util.norm_stats import IMAGENET_MEAN, IMAGENET_STD, STATS_FILENAME, write_mean_std
+    write_mean_std(tmp_path / STATS_FILENAME, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    with caplog.at_level(logging.WARNING):
+        mean, std, _ = fd.fas_training_mean_std(None, True, tmp_path)
+    assert (list(mean), list(std)) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert [r.message.split(":")[0] for r in caplog.records] == ["normalisation statistics differ"]
+    assert "[0.5, 0.5, 0.5]" in caplog.records[0].message
+    caplog.clear()
+    write_mean_std(tmp_path / STATS_FILENAME, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    with caplog.at_level(logging.WARNING):
+        fd.fas_training_mean_std(None, True, tmp_path)           # the same values: no warning
+    assert caplog.records == []

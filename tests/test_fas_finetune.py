@@ -2,8 +2,14 @@
 the FS-Adapter variant, usage errors, and predict on a FAS checkpoint."""
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import fas_runner, main_finetune_FAS, predict
+from fsvfm import main_finetune_FAS, main_test_FAS, predict
 from fsvfm.data.fas import fas_transform
 from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
@@ -19,8 +25,16 @@ from fsvfm.metrics import METRIC_MODES, ScoredSet, fas_eer_states, fas_hter_at
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.tasks import fas as engine_fas
+from fsvfm.util import images
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.checkpoint import CheckpointError, load_checkpoint, load_model_weights, model_state_from
+from fsvfm.util.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model_weights,
+    model_state_from,
+    save_checkpoint,
+)
+from fsvfm.util.train_step import StepConfig
 from tests.helpers import (
     MODEL_KWARGS,
     PRETRAIN_STATS,
@@ -62,7 +76,7 @@ def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
     for config, sources, target, held_out, frames in (
             ("M", ["oulu", "casia", "replay", "celeb"], "msu", ["oulu", "casia", "replay"], 2),
             ("cefa", ["wmca", "surf", "celeb"], "cefa", ["wmca", "surf"], 1)):  # WCS: one image per "video"
-        args = fas_runner.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
+        args = engine_fas.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
         train, test = engine_fas.build_fas_datasets(args, tf, tf)
         assert [d for d, _, _ in train] == sources
         assert all(set(real.labels) == {1} and set(fake.labels) == {0} for _, real, fake in train)
@@ -73,14 +87,19 @@ def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
 
 
 def test_defaults_of_full_and_adapter_models():
-    parse = fas_runner.fas_parser().parse_args
+    parse = engine_fas.fas_parser().parse_args
     full = parse(["--config", "M", "--scratch"])
-    fas_runner.check_args(full)
+    engine_fas.check_args(full)
     assert (full.model, full.iters, full.eval_freq, full.runs, full.batch_size, full.test_batch_size) == (
         "vit_base_patch16", 4001, 100, 5, 12, 512)
-    assert (full.lr, full.wd, full.drop_path, full.epochs, full.min_lr, full.warmup_epochs) == (1e-4, 1e-6, 0.0, 40, 1e-4, 0)
+    schedule = engine_fas.fas_schedule(full)  # 40 intervals at a constant lr (min_lr = lr, no warm-up)
+    assert (full.lr, full.wd, full.drop_path, schedule.intervals) == (1e-4, 1e-6, 0.0, 40)
+    assert [schedule.lr(e) for e in (0.0, 0.5, 39.99)] == [1e-4] * 3 and full.pin_mem
+    # fp32 by default, also on CUDA (the original's); the test program too
+    assert full.amp == "none" and main_test_FAS.get_args_parser().parse_args(["--resume", "x", "--config", "M"]).amp == "none"
+    assert parse(["--config", "M", "--amp", "bf16"]).amp == "bf16"
     adapter = parse(["--config", "O", "--model", "vit_small_patch16_fs_adapter", "--pt_model", "x.pth"])
-    fas_runner.check_args(adapter)
+    engine_fas.check_args(adapter)
     assert (adapter.runs, adapter.batch_size, adapter.weight_cl, adapter.temperature) == (3, 24, 0.1, 0.07)
     assert [parse(["--config", "M", *f]).scratch for f in ([], ["--scratch"], ["--scratch", "False"], ["--scratch", "true"])] == [
         False, True, False, True]  # S4: a real boolean
@@ -150,14 +169,16 @@ def test_fas_metric_mode_averages_videos_and_applies_a_source_threshold():
 # ---------------------------------------------------------------------------------- adapter
 def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     _, data, pre = workspace
-    args = fas_runner.fas_parser().parse_args(
+    args = engine_fas.fas_parser().parse_args(
         ["--config", "M", "--model", "vit_small_patch16_fs_adapter", "--trainable_modules", "fs-adapter",
          "--pt_model", str(pre), "--fas_data_root", str(data), "--batch_size", "2", "--eval_freq", "2", "--iters", "2",
          "--input_size", "32", "--model_kwargs", MODEL_KWARGS, "--device", "cpu", "--print_freq", "50"])
-    fas_runner.check_args(args)
+    engine_fas.check_args(args)
     args.amp, args.distributed = "none", False
-    task = fas_runner.FAS_TASK
-    model = fas_runner._model(args, task, torch.device("cpu"))
+    task = engine_fas.FAS_TASK
+    model = task.build_model(args)
+    engine_fas.FASExperiment.load_encoder(argparse.Namespace(args=args), model)
+    task.configure_model(model, args)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = engine_fas.fas_optimizer(model, args)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -167,7 +188,8 @@ def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     tf = fas_transform(True, (0.5,) * 3, (0.5,) * 3, 32)
     train, _ = task.build_datasets(args, tf, tf, task.vocabulary)
     stats = train_one_epoch(model, task.make_loss(torch.nn.CrossEntropyLoss(), args), task.build_train_loader(train, args, torch.device("cpu")),
-                            optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False), args)
+                            optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False),
+                            StepConfig("none", print_freq=args.print_freq), lr_at=engine_fas.fas_schedule(args).lr)
     assert {"loss", "cls_loss", "con_loss", "acc"} <= set(stats)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -214,7 +236,8 @@ def test_released_layouts_load_by_their_weights(tmp_path):
 
 # ----------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("case", ["missing_list", "empty_domain", "missing_frame", "no_pt_model", "bad_pt_model",
-                                  "wrong_size_pt_model", "adapter_mode_on_plain_model"])
+                                  "wrong_size_pt_model", "finetuned_pt_model", "adapter_mode_on_plain_model",
+                                  "latin1_list", "binary_list"])
 def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
     _, data, pre = workspace
     tree = tmp_path / "data"
@@ -228,7 +251,11 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
                 "no_pt_model": "give --pt_model",
                 "bad_pt_model": f"--pt_model: checkpoint not found: {tmp_path / 'none.pth'}",
                 "wrong_size_pt_model": "--pt_model: checkpoint",
-                "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model"}[case]
+                "finetuned_pt_model": f"--pt_model {tmp_path / 'ft.pth'} is a fine-tuned detector (a classifier head, "
+                                      "task DfD, class names), not a pre-training checkpoint",
+                "adapter_mode_on_plain_model": "--trainable_modules fs-adapter needs a *_fs_adapter --model",
+                "latin1_list": f"{txt / 'oulu_fake_train.txt'}: not UTF-8 text (byte 0xE9",
+                "binary_list": f"{txt / 'msu_real_test.txt'}: not UTF-8 text (byte 0x89"}[case]
     if case == "missing_list":
         (txt / "casia_real_train.txt").unlink()
     elif case == "empty_domain":
@@ -236,6 +263,10 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
     elif case == "missing_frame":
         lines = (txt / "msu_real_test.txt").read_text().splitlines()
         (txt / "msu_real_test.txt").write_text("\n".join([lines[0], "msu/test/real/gone_frame0.png", *lines[1:]]) + "\n")
+    elif case == "latin1_list":
+        (txt / "oulu_fake_train.txt").write_bytes(b"oulu/caf\xe9_frame0.png\n")
+    elif case == "binary_list":
+        (txt / "msu_real_test.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     elif case == "no_pt_model":
         argv = [a for a in argv if a not in ("--pt_model", str(pre))]
     elif case == "bad_pt_model":
@@ -244,6 +275,10 @@ def test_usage_errors_exit_2_with_one_line(case, workspace, tmp_path, capsys):
         other = create_model("fsfm_vit_small_patch16", **{**TINY_FSFM, "embed_dim": 64, "rep_decoder_embed_dim": 64})
         torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
         argv[argv.index(str(pre))] = str(tmp_path / "other.pth")
+    elif case == "finetuned_pt_model":  # a DfD detector as our fine-tuning writes it
+        classifier = create_model("vit_small_patch16", **TINY_VIT)
+        torch.save({"model": classifier.state_dict(), "task": "DfD", "classes": ["fake", "real"]}, tmp_path / "ft.pth")
+        argv[argv.index(str(pre))] = str(tmp_path / "ft.pth")
     else:
         argv += ["--trainable_modules", "fs-adapter"]
     with pytest.raises(SystemExit) as exit_info:
@@ -270,3 +305,185 @@ def test_predict_scores_aligned_chips_of_a_real_photo(trained):
     assert record["faces"][0]["score_live"] == pytest.approx(expected, abs=1e-6)
     assert record["faces"][0]["box"] == list(crops[0].box)
     assert predict.main(["--checkpoint", str(ckpt), str(photo), "--device", "cpu"]) == 0
+
+
+# --------------------------------------------------------------------------------- test program
+def _test_fas(ckpt: Path, data: Path, out: Path, *extra: str) -> tuple[dict, dict[str, list[float]]]:
+    report = main_test_FAS.cli(["--resume", str(ckpt), "--config", "M", "--fas_data_root", str(data),
+                                "--output_dir", str(out), "--device", "cpu", "--batch_size", "5", "--num_workers", "0", *extra])
+    return report, read_report(out / "performance.csv")[1]
+
+
+def test_main_test_fas_reproduces_the_training_runs_final_test(trained, workspace, tmp_path):
+    _, data, _ = workspace
+    header, training = read_report(trained / "performance.csv")
+    for run in (0, 1):
+        ckpt = trained / f"msu_vit_0_shot_checkpoint_run_{run}.pth.tar"
+        report, tested = _test_fas(ckpt, data, tmp_path / str(run))
+        assert read_report(tmp_path / str(run) / "performance.csv")[0] == header
+        assert tested[str(run)] == training[str(run)]  # HTER, AUC, TPR@FPR=1%, HTER@source threshold as printed
+        fas = report["results"]["msu"]["fas"]
+        stored = load_checkpoint(ckpt)
+        assert (fas["hter"], fas["threshold"]) == (stored["best_model_ACER"], stored["threshold"])
+        assert report["model"] == "fas_vit_small_patch16" and report["metric_mode"] == "fas"
+        assert fas["num_videos"] == 6  # msu test lists: 3 live + 3 spoof videos
+        assert (tmp_path / str(run) / "scores_msu_frames.csv").is_file()
+        text = (tmp_path / str(run) / "test_results.txt").read_text()
+        assert f"HTER: {training[str(run)][0]:.2f}" in text
+
+
+def test_main_test_fas_scores_a_released_structure_file(trained, workspace, tmp_path):
+    """The original's ``.pth.tar`` (``state_dict``, numpy float64 metrics, no args or norm_stats) with the
+    pre-training statistics file beside it: the same numbers as our checkpoint of the same weights."""
+    _, data, pre = workspace
+    ours = load_checkpoint(trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
+    released = tmp_path / "release" / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    released.parent.mkdir()
+    torch.save({"epoch": ours["epoch"], "state_dict": ours["state_dict"], "valid_arg": ours["valid_arg"],
+                "best_model_EER": np.float64(ours["best_model_EER"]), "best_model_ACER": ours["best_model_ACER"],
+                "best_model_ACC": np.float64(ours["best_model_ACC"]), "threshold": np.float64(ours["threshold"])},
+               released)
+    shutil.copy(Path(pre).parent / "pretrain_ds_mean_std.txt", released.parent)
+    _, training = read_report(trained / "performance.csv")
+    report, tested = _test_fas(released, data, tmp_path / "t", "--model", "vit_small_patch16",
+                                 "--model_kwargs", MODEL_KWARGS, "--input_size", "32")
+    assert tested["0"] == training["0"]
+    assert report["norm_stats"]["source"].endswith("pretrain_ds_mean_std.txt")
+
+
+def test_main_test_fas_usage_errors_are_one_line(trained, workspace, tmp_path, capsys):
+    _, data, _ = workspace
+    ckpt = trained / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    with pytest.raises(SystemExit) as e:
+        main_test_FAS.cli(["--resume", str(ckpt), "--fas_data_root", str(data), "--device", "cpu"])
+    assert e.value.code == 2 and "--config" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as e:
+        main_test_FAS.cli(["--resume", str(ckpt), "--config", "M", "--fas_data_root", str(tmp_path / "none"),
+                           "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and str(tmp_path / "none") in err[-1]
+
+
+# ----------------------------------------------------------------------------------- resume, skips
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _log_keys(out: Path) -> list[tuple[int, int]]:
+    return [(r["run"], r["iteration"]) for r in map(json.loads, (out / "log.txt").read_text().splitlines())]
+
+
+def test_rerun_keeps_finished_runs_and_refuses_another_experiment(workspace, tmp_path, capsys):
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--runs", "2", "--iters", "2")
+    first = main_finetune_FAS.cli(argv)
+    ckpts = {r: tmp_path / f"msu_vit_0_shot_checkpoint_run_{r}.pth.tar" for r in (0, 1)}
+    kept = (ckpts[0].stat().st_mtime_ns, _digest(ckpts[0]))
+    (tmp_path / "run_1_result.json").unlink()  # run 1 "interrupted" after its checkpoint
+    (tmp_path / "performance.csv").unlink()  # the report write was lost
+    stale = tmp_path / ".performance.csv.1a2b3c.tmp"  # what a killed atomic write leaves
+    stale.write_text("half")
+    second = main_finetune_FAS.cli(argv)
+    assert (ckpts[0].stat().st_mtime_ns, _digest(ckpts[0])) == kept  # the finished run is not trained again
+    assert second["runs"][0] == first["runs"][0] and second["runs"][1]["hter"] == first["runs"][1]["hter"]
+    assert read_report(tmp_path / "performance.csv")[1]["0"] == [round(first["runs"][0][c], 4) for c in (
+        "hter", "auc", "tpr", "hter_src")]  # the report is rebuilt from the finished runs
+    assert _log_keys(tmp_path) == [(0, 1), (1, 1)]  # no duplicate records
+    assert not stale.exists() and not list(tmp_path.glob("run_*_last.pth"))
+    with pytest.raises(SystemExit) as exit_info:
+        main_finetune_FAS.cli([*argv, "--lr", "1e-3"])
+    assert exit_info.value.code == 2
+    assert "another experiment's results (different --lr)" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main_finetune_FAS.cli([*argv, "--lr", "1e-3", "--overwrite"])["runs"]
+    assert json.loads((tmp_path / "fas_experiment.json").read_text())["lr"] == 1e-3
+
+
+def test_interrupted_run_resumes_from_its_last_interval(workspace, tmp_path):
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--runs", "1", "--iters", "4")
+    main_finetune_FAS.cli(argv)
+    best = load_checkpoint(tmp_path / "msu_vit_0_shot_checkpoint_run_0.pth.tar")
+    # what a kill after the first of two intervals leaves: the last-interval file, no result
+    (tmp_path / "run_0_result.json").unlink()
+    model = create_fas_model("vit_small_patch16", **TINY_VIT)
+    load_model_weights(model, model_state_from(best), strict=True)
+    opt = engine_fas.fas_optimizer(model, argparse.Namespace(lr=1e-4, wd=1e-6))  # the run's optimizer
+    save_checkpoint(tmp_path / "run_0_last.pth", model.state_dict(), optimizer=opt, epoch=0,
+                    scaler=NativeScalerWithGradNormCount("cpu", enabled=False), run=0)
+    result = main_finetune_FAS.cli(argv)
+    assert _log_keys(tmp_path) == [(0, 1), (0, 3)]  # interval 1 logged once, again
+    assert result["runs"][0]["iteration"] in (1, 3) and not (tmp_path / "run_0_last.pth").exists()
+    assert "resumed from" in (tmp_path / "log_detail.txt").read_text()
+
+
+def test_unreadable_and_oversized_frames_are_skipped_counted_and_named_once(workspace, tmp_path):
+    _, data, pre = workspace
+    tree = tmp_path / "data"
+    shutil.copytree(data / "MCIO" / "txt", tree / "MCIO" / "txt")
+    (tree / "MCIO" / "frame").symlink_to(data / "MCIO" / "frame")
+    txt = tree / "MCIO" / "txt"
+    bad_train = tmp_path / "bad_train.png"
+    bad_train.write_bytes(b"not an image")
+    # a list line may be an absolute path; 2 frames at --batch_size 2: every batch draws the bad one
+    first = (txt / "casia_real_train.txt").read_text().splitlines()[0]
+    (txt / "casia_real_train.txt").write_text(f"{first}\n{bad_train}\n")
+    Image.new("RGB", (64, 64)).save(tmp_path / "bad_frame0.png")  # over the pixel guard lowered below
+    (tmp_path / "bad_frame1.png").write_bytes(b"\x89PNG truncated")
+    with open(txt / "msu_fake_test.txt", "a") as fh:
+        fh.write(f"{tmp_path / 'bad_frame0.png'}\n")
+    out = tmp_path / "out"
+    try:
+        images.set_max_pixels(2000)  # the 32x32 frames pass, the 64x64 one is oversized
+        result = main_finetune_FAS.cli(fas_argv(pre, tree, out, "--runs", "1", "--iters", "4"))
+        report = main_test_FAS.cli(["--resume", str(out / "msu_vit_0_shot_checkpoint_run_0.pth.tar"), "--config",
+                                    "M", "--fas_data_root", str(tree), "--output_dir", str(tmp_path / "t"),
+                                    "--device", "cpu", "--num_workers", "0"])
+    finally:
+        images.set_max_pixels(None)
+    assert len(result["runs"]) == 1
+    records = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    assert [(r["train_skipped_files"], r["test_skipped_files"]) for r in records] == [(1, 2), (1, 2)]
+    log = (out / "log_detail.txt").read_text()
+    assert log.count(f"skipping FAS frame: unreadable image {bad_train}") == 1  # drawn in every batch, named once
+    assert log.count("bad_frame0.png") == 1 and "64x64 (0 megapixels), over the limit" in log
+    msu = report["results"]["msu"]
+    assert msu["skipped_files"] == 2 and msu["fas"]["num_videos"] == 6  # the bad video has no frame left
+    assert sorted(Path(p).name for p in msu["unreadable_files"]) == ["bad_frame0.png", "bad_frame1.png"]
+
+
+def test_list_files_decode_as_utf8_with_an_optional_bom(workspace, tmp_path):
+    from fsvfm.data.fas import FASDataError, read_list_file
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfcasia/a_frame0.png\r\ncasia/b_frame0.png\n")
+    assert read_list_file(tmp_path / "bom.txt") == ["casia/a_frame0.png", "casia/b_frame0.png"]
+    (tmp_path / "latin1.txt").write_bytes(b"casia/caf\xe9_frame0.png\n")
+    with pytest.raises(FASDataError, match=r"latin1.txt: not UTF-8 text \(byte 0xE9 at offset 9\)"):
+        read_list_file(tmp_path / "latin1.txt")
+    (tmp_path / "zeros.txt").write_bytes(b"casia/a.png\x00\x00\x01")
+    with pytest.raises(FASDataError, match="zeros.txt: a binary file, not a list of frame paths"):
+        read_list_file(tmp_path / "zeros.txt")
+
+
+@pytest.mark.slow
+def test_killed_experiment_continues_where_it_stopped(workspace, tmp_path):
+    """SIGKILL in run 1 (after its first interval); the same command again keeps run 0 as it was, resumes run 1
+    from its last interval and writes the report of both, each (run, iteration) logged once."""
+    _, data, pre = workspace
+    argv = fas_argv(pre, data, tmp_path, "--iters", "8")  # 2 runs x 4 intervals
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "fsvfm.main_finetune_FAS", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "run_1_last.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (tmp_path / "run_0_result.json").is_file() and not (tmp_path / "performance.csv").exists()
+    run0 = tmp_path / "msu_vit_0_shot_checkpoint_run_0.pth.tar"
+    kept = (run0.stat().st_mtime_ns, _digest(run0))
+    result = main_finetune_FAS.cli(argv)
+    assert (run0.stat().st_mtime_ns, _digest(run0)) == kept
+    assert [r["run"] for r in result["runs"]] == [0, 1]
+    assert sorted(read_report(tmp_path / "performance.csv")[1]) == ["0", "1", "Mean", "Std dev"]
+    assert _log_keys(tmp_path) == [(r, i) for r in (0, 1) for i in (1, 3, 5, 7)]
+    assert "run 0: finished earlier" in (tmp_path / "log_detail.txt").read_text()
+    assert "run 1: resumed from" in (tmp_path / "log_detail.txt").read_text()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fsvfm import evaluation, main_finetune_DfD
-from fsvfm.tasks import TASKS
+from fsvfm.tasks import get_task
 from tests.helpers import MODEL_KWARGS, REPO, dry_run, make_split_tree, write_pretrain_checkpoint
 
 ROWS = {  # script: (model, pre-trained file, blr, layer decay, weight decay, output tag, test program)
@@ -80,7 +80,7 @@ def test_fs_adapter_script_settings(task, size, tmp_path):
     assert (args.model, args.trainable_modules, args.weight_cl, args.temperature, args.adapter_reduction) == (
         model, "fs-adapter", float(weight_cl), 0.07, 4)
     assert (args.layer_decay, args.weight_decay, args.train_fc_norm) == (0.0, 0.0, False)
-    test_args = evaluation.test_parser(TASKS[task]).parse_args(test["argv"])
+    test_args = evaluation.test_parser(get_task(task)).parse_args(test["argv"])
     assert test_args.model == model and test_args.adapter_reduction is None
 
 

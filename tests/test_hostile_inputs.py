@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from fsvfm import app, predict
-from fsvfm.data.fas import FASDataError, FASDataset
+from fsvfm.data.fas import FASDataset
 from fsvfm.preprocess import runner
 from fsvfm.preprocess.jobs import Job, Options, register_kind
 from fsvfm.preprocess.video import frame_count, read_frames
 from fsvfm.util import images
 from fsvfm.util.checkpoint import CheckpointError, load_checkpoint
+from fsvfm.util.errors import DataError
 from tests.helpers import detector_checkpoint, write_face_image, write_video
 
 LATIN1 = b"caf\xe9"  # what a Latin-1 archive or a Samba copy gives; not UTF-8
@@ -109,9 +110,11 @@ def test_bomb_is_refused_from_its_header_by_every_reader(bomb, tmp_path):
     for read in (images.read_bgr, images.read_rgb):
         with pytest.raises(images.ImageTooLargeError, match=r"20000x20000 \(400 megapixels\), over the limit of 179"):
             read(bomb)
-    fas = FASDataset([str(bomb)], [], True, mean=[0.5] * 3, std=[0.5] * 3)
-    with pytest.raises(FASDataError, match="400 megapixels"):
-        fas[0]
+    # FAS: a test frame is left out and counted; a training list of only unreadable frames stops
+    fas = FASDataset([str(bomb)], [], False, mean=[0.5] * 3, std=[0.5] * 3)
+    assert fas[0][0] is None and images.unreadable_files(fas) == [str(bomb)]
+    with pytest.raises(DataError, match="unreadable samples in a row"):
+        FASDataset([str(bomb)], [], True, mean=[0.5] * 3, std=[0.5] * 3)[0]
     message = app.upload_problem(bomb, 10 * 2 ** 20, (".png",))
     assert message == ("**bomb.png** is a 20000x20000 image (400 megapixels); this app takes images up to "
                        "179 megapixels (`--max_megapixels`).")

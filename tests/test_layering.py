@@ -94,3 +94,15 @@ def test_importing_pretraining_loads_no_face_stack():
                          timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["fsvfm.pretrain_runner"]  # the probe itself sees what it loads
+
+
+@pytest.mark.slow
+def test_the_diff_test_program_loads_no_fas_code():
+    """Task entries import lazily: the DiFF test program loads its own task module, not FAS's."""
+    code = ("import sys, fsvfm.main_test_DiFF; "
+            "print(' '.join(m for m in ('fsvfm.tasks.dfd', 'fsvfm.tasks.fas', 'fsvfm.models_fas', 'fsvfm.data.fas') "
+            "if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["fsvfm.tasks.dfd"]

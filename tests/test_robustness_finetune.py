@@ -20,7 +20,7 @@ from fsvfm import evaluation, finetune_runner, main_finetune_DfD
 from fsvfm.data.finetune import SplitFileError, read_split_file
 from fsvfm.finetune_setup import infer_classifier_name
 from fsvfm.registry import create_model
-from fsvfm.tasks import DFD_TASK, DFD_TEST_SETS
+from fsvfm.tasks.dfd import DFD_TASK, DFD_TEST_SETS
 from fsvfm.util.checkpoint import NonFiniteWeightsError, load_checkpoint
 from fsvfm.util.cli import run_cli
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, write_mean_std

@@ -100,8 +100,14 @@ def numbered_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
     path = Path(path)
     if not path.is_file():
         raise FASDataError(f"{path}: list file not found ({LIST_HINT})")
-    with open(path, encoding="utf-8") as f:
-        return [(i, s) for i, line in enumerate(f, 1) if (s := line.strip())]
+    try:  # utf-8-sig: a byte-order mark (Windows editors) is not part of the first path
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FASDataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02X} at offset {e.start}); a list "
+                           "file holds one frame path per line: save it as UTF-8 or rebuild it") from None
+    if "\x00" in text:
+        raise FASDataError(f"{path}: a binary file, not a list of frame paths (one per line)")
+    return [(i, s) for i, line in enumerate(text.splitlines(), 1) if (s := line.strip())]
 
 
 def protocol_lists(protocol: Protocol, root: str | os.PathLike) -> list[Path]:
@@ -176,14 +182,6 @@ def video_ids(paths: Sequence[str]) -> np.ndarray:
     return np.unique([fas_video_key(p) for p in paths], return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
-def read_bgr(path: str) -> np.ndarray:
-    """A frame as BGR uint8 (the shared reader: any file name, pixel guard before decoding)."""
-    try:
-        return images.read_bgr(path)
-    except (UnreadableImageError, FileNotFoundError) as e:
-        raise FASDataError(f"cannot read FAS frame: {e}") from e
-
-
 def saturation_jitter(bgr: np.ndarray, p: float = 0.5, low: float = 0.8, high: float = 1.2,
                       wrap: bool = False) -> np.ndarray:
     """Float HSV jitter of the original: with probability ``p`` scale S by U(low, high); RGB uint8 out.
@@ -210,8 +208,12 @@ def fas_transform(is_train: bool, mean: Sequence[float], std: Sequence[float],
     return transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
-class FASDataset(Dataset):
+class FASDataset(images.SkipsUnreadable, Dataset):
     """Fake frames (label 0) followed by real frames (label 1).
+
+    An unreadable or oversized frame (the shared pixel guard) is named once in the log and counted
+    (``util.images.unreadable_files``; a frame deleted after the lists were read too): training takes the next
+    readable frame of the same list, testing leaves it out (``None`` image, dropped by ``collate_readable``).
 
     Training items: ``(img [3, S, S], label)`` with the saturation jitter (``saturation_wrap``: wrapped
     as the original, else clipped); test items: ``(img, label, video_id, path)``. ``transform`` (PIL RGB ->
@@ -228,6 +230,8 @@ class FASDataset(Dataset):
         self.video_ids = video_ids(self.paths) if self.paths else np.zeros(0, np.int64)
         self.is_train, self.saturation_wrap = is_train, saturation_wrap
         self.transform = transform or fas_transform(is_train, mean, std, input_size)  # type: ignore[arg-type]
+        self.samples = list(zip(self.paths, self.labels))
+        self._track_unreadable()
 
     @property
     def video_names(self) -> list[str]:
@@ -237,11 +241,20 @@ class FASDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    unreadable_errors = (UnreadableImageError, FileNotFoundError)
+    skip_message = "skipping FAS frame: %s"
+
+    def load_sample(self, index: int) -> np.ndarray:
+        return images.read_bgr(self.paths[index])
+
     def __getitem__(self, index: int):
+        index, bgr = self.load_readable(index, replace=self.is_train)
         path = self.paths[index]
-        bgr = read_bgr(path)
-        rgb = saturation_jitter(bgr, wrap=self.saturation_wrap) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        img = self.transform(Image.fromarray(rgb))
+        if bgr is None:
+            img = None
+        else:
+            rgb = saturation_jitter(bgr, wrap=self.saturation_wrap) if self.is_train else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            img = self.transform(Image.fromarray(rgb))
         if self.is_train:
             return img, self.labels[index]
         return img, self.labels[index], int(self.video_ids[index]), path

@@ -1,14 +1,18 @@
-"""Downstream tasks as data: what a task is (``FinetuneTask``) and the table of tasks.
+"""Downstream tasks as data: what a task is (``FinetuneTask``) and the table of tasks, one module per task.
 
-A task names its class vocabulary, how its data sets, training loader and model are built, its
-loss hook, its evaluation output and metric mode, and its test-set table. The fine-tuning runner
-(``fsvfm.finetune_runner``) and the test runner (``fsvfm.evaluation``) take a task and nothing
-task-specific else, so a new task (FAS, the FS-Adapter) is an entry here plus its hooks; see
-docs/FINETUNE.md "Adding a task".
+A task names its class vocabulary, how its data sets, training loader and model are built, its loss hook,
+its evaluation output and metric mode, its test-set table, and its ``experiment``: the object the one
+fine-tuning runner (``fsvfm.finetune_runner``) asks for everything that differs between tasks (schedule,
+number of runs, normalisation, transforms, what is evaluated and how the best is selected, checkpoint names
+and keys, resume, report). The test runner (``fsvfm.evaluation``) rebuilds a checkpoint with ``rebuild``.
+
+The entries live in ``tasks/dfd.py`` (DfD, DiFF) and ``tasks/fas.py``; ``get_task`` imports only the module
+of the task asked for (the DiFF test program loads no FAS code). See docs/FINETUNE.md "Adding a task".
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,11 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from fsvfm.data.finetune import build_finetune_datasets, split_file_classes
 from fsvfm.engine_finetune import LossFn, OutputFn, criterion_loss, logits_output, make_train_loader
 from fsvfm.finetune_setup import build_classifier, load_classifier_from_checkpoint
-from fsvfm.tasks import fas as engine_fas
-from fsvfm.tasks.classifier import classifier_loss, configure_classifier
-from fsvfm.util.args import adapter_parser, classes_parser
 from fsvfm.util.errors import UsageError
-from fsvfm.util.naming import DFD_VOCABULARY, FAS_VOCABULARY, UNIFIED_VOCABULARY, ClassVocabulary
+from fsvfm.util.naming import DFD_VOCABULARY, ClassVocabulary
 
 # (args, train transform, val transform, vocabulary) -> (train set, val set); items (image, label, ...)
 DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabulary], "tuple[Dataset, Dataset]"]
@@ -59,8 +60,17 @@ class FinetuneTask:
     * ``make_loss(criterion, args) -> loss_fn``: see ``engine_finetune.LossFn``.
     * ``output_fn(model, images) -> logits [N, C]``: evaluation forward.
     * ``extra_parsers``: argparse parents with the task's own flags, for its fine-tuning and test programs.
+    * ``parser(task)``: the fine-tuning program's parser (None: ``finetune_runner.finetune_parser``).
+    * ``check_args(args)``: fills the task's argument defaults and refuses usage mistakes (``UsageError``).
+    * ``experiment(args, task, device)``: the runner's task side (``finetune_runner.Experiment``).
+    * ``output_kind``: the default output folder is ``./checkpoint/$USER/experiments_{output_kind}/``.
     * ``rebuild(path, device, **overrides)``: a fine-tuned checkpoint of the task, ready for inference
-      (``fsvfm.predict``).
+      (``fsvfm.predict``, the test programs).
+    * ``crop_mode``: how ``fsvfm.predict`` cuts faces out of a photo for this task's models.
+    * ``test_flags(parser)``: adds the test program's own flags; ``test_data(args, transform)``: its sets as
+      ``(name, source, build)`` when they are not the ``test_sets`` folder table; ``threshold_data(args,
+      transform)``: the data a decision threshold is chosen on (a data set or None); ``test_report(args,
+      report, checkpoint)``: the task's own summary file after testing.
     * ``multiclass``: N classes named by ``--classes`` (``vocabulary`` is the default), ``--nb_classes``
       follows them.
     """
@@ -78,6 +88,15 @@ class FinetuneTask:
     extra_parsers: tuple[Callable[[], argparse.ArgumentParser], ...] = ()
     description: str = ""
     rebuild: Rebuilder = load_classifier_from_checkpoint
+    parser: Callable[[FinetuneTask], argparse.ArgumentParser] | None = None
+    experiment: Callable | None = None
+    check_args: Callable[[argparse.Namespace], None] | None = None
+    output_kind: str = "finetune"
+    crop_mode: str = "dlib_square"
+    test_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    test_data: Callable | None = None
+    threshold_data: Callable | None = None
+    test_report: Callable | None = None
     multiclass: bool = False
 
     def vocabulary_for(self, args: argparse.Namespace, split_file: str | None = None) -> ClassVocabulary:
@@ -93,51 +112,42 @@ class FinetuneTask:
         return ClassVocabulary.from_names(names) if names else self.vocabulary
 
 
-_FF = "deepfakes_detection/FaceForensics/32_frames"
-DFD_TEST_SETS = (
-    TestSet("DFD", f"{_FF}/DS_DFD_binary_cls/raw"),
-    TestSet("Celeb-DF-v1", "deepfakes_detection/Celeb-DF/32_frames"),
-    TestSet("Celeb-DF-v2", "deepfakes_detection/Celeb-DF-v2/32_frames"),
-    TestSet("DFDC", "deepfakes_detection/DFDC/32_frames"),
-    TestSet("DFDCP", "deepfakes_detection/DFDCP/32_frames"),
-    TestSet("WDF", "deepfakes_detection/deepfake_in_the_wild"),
-    TestSet("Celeb-DF++", "deepfakes_detection/Celeb-DF++/32_frames"),
-    TestSet("FF++_c23", f"{_FF}/DS_FF++_all_cls/c23", in_default=False),  # intra-dataset, on request
-)
+# name -> "module:attribute"; imported on first use
+TASK_ENTRIES: dict[str, str] = {
+    "DfD": "fsvfm.tasks.dfd:DFD_TASK",
+    "DiFF": "fsvfm.tasks.dfd:DIFF_TASK",
+    "FAS": "fsvfm.tasks.fas:FAS_TASK",
+    "Unified": "fsvfm.tasks.dfd:UNIFIED_TASK",
+}
 
-_DIFF = "diffusion_facial_forgery_detection/DiFF"
-DIFF_TEST_SETS = (
-    TestSet("FF_DF", f"{_FF}/DS_FF++_each_cls/c23/DeepFakes"),
-    *(TestSet(f"DiFF_{s}", f"{_DIFF}/test_subsets/{s}") for s in ("T2I", "I2I", "FS", "FE")),
-    *(TestSet(f"DiFF_{s}_val", f"{_DIFF}/val_subsets/{s}", split="val") for s in ("T2I", "I2I", "FS", "FE")),
-)
 
-# DfD and DiFF fine-tune identically (only the training folder differs); they differ in testing. Both take
-# a plain ViT (full fine-tuning) or a vit_*_fs_adapter model (FS-Adapter, spec 7) with the adapter flags.
-_CLASSIFIER_HOOKS = dict(configure_model=configure_classifier, make_loss=classifier_loss(DFD_VOCABULARY),
-                         extra_parsers=(adapter_parser,))
-DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video", **_CLASSIFIER_HOOKS,
-                        description="FS-VFM cross-dataset deepfake detection (DfD)")
-DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image", **_CLASSIFIER_HOOKS,
-                         description="FS-VFM unseen diffusion-face detection (DiFF)")
+# name -> a state-dict key only that task's networks hold: how a file that names no task (a released
+# ``.pth.tar``) is recognised; anything else is DfD
+WEIGHT_FINGERPRINTS: dict[str, str] = {"FAS": "backbone.vit.cls_token"}
+DEFAULT_TASK = "DfD"
 
-# FAS (spec 6, 7.5): leave-one-out over domains, balanced per-source batches, an iteration-based loop with
-# several runs (``fsvfm.fas_runner``); tested on the held-out domain during training (no test program).
-FAS_TASK = FinetuneTask(
-    "FAS", vocabulary=FAS_VOCABULARY, build_datasets=engine_fas.build_fas_datasets,
-    build_train_loader=engine_fas.fas_train_loader, build_model=engine_fas.build_fas_model,
-    configure_model=engine_fas.configure_fas_model, make_loss=engine_fas.fas_loss, output_fn=engine_fas.fas_output,
-    metric_mode="fas", extra_parsers=(adapter_parser,), rebuild=engine_fas.load_fas_from_checkpoint,
-    description="FS-VFM cross-domain face anti-spoofing (FAS): leave-one-out MCIO / WCS protocols")
 
-# An N-class detector (the released unified detector: real / deepfake / diffusion / spoof) fine-tuned and tested
-# like DfD, from class folders (``--classes`` or a split file's ``# classes:`` line name them); tested on
-# ``{--test_root}/test/`` or ``--test_split``. Selected with ``--task Unified`` in the DfD programs.
-UNIFIED_TASK = FinetuneTask(
-    "Unified", vocabulary=UNIFIED_VOCABULARY, test_sets=(TestSet("test", ""),), metric_mode="multiclass",
-    configure_model=configure_classifier, make_loss=classifier_loss(UNIFIED_VOCABULARY),
-    extra_parsers=(adapter_parser, classes_parser), multiclass=True,
-    description="FS-VFM N-class face-security detector (e.g. the unified real / deepfake / diffusion / spoof "
-                "detector) from class folders")
+def task_of_weights(checkpoint: dict) -> str:
+    """The task whose networks hold ``checkpoint``'s weights (``WEIGHT_FINGERPRINTS``), else ``DEFAULT_TASK``."""
+    state = checkpoint.get("state_dict", checkpoint.get("model"))
+    if isinstance(state, dict):
+        for name, key in WEIGHT_FINGERPRINTS.items():
+            if key in state:
+                return name
+    return DEFAULT_TASK
 
-TASKS: dict[str, FinetuneTask] = {t.name: t for t in (DFD_TASK, DIFF_TASK, FAS_TASK, UNIFIED_TASK)}
+
+def get_task(name: str) -> FinetuneTask:
+    """The task entry ``name`` (a key of ``TASK_ENTRIES``), importing its module only."""
+    module, attr = TASK_ENTRIES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def __getattr__(name: str):
+    """``fsvfm.tasks.DFD_TASK`` etc. (and ``TASKS``, every entry) resolve lazily."""
+    by_attr = {entry.split(":")[1]: key for key, entry in TASK_ENTRIES.items()}
+    if name in by_attr:
+        return get_task(by_attr[name])
+    if name == "TASKS":
+        return {key: get_task(key) for key in TASK_ENTRIES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

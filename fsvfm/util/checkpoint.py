@@ -603,23 +603,30 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
 def drop_log_records_from(path: str | os.PathLike, epoch: int) -> int:
     """Rewrite a JSON-lines ``log.txt`` without the records of ``epoch`` and later (a resumed run logs
     them again); lines that are not JSON objects with an ``epoch`` stay. Returns the number dropped."""
+    return drop_log_records(path, lambda r: isinstance(r.get("epoch"), int) and r["epoch"] >= epoch,
+                            f"of epoch >= {epoch}")
+
+
+def drop_log_records(path: str | os.PathLike, drop: Callable[[dict], bool], what: str = "") -> int:
+    """Rewrite a JSON-lines log without the JSON-object records for which ``drop(record)`` is true (a
+    resumed run logs them again); other lines stay. Returns the number dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
     kept, dropped = [], 0
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            record_epoch = json.loads(line).get("epoch")
-        except (json.JSONDecodeError, AttributeError):
-            record_epoch = None
-        if isinstance(record_epoch, int) and record_epoch >= epoch:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and drop(record):
             dropped += 1
         else:
             kept.append(line + "\n")
     if dropped:
         with atomic_path(path) as tmp:
             Path(tmp).write_text("".join(kept), encoding="utf-8")
-        logger.info("%s: dropped %d record(s) of epoch >= %d (they are logged again)", path, dropped, epoch)
+        logger.info("%s: dropped %d record(s) %s (they are logged again)", path, dropped, what)
     return dropped
 
 

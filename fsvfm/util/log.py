@@ -68,11 +68,12 @@ class TolerantFileHandler(logging.FileHandler):
             _warn_once(Path(self.baseFilename), sys.exc_info()[1])
 
 
-def summary_writer(args: argparse.Namespace, subdir: str = ""):
+def summary_writer(args: argparse.Namespace, subdir: str = "", purge_step: int | None = None):
     """TensorBoard ``SummaryWriter`` on ``args.log_dir`` (default ``--output_dir``; ``/subdir`` when given,
-    e.g. one folder per FAS run) on rank 0, else None."""
+    e.g. one folder per FAS run) on rank 0, else None. ``purge_step``: a resumed run's first step (TensorBoard
+    drops the older events from there on)."""
     if not dist.is_main_process():
         return None
     from torch.utils.tensorboard import SummaryWriter
     log_dir = Path(getattr(args, "log_dir", "") or args.output_dir)
-    return SummaryWriter(log_dir=str(log_dir / subdir if subdir else log_dir))
+    return SummaryWriter(log_dir=str(log_dir / subdir if subdir else log_dir), purge_step=purge_step)

@@ -4,11 +4,23 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A fine-tuning schedule: ``intervals`` training passes (epochs, or evaluation intervals) and the lr at a
+    fractional interval (warm-up cosine, or a constant)."""
+
+    intervals: int
+    lr: Callable[[float], float]
+    unit: str = "epoch"
 
 
 def lr_at(epoch: float, args: argparse.Namespace) -> float:
@@ -31,12 +43,16 @@ def warn_if_warmup_too_long(args: argparse.Namespace) -> str | None:
     return msg
 
 
-def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, args: argparse.Namespace) -> float:
-    """Set every group's lr to ``lr_at(epoch) * group.get('lr_scale', 1)``; return the base lr."""
-    lr = lr_at(epoch, args)
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every group's lr to ``lr * group.get('lr_scale', 1)``; return ``lr``."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
+
+
+def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, args: argparse.Namespace) -> float:
+    """Set every group's lr to ``lr_at(epoch) * group.get('lr_scale', 1)``; return the base lr."""
+    return set_learning_rate(optimizer, lr_at(epoch, args))
 
 
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,

@@ -35,6 +35,22 @@ logger = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPS = 20
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """What one optimisation step needs besides its collaborators: mixed precision, accumulation window,
+    gradient clipping and the progress interval. Parsed ``args`` carry the same attributes, so the
+    pre-training engine passes them as they are."""
+
+    amp: str = "none"
+    accum_iter: int = 1
+    clip_grad: float | None = None
+    print_freq: int = 100
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StepConfig:
+        return cls(args.amp, int(args.accum_iter), args.clip_grad, int(args.print_freq))
+
+
 class TrainingDivergedError(UserError, FloatingPointError):
     """The loss stayed non-finite (a too high learning rate, fp16 overflow, or bad data); the entry points
     print it as one line (``util.cli.run_cli``)."""
@@ -80,7 +96,7 @@ def _found_inf(optimizer: torch.optim.Optimizer, flag: torch.Tensor | None) -> I
 
 def backward_step(losses: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                   loss_scaler: NativeScalerWithGradNormCount, parameters: Iterable[torch.nn.Parameter],
-                  args: argparse.Namespace, *, update: bool, window_bad: torch.Tensor | None,
+                  args: argparse.Namespace | StepConfig, *, update: bool, window_bad: torch.Tensor | None,
                   device_skip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Reduce ``losses`` (key ``loss`` is back-propagated, divided by ``args.accum_iter``), backward,
     and on ``update`` steps clip at ``args.clip_grad``, step and clear the gradients.
