@@ -80,7 +80,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
                     loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace | StepConfig, *,
                     lr_at: Callable[[float], float] | None = None, mixup_fn: Callable | None = None,
                     log_writer=None, streak: SkipStreak | None = None) -> dict[str, float]:
-    """One epoch (spec 4.8): per-iteration lr, mixup, autocast, accumulation, optional clipping.
+    """One epoch: per-iteration lr, mixup, autocast, accumulation, optional clipping.
 
     Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
     some rank drops the update of its accumulation window on every rank; too many in a row raise
@@ -206,7 +206,7 @@ def _num_outputs(model: torch.nn.Module) -> int:
 
 def evaluate(model: torch.nn.Module, data_loader: DataLoader, device: torch.device, *, amp: str = "none",
              output_fn: OutputFn = logits_output, gather: bool = True) -> dict[str, float]:
-    """Validation (spec 4.9, fixed F4): loss, ACC, balanced ACC, AUC computed once on all samples
+    """Validation (fixed F4): loss, ACC, balanced ACC, AUC computed once on all samples
     (more than two classes: the macro one-vs-rest AUC)."""
     pred = predict(model, data_loader, device, amp=amp, output_fn=output_fn, gather=gather, header="Val:")
     stats = {"loss": pred.loss, "n": len(pred)}

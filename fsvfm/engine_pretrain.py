@@ -1,4 +1,4 @@
-"""One FS-VFM pre-training epoch (spec 3.9): losses, AMP, accumulation, clipping, EMA target.
+"""One FS-VFM pre-training epoch: losses, AMP, accumulation, clipping, EMA target.
 
 The step policy (``no_sync`` on micro-steps, all-reduced non-finite skip of the accumulation
 window, consecutive-skip abort, grad-norm logging) is the one of ``fsvfm.util.train_step``, shared
@@ -30,10 +30,10 @@ TB_TAGS = {"loss": "train_loss"}  # TensorBoard names of the loss keys that diff
 
 
 class EMATarget:
-    """Exponential moving average of the online weights into the target network (spec 3.9.4).
+    """Exponential moving average of the online weights into the target network.
 
     Parameters are matched by their un-prefixed names on the unwrapped modules, so a DDP wrap
-    (the original's double wrap made the match empty, spec 9.1 P1) cannot disable the update.
+    (the original's double wrap made the match empty, DEVIATIONS.md P1) cannot disable the update.
     Every target parameter must have an online counterpart of the same shape.
     """
 
@@ -66,7 +66,7 @@ class EMATarget:
 def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[str, torch.Tensor],
                    cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device,
                    amp: str, normalize: DeviceNormalize | None = None) -> dict[str, torch.Tensor]:
-    """Losses of one batch (spec 3.1, 3.8): ``L = L_rec_all + w_sfr L_rec_sfr + w_cl L_cl``.
+    """Losses of one batch: ``L = L_rec_all + w_sfr L_rec_sfr + w_cl L_cl``.
 
     batch: ``image`` [B,3,S,S] (uint8, normalised on the device by ``normalize``, or float already
     normalised), ``img_mask`` and ``specific_facial_region_mask`` [B,L] (1 = masked).

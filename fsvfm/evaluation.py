@@ -1,4 +1,4 @@
-"""Cross-dataset testing of a fine-tuned checkpoint, driven by a task's data (spec 5): its test-set
+"""Cross-dataset testing of a fine-tuned checkpoint, driven by a task's data: its test-set
 table, class vocabulary, evaluation output and metric mode (``fsvfm.metrics.METRIC_MODES``).
 
 ``main_test_DfD.py``, ``main_test_DiFF.py`` and ``main_test_FAS.py`` each test one task; the checkpoint is
@@ -6,7 +6,7 @@ rebuilt by the task's ``rebuild``. A metric mode that ``needs_validation`` (a th
 data) also gets the predictions on ``--val_split`` / ``--finetune_data_path``'s ``val/``; a task with
 ``threshold_data`` (FAS: the training sources' test lists) gets its threshold from those.
 
-Outputs in ``--output_dir``: ``test_results.txt`` (appended, spec 5.4 layout), ``test_results.json``,
+Outputs in ``--output_dir``: ``test_results.txt`` (appended), ``test_results.json``,
 ``roc_{set}.png``, ``scores_{set}.csv`` (one row per video ``{class folder}/{name before _frame_}``;
 an image without ``_frame_`` in its name is its own video) and ``scores_{set}_frames.csv`` (one row
 per image: P(real) of each frame).
@@ -72,7 +72,7 @@ IGNORED_TRAINING_FLAGS = ("--layer_decay", "--clip_grad", "--finetune", "--data_
 
 
 def test_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> argparse.ArgumentParser:
-    """Test flags (spec 5.1). Training flags of the fine-tuning program are accepted and unused, so
+    """Test flags. Training flags of the fine-tuning program are accepted and unused, so
     existing commands keep working; model settings default to the checkpoint's. ``also``: the tasks
     ``--task`` may choose instead."""
     parents = [*downstream_parents(None), *task_parents(task, also)]

@@ -59,7 +59,7 @@ def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
                             new_prefixes: tuple[str, ...] = ("head.", "fc_norm."),
                             head_init_std: float = 2e-5, zero_head_bias: bool | None = None,
                             strip_prefix: str = "") -> dict[str, list[str]]:
-    """Load a pre-training checkpoint's encoder into a classifier (spec 4.2).
+    """Load a pre-training checkpoint's encoder into a classifier.
 
     Keys the classifier does not have (decoders, projector, predictor, ``norm`` with global
     pooling, ...) are ignored and listed once; ``pos_embed`` is interpolated if the grid differs; a
@@ -67,7 +67,7 @@ def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
     ``new_prefixes`` or the model's own ``new_param_prefixes`` (an adapter's), otherwise
     ``CheckpointError``. A freshly initialised head gets trunc-normal(std ``head_init_std``) weights
     and a zero bias unless ``zero_head_bias`` is False (None: the model's ``zero_head_bias_on_load``,
-    default True; the FS-Adapter keeps its uniform bias, spec 7.1). ``strip_prefix`` is removed from the
+    default True; the FS-Adapter keeps its uniform bias). ``strip_prefix`` is removed from the
     file's keys first. Returns ``{'missing', 'ignored'}``.
     """
     new_prefixes = (*new_prefixes, *getattr(model, "new_param_prefixes", ()))
@@ -116,7 +116,7 @@ def build_mixup_and_criterion(args: argparse.Namespace) -> tuple[Mixup | None, t
 
 
 def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
-    """timm's layer-decay parameter groups (spec 4.7): ``lr_scale = layer_decay ** (top - layer id)``,
+    """timm's layer-decay parameter groups: ``lr_scale = layer_decay ** (top - layer id)``,
     weight decay 0 for 1-D parameters and ``model.no_weight_decay()``; frozen parameters skipped.
     Layer ids come from the model's ``group_matcher`` (stem 0, ``blocks.i`` i + 1, rest on top), so
     modules a task adds inside blocks join their block. Wrapped models are unwrapped first."""
@@ -127,7 +127,7 @@ def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay:
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
-    """AdamW over layer-decayed groups (spec 4.7); ``args.lr`` must already be set."""
+    """AdamW over layer-decayed groups; ``args.lr`` must already be set."""
     return torch.optim.AdamW(layer_decay_groups(model, args.weight_decay, args.layer_decay), lr=args.lr)
 
 

@@ -1,6 +1,6 @@
 """Contrastive losses on stacked views ``[N, n_views, D]`` (online first, target second).
 
-Formulas follow the original (spec 3.8.2 and 7.4). The second view is the EMA target and carries
+Formulas follow the original. The second view is the EMA target and carries
 no gradient.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ class SupConLoss(nn.Module):
 
 
 class RealAnchorConLoss(SupConLoss):
-    """SupCon whose only positives are pairs of the anchor (real) class (FS-Adapter, spec 7.4).
+    """SupCon whose only positives are pairs of the anchor (real) class (FS-Adapter).
 
     ``pos_class_index`` has no default (A1): the task's label vocabulary gives it (DfD/DiFF real = 1,
     FAS live = 1), whatever data paths or split files the run reads. ``forward(features [N, V, d], labels [N])``

@@ -1,5 +1,5 @@
 """Full fine-tuning of a pre-trained FS-VFM encoder for deepfake (DfD) and diffusion-face (DiFF)
-detection (spec 4). DfD and DiFF differ only in the training folder.
+detection. DfD and DiFF differ only in the training folder.
 
     torchrun --nproc_per_node=2 fsvfm/main_finetune_DfD.py --finetune PRETRAIN.pth \
         --finetune_data_path DATA_DIR --apply_simple_augment --mixup 0.8 --cutmix 1.0 --dist_eval ...

@@ -1,4 +1,4 @@
-"""Cross-domain face anti-spoofing (spec 6, 7.5): leave-one-out fine-tuning of a pre-trained FS-VFM encoder on
+"""Cross-domain face anti-spoofing: leave-one-out fine-tuning of a pre-trained FS-VFM encoder on
 the MCIO / WCS protocols, tested on the held-out domain (HTER, AUC, TPR@FPR=1%).
 
     python fsvfm/main_finetune_FAS.py --config M --model vit_base_patch16 \

@@ -37,8 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_cl", default=0.1, type=float, help="weight of the contrastive loss")
     g.add_argument("--t_momentum", default=0.996, type=float, help="initial EMA momentum of the target")
     g.add_argument("--ema_mode", default="update", choices=("update", "frozen"),
-                   help="update: the target follows the online network by EMA (spec 3.9.4); frozen: the "
-                        "target keeps its initial weights, as under the original's launch (spec 9.1 P1)")
+                   help="update: the target follows the online network by EMA; frozen: the "
+                        "target keeps its initial weights, as under the original's launch (DEVIATIONS.md P1)")
     g.add_argument("--clip_grad", default=1.0, type=float, help="global gradient-norm clip on update steps")
     g.add_argument("--pretrain_data_path", dest="data_path", action="append", default=None,
                    help="data root with images/ and parsing_maps/ (repeat for several data sets)")

@@ -1,4 +1,4 @@
-"""Cross-dataset deepfake-detection test (spec 5): frame- and video-level metrics on the test-set
+"""Cross-dataset deepfake-detection test: frame- and video-level metrics on the test-set
 table of ``fsvfm.tasks.dfd.DFD_TASK``.
 
     python fsvfm/main_test_DfD.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test

@@ -1,4 +1,4 @@
-"""Unseen diffusion-face (DiFF) test (spec 5): image-level metrics on the test-set table of
+"""Unseen diffusion-face (DiFF) test: image-level metrics on the test-set table of
 ``fsvfm.tasks.dfd.DIFF_TASK``.
 
     python fsvfm/main_test_DiFF.py --resume FT_DIR/checkpoint-min_val_loss.pth --output_dir FT_DIR/experiments_test

@@ -1,9 +1,9 @@
-"""CRFR-P masking (spec 3.3): Cover a Random Facial Region, then mask the rest Proportionally.
+"""CRFR-P masking: Cover a Random Facial Region, then mask the rest Proportionally.
 
 Computed for the whole batch at once with tensor operations (the original looped over samples,
 groups and patches in Python).
 
-Semantics (spec 3.3):
+Semantics:
 * one region group per batch, drawn uniformly from the first six groups of ``REGION_GROUPS``;
 * a patch belongs to a group if any of its pixels carries one of the group's labels; it belongs
   to the face boundary iff it holds a hair-or-background pixel and a skin pixel;
@@ -15,7 +15,7 @@ Semantics (spec 3.3):
   shrinks to them.
 
 The masked count is ``M = round(mask_ratio * L)`` (Python ``round``), the same number that the
-encoder in ``fsvfm.models_fsfm`` drops, so the collate and the encoder always agree (spec 9.1 P8:
+encoder in ``fsvfm.models_fsfm`` drops, so the collate and the encoder always agree (DEVIATIONS.md P8:
 the original truncated ``r*L`` here and ``L*(1-r)`` there). Random draws use the given
 ``torch.Generator`` or the global torch RNG (seeded per DataLoader worker by PyTorch), including
 the region choice (the original used Python's unseeded ``random``).

@@ -219,7 +219,7 @@ def image_level_val_threshold(test: ScoredSet, val: ScoredSet | None) -> dict[st
     return {"frame": {**binary_metrics(test.labels, test.scores, test.preds), "val_threshold": threshold, **at}}
 
 
-# --- face anti-spoofing (spec 6.6; SSDG-style definitions, vectorised) -------------------------
+# --- face anti-spoofing (SSDG-style definitions, vectorised) -------------------------
 # Label 1 = real = positive, ``probs`` = P(real); prediction "real" iff prob >= threshold.
 # FAR = FP / (FP + TN) (fakes accepted), FRR = FN / (FN + TP) (reals rejected); with no real samples
 # FRR = 1, with no fake samples FAR = 1. Inputs are converted to float64.
@@ -299,7 +299,7 @@ def fas_metrics(probs, labels, source_threshold: float | None = None, fpr: float
 
 
 def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
-    """Frame-level metrics and, under ``fas``, the FAS figures (spec 6.6, fractions) of the per-video means of
+    """Frame-level metrics and, under ``fas``, the FAS figures (fractions) of the per-video means of
     ``test`` (videos grouped by ``get_video_level_label_pred``): HTER/ACC at the EER threshold chosen on the test set itself (the original's
     ``hter``, S2) and, when ``val`` is given, at the EER threshold of ``val``'s videos (``hter_src``,
     ``acc_src``, ``threshold_src``)."""

@@ -1,4 +1,4 @@
-"""The FAS network of the original (``fas_model_fix``, spec 6.4): ViT backbone -> embedder -> classifier.
+"""The FAS network of the original (``fas_model_fix``): ViT backbone -> embedder -> classifier.
 
 Parameter names match the released FAS checkpoints (``state_dict`` of the ``.pth.tar``):
 ``backbone.vit.*``, ``embedder.bottleneck_layer_fc.*`` (registered a second time as
@@ -11,7 +11,7 @@ With ``norm_flag`` the embedding is divided by ``sqrt(max(||f||, 1e-12)) * sqrt(
 norm is taken over the token axis (``embed_norm='tokens'``, the original's numerics, S1);
 ``embed_norm='vector'`` normalises each token's 512-d vector instead.
 
-FS-Adapter variant (spec 7.5, ``fas_vit_*_fs_adapter``): the backbone is an FS-Adapter ViT (``vit_*_fs_adapter``
+FS-Adapter variant (``fas_vit_*_fs_adapter``): the backbone is an FS-Adapter ViT (``vit_*_fs_adapter``
 with a 2-class ``head`` that stays unused), returning ``(concat([h, a]) [B, 2D], normalize(projector(b)) [B, D/r])``;
 the embedder takes the 2D-wide vector (its normalisation is then per vector), and ``forward`` returns
 ``(logits [B, 2], embedding [B, 512], adapter features [B, D/r])``. Extra parameter names:
@@ -125,7 +125,7 @@ class AdapterFeatureGenerator(nn.Module):
 
 
 class FASAdapterModel(nn.Module):
-    """``fas_model_fix`` of the FS-Adapter FAS code (spec 7.5): adapter backbone -> embedder (2D in) -> classifier."""
+    """``fas_model_fix`` of the FS-Adapter FAS code: adapter backbone -> embedder (2D in) -> classifier."""
 
     def __init__(self, vit: FSAdapterViT, embed_norm: str = "tokens"):
         super().__init__()

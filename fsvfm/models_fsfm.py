@@ -170,7 +170,7 @@ class _FSFMBackbone(nn.Module):
 
         Unmasked patches (``img_mask == 0``) are kept, ``K = L - round(L * mask_ratio)``: the same
         count as the CRFR-P collate masks (``fsvfm.masking.num_masked_patches``; the original's
-        ``int(L * (1 - r))`` disagreed with its collate for fractional ``r * L``, spec 9.1 P8).
+        ``int(L * (1 - r))`` disagreed with its collate for fractional ``r * L``, DEVIATIONS.md P8).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         n, length, d = x.shape

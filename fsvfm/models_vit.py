@@ -3,7 +3,7 @@
 ``global_pool=True`` (default): features = ``fc_norm(mean of patch tokens)`` (cls excluded);
 ``global_pool=False``: features = ``norm(tokens)[:, 0]``. Logits = ``head(features)``.
 
-``vit_*_fs_adapter``: the same encoder with the FS-Adapter (spec 7.1) after the pooled feature.
+``vit_*_fs_adapter``: the same encoder with the FS-Adapter after the pooled feature.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class VisionTransformer(_TimmViT):
         super().__init__(global_pool=global_pool, **kwargs)
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Layer ids for layer-wise lr decay (spec 4.7): stem 0, ``blocks.i`` i + 1, everything else
+        """Layer ids for layer-wise lr decay: stem 0, ``blocks.i`` i + 1, everything else
         (``norm``, ``fc_norm``, ``head``, modules a task adds) the top layer. timm's own matcher
         would put ``norm`` with the last block."""
         return {"stem": r"^cls_token|^pos_embed|^patch_embed|^reg_token|^dist_token",
@@ -65,14 +65,14 @@ class Adapter(nn.Module):
 class FSAdapterViT(VisionTransformer):
     """ViT + FS-Adapter: ``logits = head(concat([h, a]))`` with ``(a, b) = adapter(h)``, ``h`` the pooled feature.
 
-    Initialisation as the original (spec 7.1, A6): the encoder gets timm's init; ``adapter``, ``projector`` and
+    Initialisation as the original (A6): the encoder gets timm's init; ``adapter``, ``projector`` and
     the 2D-wide ``head`` are created afterwards, so they keep PyTorch's default Linear init (Kaiming-uniform
     a=sqrt(5) weights, biases uniform in +-1/sqrt(fan_in)). Loading a pre-trained encoder re-draws
     ``head.weight`` (trunc-normal, std 2e-5); ``head.bias`` keeps its uniform init (not zero).
     """
 
     # Keys a pre-training checkpoint does not hold (the encoder loader accepts them as missing), and the
-    # loader keeps the uniform head bias instead of zeroing it (spec 7.1).
+    # loader keeps the uniform head bias instead of zeroing it.
     new_param_prefixes: tuple[str, ...] = ("head.", "fc_norm.", "adapter.", "projector.")
     zero_head_bias_on_load: bool = False
 

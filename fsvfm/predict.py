@@ -100,7 +100,7 @@ CropFn = Callable[[np.ndarray], "list[FaceCrop]"]
 
 
 def dlib_square_crops() -> CropFn:
-    """The DfD/DiFF training crop (spec 1.1): every dlib face, square x1.3 box, native resolution, in
+    """The DfD/DiFF training crop: every dlib face, square x1.3 box, native resolution, in
     dlib's order (highest detector score first; the preprocessing kept only the first)."""
     opts = Options()  # the preprocessing defaults: face_scale 1.3, upsample 1
     cropper = FaceCropper(opts.face_scale, opts.upsample)
@@ -122,7 +122,7 @@ def whole_image_crops() -> CropFn:
 
 
 def fas_aligned_crops() -> CropFn:
-    """The FAS training chip (spec 1.5.2): every MTCNN face (most confident first; the preprocessing kept the
+    """The FAS training chip: every MTCNN face (most confident first; the preprocessing kept the
     first), warped to the ``face_size`` x ``face_size`` chip aligned on its 5 landmarks. ``box`` is MTCNN's box."""
     from fsvfm.preprocess.align import extract_image_chip
     from fsvfm.preprocess.mtcnn import MTCNNDetector

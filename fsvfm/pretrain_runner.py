@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------- set-up
 def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Online network and a target network that starts as an exact copy of it (spec 3.5)."""
+    """Online network and a target network that starts as an exact copy of it."""
     kwargs = {"img_size": args.input_size, **parse_model_kwargs(args.model_kwargs)}
     model = create_model(args.model, family="pretrain", norm_pix_loss=args.norm_pix_loss, **kwargs)
     target = vit_target_network(args.model, **kwargs)
@@ -158,7 +158,7 @@ def resume(args: argparse.Namespace, run: _Run, found: CheckpointSet | None) -> 
 
 def _load_pair(args: argparse.Namespace, run: _Run, found: CheckpointSet) -> None:
     """The optimizer state is taken from the online file, or from the target file when only that
-    one has it (released files hold it in both; ours only in the online one, spec 9.1 P15)."""
+    one has it (released files hold it in both; ours only in the online one, DEVIATIONS.md P15)."""
     online_path, target_path = found.paths["online"], found.paths["target"]
     online_ckpt, target_ckpt = found.checkpoints["online"], found.checkpoints["target"]
     _check_pretrain_checkpoint(online_path, online_ckpt)
@@ -271,7 +271,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 def _dataset_with_stats(args: argparse.Namespace, device: torch.device,
                         resumed: bool) -> tuple[Dataset, list[float], list[float]]:
     """The pre-training data set (uint8 images, normalised on the device by the engine) and the
-    run's normalisation statistics (computed once, spec 3.11; a fresh run refuses an output folder
+    run's normalisation statistics (computed once; a fresh run refuses an output folder
     holding the statistics of other data)."""
     dataset = build_pretrain_dataset(args.data_path,
                                      PretrainTransform(args.input_size, simple_augment=args.apply_simple_augment))

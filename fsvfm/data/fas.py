@@ -1,4 +1,4 @@
-"""Cross-domain FAS data: the protocol table, list files, FASDataset and balanced source batches (spec 6.1-6.3).
+"""Cross-domain FAS data: the protocol table, list files, FASDataset and balanced source batches.
 
 Tree under ``--fas_data_root``: ``MCIO/{frame,txt}/`` (casia, replay, oulu, msu, celeb) and
 ``WCS/{frame,txt}/`` (cefa, surf, wmca, and ``custom``: your own data, lists from
@@ -53,11 +53,11 @@ class Protocol:
 
     @property
     def train_sources(self) -> tuple[str, ...]:
-        """Domains trained on: src1..src4 for MCIO targets, src1..src3 for WCS targets (spec 6.5), each once."""
+        """Domains trained on: src1..src4 for MCIO targets, src1..src3 for WCS targets, each once."""
         return tuple(dict.fromkeys(self.sources[:3] if self.target in WCS_DOMAINS else self.sources))
 
 
-# Leave-one-out protocols (spec 6.1); src5 (= target, 5-shot lists) and weight/gamma/beta are unused.
+# Leave-one-out protocols; src5 (= target, 5-shot lists) and weight/gamma/beta are unused.
 PROTOCOLS: dict[str, Protocol] = {p.config: p for p in (
     Protocol("C", ("oulu", "replay", "msu", "celeb"), "casia"),
     Protocol("I", ("oulu", "casia", "msu", "celeb"), "replay"),
@@ -166,7 +166,7 @@ def test_frames(root: str | os.PathLike, domain: str, check: bool = True) -> tup
 
 def sample_frames(flag: int, dataset_name: str, root: str | os.PathLike) -> list[list[str]]:
     """The original's ``[fake_paths, real_paths]`` by flag: 0 fake train, 1 real train, 2 fake shot,
-    3 real shot, anything else the test lists (spec 6.2)."""
+    3 real shot, anything else the test lists."""
     if flag in (0, 1):
         cls = ("fake", "real")[flag]
         paths = train_frames(root, dataset_name, cls)

@@ -1,4 +1,4 @@
-"""Data sets, samplers and transforms for fine-tuning and testing (spec 4.3-4.5, 5.2).
+"""Data sets, samplers and transforms for fine-tuning and testing.
 
 Class indices come from the task's ``ClassVocabulary`` (DfD / DiFF: **fake = 0, real = 1**, as the
 released models; scores are P(class ``positive``)). Folder labels are decided by meaning, not by
@@ -93,7 +93,7 @@ class LabelledImageFolder(ReadsImages, datasets.ImageFolder):
 
 
 class TestImageFolder(LabelledImageFolder):
-    """Items are ``(image, label, video_name)`` (spec 5.2); an unreadable image is ``None``."""
+    """Items are ``(image, label, video_name)``; an unreadable image is ``None``."""
 
     def __init__(self, root: str, transform: Callable | None = None,
                  vocabulary: ClassVocabulary = DFD_VOCABULARY, on_unreadable: str = "skip") -> None:
@@ -179,7 +179,7 @@ def read_split_file(path: str | os.PathLike, delimiter: str = " ", root: str | o
 
 
 class SplitFileDataset(ReadsImages, Dataset):
-    """Samples listed in a split file (spec 4.3 ``CustomDataset``); labels are used as written
+    """Samples listed in a split file (the original's ``CustomDataset``); labels are used as written
     (checked against ``num_classes`` when given). Unreadable images: see ``ReadsImages``."""
 
     def __init__(self, split_file: str | os.PathLike, transform: Callable | None = None,

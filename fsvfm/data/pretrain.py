@@ -1,9 +1,9 @@
-"""Pre-training data (spec 3.2): face images with parsing maps, and their transforms.
+"""Pre-training data: face images with parsing maps, and their transforms.
 
 A data root holds ``images/<stem>.png`` and ``parsing_maps/<stem>.npy`` (int8 or uint8, shape
 (1, H, W) or (H, W)). Maps stay uint8 end to end and are resized nearest-neighbour; with
 ``--apply_simple_augment`` the crop and flip are applied to the image and its map together (the
-original transformed only the image, spec 9.1 P9). The data-set mean/std is computed in
+original transformed only the image, DEVIATIONS.md P9). The data-set mean/std is computed in
 ``fsvfm.util.norm_stats``.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ class PretrainTransform:
     The image stays uint8 so that workers, the collate and the host-to-device copy move 4x fewer
     bytes; the engine normalises it on the device (``fsvfm.data.device.DeviceNormalize``).
     Given ``mean``/``std`` it returns the normalised float32 image instead (the same arithmetic).
-    Default (spec 3.2): bicubic (antialiased) resize to S x S when needed. ``simple_augment``:
+    Default: bicubic (antialiased) resize to S x S when needed. ``simple_augment``:
     resize, RandomResizedCrop(S, scale 0.2-1, bicubic) and horizontal flip applied jointly to image
     and map (map nearest-neighbour).
     """
@@ -110,7 +110,7 @@ class PretrainTransform:
 
 
 class FaceParsingDataset(SkipsUnreadable, Dataset):
-    """Images with LaPa parsing maps under one data root (spec 3.2).
+    """Images with LaPa parsing maps under one data root.
 
     Items: ``{'image': uint8 [3,S,S] (float when the transform normalises), 'parsing_map': uint8
     [1,S,S]}``. A sample whose image or map cannot be read (``util.images.read_rgb``: also a small file

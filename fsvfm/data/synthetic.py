@@ -1,9 +1,9 @@
 """Generated face-like images with LaPa-style parsing maps (tests, benchmarks, the pre-training demo).
 
-Each face is drawn from a few random ellipses and polygons, so every CRFR-P group of spec 3.3 is
+Each face is drawn from a few random ellipses and polygons, so every CRFR-P group (fsvfm.masking) is
 present with realistic proportions (skin, hair, brows, eyes, nose, lips, background) while the
 geometry (position, size, rotation, hair, open mouth) and the colours vary from sample to sample.
-Labels follow spec 2.2: 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip,
+Labels follow LaPa: 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper lip,
 8 inner mouth, 9 lower lip, 10 hair.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ def synthetic_parsing_maps(n: int, size: int = 224, seed: int = 0) -> np.ndarray
 def make_synthetic_pretrain_dataset(root: str | os.PathLike, n: int, size: int = 224, seed: int = 0) -> Path:
     """Write ``n`` generated faces as a pre-training data set and return ``root``.
 
-    Layout (as produced by face parsing, spec 1.3): ``root/images/<stem>.png`` (RGB) and
+    Layout (as produced by face parsing): ``root/images/<stem>.png`` (RGB) and
     ``root/parsing_maps/<stem>.npy`` (int8, shape (1, size, size)).
     """
     root = Path(root)

@@ -1,4 +1,4 @@
-"""The FAS aligned chip (spec 1.5.2): ``extract_image_chips(frame, points, 224, 0.37)`` of the MTCNN tools.
+"""The FAS aligned chip: ``extract_image_chips(frame, points, 224, 0.37)`` of the MTCNN tools.
 
 A least-squares similarity (Umeyama) from the 5 landmarks to the mean face shape gives a scale and a
 rotation angle; only those two are kept. The image is rotated by that angle and scaled about the

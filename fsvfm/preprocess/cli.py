@@ -219,7 +219,7 @@ def main_face_parse(default_file: str | Path, argv=None) -> Summary:
 
 
 def main_fas_preprocess(default_file: str | Path, group: str, argv=None) -> Summary:
-    """``datasets/finetune/preprocess_FAS/preprocess_{MCIO,WCS}.py``: FAS chips / frames (spec 1.5).
+    """``datasets/finetune/preprocess_FAS/preprocess_{MCIO,WCS}.py``: FAS chips / frames.
 
     A missing list file ends the run with one line naming it (exit code 2).
     """

@@ -1,4 +1,4 @@
-"""dlib face detection, the square x1.3 box, unaligned and aligned crops (spec 1.1).
+"""dlib face detection, the square x1.3 box, unaligned and aligned crops.
 
 Images are NumPy arrays: ``rgb`` means HxWx3 uint8 in RGB order, ``bgr`` the OpenCV order.
 """

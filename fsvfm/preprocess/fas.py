@@ -1,4 +1,4 @@
-"""Face anti-spoofing data (spec 1.5): MCIO aligned chips, WCS black-border crops, custom folders.
+"""Face anti-spoofing data: MCIO aligned chips, WCS black-border crops, custom folders.
 
 Job kinds (run by the shared ``runner`` with its workers, resume, failures list and summary):
 ``fas_video`` (two aligned chips per video), ``fas_image`` (one aligned chip), ``border_image``
@@ -200,7 +200,7 @@ for _kind, _handler in (("fas_video", _fas_video), ("fas_image", _fas_image), ("
     register_kind(_kind, _handler)
 
 
-# --- MCIO (spec 1.5.2) -------------------------------------------------------------------------
+# --- MCIO -------------------------------------------------------------------------
 
 def _stem(name: str) -> str:
     """Name without its last extension only (the original cut at the first ``.``, D21)."""
@@ -315,7 +315,7 @@ def mcio_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
     return [celeb_stage(cfg) if n == "celeb" else mcio_video_stage(cfg, n, summary) for n in names]
 
 
-# --- WCS (spec 1.5.3) --------------------------------------------------------------------------
+# --- WCS --------------------------------------------------------------------------
 
 def cefa_job(cfg, item: str, dst: Path) -> Job:
     """``{race}_{subject}_..._{NN}.jpg`` -> sample NN of ``{root}/{RACE}/{RACE}-{subject}/{item stem

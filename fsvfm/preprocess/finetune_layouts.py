@@ -1,4 +1,4 @@
-"""DfD and DiFF test/training sets (spec 1.4.2, tree 1.4.3), as small tables plus a planner each."""
+"""DfD and DiFF test/training sets (tree 1.4.3), as small tables plus a planner each."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""LaPa label set (spec 2.2), its colour table (spec 2.3 palette) and the legend drawn from it.
+"""LaPa label set, its colour table and the legend drawn from it.
 
 The one colour table of the package: ``--save_vis`` maps, their legend and the figures of
 ``fsvfm.visualize`` all read it. Colours are BGR (OpenCV order, as the original wrote them);

@@ -1,4 +1,4 @@
-"""Raw data-set layouts -> job lists and output trees (spec 1.2.2, 1.3, 1.4.2).
+"""Raw data-set layouts -> job lists and output trees.
 
 Each planner takes a config (yacs node or any attribute object with resolved paths) and a
 ``Summary`` that collects inputs excluded at planning time, and returns stages for
@@ -177,7 +177,7 @@ def ff_binary_stages(cfg, summary: Summary, each: bool) -> list[Stage]:
             ("FF++ copy", lambda: ff_copy_jobs(cfg, real_frames, each))]
 
 
-# --- pre-training sets (spec 1.2.2) -----------------------------------------------------------
+# --- pre-training sets -----------------------------------------------------------
 
 def pretrain_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
     if dataset == "VF2":

@@ -1,4 +1,4 @@
-"""MTCNN face detection with the weights shipped inside the ``facenet-pytorch`` wheel (spec 1.5.2).
+"""MTCNN face detection with the weights shipped inside the ``facenet-pytorch`` wheel.
 
 Settings of the original (an MXNet port of the same networks): thresholds 0.6/0.7/0.8 (those of the
 port's version the original's crop function comes from), minimum face size 20, scale factor 0.709; the first (most confident) detection is kept. Nothing is downloaded:

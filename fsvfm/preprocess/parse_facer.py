@@ -1,4 +1,4 @@
-"""FACER parsing backend: ``retinaface/mobilenet`` (threshold 0.3) + ``farl/lapa/448`` (spec 2.3).
+"""FACER parsing backend: ``retinaface/mobilenet`` (threshold 0.3) + ``farl/lapa/448``.
 
 The weights are never downloaded from here: they are looked up in ``--facer_model_dir`` or in
 FACER's own cache (``torch.hub.get_dir()/checkpoints``), and a missing file gives one message

@@ -1,4 +1,4 @@
-"""One interface over the parsing backends, and the pre-training data set writer (spec 1.3, 2.3).
+"""One interface over the parsing backends, and the pre-training data set writer.
 
 A backend has ``name`` and ``parse(rgb, rect=None) -> (H, W) uint8 LaPa map | None``.
 """

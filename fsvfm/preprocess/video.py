@@ -1,4 +1,4 @@
-"""Uniform frame sampling and OpenCV video reading (spec 1.1)."""
+"""Uniform frame sampling and OpenCV video reading."""
 from __future__ import annotations
 
 import logging

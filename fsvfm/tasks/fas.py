@@ -16,7 +16,7 @@ runs, resumes an interrupted one and rebuilds the report; another experiment's f
 ``--overwrite``.
 
 * model: ``fsvfm.models_fas`` (``--model vit_*`` full fine-tuning, ``--model vit_*_fs_adapter`` FS-Adapter,
-  spec 6.4 / 7.5); the pre-trained encoder loads into ``backbone.vit``.
+ ); the pre-trained encoder loads into ``backbone.vit``.
 * data: the leave-one-out protocol table and list files of ``fsvfm.data.fas``; the training "loader"
   yields ``--eval_freq`` balanced batches (``--batch_size`` real and fake frames per source domain), so the
   engine's ``train_one_epoch`` runs one evaluation interval.
@@ -120,7 +120,7 @@ def build_fas_model(args: argparse.Namespace) -> nn.Module:
 
 
 def load_fas_encoder(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
-    """Load a pre-training checkpoint's encoder into ``model.backbone.vit`` (spec 6.4: ``fc_norm`` and the
+    """Load a pre-training checkpoint's encoder into ``model.backbone.vit`` (``fc_norm`` and the
     adapter's new modules are the only keys it may miss); MCF checkpoints prefix the encoder ``target_encoder.``."""
     return load_pretrained_encoder(model.backbone.vit, path, strip_prefix="target_encoder.")
 
@@ -146,13 +146,13 @@ def check_pt_model(path: str | os.PathLike) -> None:
 
 def configure_fas_model(model: nn.Module, args: argparse.Namespace) -> None:
     """``--trainable_modules fs-adapter``: inside ``backbone.vit`` only ``adapter``/``projector`` train
-    (``fc_norm`` too with ``--train_fc_norm``); the embedder and classifier always train (spec 7.5)."""
+    (``fc_norm`` too with ``--train_fc_norm``); the embedder and classifier always train."""
     if args.trainable_modules == "fs-adapter":
         apply_trainable_modules(model.backbone.vit, "fs-adapter-fas", train_fc_norm=args.train_fc_norm)
 
 
 def fas_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Adam:
-    """Adam over the trainable parameters, ``--lr`` constant, ``--wd`` weight decay (spec 6.5)."""
+    """Adam over the trainable parameters, ``--lr`` constant, ``--wd`` weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam([{"params": params, "lr": args.lr}], lr=args.lr, weight_decay=args.wd)
 
@@ -180,8 +180,8 @@ class FASLogits(nn.Module):
 
 # ------------------------------------------------------------------------------------- loss
 def fas_loss(criterion: nn.Module, args: argparse.Namespace, vocabulary: ClassVocabulary = FAS_VOCABULARY) -> LossFn:
-    """CE on the token-0 logits (spec 6.5); adapter models add ``--weight_cl`` x ``RealAnchorConLoss``
-    (``--temperature``, anchor = live) on the projected adapter features (spec 7.5). Components: ``acc``
+    """CE on the token-0 logits; adapter models add ``--weight_cl`` x ``RealAnchorConLoss``
+    (``--temperature``, anchor = live) on the projected adapter features. Components: ``acc``
     (batch top-1, percent) and, for the adapter, ``cls_loss``/``con_loss``."""
     con = (RealAnchorConLoss(args.temperature, pos_class_index=vocabulary.positive)
            if is_fs_adapter(args.model) else None)

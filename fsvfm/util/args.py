@@ -138,7 +138,7 @@ def finetune_data_parser() -> argparse.ArgumentParser:
 
 
 def adapter_parser() -> argparse.ArgumentParser:
-    """FS-Adapter flags (spec 7.2-7.5), shared by the DfD/DiFF and FAS programs. They act on ``*_fs_adapter``
+    """FS-Adapter flags, shared by the DfD/DiFF and FAS programs. They act on ``*_fs_adapter``
     models only; other models ignore ``--adapter_reduction``, ``--temperature`` and ``--weight_cl``."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("FS-Adapter (*_fs_adapter models)")

@@ -1,6 +1,6 @@
 """Data-set normalisation statistics (`pretrain_ds_mean_std.txt`: JSON lines, the first is used):
 compute them over a data set, read, write, validate, and resolve them for pre-training, fine-tuning and
-evaluation (spec 3.11, 4.4).
+evaluation.
 
 Pre-training records which data roots the statistics were computed from (``"data_paths"`` in the JSON
 line; files written before, and ImageNet statistics, have none), so a run into a folder that holds the
@@ -80,7 +80,7 @@ def resolve_mean_std(*, imagenet: bool = False, embedded: object = None,
                      files: Sequence[str | os.PathLike] = (),
                      fallback: tuple[Sequence[float], Sequence[float]] = (VGGFACE2_MEAN, VGGFACE2_STD),
                      fallback_name: str = "VGGFace2") -> tuple[list[float], list[float], str]:
-    """Normalisation statistics, first match wins (spec 4.4, without the silent fallback).
+    """Normalisation statistics, first match wins (without the silent fallback).
 
     Order: ImageNet when ``imagenet``; ``embedded`` (a checkpoint's ``norm_stats``) when not None;
     the first readable file of ``files``; otherwise ``fallback`` with a warning naming every file

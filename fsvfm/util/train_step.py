@@ -2,7 +2,7 @@
 
 * DDP gradient sync only on the update step of an accumulation window (``micro_step``).
 * One all-reduce per micro-batch carries the losses and a non-finite flag, so every rank takes the
-  same skip decision (spec 9.1 P6); the values stay on the device (``reduce_losses_on_device``).
+  same skip decision (DEVIATIONS.md P6); the values stay on the device (``reduce_losses_on_device``).
 * A non-finite micro-batch drops the update of its whole accumulation window on every rank
   (``backward_step``): with a fused optimizer (no fp16 loss scaling) on the device, through the
   optimizer's ``found_inf`` (``torch.amp.GradScaler``'s protocol); otherwise the one window flag

@@ -1,4 +1,4 @@
-"""Which parameters train (``--trainable_modules``, spec 7.2 and 7.5), and how many do.
+"""Which parameters train (``--trainable_modules``), and how many do.
 
 A mode is a rule on parameter names: a parameter trains iff its name contains one of the mode's
 substrings; ``all`` leaves ``requires_grad`` as the model built it. Apply before DDP wrapping and

@@ -1,5 +1,5 @@
 """DfD / DiFF data sets: ``--dataset {FF++_all,FF++_each,DFD,CelebDFv1,CelebDFv2,CelebDF++,DFDC,DFDC_P,
-WildDeepfake,DiFF,custom}`` (spec 1.4).
+WildDeepfake,DiFF,custom}``.
 
     python datasets/finetune/preprocess/dataset_preprocess.py --dataset FF++_all --workers 8
 """

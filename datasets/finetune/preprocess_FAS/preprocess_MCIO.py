@@ -1,4 +1,4 @@
-"""MCIO face anti-spoofing chips: ``--dataset {all,replay,msu,oulu,casia,celeb,custom}`` (spec 1.5.2).
+"""MCIO face anti-spoofing chips: ``--dataset {all,replay,msu,oulu,casia,celeb,custom}``.
 
     python datasets/finetune/preprocess_FAS/preprocess_MCIO.py --workers 8
     python datasets/finetune/preprocess_FAS/preprocess_MCIO.py --dataset custom --src my_media --dst chips

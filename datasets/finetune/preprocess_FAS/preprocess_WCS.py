@@ -1,4 +1,4 @@
-"""WCS face anti-spoofing frames: ``--dataset {all,cefa,wmca,surf}`` (spec 1.5.3).
+"""WCS face anti-spoofing frames: ``--dataset {all,cefa,wmca,surf}``.
 
     python datasets/finetune/preprocess_FAS/preprocess_WCS.py --workers 8
 """

@@ -1,4 +1,4 @@
-"""Face crops for pre-training: ``--dataset {VF2,YTF,FF++_o,custom}`` (spec 1.2.2).
+"""Face crops for pre-training: ``--dataset {VF2,YTF,FF++_o,custom}``.
 
     python datasets/pretrain/preprocess/dataset_preprocess.py --dataset FF++_o --workers 8
     python datasets/pretrain/preprocess/dataset_preprocess.py --dataset custom --src DIR --dst DIR

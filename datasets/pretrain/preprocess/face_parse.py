@@ -1,4 +1,4 @@
-"""Face parsing -> pre-training data set ``images/`` + ``parsing_maps/`` (spec 1.3, 2).
+"""Face parsing -> pre-training data set ``images/`` + ``parsing_maps/``.
 
     python datasets/pretrain/preprocess/face_parse.py --dataset VF2
     python datasets/pretrain/preprocess/face_parse.py --dataset custom --src PHOTOS --dst OUT --crop

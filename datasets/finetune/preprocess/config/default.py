@@ -1,4 +1,4 @@
-"""Defaults of the DfD / DiFF preprocessing (spec 1.4.1).
+"""Defaults of the DfD / DiFF preprocessing.
 
 Relative paths are relative to ``datasets/finetune/preprocess/`` (the folder above this file),
 whatever the working directory. ``DERIVED`` keys follow their base keys when those are changed.

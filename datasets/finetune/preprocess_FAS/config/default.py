@@ -1,4 +1,4 @@
-"""Defaults of the FAS preprocessing (spec 1.5.1).
+"""Defaults of the FAS preprocessing.
 
 Relative paths are relative to ``datasets/finetune/preprocess_FAS/`` (the folder above this file),
 whatever the working directory. ``DERIVED`` keys follow ``finetune_data_path_fas`` when it is changed.

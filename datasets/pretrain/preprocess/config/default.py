@@ -1,4 +1,4 @@
-"""Defaults of the pre-training preprocessing (spec 1.2.1).
+"""Defaults of the pre-training preprocessing.
 
 Relative paths are relative to ``datasets/pretrain/preprocess/`` (the folder above this file),
 whatever the working directory. ``DERIVED`` keys follow their base keys when those are changed.
