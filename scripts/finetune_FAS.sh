@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-domain face anti-spoofing: one fine-tuning job per leave-one-out target (spec 6.9; FS-Adapter rows: spec 7.5).
+# Cross-domain face anti-spoofing: one fine-tuning job per leave-one-out target (the released settings, FS-Adapter rows included).
 # The run_FAS-* scripts call this with a row of the table below.
 #   scripts/finetune_FAS.sh {MCIO|WCS} {ViT-S|ViT-B|ViT-L|FS-Adapter-ViT-{S,B,L}} [extra main_finetune_FAS.py flags]
 # MCIO: OCI->M (--config M), OMI->C (C), OCM->I (I), ICM->O (O); WCS: targets cefa, surf, wmca (the original shipped

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fine-tune a released FS-VFM/FSFM encoder for DfD or DiFF, then test the min-val-loss checkpoint
-# (settings of spec 4.12; FS-Adapter rows: spec 7.6). The run_DfD-*/run_DiFF-* scripts call this with a row
+# (the released settings, FS-Adapter rows included). The run_DfD-*/run_DiFF-* scripts call this with a row
 # of the table below.
 #   scripts/finetune_then_test.sh {DfD|DiFF} {ViT-S|ViT-B|ViT-L|ViT-B_400e_FSFM|FS-Adapter-ViT-{S,B,L}} [extra flags]
 # Environment overrides (paths are relative to the repository root):

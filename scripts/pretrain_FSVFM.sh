@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# FS-VFM pre-training recipe of spec 3.15 for one model size; the named scripts
+# FS-VFM pre-training recipe (the released one) for one model size; the named scripts
 # pretrain_FSVFM_ViT-{S,B,L}.sh call this.
 #   scripts/pretrain_FSVFM.sh {S|B|L} [more main_pretrain.py flags...]
 # Environment overrides (all optional):
