@@ -139,27 +139,20 @@ def fas_aligned_crops() -> CropFn:
     return crop
 
 
-# Crop modes by name; the mode a task's training data used is its table entry's ``crop_mode``
-# (``register_crop_mode(name, factory, tasks=(task,))`` overrides it here).
-CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops}
-TASK_CROP_MODES: dict[str, str] = {}
+# Crop modes by name; the mode a task's training data used is its table entry's ``crop_mode``.
+CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops,
+                                               "fas_aligned": fas_aligned_crops}
 
 
-def register_crop_mode(name: str, factory: Callable[[], CropFn], tasks: Sequence[str] = ()) -> None:
-    """Add a crop mode (``factory()`` returns a function RGB array -> list of ``FaceCrop``), optionally
-    as the mode of ``tasks``."""
+def register_crop_mode(name: str, factory: Callable[[], CropFn]) -> None:
+    """Add a crop mode (``factory()`` returns a function RGB array -> list of ``FaceCrop``); a task uses it by
+    naming it as its ``crop_mode``."""
     CROP_MODES[name] = factory
-    TASK_CROP_MODES.update({t: name for t in tasks})
-
-
-register_crop_mode("fas_aligned", fas_aligned_crops)
 
 
 def crop_mode_for(task: str) -> str:
-    if task in TASK_CROP_MODES:
-        return TASK_CROP_MODES[task]
     if task not in TASK_ENTRIES:
-        raise UsageError(f"no face-crop mode for task {task!r} yet (known: {sorted({*TASK_ENTRIES, *TASK_CROP_MODES})}); "
+        raise UsageError(f"no face-crop mode for task {task!r} yet (known: {sorted(TASK_ENTRIES)}); "
                          "pass --no_detect with ready-made face crops")
     return get_task(task).crop_mode
 

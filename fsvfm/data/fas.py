@@ -130,10 +130,15 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
     return [s for _, s in numbered_lines(path)]
 
 
+def twin_frame(line: str) -> str:
+    """The second frame of a test video: the reader adds it for every ``frame0`` line (the originals' rule)."""
+    return line.replace("frame0", "frame1")
+
+
 def _frames(path: Path, base: Path, expand: bool, check: bool) -> list[str]:
     out: dict[str, None] = {}
     for lineno, line in numbered_lines(path):
-        names = [line, line.replace("frame0", "frame1")] if expand else [line]
+        names = [line, twin_frame(line)] if expand else [line]
         for name in names:
             frame = str(base / name)
             if check and not os.path.isfile(frame):

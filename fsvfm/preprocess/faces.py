@@ -95,9 +95,14 @@ def alignment_matrix(points: np.ndarray, out_size: int) -> np.ndarray:
     return matrix
 
 
+def face_side(face: Face) -> int:
+    """The longer side of a face box, in pixels."""
+    return max(face.rect[2] - face.rect[0], face.rect[3] - face.rect[1])
+
+
 def smallest_side(faces: list[Face]) -> int | None:
     """Longer side of the smallest face box (the next video frame's search floor), None without faces."""
-    return min((max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) for f in faces), default=None)
+    return min(map(face_side, faces), default=None)
 
 
 def skipped_levels(upsample: int, min_side: float | None) -> int:
@@ -189,7 +194,7 @@ class FaceCropper:
         rects, scores, _ = self.detector.run(level, 0, 0.0)
         faces = [Face(rect_tuple(down(r)), float(s)) for r, s in zip(rects, scores)]
         # a smaller face can still show up on the coarse levels, with a looser box than the full search's
-        return [f for f in faces if max(f.rect[2] - f.rect[0], f.rect[3] - f.rect[1]) >= min_side]
+        return [f for f in faces if face_side(f) >= min_side]
 
     def detect_tracked(self, rgb: np.ndarray, prev_side: float | None) -> list[Face]:
         """``detect`` of a video frame given the smallest face side of the previous sampled frame: only

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsvfm.data.fas import CUSTOM_DOMAIN, frame_root, list_path
+from fsvfm.data.fas import CLASSES, CUSTOM_DOMAIN, frame_root, list_path, twin_frame
 from fsvfm.preprocess.layouts import list_files
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.cli import run_cli
@@ -33,7 +33,7 @@ from fsvfm.util.naming import FAS_VOCABULARY, IMAGE_EXTENSIONS, VIDEO_KEYS
 
 logger = logging.getLogger(__name__)
 
-LIST_CLASS = ("fake", "real")   # list-file names of class 0 (spoof) and 1 (live)
+LIST_CLASS = {label: name for name, label in CLASSES}   # list-file names: 0 (spoof) fake, 1 (live) real
 SPLITS = ("train", "test")
 
 
@@ -73,8 +73,8 @@ def _line(frame: Path, base: Path) -> str:
 
 
 def _check_twins(frames: list[Path], where: str) -> None:
-    """The reader adds ``frame1`` for every ``frame0`` test line (the originals' rule): that twin must exist."""
-    lonely = [f for f in frames if "frame0" in str(f) and not Path(str(f).replace("frame0", "frame1")).is_file()]
+    """The reader adds ``twin_frame`` for every ``frame0`` test line: that twin must exist."""
+    lonely = [f for f in frames if "frame0" in str(f) and not Path(twin_frame(str(f))).is_file()]
     if lonely:
         raise DataError(f"{where}: {len(lonely)} test frame(s) named *frame0* without their *frame1* twin, e.g. "
                         f"{lonely[0]}: the FAS reader reads both frames of a test video; add the frame1 images "
