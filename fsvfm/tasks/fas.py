@@ -558,9 +558,9 @@ class FASExperiment:
         if data.source is not None:
             if best.state is None:  # resumed after the best evaluation: its weights are in the run's checkpoint
                 best.state = model_state_from(load_checkpoint(checkpoint_path(args, run)))
-                model.load_state_dict(best.state)
-                best.test, _ = score_fas_set(model, data.test, args, self.device, header=f"Run {run} test:")
             model.load_state_dict(best.state)
+            if best.test is None:   # its target scores too, for the threshold moved onto them
+                best.test, _ = score_fas_set(model, data.test, args, self.device, header=f"Run {run} test:")
             source, _ = score_fas_set(model, data.source, args, self.device, header=f"Run {run} source test:")
             at_src = METRIC_MODES[self.task.metric_mode].compute(best.test, source)["fas"]  # type: ignore[arg-type]
             hter_src = at_src["hter_src"]
