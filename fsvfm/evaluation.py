@@ -58,8 +58,9 @@ from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
 from fsvfm.util.images import unreadable_files
-from fsvfm.util.log import setup_logging, summary_writer
+from fsvfm.util.log import summary_writer
 from fsvfm.util.naming import ClassVocabulary, checkpoint_vocabulary
+from fsvfm.util.startup import start_run
 
 logger = logging.getLogger(__name__)
 
@@ -292,9 +293,7 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if not args.resume:
         raise UsageError("--resume FINE_TUNED_CHECKPOINT is required")
     _default_test_dir(args)
-    dist.init_distributed_mode(args)
-    setup_logging(args.output_dir, dist.get_rank())
-    return dist.run_then_cleanup(_run, args, task)
+    return start_run(args, None, _run, task)
 
 
 def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:

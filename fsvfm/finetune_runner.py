@@ -19,7 +19,6 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -29,11 +28,11 @@ from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.tasks import FinetuneTask, get_task
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
-from fsvfm.util.args import default_output_dir, downstream_parents
-from fsvfm.util.checkpoint import check_finite_state, remove_stale_temp_files
-from fsvfm.util.log import setup_logging
+from fsvfm.util.args import downstream_parents
+from fsvfm.util.checkpoint import check_finite_state
 from fsvfm.util.lr_sched import Schedule
 from fsvfm.util.seeding import seed_everything
+from fsvfm.util.startup import start_run
 from fsvfm.util.train_step import SkipStreak, StepConfig
 
 logger = logging.getLogger(__name__)
@@ -115,21 +114,15 @@ def run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if task.check_args is not None:  # before the start-up log: a wrong flag is one line
         task.check_args(args)
     check_folder_flags(args)
-    default_output_dir(args, task.output_kind)
-    dist.init_distributed_mode(args)
-    setup_logging(args.output_dir, dist.get_rank())
-    logger.info("job dir: %s\n%s", Path.cwd(), "\n".join(f"  {k}: {v}" for k, v in sorted(vars(args).items())))
-    if getattr(args, "eval", False):
-        logger.info("--eval: test a fine-tuned checkpoint with main_test_DfD.py or main_test_DiFF.py")
-        return {}
-    return dist.run_then_cleanup(_train, args, task)
+    return start_run(args, task.output_kind, _train, task)
 
 
 def _train(args: argparse.Namespace, task: FinetuneTask) -> dict:
+    if getattr(args, "eval", False):
+        logger.info("--eval: test a fine-tuned checkpoint with main_test_DfD.py or main_test_DiFF.py")
+        return {}
     device = torch.device(args.device)
     args.amp = resolve_amp(args.amp, device)
-    if dist.is_main_process():
-        remove_stale_temp_files(args.output_dir)
     experiment = task.experiment(args, task, device)
     results = []
     for i in range(experiment.runs):
