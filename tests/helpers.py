@@ -25,12 +25,12 @@ from PIL import Image
 from skimage.data import astronaut
 
 from fsvfm import main_finetune_DfD, main_pretrain, models_fsfm
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import save_checkpoint
 from fsvfm.util.naming import DFD_VOCABULARY, UNIFIED_RELEASE_PATH
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 # ------------------------------------------------------------------------------------ paths
 REPO = Path(__file__).resolve().parents[1]

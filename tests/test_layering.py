@@ -84,6 +84,20 @@ def test_util_imports_nothing_above_it():
     assert len(upward) > 15
 
 
+def test_the_package_imports_no_test_or_tool_code():
+    """The generated-data fixture (tools/synthetic_data.py) and the test helpers stay outside the package."""
+    outside = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad = [n for n in names if n.split(".")[0] in ("tools", "tests", "benchmarks")]
+            if bad:
+                outside[module_name(path)] = bad
+    assert outside == {}
+    assert not (PACKAGE / "data" / "synthetic.py").exists()
+
+
 @pytest.mark.slow
 def test_importing_pretraining_loads_no_face_stack():
     """A fresh interpreter: pre-training's program loads neither dlib nor OpenCV (the face stack of

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from fsvfm import evaluation, main_finetune_DfD, main_finetune_FAS, main_pretrain
-from fsvfm.data.synthetic import draw_parsing_map, render_face, render_fas_face
 from fsvfm.preprocess import fas_lists
 from fsvfm.tasks import DFD_TASK, DIFF_TASK, UNIFIED_TASK
 from fsvfm.util.cli import run_cli
 from tests.helpers import MODEL_KWARGS, PRETRAIN_OVERRIDES_JSON, REPO, write_pretrain_checkpoint
+from tools.synthetic_data import draw_parsing_map, render_face, render_fas_face
 
 DOC = REPO / "docs" / "OWN_DATA.md"
 EXAMPLES = ("dfd", "diff", "fas", "pretrain", "unified")
