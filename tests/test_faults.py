@@ -19,13 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsvfm import app, main_finetune_DfD, main_finetune_FAS, main_pretrain, predict, visualize
-from fsvfm.evaluation import main_for
+from fsvfm import app, main_finetune_DfD, main_finetune_FAS, main_pretrain, main_test_DfD, predict, visualize
 from fsvfm.preprocess.cli import main_face_parse, main_fas_preprocess
-from fsvfm.tasks import DFD_TASK
 from fsvfm.tasks.classifier import check_resume_flags
 from fsvfm.util.checkpoint import load_checkpoint, save_checkpoint
-from fsvfm.util.cli import run_cli
 from fsvfm.util.errors import OutputError
 from fsvfm.util.log import TolerantFileHandler, setup_logging
 from tests.helpers import (
@@ -37,12 +34,6 @@ from tests.helpers import (
     pretrain_argv,
     write_face_image,
 )
-
-
-def dfd(argv):
-    """``python fsvfm/main_finetune_DfD.py ARGV`` (its ``cli`` is the library entry, without the boundary)."""
-    return run_cli(main_finetune_DfD.main, main_finetune_DfD.get_args_parser(), argv)
-
 
 MCIO_DEFAULT = REPO / "datasets/finetune/preprocess_FAS/config/default.py"
 _open, _os_open = builtins.open, os.open
@@ -147,7 +138,7 @@ def test_finetuning_into_a_read_only_folder_one_line_exit_2(workspace, tmp_path,
     _, pretrained, data = workspace
     out = tmp_path / "ft"
     _stand_in(monkeypatch, out, errno.EROFS, match="checkpoint")
-    line = _exit_line(capsys, lambda: dfd(finetune_argv(pretrained, data, out, "--epochs", "1")))
+    line = _exit_line(capsys, lambda: main_finetune_DfD.cli(finetune_argv(pretrained, data, out, "--epochs", "1")))
     assert line.endswith(f"error: {out} is read-only (writing checkpoint-min_val_loss.pth); choose a writable output "
                          "folder or remount it read-write"), line
     assert _temp_files(out) == []
@@ -276,9 +267,9 @@ def _entry_points(tmp_path: Path) -> dict:
         "app": lambda a: app.main(["--port", "0", *a]),
         "visualize": lambda a: visualize.main(["masking", "--image", img, "--out", str(tmp_path / "o.png"), *a]),
         "main_pretrain": lambda a: main_pretrain.cli(a),
-        "main_finetune_DfD": dfd,
+        "main_finetune_DfD": main_finetune_DfD.cli,
         "main_finetune_FAS": lambda a: main_finetune_FAS.cli(["--config", "C", *a]),
-        "main_test_DfD": lambda a: main_for(DFD_TASK, a),
+        "main_test_DfD": main_test_DfD.cli,
         "face_parse": lambda a: main_face_parse(PRETRAIN_DEFAULT, [*custom, *a]),
         "preprocess_MCIO": lambda a: main_fas_preprocess(MCIO_DEFAULT, "MCIO", [*custom, *a]),
     }
@@ -301,11 +292,11 @@ def test_device_cuda_without_a_gpu_is_one_line_in_every_program(program, tmp_pat
                                                   "positive number of minutes"),
 ])
 def test_amp_device_and_timeout_flags_are_one_line(flags, message, capsys):
-    assert _exit_line(capsys, lambda: dfd(flags)).endswith(message)
+    assert _exit_line(capsys, lambda: main_finetune_DfD.cli(flags)).endswith(message)
 
 
 def test_fs_adapter_flag_with_a_plain_model_is_one_line_before_the_log(capsys):
-    line = _exit_line(capsys, lambda: dfd(["--model", "vit_small_patch16", "--device", "cpu",
+    line = _exit_line(capsys, lambda: main_finetune_DfD.cli(["--model", "vit_small_patch16", "--device", "cpu",
                                                              "--trainable_modules", "fs-adapter"]))
     assert line.endswith("error: --trainable_modules fs-adapter trains the FS-Adapter, but --model vit_small_patch16 "
                          "has none: use --model vit_small_patch16_fs_adapter (or --trainable_modules all)")
@@ -324,7 +315,7 @@ def test_resuming_an_adapter_run_without_its_flag_names_the_flag(workspace, tmp_
     assert main_finetune_DfD.cli([*argv, "--trainable_modules", "fs-adapter"])["output_dir"] == str(out)
     argv[argv.index("--epochs") + 1] = "2"
     argv.append("--auto_resume")
-    line = _exit_line(capsys, lambda: dfd(argv))
+    line = _exit_line(capsys, lambda: main_finetune_DfD.cli(argv))
     assert line.endswith(f"error: {out}/checkpoint-0.pth was trained with --trainable_modules fs-adapter but this "
                          "run has --trainable_modules all: rerun with --trainable_modules fs-adapter to resume it, or "
                          "give another --output_dir to start afresh"), line
