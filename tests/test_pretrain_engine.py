@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fsvfm.engine_pretrain import EMATarget, forward_losses, pretrain_loss, train_one_epoch, train_step
 from fsvfm.losses import build_cl_loss
+from fsvfm.util import dist
 from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
@@ -122,6 +123,37 @@ def test_ema_matches_unprefixed_names_through_a_wrapper():
     assert torch.allclose(target.w, torch.full((4,), 0.1))
     with pytest.raises(ValueError, match="no online counterpart"):
         EMATarget(_Wrapper(online), target)  # a wrapper that unwrap_model does not know: module.w
+
+
+def test_pretrain_loss_weights_and_the_mask_as_collated():
+    """The hook holds the weights: L = 1 + 0.5 x 2 + 0.25 x 3; the model gets the batch's own mask tensor
+    (on the host, where it reads its count), the target the full view only."""
+    seen = {}
+
+    def online(imgs, img_mask, sfr_mask):
+        seen["mask"] = img_mask
+        return torch.tensor(1.0), torch.tensor(2.0), F.normalize(torch.ones(2, 4), dim=-1), None, img_mask
+
+    def target(imgs):
+        seen["target_grad"] = torch.is_grad_enabled()
+        return F.normalize(torch.ones(2, 4), dim=-1)
+
+    batch = _batches(1)[0]
+    losses = forward_losses(online, target, batch, pretrain_loss(lambda pz: torch.tensor(3.0), 0.5, 0.25),
+                            torch.device("cpu"), "none")
+    assert {k: float(v) for k, v in losses.items()} == {"loss": 2.75, "loss_rec_all": 1.0, "loss_rec_sfr": 2.0,
+                                                         "loss_cl": 3.0}
+    assert seen["mask"] is batch["img_mask"] and seen["target_grad"] is False
+
+
+def test_ddp_wrap_without_moving_inputs_has_no_device_ids(monkeypatch):
+    """DDP with ``device_ids`` copies every input to the device before the model sees it; pre-training
+    wraps without them so the collate's host mask reaches the model, which reads its count there."""
+    made = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **kw: made.append(kw) or model)
+    args, model = argparse.Namespace(distributed=True, device="cuda", gpu=3), nn.Linear(1, 1)
+    assert dist.wrap_model(model, args) is model and dist.wrap_model(model, args, move_inputs=False) is model
+    assert [kw["device_ids"] for kw in made] == [[3], None]
 
 
 def test_lr_per_iteration_with_accumulation_and_tensorboard_x():
