@@ -8,7 +8,7 @@ Runs in one process with one torch thread, as a DataLoader worker does. The ``*_
 are samples per CPU second of that process (what one worker delivers with a core to itself; N
 workers give about N times that when N cores are free); wall-clock rates are printed as well, and
 match them on an idle machine. Each path
-reads the same generated faces (``fsvfm.data.synthetic``: PNG images with .npy parsing maps); one
+reads the same generated faces (``tools.synthetic_data``: PNG images with .npy parsing maps); one
 untimed pass warms the page cache first. Paths:
 
 * pre-training, ours: ``FaceParsingDataset`` + ``PretrainTransform`` (uint8 out) + ``CRFRPCollate``
@@ -44,9 +44,11 @@ from torchvision import transforms
 
 from fsvfm.data.finetune import LabelledImageFolder, build_transform
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform, list_samples
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.masking import FACE_BOUNDARY, NUM_CHOOSABLE_REGIONS, REGION_GROUPS, CRFRPCollate
 from fsvfm.util.args import augment_parser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside the package
+from tools.synthetic_data import make_synthetic_pretrain_dataset  # noqa: E402
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.25)
 

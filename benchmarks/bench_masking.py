@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.masking import CRFRPCollate, crfrp_masks, num_masked_patches
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside the package
+from tools.synthetic_data import synthetic_parsing_maps  # noqa: E402
 
 
 def _rate(fn, batch_size: int, iters: int) -> float:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from timm.optim import param_groups_weight_decay
 
 from fsvfm.data.device import DeviceNormalize
-from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_step
 from fsvfm.losses import build_cl_loss
 from fsvfm.main_pretrain import get_args_parser
@@ -45,6 +46,9 @@ from fsvfm.util.accel import (
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.train_step import StepConfig, device_skip_enabled
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside the package
+from tools.synthetic_data import synthetic_parsing_maps  # noqa: E402
 
 MEAN, STD = (0.5, 0.45, 0.4), (0.25, 0.25, 0.25)
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fsvfm.data.device import DeviceNormalize, loader_kwargs, to_device
-from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_step
 from fsvfm.losses import build_cl_loss
 from fsvfm.masking import crfrp_masks
@@ -28,6 +27,7 @@ from fsvfm.util.accel import (
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.train_step import StepConfig
 from tests.helpers import TINY_FSFM, TINY_VIT
+from tools.synthetic_data import synthetic_parsing_maps
 
 
 def _networks():

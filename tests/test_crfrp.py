@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from fsvfm.data.synthetic import synthetic_parsing_maps
 from fsvfm.masking import (
     FACE_BOUNDARY,
     REGION_GROUPS,
@@ -16,6 +15,7 @@ from fsvfm.masking import (
     patch_label_bits,
 )
 from fsvfm.registry import create_model
+from tools.synthetic_data import synthetic_parsing_maps
 
 HAIR, EYES = 5, 1
 

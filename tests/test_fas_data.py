@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fsvfm.data import fas as fd
-from fsvfm.data.synthetic import make_synthetic_fas_tree
+from tools.synthetic_data import make_synthetic_fas_tree
 
 MEAN = STD = (0.5, 0.5, 0.5)
 

@@ -19,7 +19,6 @@ from PIL import Image
 
 from fsvfm import main_finetune_FAS, main_test_FAS, predict
 from fsvfm.data.fas import fas_transform
-from fsvfm.data.synthetic import make_synthetic_fas_tree
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.metrics import METRIC_MODES, ScoredSet, fas_eer_states, fas_hter_at
 from fsvfm.models_fas import create_fas_model
@@ -44,6 +43,7 @@ from tests.helpers import (
     read_report,
     write_pretrain_checkpoint,
 )
+from tools.synthetic_data import make_synthetic_fas_tree
 
 ORIGINAL_KEYS = {"epoch", "state_dict", "valid_arg", "best_model_EER", "best_model_ACER", "best_model_ACC", "threshold"}
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from fsvfm.data import fas as fd
-from fsvfm.data.synthetic import render_fas_face
 from fsvfm.preprocess import fas_lists
 from fsvfm.util.errors import DataError, UsageError
+from tools.synthetic_data import render_fas_face
 
 MEAN = STD = (0.5, 0.5, 0.5)
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fsvfm.data.synthetic import make_synthetic_fas_tree
 from tests.helpers import MODEL_KWARGS, REPO, dry_run, read_report, write_pretrain_checkpoint
+from tools.synthetic_data import make_synthetic_fas_tree
 
 CKPT = {"S": "FS-VFM_ViT-S_VF2_600e/checkpoint-599.pth", "B": "FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth",
         "L": "FS-VFM_ViT-L_VF2_600e/checkpoint-599.pth"}

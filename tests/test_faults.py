@@ -128,7 +128,7 @@ def test_full_disk_at_a_checkpoint_save_keeps_the_older_one(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_pretraining_on_a_full_disk_one_line_exit_2(tmp_path, monkeypatch, capsys):
-    from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
+    from tools.synthetic_data import make_synthetic_pretrain_dataset
     data = make_synthetic_pretrain_dataset(tmp_path / "faces", 8, size=32, seed=0)
     out = tmp_path / "out"
     _stand_in(monkeypatch, out, errno.ENOSPC, match="checkpoint-1")

@@ -17,10 +17,11 @@ from fsvfm.data.pretrain import (
     build_pretrain_dataset,
     dataset_image_paths,
 )
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.util.errors import DataError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import IMAGENET_MEAN, STATS_FILENAME, compute_mean_std, resolve_pretrain_mean_std
+from tools import synthetic_data
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 
 @pytest.fixture
@@ -158,3 +159,16 @@ def test_imagenet_stats_are_written_too(root, tmp_path):
     mean, _ = resolve_pretrain_mean_std(out, [], 32, normalize_from_imn=True)
     assert mean == list(IMAGENET_MEAN)
     assert json.loads((out / STATS_FILENAME).read_text())["mean"] == list(IMAGENET_MEAN)
+
+
+def test_synthetic_data_tool_writes_what_its_command_line_says(tmp_path, capsys):
+    """``python tools/synthetic_data.py pretrain DIR --n 2 --size 32``: two images and their int8 maps."""
+    root = synthetic_data.main(["pretrain", str(tmp_path / "ds"), "--n", "2", "--size", "32", "--seed", "3"])
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["synthetic_3_00000.png", "synthetic_3_00001.png"]
+    maps = [np.load(p) for p in sorted((root / "parsing_maps").iterdir())]
+    assert [(m.shape, m.dtype) for m in maps] == [((1, 32, 32), np.int8)] * 2
+    assert Image.open(root / "images" / "synthetic_3_00000.png").size == (32, 32)
+    assert capsys.readouterr().out == f"wrote 2 faces with parsing maps under {root}\n"
+    fas = synthetic_data.main(["fas", str(tmp_path / "fas"), "--n_videos", "1", "--size", "8"])
+    lines = (fas / "MCIO" / "txt" / "casia_real_train.txt").read_text().split()
+    assert lines == ["casia/train/real/casia_real_train_0_frame0.png", "casia/train/real/casia_real_train_0_frame1.png"]

@@ -12,11 +12,11 @@ import pytest
 import torch
 from timm.optim import param_groups_weight_decay
 
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser, main
 from fsvfm.pretrain_runner import _Run, build_networks, find_resume_set, resume
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from tests.helpers import PRETRAIN_OVERRIDES_JSON, REPO, free_port, pretrain_argv
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 LOG_KEYS = {"train_lr", "train_loss", "train_loss_rec_all", "train_loss_rec_sfr", "train_loss_cl", "epoch"}
 

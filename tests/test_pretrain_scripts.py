@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.util.args import set_effective_lr
 from tests.helpers import REPO, TINY_FSFM
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 
 def _script(size: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

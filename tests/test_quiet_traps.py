@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.main_pretrain import get_args_parser, main
 from fsvfm.pretrain_runner import build_networks
 from fsvfm.util.lr_sched import warn_if_warmup_too_long
 from fsvfm.util.seeding import seed_everything
 from tests.helpers import REPO, TINY_FSFM
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 WARNING = "is a GPU recipe but no CUDA device is visible"
 

@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader
 
 from fsvfm import main_pretrain
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
-from fsvfm.data.synthetic import make_synthetic_pretrain_dataset
 from fsvfm.registry import create_model
 from fsvfm.util import checkpoint as ckpt
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.norm_stats import STATS_FILENAME, read_mean_std, resolve_pretrain_mean_std, write_mean_std
 from tests.helpers import REPO, TINY_VIT, pretrain_argv
+from tools.synthetic_data import make_synthetic_pretrain_dataset
 
 
 @pytest.fixture(scope="module")

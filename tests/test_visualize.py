@@ -12,13 +12,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fsvfm import visualize
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
-from fsvfm.data.synthetic import draw_parsing_map, make_synthetic_pretrain_dataset, render_face
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.main_pretrain import main as pretrain_main
 from fsvfm.masking import num_masked_patches
 from fsvfm.preprocess.labels import LAPA_NAMES, PALETTE, label_colours, label_colours_rgb, legend_image
 from fsvfm.util.checkpoint import CheckpointError, save_checkpoint
 from tests.helpers import PRETRAIN_MEAN, PRETRAIN_OVERRIDES, PRETRAIN_STD, pretrain_checkpoint, tiny_fsfm
+from tools.synthetic_data import draw_parsing_map, make_synthetic_pretrain_dataset, render_face
 
 PHOTO = "2008_001322.jpg"
 

@@ -1,4 +1,8 @@
-"""Generated face-like images with LaPa-style parsing maps (tests, benchmarks, the pre-training demo).
+"""Generated face-like images with LaPa-style parsing maps, for tests, benchmarks and trying the programs
+without data. Not part of the package (nothing in ``fsvfm`` imports it).
+
+    python tools/synthetic_data.py pretrain /tmp/ds --n 16      # images/ + parsing_maps/
+    python tools/synthetic_data.py fas /tmp/fas_tree --n_videos 3 --size 64   # every FAS domain with lists
 
 Each face is drawn from a few random ellipses and polygons, so every CRFR-P group (fsvfm.masking) is
 present with realistic proportions (skin, hair, brows, eyes, nose, lips, background) while the
@@ -8,7 +12,9 @@ Labels follow LaPa: 0 background, 1 skin, 2/3 brows, 4/5 eyes, 6 nose, 7 upper l
 """
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +181,26 @@ def make_synthetic_fas_tree(root: str | os.PathLike, n_videos: int = 3, size: in
     for domain in WCS_DOMAINS:
         _fas_domain(root, "WCS", domain, n_videos, size, rng, ("train", "test"))
     return root
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description="Write generated faces: a pre-training set or a FAS tree.")
+    p.add_argument("kind", choices=("pretrain", "fas"))
+    p.add_argument("root", help="output folder (created)")
+    p.add_argument("--n", type=int, default=16, help="pretrain: number of faces")
+    p.add_argument("--n_videos", type=int, default=3, help="fas: videos (or images) per domain, split and class")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 224 pretrain, 32 fas)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.kind == "pretrain":
+        root = make_synthetic_pretrain_dataset(args.root, args.n, args.size or 224, args.seed)
+        print(f"wrote {args.n} faces with parsing maps under {root}")
+    else:
+        root = make_synthetic_fas_tree(args.root, args.n_videos, args.size or 32, args.seed)
+        print(f"wrote a FAS tree (MCIO and WCS frames and list files) under {root}")
+    return root
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+    main()
