@@ -8,7 +8,8 @@
 Each step is ``fsvfm.engine_pretrain.train_step``: host batch (pinned on CUDA) copied non-blocking,
 both forwards under autocast (the target without gradient), the loss all-reduce / non-finite flag,
 backward, clip at 1.0, AdamW step, EMA. Inputs are random images with CRFR-P masks from generated
-parsing maps (computed beforehand, as DataLoader workers would).
+parsing maps (computed beforehand, as DataLoader workers would); the image mask stays on the host, where
+the model reads its kept-patch count, and the model copies it to the device.
 
 * fast (default): bf16 where the card supports it, uint8 images normalised on the device, fused
   SDPA attention, fused AdamW with the non-finite skip on the device, no host sync per step,
@@ -32,7 +33,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from fsvfm.data.device import DeviceNormalize
-from fsvfm.engine_pretrain import EMATarget, train_step
+from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_step
 from fsvfm.losses import build_cl_loss
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.masking import crfrp_masks
@@ -44,7 +45,7 @@ from fsvfm.util.accel import (
     set_fused_attention,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.train_step import device_skip_enabled
+from fsvfm.util.train_step import StepConfig, device_skip_enabled
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside the package
 from tools.synthetic_data import synthetic_parsing_maps  # noqa: E402
@@ -109,7 +110,9 @@ def run_config(bench: argparse.Namespace, device: torch.device, baseline: bool) 
     optimizer = build_adamw(param_groups_weight_decay(model, run.weight_decay), 1e-4, device,
                             fused=False if baseline else None)
     scaler = NativeScalerWithGradNormCount(device, enabled=amp == "fp16")
-    ema, cl_loss = EMATarget(model, target), build_cl_loss(run.cl_loss)
+    ema = EMATarget(model, target)
+    loss_fn = pretrain_loss(build_cl_loss(run.cl_loss), run.weight_sfr, run.weight_cl)
+    step_config = StepConfig.from_args(run)
     compiled = bench.compile and not baseline
     step_model, step_target = maybe_compile(model, compiled, device), maybe_compile(target, compiled, device)
     normalize = None if baseline else DeviceNormalize(MEAN, STD, device)
@@ -118,8 +121,8 @@ def run_config(bench: argparse.Namespace, device: torch.device, baseline: bool) 
     warmup = bench.warmup
 
     def step(i: int) -> torch.Tensor:
-        row, _ = train_step(step_model, step_target, ema, batches[i % len(batches)], optimizer, scaler, cl_loss,
-                            run, device, run.t_momentum, normalize=normalize, device_skip=device_skip)
+        row, _ = train_step(step_model, step_target, ema, batches[i % len(batches)], optimizer, scaler, loss_fn,
+                            step_config, device, run.t_momentum, normalize=normalize, device_skip=device_skip)
         optimizer.zero_grad(set_to_none=True)
         if baseline:
             row.tolist()  # the original read the loss back every step

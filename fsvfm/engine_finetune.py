@@ -1,13 +1,12 @@
 """Fine-tuning and evaluation loops, parameterised so every downstream task reuses them.
 
-* ``train_one_epoch`` takes a loss hook ``loss_fn(model, samples, targets, args, *, labels)
-  -> (loss, components)`` (see ``LossFn``); the default (``criterion_loss``) is
-  ``criterion(model(samples), targets)``. A task with extra loss terms (the FS-Adapter's
+* ``train_one_epoch`` takes a loss hook ``loss_fn(model, samples, targets, *, labels)
+  -> (loss, components)`` (see ``LossFn``) that holds its own options; the default (``criterion_loss``)
+  is ``criterion(model(samples), targets)``. A task with extra loss terms (the FS-Adapter's
   contrastive term) passes its own hook; its components (e.g. ``cls_loss``, ``con_loss``) are
   all-reduced and logged next to ``loss`` on the console, in ``log.txt`` and TensorBoard.
 * Scalar options come from a ``util.train_step.StepConfig`` (``amp``, ``accum_iter``, ``clip_grad``,
-  ``print_freq``; parsed ``args`` have the same attributes) and the learning rate from ``lr_at(fractional
-  epoch)`` (default: the warm-up cosine of ``args``' ``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``);
+  ``print_freq``) and the learning rate from ``lr_at(fractional epoch)`` (the task's ``Schedule.lr``);
   collaborators (loss hook, mixup, writer) are arguments. The step policy (DDP ``no_sync`` on accumulation micro-steps,
   all-reduced non-finite skip of the accumulation window, consecutive-skip abort, grad-norm
   logging, values read back at the print interval) is the pre-training engine's, from
@@ -34,7 +33,6 @@ from fsvfm.metrics import binary_metrics, multiclass_metrics
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
 from fsvfm.util.errors import DataError
-from fsvfm.util.lr_sched import lr_at as cosine_lr_at
 from fsvfm.util.lr_sched import set_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
 from fsvfm.util.train_step import (
@@ -52,20 +50,20 @@ logger = logging.getLogger(__name__)
 class LossFn(Protocol):
     """Loss hook: ``samples`` [N, 3, H, W] and ``targets`` ([N] class indices, or [N, C] soft targets
     after mixup) as the model should see them, ``labels`` [N] the original class indices. Returns
-    the loss to back-propagate and named scalar components to log (``{}`` for none)."""
+    the loss to back-propagate and named scalar components to log (``{}`` for none). Options (loss
+    weights, temperature) are read once, when the task's factory builds the hook."""
 
-    def __call__(self, model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor,
-                 args: argparse.Namespace, *, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, model: torch.nn.Module, samples: torch.Tensor, targets: torch.Tensor, *,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ...
 
 
 OutputFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
-def criterion_loss(criterion: torch.nn.Module, args: argparse.Namespace | None = None) -> LossFn:
-    """The plain objective ``criterion(model(samples), targets)``, no extra components. Signature of
-    a task's loss factory: ``(criterion, args) -> LossFn``."""
-    def loss_fn(model, samples, targets, args, *, labels):
+def criterion_loss(criterion: torch.nn.Module) -> LossFn:
+    """The plain objective ``criterion(model(samples), targets)``, no extra components."""
+    def loss_fn(model, samples, targets, *, labels):
         return criterion(model(samples), targets), {}
     return loss_fn
 
@@ -77,29 +75,28 @@ def logits_output(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
-                    loss_scaler: NativeScalerWithGradNormCount, args: argparse.Namespace | StepConfig, *,
-                    lr_at: Callable[[float], float] | None = None, mixup_fn: Callable | None = None,
+                    loss_scaler: NativeScalerWithGradNormCount, step: StepConfig, *,
+                    lr_at: Callable[[float], float], mixup_fn: Callable | None = None,
                     log_writer=None, streak: SkipStreak | None = None) -> dict[str, float]:
-    """One epoch: per-iteration lr, mixup, autocast, accumulation, optional clipping.
+    """One epoch: lr ``lr_at(epoch + it / len(loader))`` per accumulation window, mixup, autocast,
+    accumulation, optional clipping.
 
     Batches are ``(images [N, 3, H, W], labels [N], ...)``. A batch whose loss is not finite on
     some rank drops the update of its accumulation window on every rank; too many in a row raise
-    ``FloatingPointError`` (counted across epochs in ``streak``, one per run). Losses and grad norms are read back every ``args.print_freq``
-    iterations (``util.train_step.StepLog``). Returns the epoch averages of the all-reduced
-    ``loss``, the hook's components, ``lr`` and ``grad_norm``, plus ``skipped_batches``.
+    ``FloatingPointError`` (counted across epochs in ``streak``, one per run). Losses and grad norms
+    are read back every ``step.print_freq`` iterations (``util.train_step.StepLog``). Returns the epoch
+    averages of the all-reduced ``loss``, the hook's components, ``lr`` and ``grad_norm``, plus
+    ``skipped_batches``.
     """
     model.train()
-    if lr_at is None:
-        def lr_at(e: float) -> float:
-            return cosine_lr_at(e, args)
-    accum = max(int(args.accum_iter), 1)
+    accum = max(step.accum_iter, 1)
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     n_iter = len(data_loader)
-    log = StepLog(epoch, n_iter, args.print_freq, meters, log_writer, streak=streak)
-    device_skip, window_bad = device_skip_enabled(optimizer, args.amp), None
+    log = StepLog(epoch, n_iter, step.print_freq, meters, log_writer, streak=streak)
+    device_skip, window_bad = device_skip_enabled(optimizer, step.amp), None
     optimizer.zero_grad(set_to_none=True)
-    for it, batch in enumerate(meters.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
+    for it, batch in enumerate(meters.log_every(data_loader, step.print_freq, f"Epoch: [{epoch}]")):
         update = (it + 1) % accum == 0
         if it % accum == 0:
             set_learning_rate(optimizer, lr_at(it / n_iter + epoch))
@@ -108,10 +105,10 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, labels)
         with micro_step(model, update):
-            with autocast(device, args.amp):
-                loss, parts = loss_fn(model, samples, targets, args, labels=labels)
+            with autocast(device, step.amp):
+                loss, parts = loss_fn(model, samples, targets, labels=labels)
             losses = {"loss": loss, **parts}
-            row, _, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), args,
+            row, _, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), step,
                                                update=update, window_bad=window_bad, device_skip=device_skip)
         log.add(losses, row, it, max(g["lr"] for g in optimizer.param_groups), update)
     stats = meters.global_averages()  # the meters hold all-reduced values

@@ -5,28 +5,42 @@ window, consecutive-skip abort, grad-norm logging) is the one of ``fsvfm.util.tr
 with fine-tuning. On the fast path (fused AdamW, no fp16 loss scaling) the loop never waits for the
 device inside an iteration: losses and the non-finite flag stay on the device, a non-finite step is
 dropped there (``found_inf``) and the EMA weight is zeroed there; the values are read back once per
-``--print_freq`` iterations for the log.
+``--print_freq`` iterations for the log. The image mask reaches the model as the collate made it (on the
+CPU, pinned when the loader pins), so the model reads its kept-patch count without a sync.
+
+The loop takes a ``util.train_step.StepConfig``, the learning rate and the EMA momentum as callables of
+the fractional epoch, and a loss hook (``pretrain_loss``) that holds the loss weights.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 
 from fsvfm.data.device import DeviceNormalize, to_device
 from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, autocast
-from fsvfm.util.lr_sched import adjust_learning_rate
+from fsvfm.util.lr_sched import set_learning_rate
 from fsvfm.util.meters import MetricLogger, SmoothedValue
-from fsvfm.util.train_step import SkipStreak, StepLog, backward_step, device_skip_enabled, micro_step
+from fsvfm.util.train_step import (
+    SkipStreak,
+    StepConfig,
+    StepLog,
+    backward_step,
+    device_skip_enabled,
+    micro_step,
+)
 
 logger = logging.getLogger(__name__)
 
 LOSS_KEYS = ("loss", "loss_rec_all", "loss_rec_sfr", "loss_cl")
 TB_TAGS = {"loss": "train_loss"}  # TensorBoard names of the loss keys that differ
+
+# (model, target, imgs [B,3,S,S], img_mask [B,L] as collated, sfr_mask [B,L]) -> the LOSS_KEYS losses
+PretrainLossFn = Callable[[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor],
+                          dict[str, torch.Tensor]]
+Schedule = Callable[[float], float]
 
 
 class EMATarget:
@@ -63,30 +77,38 @@ class EMATarget:
         torch._foreach_lerp_(self.target_params, self.online_params, weight)
 
 
-def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[str, torch.Tensor],
-                   cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device,
-                   amp: str, normalize: DeviceNormalize | None = None) -> dict[str, torch.Tensor]:
-    """Losses of one batch: ``L = L_rec_all + w_sfr L_rec_sfr + w_cl L_cl``.
-
-    batch: ``image`` [B,3,S,S] (uint8, normalised on the device by ``normalize``, or float already
-    normalised), ``img_mask`` and ``specific_facial_region_mask`` [B,L] (1 = masked).
-    The target encodes the full view without gradient; the online network the masked view.
-    """
-    imgs = to_device(batch["image"], device, normalize)
-    img_mask = batch["img_mask"].to(device, non_blocking=True)
-    sfr_mask = batch["specific_facial_region_mask"].to(device, non_blocking=True)
-    with autocast(device, amp):
+def pretrain_loss(cl_loss_fn: torch.nn.Module, weight_sfr: float, weight_cl: float) -> PretrainLossFn:
+    """The loss hook ``L = L_rec_all + weight_sfr L_rec_sfr + weight_cl L_cl``: the target encodes the full
+    view without gradient, the online network the masked view; ``cl_loss_fn`` compares the online
+    prediction with the target projection."""
+    def loss_fn(model, target, imgs, img_mask, sfr_mask):
         with torch.no_grad():
             z = target(imgs)
-        loss_rec_all, loss_rec_sfr, p, _, _ = model(imgs, img_mask, sfr_mask, mask_ratio=args.mask_ratio)
+        loss_rec_all, loss_rec_sfr, p, _, _ = model(imgs, img_mask, sfr_mask)
         loss_cl = cl_loss_fn(torch.stack([p.float(), z.float()], dim=1))
-    loss = loss_rec_all + args.weight_sfr * loss_rec_sfr + args.weight_cl * loss_cl
-    return {"loss": loss, "loss_rec_all": loss_rec_all, "loss_rec_sfr": loss_rec_sfr, "loss_cl": loss_cl}
+        loss = loss_rec_all + weight_sfr * loss_rec_sfr + weight_cl * loss_cl
+        return {"loss": loss, "loss_rec_all": loss_rec_all, "loss_rec_sfr": loss_rec_sfr, "loss_cl": loss_cl}
+    return loss_fn
+
+
+def forward_losses(model: torch.nn.Module, target: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   loss_fn: PretrainLossFn, device: torch.device, amp: str,
+                   normalize: DeviceNormalize | None = None) -> dict[str, torch.Tensor]:
+    """The losses of one batch under autocast.
+
+    batch: ``image`` [B,3,S,S] (uint8, normalised on the device by ``normalize``, or float already
+    normalised), ``img_mask`` and ``specific_facial_region_mask`` [B,L] (1 = masked). ``img_mask`` is
+    handed over where the collate left it: the model reads its count and moves it.
+    """
+    imgs = to_device(batch["image"], device, normalize)
+    sfr_mask = batch["specific_facial_region_mask"].to(device, non_blocking=True)
+    with autocast(device, amp):
+        return loss_fn(model, target, imgs, batch["img_mask"], sfr_mask)
 
 
 def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget | None, batch: dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
-               cl_loss_fn: torch.nn.Module, args: argparse.Namespace, device: torch.device, momentum: float, *,
+               loss_fn: PretrainLossFn, step: StepConfig, device: torch.device, momentum: float, *,
                update: bool = True, window_bad: torch.Tensor | None = None,
                normalize: DeviceNormalize | None = None, device_skip: bool = False,
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,49 +120,45 @@ def train_step(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget |
     (``LOSS_KEYS``), their 4 sums over ranks, the non-finite flag, the grad norm (``step_row``);
     ``window_bad`` to pass to the next micro-batch of the window (None after an update).
     """
-    losses = forward_losses(model, target, batch, cl_loss_fn, args, device, args.amp, normalize)
-    row, bad, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), args,
+    losses = forward_losses(model, target, batch, loss_fn, device, step.amp, normalize)
+    row, bad, window_bad = backward_step(losses, optimizer, loss_scaler, model.parameters(), step,
                                          update=update, window_bad=window_bad, device_skip=device_skip)
     if ema is not None:  # None: frozen target (--ema_mode frozen)
         ema.update(momentum, skip=bad)
     return row, window_bad
 
 
-def _momentum_at(schedule: np.ndarray, step: int) -> float:
-    return float(schedule[min(step, len(schedule) - 1)])
-
-
 def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATarget | None, data_loader: Iterable,
                     optimizer: torch.optim.Optimizer, loss_scaler: NativeScalerWithGradNormCount,
-                    cl_loss_fn: torch.nn.Module, momentum_schedule: np.ndarray, epoch: int, device: torch.device,
-                    args: argparse.Namespace, log_writer=None,
+                    loss_fn: PretrainLossFn, epoch: int, device: torch.device, step: StepConfig, *,
+                    lr_at: Schedule, momentum_at: Schedule, log_writer=None,
                     normalize: DeviceNormalize | None = None, streak: SkipStreak | None = None) -> dict[str, float]:
     """Train the online network for one epoch; returns the epoch's global averages and
     ``skipped_batches`` (non-finite batches of this epoch).
 
-    Per iteration: lr from the fractional epoch (every ``accum_iter`` steps), ``train_step`` (DDP
-    gradient sync only on update steps, clip at ``args.clip_grad``, EMA with the momentum of the
-    global step ``epoch * len(loader) + i``). Loss values and grad norms are read back every
-    ``args.print_freq`` iterations (``StepLog``); a run of ``MAX_CONSECUTIVE_SKIPS`` non-finite
+    Per iteration ``i`` at fractional epoch ``t = epoch + i / len(loader)``: lr ``lr_at(t)`` (set every
+    ``accum_iter`` steps), ``train_step`` (DDP gradient sync only on update steps, clip at
+    ``step.clip_grad``, EMA with momentum ``momentum_at(t)``). Loss values and grad norms are read back
+    every ``step.print_freq`` iterations (``StepLog``); a run of ``MAX_CONSECUTIVE_SKIPS`` non-finite
     batches aborts there, counted across epochs in ``streak`` (one per run; default: this epoch only).
     """
     model.train()
     metric_logger = MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    num_iters, accum = len(data_loader), args.accum_iter
-    log = StepLog(epoch, num_iters, args.print_freq, metric_logger, log_writer, TB_TAGS, streak)
-    device_skip = device_skip_enabled(optimizer, args.amp)
+    num_iters, accum = len(data_loader), max(step.accum_iter, 1)
+    log = StepLog(epoch, num_iters, step.print_freq, metric_logger, log_writer, TB_TAGS, streak)
+    device_skip = device_skip_enabled(optimizer, step.amp)
     window_bad = None
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, f"Epoch: [{epoch}]")):
+    for i, batch in enumerate(metric_logger.log_every(data_loader, step.print_freq, f"Epoch: [{epoch}]")):
         update = (i + 1) % accum == 0
+        t = i / num_iters + epoch
         if i % accum == 0:
-            adjust_learning_rate(optimizer, i / num_iters + epoch, args)
+            set_learning_rate(optimizer, lr_at(t))
         with micro_step(model, update):
-            row, window_bad = train_step(model, target, ema, batch, optimizer, loss_scaler, cl_loss_fn, args,
-                                         device, _momentum_at(momentum_schedule, epoch * num_iters + i),
-                                         update=update, window_bad=window_bad, normalize=normalize,
-                                         device_skip=device_skip)
+            row, window_bad = train_step(model, target, ema, batch, optimizer, loss_scaler, loss_fn, step, device,
+                                         momentum_at(t), update=update, window_bad=window_bad,
+                                         normalize=normalize, device_skip=device_skip)
         log.add(LOSS_KEYS, row, i, optimizer.param_groups[0]["lr"], update)
     stats = metric_logger.global_averages()  # meters already hold all-reduced values
     stats["skipped_batches"] = log.skipped

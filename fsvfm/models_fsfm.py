@@ -47,6 +47,29 @@ def _fixed_param(shape: tuple[int, ...]) -> nn.Parameter:
     return nn.Parameter(torch.zeros(*shape), requires_grad=False)
 
 
+@torch.compiler.disable  # a data-dependent count: read eagerly, outside any compiled graph
+def kept_patches(img_mask: torch.Tensor | None, length: int, mask_ratio: float | None = None) -> int:
+    """K, the patches the encoder keeps: ``L`` minus the masked count (``img_mask != 0``) of every row.
+
+    Every row must mask the same number of patches; a given ``mask_ratio`` must mask that number too
+    (``fsvfm.masking.num_masked_patches``). A CPU mask is read without waiting for the device; a mask on
+    the device costs one host sync. No mask keeps every patch.
+    """
+    if img_mask is None:
+        return length
+    if img_mask.dim() != 2 or img_mask.shape[1] != length:
+        raise ValueError(f"img_mask must be [N, {length}] (1 = masked), got {tuple(img_mask.shape)}")
+    counts = (img_mask != 0).sum(dim=1)
+    low, high = torch.stack([counts.min(), counts.max()]).tolist()
+    if low != high:
+        raise ValueError(f"every row of img_mask must mask the same number of patches, got {low} to {high} "
+                         f"of {length}")
+    if mask_ratio is not None and num_masked_patches(length, mask_ratio) != low:
+        raise ValueError(f"mask_ratio {mask_ratio} masks {num_masked_patches(length, mask_ratio)} of {length} "
+                         f"patches but img_mask masks {low}")
+    return length - low
+
+
 def restore_token_order(tokens: torch.Tensor, mask_token: torch.Tensor,
                         ids_restore: torch.Tensor) -> torch.Tensor:
     """Append mask tokens to the kept tokens and undo the shuffle (the cls token stays first).
@@ -165,16 +188,25 @@ class _FSFMBackbone(nn.Module):
 
     # ----------------------------------------------------------------------------- forward parts
     def forward_encoder(self, imgs: torch.Tensor, img_mask: torch.Tensor | None,
-                        mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode the visible patches. Returns latent [N, 1+K, D] and ids_restore [N, L].
+                        mask_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode the visible patches (``img_mask == 0``; None keeps all). Returns latent [N, 1+K, D] and
+        ids_restore [N, L].
 
-        Unmasked patches (``img_mask == 0``) are kept, ``K = L - round(L * mask_ratio)``: the same
-        count as the CRFR-P collate masks (``fsvfm.masking.num_masked_patches``; the original's
-        ``int(L * (1 - r))`` disagreed with its collate for fractional ``r * L``, DEVIATIONS.md P8).
+        ``K`` comes from the mask (``kept_patches``; ``mask_ratio``, when given, is only checked against
+        it): the same count as the CRFR-P collate masked (the original derived it from the ratio as
+        ``int(L * (1 - r))``, which disagreed with its collate for fractional ``r * L``, DEVIATIONS.md P8).
+        Give the mask as the collate made it, on the CPU: the count is read there and the mask moved to
+        the device without a host sync.
         """
+        len_keep = kept_patches(img_mask, self.patch_embed.num_patches, mask_ratio)
+        if img_mask is not None:
+            img_mask = img_mask.to(imgs.device, non_blocking=True)
+        return self._encode(imgs, img_mask, len_keep)
+
+    def _encode(self, imgs: torch.Tensor, img_mask: torch.Tensor | None,
+                len_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         n, length, d = x.shape
-        len_keep = length - num_masked_patches(length, mask_ratio)
         if img_mask is None or len_keep == length:
             # Keeping every token: the shuffle is a no-op for a permutation-equivariant encoder.
             ids_restore = torch.arange(length, device=x.device).expand(n, -1)
@@ -237,9 +269,16 @@ class FSFMViT(_FSFMBackbone):
         return loss_all, loss_sfr
 
     def forward(self, imgs: torch.Tensor, img_mask: torch.Tensor, specific_facial_region_mask: torch.Tensor,
-                mask_ratio: float = 0.75):
-        """Returns ``(loss_rec_all, loss_rec_sfr, features_cl [N, proj], pred [N, L, P*P*3], img_mask)``."""
-        latent, ids_restore = self.forward_encoder(imgs, img_mask, mask_ratio)
+                mask_ratio: float | None = None):
+        """Returns ``(loss_rec_all, loss_rec_sfr, features_cl [N, proj], pred [N, L, P*P*3], img_mask)``
+        (``img_mask`` on the model's device).
+
+        ``img_mask`` [N, L] decides the kept count (see ``forward_encoder``); ``mask_ratio`` keeps the
+        original's call shape and is only checked against the mask.
+        """
+        len_keep = kept_patches(img_mask, self.patch_embed.num_patches, mask_ratio)
+        img_mask = img_mask.to(imgs.device, non_blocking=True)
+        latent, ids_restore = self._encode(imgs, img_mask, len_keep)
         feat = self.predictor(self.global_projection(latent, ids_restore))
         pred = self.forward_decoder(latent, ids_restore)
         loss_all, loss_sfr = self.forward_loss(imgs, pred, img_mask, specific_facial_region_mask)
@@ -256,8 +295,9 @@ class TargetNetworkViT(_FSFMBackbone):
 
     def forward(self, imgs: torch.Tensor, img_mask: torch.Tensor | None = None,
                 specific_facial_region_mask: torch.Tensor | None = None,
-                mask_ratio: float = 0.0) -> torch.Tensor:
-        """Returns the L2-normalised projection ``z`` [N, proj] of the full view."""
+                mask_ratio: float | None = None) -> torch.Tensor:
+        """Returns the L2-normalised projection ``z`` [N, proj] of the full view (``img_mask`` None; a
+        mask would drop its patches as in ``forward_encoder``)."""
         latent, ids_restore = self.forward_encoder(imgs, img_mask, mask_ratio)
         return F.normalize(self.global_projection(latent, ids_restore), dim=-1)
 

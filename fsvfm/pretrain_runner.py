@@ -14,6 +14,7 @@ import argparse
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fsvfm.data.device import DeviceNormalize, loader_kwargs
 from fsvfm.data.pretrain import PretrainTransform, build_pretrain_dataset, dataset_image_paths
-from fsvfm.engine_pretrain import EMATarget, train_one_epoch
+from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_one_epoch
 from fsvfm.losses import build_cl_loss
 from fsvfm.masking import CRFRPCollate
 from fsvfm.models_fsfm import vit_target_network
@@ -64,10 +65,10 @@ from fsvfm.util.errors import UsageError
 from fsvfm.util.fileio import append_json_line
 from fsvfm.util.images import unreadable_files
 from fsvfm.util.log import summary_writer
-from fsvfm.util.lr_sched import cosine_scheduler, warn_if_warmup_too_long
+from fsvfm.util.lr_sched import lr_at, momentum_at, warn_if_warmup_too_long
 from fsvfm.util.norm_stats import resolve_pretrain_mean_std
 from fsvfm.util.seeding import seed_everything
-from fsvfm.util.train_step import SkipStreak
+from fsvfm.util.train_step import SkipStreak, StepConfig
 from fsvfm.visualize import PretrainImageLogger
 
 logger = logging.getLogger(__name__)
@@ -239,14 +240,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     normalize = DeviceNormalize(mean, std, device)  # the workers deliver uint8 images
     loader = build_loader(args, dataset)
 
-    model_ddp = dist.wrap_model(model, args)
+    model_ddp = dist.wrap_model(model, args, move_inputs=False)  # the mask stays on the host for the model
     run = _Run(model, target, *build_optimizer(args, model, device))
     resume(args, run, found)
     ema = EMATarget(model, target) if args.ema_mode == "update" else None
     if ema is None:
         logger.info("--ema_mode frozen: the target network keeps its initial weights (the original's behaviour)")
-    momentum_schedule = cosine_scheduler(args.t_momentum, 1.0, args.epochs, len(loader))
-    cl_loss_fn = build_cl_loss(args.cl_loss, args.cl_sample)
+    loss_fn = pretrain_loss(build_cl_loss(args.cl_loss, args.cl_sample), args.weight_sfr, args.weight_cl)
+    step, lr_of = StepConfig.from_args(args), partial(lr_at, args=args)
+    momentum_of = momentum_at(args.t_momentum, args.epochs)
     log_writer = summary_writer(args)
     log_images = PretrainImageLogger(log_writer, dataset, mean, std, args.patch_size, args.mask_ratio, args.vis_freq)
     step_model, step_target = maybe_compile(model_ddp, args.compile, device), maybe_compile(target, args.compile, device)
@@ -255,9 +257,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     streak = SkipStreak()  # non-finite batches in a row, across epochs
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
-        stats = train_one_epoch(step_model, step_target, ema, loader, run.optimizer, run.loss_scaler, cl_loss_fn,
-                                momentum_schedule, epoch, device, args, log_writer, normalize=normalize,
-                                streak=streak)
+        stats = train_one_epoch(step_model, step_target, ema, loader, run.optimizer, run.loss_scaler, loss_fn,
+                                epoch, device, step, lr_at=lr_of, momentum_at=momentum_of, log_writer=log_writer,
+                                normalize=normalize, streak=streak)
         log_images(model, epoch)
         stats["skipped_files"] = len(unreadable_files(dataset, device))
         _end_of_epoch(args, epoch, stats, run)

@@ -195,18 +195,18 @@ def patch_pixels(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(model: torch.nn.Module, imgs: torch.Tensor, img_mask: torch.Tensor,
-                mask_ratio: float) -> torch.Tensor:
+def reconstruct(model: torch.nn.Module, imgs: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
     """Pixel-decoder output of the online network as an image, in the input's normalised space.
 
-    imgs: [N, 3, S, S] normalised; img_mask: [N, L] (1 = masked). Returns float [N, 3, S, S]. With
+    imgs: [N, 3, S, S] normalised, on the model's device; img_mask: [N, L] (1 = masked, the same count in
+    every row; best on the CPU, where the model reads the count). Returns float [N, 3, S, S]. With
     ``norm_pix_loss`` each predicted patch gets the mean and (unbiased) variance of that patch of
     ``imgs`` back, as in the loss target and MAE's demo.
     """
     was_training = model.training
     model.eval()
     try:
-        latent, ids_restore = model.forward_encoder(imgs, img_mask, mask_ratio)
+        latent, ids_restore = model.forward_encoder(imgs, img_mask)
         pred = model.forward_decoder(latent, ids_restore).float()
     finally:
         model.train(was_training)
@@ -266,7 +266,7 @@ def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
     if pretrained is not None:
         dev = pretrained.device
         normed = DeviceNormalize(pretrained.mean, pretrained.std, dev)(pixels)
-        recon = _denormalise(reconstruct(pretrained.model, normed, img_mask.to(dev), ratio).cpu(),
+        recon = _denormalise(reconstruct(pretrained.model, normed, img_mask).cpu(),
                              pretrained.mean, pretrained.std)
     views = masking_views(images, img_mask, region_mask, patch, recon)
     views["face"] = images
@@ -352,7 +352,7 @@ class PretrainImageLogger:
     def __init__(self, writer, dataset, mean, std, patch_size: int, mask_ratio: float, vis_freq: int,
                  num_faces: int = TB_NUM_FACES, seed: int = 0) -> None:
         self.writer, self.mean, self.std = writer, list(mean), list(std)
-        self.patch_size, self.mask_ratio, self.vis_freq = patch_size, mask_ratio, vis_freq
+        self.patch_size, self.vis_freq = patch_size, vis_freq
         self.images = self.img_mask = self.region_mask = None
         if writer is None or vis_freq <= 0:
             return
@@ -368,7 +368,7 @@ class PretrainImageLogger:
     def grid(self, model: torch.nn.Module) -> torch.Tensor:
         """The image grid, float [3, H, W] in [0, 1] (4 rows of the fixed faces)."""
         dev = next(model.parameters()).device
-        recon = reconstruct(model, self.images.to(dev), self.img_mask.to(dev), self.mask_ratio).cpu()
+        recon = reconstruct(model, self.images.to(dev), self.img_mask).cpu()
         images = _denormalise(self.images, self.mean, self.std)
         views = masking_views(images, self.img_mask, self.region_mask, self.patch_size,
                               _denormalise(recon, self.mean, self.std))

@@ -1,7 +1,6 @@
 """Speed switches: precision default, fused AdamW, torch.compile fallback, fused attention."""
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from fsvfm.data.device import DeviceNormalize, loader_kwargs, to_device
-from fsvfm.engine_pretrain import EMATarget, train_step
+from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_step
 from fsvfm.losses import build_cl_loss
 from fsvfm.masking import crfrp_masks
 from fsvfm.models_fsfm import vit_target_network
@@ -26,6 +25,7 @@ from fsvfm.util.accel import (
     supports_device_skip,
 )
 from fsvfm.util.amp import NativeScalerWithGradNormCount
+from fsvfm.util.train_step import StepConfig
 from tests.helpers import TINY_FSFM, TINY_VIT
 from tools.synthetic_data import synthetic_parsing_maps
 
@@ -47,15 +47,14 @@ def _batch(n: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _steps(model, target, step_model, step_target, n_steps: int = 2) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    args = argparse.Namespace(accum_iter=1, clip_grad=1.0, amp="none", mask_ratio=0.75, weight_sfr=0.007,
-                              weight_cl=0.1)
+    step = StepConfig("none", 1, 1.0)
     opt = build_adamw(model.parameters(), 1e-3, "cpu")
-    ema, cl = EMATarget(model, target), build_cl_loss("SimSiam")
+    ema, loss_fn = EMATarget(model, target), pretrain_loss(build_cl_loss("SimSiam"), 0.007, 0.1)
     normalize = DeviceNormalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3], "cpu")
     rows = []
     for _ in range(n_steps):
         row, _ = train_step(step_model, step_target, ema, _batch(), opt, NativeScalerWithGradNormCount("cpu", False),
-                            cl, args, torch.device("cpu"), 0.99, normalize=normalize)
+                            loss_fn, step, torch.device("cpu"), 0.99, normalize=normalize)
         opt.zero_grad(set_to_none=True)
         rows.append(row)
     return torch.stack(rows), [p.detach().clone() for p in (*model.parameters(), *target.parameters())]

@@ -11,7 +11,8 @@ import torch
 
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.train_step import SkipStreak, TrainingDivergedError
+from fsvfm.util.lr_sched import lr_at
+from fsvfm.util.train_step import SkipStreak, StepConfig, TrainingDivergedError
 
 
 class Linear(torch.nn.Module):
@@ -38,7 +39,12 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-def _plain_loss(model, samples, targets, args, *, labels):
+def _train(model, hook, loader, optimizer, epoch, scaler, args, **kw):
+    return train_one_epoch(model, hook, loader, optimizer, torch.device("cpu"), epoch, scaler,
+                           StepConfig.from_args(args), lr_at=lambda t: lr_at(t, args), **kw)
+
+
+def _plain_loss(model, samples, targets, *, labels):
     return model(samples), {}
 
 
@@ -46,8 +52,8 @@ def _run(batches, args, loss_fn=_plain_loss, writer=None):
     model = Linear()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = [(torch.tensor([x], dtype=torch.float32), torch.tensor([0])) for x in batches]
-    stats = train_one_epoch(model, loss_fn, loader, optimizer, torch.device("cpu"), 0,
-                            NativeScalerWithGradNormCount("cpu", enabled=False), args, log_writer=writer)
+    stats = _train(model, loss_fn, loader, optimizer, 0, NativeScalerWithGradNormCount("cpu", enabled=False), args,
+                   log_writer=writer)
     return model, stats
 
 
@@ -70,7 +76,7 @@ def test_loss_hook_components_are_logged():
         def add_scalar(self, tag, value, step):
             self.tags.append((tag, round(float(value), 6), step))
 
-    def hook(model, samples, targets, args, *, labels):
+    def hook(model, samples, targets, *, labels):
         out = model(samples)
         extra = samples.sum() * 0 + 2.0
         return out + 0.5 * extra, {"cls_loss": out.detach(), "con_loss": extra.detach()}
@@ -85,7 +91,7 @@ def test_loss_hook_components_are_logged():
 
 
 def test_non_finite_batch_is_skipped_and_counted():
-    def hook(model, samples, targets, args, *, labels):
+    def hook(model, samples, targets, *, labels):
         out = model(samples)
         return (out * math.nan if samples[0, 0] < 0 else out), {}
 
@@ -97,7 +103,7 @@ def test_non_finite_batch_is_skipped_and_counted():
 def test_bf16_autocast_on_cpu():
     seen = []
 
-    def hook(model, samples, targets, args, *, labels):
+    def hook(model, samples, targets, *, labels):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
                      torch.nn.functional.linear(samples, torch.ones(1, 2)).dtype))
         return model(samples), {}
@@ -109,7 +115,7 @@ def test_bf16_autocast_on_cpu():
 def test_consecutive_skips_are_counted_across_epochs():
     """The 20-in-a-row stop counts non-finite batches over epoch boundaries (one ``SkipStreak`` per run):
     11 at the end of epoch 0 plus 9 at the start of epoch 1 reach it at iteration 8 of epoch 1."""
-    def hook(model, samples, targets, args, *, labels):
+    def hook(model, samples, targets, *, labels):
         out = model(samples)
         return (out * math.nan if samples[0, 0] < 0 else out), {}
 
@@ -119,8 +125,7 @@ def test_consecutive_skips_are_counted_across_epochs():
 
     def epoch(e, rows):
         loader = [(torch.tensor([x], dtype=torch.float32), torch.tensor([0])) for x in rows]
-        return train_one_epoch(model, hook, loader, optimizer, torch.device("cpu"), e, scaler,
-                               _args(epochs=2), streak=streak)
+        return _train(model, hook, loader, optimizer, e, scaler, _args(epochs=2), streak=streak)
 
     stats = epoch(0, [[1.0, 0.0]] + [[-1.0, 0.0]] * 11)
     assert stats["skipped_batches"] == 11 and streak.count == 11

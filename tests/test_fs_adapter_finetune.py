@@ -146,7 +146,7 @@ def test_loss_hook_uses_hard_labels_and_vocabulary_anchor():
     loss_fn = DFD_TASK.make_loss(torch.nn.CrossEntropyLoss(), args)
     x, labels = torch.randn(4, 3, 32, 32), torch.tensor([1, 1, 0, 1])
     soft = torch.tensor([[0.3, 0.7], [0.2, 0.8], [0.9, 0.1], [0.4, 0.6]])  # mixed targets
-    loss, parts = loss_fn(model, x, soft, args, labels=labels)
+    loss, parts = loss_fn(model, x, soft, labels=labels)
     logits, projected = model(x, training=True)
     con = RealAnchorConLoss(0.07, pos_class_index=1)(projected[:, None], labels)
     assert torch.allclose(parts["cls_loss"], torch.nn.functional.cross_entropy(logits, soft))

@@ -5,7 +5,7 @@ import torch
 
 from fsvfm.finetune_setup import layer_decay_groups
 from fsvfm.registry import create_model
-from fsvfm.util.lr_sched import adjust_learning_rate
+from fsvfm.util.lr_sched import lr_at, set_learning_rate
 
 
 def _tiny(**kw):
@@ -76,7 +76,7 @@ def test_wrapped_model_and_schedule_scales():
     class A:
         lr, min_lr, warmup_epochs, epochs = 1e-3, 0.0, 2, 10
 
-    base = adjust_learning_rate(opt, 1.0, A)
+    base = set_learning_rate(opt, lr_at(1.0, A))
     assert base == pytest.approx(5e-4)
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs == pytest.approx([5e-4 * 0.125, 5e-4 * 0.25, 5e-4 * 0.5, 5e-4])

@@ -141,9 +141,8 @@ def test_online_to_target_copy_gives_identical_full_view_projection():
         latent, ids = online.forward_encoder(x, None, 0.0)
         expected = F.normalize(online.global_projection(latent, ids), dim=-1)
         assert torch.allclose(target(x), expected, atol=1e-6)
-        # Reordering with a mask but keeping every token (mask_ratio 0) changes nothing.
-        img_mask, _ = _masks(2, 16, 12, 1)
-        assert torch.allclose(target(x, img_mask, None, 0.0), expected, atol=1e-5)
+        # A mask that hides nothing (mask_ratio 0) keeps every token and changes nothing.
+        assert torch.allclose(target(x, torch.zeros(2, 16), None, 0.0), expected, atol=1e-5)
 
 
 def test_patchify_layout_and_unpatchify_round_trip():
@@ -189,6 +188,87 @@ def test_region_absent_from_whole_batch_gives_zero_region_loss():
     img_mask, _ = _masks(2, 16, 12, 0)
     loss_all, loss_sfr, *_ = model(torch.randn(2, 3, 32, 32), img_mask, torch.zeros(2, 16), 0.75)
     assert torch.isfinite(loss_all) and loss_sfr.item() == 0.0
+
+
+# --------------------------------------------------------------------------- kept patches from the mask
+@pytest.mark.parametrize("n_masked", [12, 5])
+def test_kept_count_comes_from_the_mask(n_masked):
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM).eval()
+    img_mask, sfr = _masks(3, 16, n_masked, 2, seed=n_masked)
+    with torch.no_grad():
+        latent, ids_restore = model.forward_encoder(torch.randn(3, 3, 32, 32), img_mask)
+        assert latent.shape == (3, 1 + 16 - n_masked, 48) and ids_restore.shape == (3, 16)
+        loss_all, _, _, pred, mask_out = model(torch.randn(3, 3, 32, 32), img_mask, sfr * img_mask)
+    assert torch.isfinite(loss_all) and pred.shape == (3, 16, 8 * 8 * 3) and torch.equal(mask_out, img_mask)
+    assert models_fsfm.kept_patches(img_mask, 16) == 16 - n_masked and models_fsfm.kept_patches(None, 16) == 16
+
+
+def test_rows_masking_different_counts_are_refused():
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    img_mask, sfr = _masks(2, 16, 12, 2)
+    img_mask[1, torch.nonzero(img_mask[1]).flatten()[0]] = 0  # row 1 masks 11
+    with pytest.raises(ValueError, match="same number of patches, got 11 to 12 of 16"):
+        model(torch.randn(2, 3, 32, 32), img_mask, sfr)
+    with pytest.raises(ValueError, match=r"img_mask must be \[N, 16\]"):
+        model.forward_encoder(torch.randn(2, 3, 32, 32), torch.zeros(2, 15))
+
+
+def test_a_mask_ratio_disagreeing_with_the_mask_is_refused():
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM)
+    img_mask, sfr = _masks(2, 16, 12, 2)
+    imgs = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="mask_ratio 0.5 masks 8 of 16 patches but img_mask masks 12"):
+        model(imgs, img_mask, sfr, mask_ratio=0.5)
+    with pytest.raises(ValueError, match="mask_ratio 0.0 masks 0 of 16"):
+        model.forward_encoder(imgs, img_mask, 0.0)
+    assert torch.isfinite(model(imgs, img_mask, sfr, mask_ratio=0.75)[0])  # 12 of 16: agrees
+
+
+def _old_ratio_forward(m, imgs, img_mask, sfr, mask_ratio):
+    """The forward pass as it was before the count came from the mask: K = L - round(L * mask_ratio)."""
+    x = m.patch_embed(imgs) + m.pos_embed[:, 1:, :]
+    n, length, d = x.shape
+    len_keep = length - round(length * mask_ratio)
+    ids_shuffle = torch.argsort(img_mask, dim=1, stable=True)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    x = torch.gather(x, 1, ids_shuffle[:, :len_keep].unsqueeze(-1).expand(-1, -1, d))
+    x = torch.cat([(m.cls_token + m.pos_embed[:, :1, :]).expand(n, -1, -1), x], dim=1)
+    for blk in m.blocks:
+        x = blk(x)
+    latent = m.norm(x)
+    feat = F.normalize(m.predictor(m.global_projection(latent, ids_restore)), dim=-1)
+    pred = m.forward_decoder(latent, ids_restore)
+    return (*m.forward_loss(imgs, pred, img_mask, sfr), feat, pred)
+
+
+def test_cpu_mask_gives_exactly_the_old_ratio_path_losses():
+    """The collate's CPU mask read by the model (no ratio given) gives bit-identical losses, features and
+    predictions to the old path that derived K from the ratio (L = 25, r = 0.7: 18 masked, 7 kept)."""
+    torch.manual_seed(0)
+    model = create_model("fsfm_vit_small_patch16", norm_pix_loss=True, **dict(TINY_FSFM, img_size=40)).eval()
+    img_mask, sfr = _masks(3, 25, 18, 4, seed=2)
+    sfr = sfr * img_mask
+    imgs = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        got = model(imgs, img_mask, sfr)
+        old = _old_ratio_forward(model, imgs, img_mask, sfr, 0.7)
+    assert img_mask.device.type == "cpu" and got[4].device == next(model.parameters()).device
+    for g, o in zip(got[:4], old):
+        assert torch.equal(g, o)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pinned_cpu_mask_is_read_without_a_device_sync():
+    model = create_model("fsfm_vit_small_patch16", **TINY_FSFM).cuda()
+    img_mask, sfr = _masks(2, 16, 12, 2)
+    imgs, sfr = torch.randn(2, 3, 32, 32, device="cuda"), sfr.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = model(imgs, img_mask.pin_memory(), sfr)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out[4].is_cuda and torch.equal(out[4].cpu(), img_mask)
 
 
 # --------------------------------------------------------------------------- reference numerics

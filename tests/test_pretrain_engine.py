@@ -5,22 +5,23 @@ import argparse
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fsvfm.engine_pretrain import EMATarget, forward_losses, train_one_epoch, train_step
+from fsvfm.engine_pretrain import EMATarget, forward_losses, pretrain_loss, train_one_epoch, train_step
 from fsvfm.losses import build_cl_loss
+from fsvfm.util import dist
 from fsvfm.util.accel import build_adamw, supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.errors import UserError
-from fsvfm.util.lr_sched import adjust_learning_rate, cosine_scheduler
+from fsvfm.util.lr_sched import lr_at, momentum_at, set_learning_rate
 from fsvfm.util.train_step import (
     MAX_CONSECUTIVE_SKIPS,
     SkipStreak,
+    StepConfig,
     TrainingDivergedError,
     reduce_losses_on_device,
 )
@@ -34,7 +35,7 @@ class FakeOnline(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(4))
 
-    def forward(self, imgs, img_mask, sfr_mask, mask_ratio):
+    def forward(self, imgs, img_mask, sfr_mask, mask_ratio=None):
         feat = imgs.flatten(1)[:, :4] * self.w
         loss = (feat ** 2).mean()
         return loss, loss * 0, F.normalize(feat, dim=-1), None, img_mask
@@ -64,14 +65,25 @@ def _batches(n: int, nan_at: tuple[int, ...] = ()) -> list[dict]:
     return out
 
 
+def _loss(args):
+    return pretrain_loss(build_cl_loss("SimSiam"), args.weight_sfr, args.weight_cl)
+
+
 def _run_epoch(batches, args, epoch=1, momentum=None, writer=None, fused=False, streak=None):
     online, target = FakeOnline(), FakeTarget()
     opt = build_adamw(online.parameters(), args.lr, "cpu", fused=fused)
-    momentum = momentum if momentum is not None else cosine_scheduler(0.9, 1.0, args.epochs, len(batches))
+    momentum = momentum if momentum is not None else momentum_at(0.9, args.epochs)
     stats = train_one_epoch(online, target, EMATarget(online, target), batches, opt,
-                            NativeScalerWithGradNormCount("cpu", enabled=False), build_cl_loss("SimSiam"),
-                            momentum, epoch, torch.device("cpu"), args, writer, streak=streak)
+                            NativeScalerWithGradNormCount("cpu", enabled=False), _loss(args), epoch,
+                            torch.device("cpu"), StepConfig.from_args(args), lr_at=lambda t: lr_at(t, args),
+                            momentum_at=momentum, log_writer=writer, streak=streak)
     return stats, online, target, opt
+
+
+def _old_momentum(base: float, epochs: int, niter: int) -> list[float]:
+    """The per-iteration EMA momentum array the pre-training engine used to take, by hand."""
+    n = epochs * niter
+    return [1.0 + 0.5 * (base - 1.0) * (1 + math.cos(math.pi * i / n)) for i in range(n)]
 
 
 def test_effective_lr_and_schedule_hand_computed():
@@ -81,16 +93,20 @@ def test_effective_lr_and_schedule_hand_computed():
     opt = torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))]}])
     for epoch, expected in [(0, 0.0), (20, 1.2e-3), (40, 2.4e-3), (320, 1.2e-3), (600, 0.0),
                             (180, 2.4e-3 * 0.5 * (1 + math.cos(math.pi * 0.25)))]:
-        assert adjust_learning_rate(opt, epoch, args) == pytest.approx(expected, abs=1e-12)
+        assert set_learning_rate(opt, lr_at(epoch, args)) == pytest.approx(expected, abs=1e-12)
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_momentum_schedule_hand_computed():
-    m = cosine_scheduler(0.996, 1.0, epochs=2, niter_per_ep=5)
-    assert len(m) == 10
+    niter = 5
+    m = [momentum_at(0.996, 2)(i / niter) for i in range(2 * niter)]  # global step i at epoch i / len(loader)
     assert m[0] == pytest.approx(0.996)
     assert m[5] == pytest.approx(0.998)
     assert m[9] == pytest.approx(1 - 0.002 * (1 + math.cos(math.pi * 0.9)))
+    assert m == pytest.approx(_old_momentum(0.996, 2, niter), abs=1e-12)
+    # any epoch count and loader length: the old array's step i is the callable at epoch i / len(loader)
+    assert [momentum_at(0.9, 3)(e + i / 4) for e in range(3) for i in range(4)] == pytest.approx(
+        _old_momentum(0.9, 3, 4), abs=1e-12)
 
 
 class _Wrapper(nn.Module):
@@ -107,6 +123,37 @@ def test_ema_matches_unprefixed_names_through_a_wrapper():
     assert torch.allclose(target.w, torch.full((4,), 0.1))
     with pytest.raises(ValueError, match="no online counterpart"):
         EMATarget(_Wrapper(online), target)  # a wrapper that unwrap_model does not know: module.w
+
+
+def test_pretrain_loss_weights_and_the_mask_as_collated():
+    """The hook holds the weights: L = 1 + 0.5 x 2 + 0.25 x 3; the model gets the batch's own mask tensor
+    (on the host, where it reads its count), the target the full view only."""
+    seen = {}
+
+    def online(imgs, img_mask, sfr_mask):
+        seen["mask"] = img_mask
+        return torch.tensor(1.0), torch.tensor(2.0), F.normalize(torch.ones(2, 4), dim=-1), None, img_mask
+
+    def target(imgs):
+        seen["target_grad"] = torch.is_grad_enabled()
+        return F.normalize(torch.ones(2, 4), dim=-1)
+
+    batch = _batches(1)[0]
+    losses = forward_losses(online, target, batch, pretrain_loss(lambda pz: torch.tensor(3.0), 0.5, 0.25),
+                            torch.device("cpu"), "none")
+    assert {k: float(v) for k, v in losses.items()} == {"loss": 2.75, "loss_rec_all": 1.0, "loss_rec_sfr": 2.0,
+                                                         "loss_cl": 3.0}
+    assert seen["mask"] is batch["img_mask"] and seen["target_grad"] is False
+
+
+def test_ddp_wrap_without_moving_inputs_has_no_device_ids(monkeypatch):
+    """DDP with ``device_ids`` copies every input to the device before the model sees it; pre-training
+    wraps without them so the collate's host mask reaches the model, which reads its count there."""
+    made = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, **kw: made.append(kw) or model)
+    args, model = argparse.Namespace(distributed=True, device="cuda", gpu=3), nn.Linear(1, 1)
+    assert dist.wrap_model(model, args) is model and dist.wrap_model(model, args, move_inputs=False) is model
+    assert [kw["device_ids"] for kw in made] == [[3], None]
 
 
 def test_lr_per_iteration_with_accumulation_and_tensorboard_x():
@@ -129,8 +176,8 @@ def test_lr_per_iteration_with_accumulation_and_tensorboard_x():
 
 def test_ema_uses_global_step_momentum():
     args = _args(epochs=3)
-    momentum = cosine_scheduler(0.9, 1.0, 3, 4)
-    _, online, target, _ = _run_epoch(_batches(4), args, epoch=1, momentum=momentum)
+    momentum = _old_momentum(0.9, 3, 4)
+    _, online, target, _ = _run_epoch(_batches(4), args, epoch=1, momentum=momentum_at(0.9, 3))
     # lr = 0 keeps the online weights at 1; the target starts at 0, so t = 1 - prod(m_i), i = 4..7
     expected = 1 - torch.tensor(momentum[4:8]).prod()
     assert torch.allclose(online.w, torch.ones(4))
@@ -139,8 +186,8 @@ def test_ema_uses_global_step_momentum():
 
 def test_non_finite_batch_is_skipped_without_ema():
     args = _args(epochs=3)
-    momentum = cosine_scheduler(0.9, 1.0, 3, 4)
-    stats, _, target, _ = _run_epoch(_batches(4, nan_at=(2,)), args, epoch=1, momentum=momentum)
+    momentum = _old_momentum(0.9, 3, 4)
+    stats, _, target, _ = _run_epoch(_batches(4, nan_at=(2,)), args, epoch=1, momentum=momentum_at(0.9, 3))
     assert stats["skipped_batches"] == 1 and math.isfinite(stats["loss"])
     expected = 1 - momentum[4] * momentum[5] * momentum[7]
     assert torch.allclose(target.w, torch.full((4,), float(expected)))
@@ -224,11 +271,11 @@ def test_device_side_skip_equals_the_host_decision_bit_for_bit():
         torch.manual_seed(0)
         online, target = FakeOnline(), FakeTarget()
         ema, opt = EMATarget(online, target), build_adamw(online.parameters(), 1e-2, "cpu", fused=True)
-        scaler, cl = NativeScalerWithGradNormCount("cpu", enabled=False), build_cl_loss("SimSiam")
+        scaler, cl = NativeScalerWithGradNormCount("cpu", enabled=False), _loss(args)
         rows = []
         for batch in _batches(3, nan_at=(1,)):
-            row, _ = train_step(online, target, ema, batch, opt, scaler, cl, args, torch.device("cpu"), 0.9,
-                                device_skip=device_skip)
+            row, _ = train_step(online, target, ema, batch, opt, scaler, cl, StepConfig.from_args(args),
+                                torch.device("cpu"), 0.9, device_skip=device_skip)
             opt.zero_grad(set_to_none=True)
             rows.append(row)
         results.append((online.w.detach().clone(), target.w.detach().clone(),
@@ -245,13 +292,13 @@ def test_grad_norm_is_read_back_at_the_print_interval():
     finite ones (the non-finite batch's step is dropped) when the rows are read back."""
     args = _args(print_freq=2)
     batches = _batches(5, nan_at=(3,))
-    stats, *_ = _run_epoch(batches, args, momentum=np.ones(5))  # lr 0 and momentum 1: nothing moves
+    stats, *_ = _run_epoch(batches, args, momentum=lambda t: 1.0)  # lr 0 and momentum 1: nothing moves
     norms = []
     for i, b in enumerate(batches):
         if i == 3:
             continue
         online, target = FakeOnline(), FakeTarget()
-        forward_losses(online, target, b, build_cl_loss("SimSiam"), args, torch.device("cpu"), "none")["loss"].backward()
+        forward_losses(online, target, b, _loss(args), torch.device("cpu"), "none")["loss"].backward()
         norms.append(float(online.w.grad.norm()))
     assert stats["grad_norm"] == pytest.approx(sum(norms) / 4, rel=1e-6)
     assert stats["skipped_batches"] == 1

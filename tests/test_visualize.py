@@ -81,7 +81,7 @@ def test_reconstruct_undoes_per_patch_normalisation(monkeypatch, norm_pix_loss):
     if norm_pix_loss:
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     monkeypatch.setattr(model, "forward_decoder", lambda latent, ids: target)
-    out = visualize.reconstruct(model, imgs, torch.zeros(2, 16).index_fill_(1, torch.arange(12), 1), 0.75)
+    out = visualize.reconstruct(model, imgs, torch.zeros(2, 16).index_fill_(1, torch.arange(12), 1))
     assert out.shape == (2, 3, 32, 32) and torch.allclose(out, imgs, atol=1e-4)
     assert model.training                           # the caller's mode is restored
 

@@ -36,6 +36,11 @@ LossFactory = Callable[[torch.nn.Module, argparse.Namespace], LossFn]
 Rebuilder = Callable[..., "tuple[torch.nn.Module, Callable, dict]"]
 
 
+def plain_loss(criterion: torch.nn.Module, args: argparse.Namespace) -> LossFn:
+    """The default loss factory: ``criterion(model(samples), targets)`` (reads no flag)."""
+    return criterion_loss(criterion)
+
+
 @dataclass(frozen=True)
 class TestSet:
     """One benchmark: ``folder`` is relative to ``--test_root`` and holds ``{split}/{class folders}/``;
@@ -57,7 +62,8 @@ class FinetuneTask:
     * ``build_model(args)``: the classifier (registry name ``--model``); the keys a pre-training
       checkpoint cannot hold (new heads, adapters) are the model's own (``load_pretrained_encoder``).
     * ``configure_model(model, args)``: runs after the encoder is loaded, before DDP (e.g. freezing).
-    * ``make_loss(criterion, args) -> loss_fn``: see ``engine_finetune.LossFn``.
+    * ``make_loss(criterion, args) -> loss_fn``: reads the loss flags of ``args`` once and returns the hook
+      ``loss_fn(model, samples, targets, *, labels) -> (loss, components)`` (``engine_finetune.LossFn``).
     * ``output_fn(model, images) -> logits [N, C]``: evaluation forward.
     * ``extra_parsers``: argparse parents with the task's own flags, for its fine-tuning and test programs.
     * ``parser(task)``: the fine-tuning program's parser (None: ``finetune_runner.finetune_parser``).
@@ -81,7 +87,7 @@ class FinetuneTask:
     build_train_loader: LoaderBuilder = make_train_loader
     build_model: Callable[[argparse.Namespace], torch.nn.Module] = build_classifier
     configure_model: Callable[[torch.nn.Module, argparse.Namespace], None] | None = None
-    make_loss: LossFactory = criterion_loss
+    make_loss: LossFactory = plain_loss
     output_fn: OutputFn = logits_output
     test_sets: tuple[TestSet, ...] = ()
     metric_mode: str = "image"

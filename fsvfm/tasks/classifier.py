@@ -90,30 +90,31 @@ def check_resume_flags(args: argparse.Namespace, checkpoint: dict, path) -> None
                              f"{given} to resume it, or give another --output_dir to start afresh")
 
 
-def fs_adapter_loss(criterion: torch.nn.Module, args: argparse.Namespace, *, pos_class_index: int) -> LossFn:
-    """``criterion(logits, targets) + args.weight_cl * RealAnchorConLoss(tau = args.temperature)`` on the
-    projected bottleneck [N, 1, D / r] and the hard labels [N]; components ``cls_loss``, ``con_loss``."""
-    contrastive = RealAnchorConLoss(temperature=args.temperature, pos_class_index=pos_class_index)
-    weight = args.weight_cl
+def fs_adapter_loss(criterion: torch.nn.Module, weight_cl: float, temperature: float, *,
+                    pos_class_index: int) -> LossFn:
+    """``criterion(logits, targets) + weight_cl * RealAnchorConLoss(tau = temperature)`` on the projected
+    bottleneck [N, 1, D / r] and the hard labels [N]; components ``cls_loss``, ``con_loss``."""
+    contrastive = RealAnchorConLoss(temperature=temperature, pos_class_index=pos_class_index)
 
-    def loss_fn(model, samples, targets, args, *, labels):
+    def loss_fn(model, samples, targets, *, labels):
         logits, projected = model(samples, training=True)
         cls_loss = criterion(logits, targets)
         con_loss = contrastive(projected[:, None, :], labels)
-        return cls_loss + weight * con_loss, {"cls_loss": cls_loss, "con_loss": con_loss}
+        return cls_loss + weight_cl * con_loss, {"cls_loss": cls_loss, "con_loss": con_loss}
     return loss_fn
 
 
 def classifier_loss(vocabulary: ClassVocabulary):
     """Loss factory ``(criterion, args) -> LossFn`` of a classifier task: the plain criterion, or for an
-    FS-Adapter ``--model`` the adapter objective anchored on ``vocabulary.positive`` (real / live)."""
+    FS-Adapter ``--model`` the adapter objective (``--weight_cl``, ``--temperature``) anchored on
+    ``vocabulary.positive`` (real / live)."""
     def make_loss(criterion: torch.nn.Module, args: argparse.Namespace) -> LossFn:
         if not is_fs_adapter(args.model):
-            return criterion_loss(criterion, args)
+            return criterion_loss(criterion)
         logger.info("FS-Adapter objective: classification + %g x RealAnchorConLoss(temperature %g, anchor class "
                     "%d = %s)", args.weight_cl, args.temperature, vocabulary.positive,
                     vocabulary.names[vocabulary.positive])
-        return fs_adapter_loss(criterion, args, pos_class_index=vocabulary.positive)
+        return fs_adapter_loss(criterion, args.weight_cl, args.temperature, pos_class_index=vocabulary.positive)
     return make_loss
 
 

@@ -187,7 +187,7 @@ def fas_loss(criterion: nn.Module, args: argparse.Namespace, vocabulary: ClassVo
            if is_fs_adapter(args.model) else None)
     weight = args.weight_cl
 
-    def loss_fn(model, samples, targets, step, *, labels):
+    def loss_fn(model, samples, targets, *, labels):
         out = model(samples, norm_flag=True)
         logits = token0(out[0])
         cls_loss = criterion(logits, targets)

@@ -179,11 +179,15 @@ def run_then_cleanup(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def wrap_model(model: torch.nn.Module, args: argparse.Namespace,
-               find_unused_parameters: bool = False) -> torch.nn.Module:
-    """Wrap in DDP exactly once when distributed; otherwise return the model unchanged."""
+               find_unused_parameters: bool = False, move_inputs: bool = True) -> torch.nn.Module:
+    """Wrap in DDP exactly once when distributed; otherwise return the model unchanged.
+
+    ``move_inputs=False``: DDP hands the inputs over where they are (no ``device_ids``; the model sits on
+    one device already), so a CPU tensor the model reads on the host is not copied to the device first.
+    """
     if not getattr(args, "distributed", False):
         return model
-    device_ids = [args.gpu] if str(args.device).startswith("cuda") else None
+    device_ids = [args.gpu] if str(args.device).startswith("cuda") and move_inputs else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                      find_unused_parameters=find_unused_parameters)
 

@@ -1,4 +1,4 @@
-"""Learning-rate and momentum schedules (per iteration, fractional epochs)."""
+"""Learning-rate and EMA-momentum schedules: callables of the fractional epoch, set per iteration."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -23,12 +23,25 @@ class Schedule:
     unit: str = "epoch"
 
 
+def warmup_cosine(t: float, base: float, final: float, warmup: float, total: float) -> float:
+    """At fractional epoch ``t``: linear warm-up from 0 to ``base`` over ``warmup`` epochs, then a half-cosine
+    from ``base`` to ``final`` at ``total``."""
+    if t < warmup:
+        return base * t / warmup
+    span = max(total - warmup, 1e-12)
+    return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / span))
+
+
 def lr_at(epoch: float, args: argparse.Namespace) -> float:
-    """Linear warm-up from 0 over ``warmup_epochs``, then half-cosine from ``lr`` to ``min_lr``."""
-    if epoch < args.warmup_epochs:
-        return args.lr * epoch / args.warmup_epochs
-    span = max(args.epochs - args.warmup_epochs, 1e-12)
-    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - args.warmup_epochs) / span))
+    """The lr of ``args`` (``lr``, ``min_lr``, ``warmup_epochs``, ``epochs``) at ``epoch``; read at the call, since
+    ``args.lr`` is set when the optimizer is built."""
+    return warmup_cosine(epoch, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+
+
+def momentum_at(t_momentum: float, epochs: float) -> Callable[[float], float]:
+    """The EMA momentum of the target network: a half-cosine from ``t_momentum`` to 1.0 over ``epochs``, no
+    warm-up."""
+    return partial(warmup_cosine, base=t_momentum, final=1.0, warmup=0.0, total=epochs)
 
 
 def warn_if_warmup_too_long(args: argparse.Namespace) -> str | None:
@@ -48,20 +61,3 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
-
-
-def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: float, args: argparse.Namespace) -> float:
-    """Set every group's lr to ``lr_at(epoch) * group.get('lr_scale', 1)``; return the base lr."""
-    return set_learning_rate(optimizer, lr_at(epoch, args))
-
-
-def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
-                     warmup_epochs: int = 0, start_warmup_value: float = 0.0,
-                     warmup_steps: int = -1) -> np.ndarray:
-    """Per-iteration values: optional linear warm-up, then ``final + (base-final)/2 * (1 + cos(pi i/n))``."""
-    warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
-    n = epochs * niter_per_ep - warmup_iters
-    iters = np.arange(n)
-    schedule = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(n, 1)))
-    return np.concatenate((warmup, schedule))

@@ -38,8 +38,7 @@ MAX_CONSECUTIVE_SKIPS = 20
 @dataclass(frozen=True)
 class StepConfig:
     """What one optimisation step needs besides its collaborators: mixed precision, accumulation window,
-    gradient clipping and the progress interval. Parsed ``args`` carry the same attributes, so the
-    pre-training engine passes them as they are."""
+    gradient clipping and the progress interval; both engines take it instead of the parsed ``args``."""
 
     amp: str = "none"
     accum_iter: int = 1
@@ -96,10 +95,10 @@ def _found_inf(optimizer: torch.optim.Optimizer, flag: torch.Tensor | None) -> I
 
 def backward_step(losses: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                   loss_scaler: NativeScalerWithGradNormCount, parameters: Iterable[torch.nn.Parameter],
-                  args: argparse.Namespace | StepConfig, *, update: bool, window_bad: torch.Tensor | None,
+                  step: StepConfig, *, update: bool, window_bad: torch.Tensor | None,
                   device_skip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Reduce ``losses`` (key ``loss`` is back-propagated, divided by ``args.accum_iter``), backward,
-    and on ``update`` steps clip at ``args.clip_grad``, step and clear the gradients.
+    """Reduce ``losses`` (key ``loss`` is back-propagated, divided by ``step.accum_iter``), backward,
+    and on ``update`` steps clip at ``step.clip_grad``, step and clear the gradients.
 
     The step is dropped on every rank when any micro-batch of the window was non-finite on any rank
     (``window_bad``, carried between calls; None at a window's start). Returns ``(row, bad,
@@ -108,10 +107,10 @@ def backward_step(losses: Mapping[str, torch.Tensor], optimizer: torch.optim.Opt
     """
     local, sums, bad = reduce_losses_on_device(losses)
     window_bad = bad if window_bad is None else window_bad | bad
-    step = update and (device_skip or not bool(window_bad))  # the fallback's one sync per update
+    apply = update and (device_skip or not bool(window_bad))  # the fallback's one sync per update
     with _found_inf(optimizer, window_bad if update and device_skip else None):
-        norm = loss_scaler(losses["loss"] / max(int(args.accum_iter), 1), optimizer, clip_grad=args.clip_grad,
-                           parameters=parameters, update_grad=step)
+        norm = loss_scaler(losses["loss"] / max(step.accum_iter, 1), optimizer, clip_grad=step.clip_grad,
+                           parameters=parameters, update_grad=apply)
     row = step_row(local, sums, bad, norm, window_bad)
     if not update:
         return row, bad, window_bad
