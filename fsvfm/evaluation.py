@@ -56,7 +56,7 @@ from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
 from fsvfm.util.checkpoint import load_checkpoint, resolve_checkpoint_path
-from fsvfm.util.cli import USER_ERRORS, one_line, run_cli
+from fsvfm.util.cli import USER_ERRORS, entry_cli, one_line
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
 from fsvfm.util.images import unreadable_files
@@ -420,13 +420,15 @@ def _save_plots_and_scores(out: Path, name: str, test: ScoredSet, metrics: dict,
         save_video_scores(out / f"scores_{name}.csv", test.names, *videos)
 
 
-def cli(task: FinetuneTask, argv: list[str] | None = None, also: Sequence[FinetuneTask] = ()) -> dict:
-    """Parse ``argv`` and test (errors propagate: the library entry)."""
-    args = test_parser(task, also).parse_args(argv)
-    return run(args, chosen_task(args, task))
+def entry_points(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> tuple[Callable, Callable, Callable]:
+    """``(get_args_parser, main, cli)`` of the test program of ``task`` (``--task`` may choose one of ``also``):
+    ``main(args)`` tests and propagates errors (the library entry); ``cli(argv)`` is ``util.cli.run_cli``'s
+    boundary (a user mistake: one line, exit code 2)."""
+    def get_args_parser() -> argparse.ArgumentParser:
+        return test_parser(task, also)
 
+    def main(args: argparse.Namespace) -> dict:
+        """Test ``--resume``; returns the ``test_results.json`` content. Never calls ``exit``."""
+        return run(args, chosen_task(args, task))
 
-def main_for(task: FinetuneTask, argv: list[str] | None = None, also: Sequence[FinetuneTask] = ()) -> dict:
-    """The test program of ``task`` (user mistakes: one line, exit code 2; see ``util.cli.run_cli``);
-    ``--task`` chooses one of ``also`` instead."""
-    return run_cli(lambda args: run(args, chosen_task(args, task)), test_parser(task, also), argv)
+    return get_args_parser, main, entry_cli(main, get_args_parser)

@@ -30,6 +30,7 @@ from fsvfm.util import dist
 from fsvfm.util.amp import NativeScalerWithGradNormCount, resolve_amp
 from fsvfm.util.args import downstream_parents
 from fsvfm.util.checkpoint import check_finite_state
+from fsvfm.util.cli import entry_cli
 from fsvfm.util.lr_sched import Schedule
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.startup import start_run
@@ -107,6 +108,20 @@ def finetune_parser(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> ar
 def task_parser(task: FinetuneTask) -> argparse.ArgumentParser:
     """The fine-tuning program's parser of ``task``."""
     return (task.parser or finetune_parser)(task)
+
+
+def entry_points(task: FinetuneTask, also: Sequence[FinetuneTask] = ()) -> tuple[Callable, Callable, Callable]:
+    """``(get_args_parser, main, cli)`` of the fine-tuning program of ``task`` (``--task`` may choose one of
+    ``also``): ``main(args)`` propagates errors (the library entry); ``cli(argv)`` is ``util.cli.run_cli``'s
+    boundary (a user mistake: one line, exit code 2)."""
+    def get_args_parser() -> argparse.ArgumentParser:
+        return finetune_parser(task, also) if also else task_parser(task)
+
+    def main(args: argparse.Namespace) -> dict:
+        """Fine-tune; returns the task's report. Never calls ``exit``."""
+        return run(args, chosen_task(args, task))
+
+    return get_args_parser, main, entry_cli(main, get_args_parser)
 
 
 def run(args: argparse.Namespace, task: FinetuneTask) -> dict:

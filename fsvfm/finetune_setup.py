@@ -1,6 +1,7 @@
-"""Building blocks shared by the fine-tuning and test programs (DfD / DiFF now, FAS and the
-FS-Adapter later): the classifier (built by registry name), pre-trained encoder loading, rebuilding
-a fine-tuned classifier from its checkpoint, mixup/criterion and the layer-decayed optimizer."""
+"""The classifier's building blocks (``models_vit``, FS-Adapter variants included), used by the classifier tasks'
+table entries (``tasks/classifier.py``, ``tasks/dfd.py``), FAS's encoder loading and ``predict``: the classifier by
+registry name, pre-trained encoder loading, rebuilding a fine-tuned classifier from its checkpoint (the tasks'
+``rebuild``), mixup/criterion and the layer-decayed optimizer."""
 from __future__ import annotations
 
 import argparse

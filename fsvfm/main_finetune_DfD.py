@@ -11,29 +11,14 @@ real,deepfake,diffusion,spoof`` fine-tunes an N-class detector from class folder
 """
 from __future__ import annotations
 
-import argparse
-
 from fsvfm import finetune_runner
 from fsvfm.tasks.dfd import DFD_TASK, UNIFIED_TASK
-from fsvfm.util.cli import run_cli
 
 TASK = DFD_TASK
 ALSO = (UNIFIED_TASK,)  # --task Unified: an N-class detector from class folders (--classes)
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    return finetune_runner.finetune_parser(TASK, ALSO)
-
-
-def main(args: argparse.Namespace) -> dict:
-    """Fine-tune; returns ``{'min_val_loss', 'last_val', 'output_dir'}``. Never calls ``exit``."""
-    return finetune_runner.run(args, finetune_runner.chosen_task(args, TASK))
-
-
-def cli(argv: list[str] | None = None) -> dict:
-    """Parse ``argv`` and fine-tune (errors propagate: the library entry)."""
-    return main(get_args_parser().parse_args(argv))
-
+# main(args) returns {'min_val_loss', 'last_val', 'output_dir'}
+get_args_parser, main, cli = finetune_runner.entry_points(TASK, ALSO)
 
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    cli()

@@ -13,29 +13,13 @@ empty domain, bad ``--pt_model``) ends with one ``error:`` line and exit code 2 
 """
 from __future__ import annotations
 
-import argparse
-
 from fsvfm import finetune_runner
 from fsvfm.tasks.fas import FAS_TASK
-from fsvfm.util.cli import run_cli
 
 TASK = FAS_TASK
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    return finetune_runner.task_parser(TASK)
-
-
-def main(args: argparse.Namespace) -> dict:
-    """Fine-tune ``--runs`` runs; returns ``{'runs', 'mean', 'std', 'output_dir'}``. Never calls ``exit``."""
-    return finetune_runner.run(args, TASK)
-
-
-def cli(argv: list[str] | None = None) -> dict:
-    """``main`` behind the command-line boundary (``util.cli.run_cli``): a user mistake prints one
-    ``error:`` line and exits with code 2 (``SystemExit``)."""
-    return run_cli(main, get_args_parser(), argv)
-
+# main(args) runs --runs runs and returns {'runs', 'mean', 'std', 'output_dir'}
+get_args_parser, main, cli = finetune_runner.entry_points(TASK)
 
 if __name__ == "__main__":
     cli()

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 
 from fsvfm.data.device import add_loader_args
+from fsvfm.data.pretrain import require_roots
 from fsvfm.losses import CL_LOSSES
 from fsvfm.pretrain_runner import train
 from fsvfm.util.accel import add_speed_args
 from fsvfm.util.args import distributed_parser, input_parser, optimization_parser, run_parser
-from fsvfm.util.cli import run_cli
+from fsvfm.util.cli import entry_cli
 from fsvfm.util.startup import start_run
 
 
@@ -58,12 +59,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, float]:
     """Run pre-training; returns the last epoch's statistics."""
+    require_roots(args.data_path)  # before the output folder is made
     return start_run(args, "pretrain", train)
 
 
-def cli(argv: list[str] | None = None) -> dict[str, float]:
-    """``main`` behind the command-line boundary: a user mistake prints one line and exits with code 2."""
-    return run_cli(main, get_args_parser(), argv)
+cli = entry_cli(main, get_args_parser)
 
 
 if __name__ == "__main__":

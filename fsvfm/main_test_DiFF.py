@@ -5,31 +5,13 @@
 """
 from __future__ import annotations
 
-import argparse
-
 from fsvfm import evaluation
-from fsvfm.finetune_runner import chosen_task
 from fsvfm.tasks.dfd import DIFF_TASK, DIFF_TEST_SETS
-from fsvfm.util.cli import run_cli
 
-__all__ = ["DIFF_TASK", "DIFF_TEST_SETS", "get_args_parser", "main"]
+__all__ = ["DIFF_TASK", "DIFF_TEST_SETS", "cli", "get_args_parser", "main"]
 TASK = DIFF_TASK
-ALSO = ()
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    return evaluation.test_parser(TASK, ALSO)
-
-
-def main(args: argparse.Namespace) -> dict:
-    """Test ``--resume``; returns the ``test_results.json`` content. Never calls ``exit``."""
-    return evaluation.run(args, chosen_task(args, TASK))
-
-
-def cli(argv: list[str] | None = None) -> dict:
-    """``main`` behind the command-line boundary: a user mistake prints one ``error:`` line, exit code 2."""
-    return run_cli(main, get_args_parser(), argv)
-
+get_args_parser, main, cli = evaluation.entry_points(TASK)
 
 if __name__ == "__main__":
     cli()

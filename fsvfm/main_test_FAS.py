@@ -11,28 +11,12 @@ Outputs as the other test programs (``test_results.txt``/``.json``, ``scores_{ta
 """
 from __future__ import annotations
 
-import argparse
-
 from fsvfm import evaluation
 from fsvfm.tasks.fas import FAS_TASK
-from fsvfm.util.cli import run_cli
 
 TASK = FAS_TASK
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    return evaluation.test_parser(TASK)
-
-
-def main(args: argparse.Namespace) -> dict:
-    """Test ``--resume``; returns the ``test_results.json`` content. Never calls ``exit``."""
-    return evaluation.run(args, TASK)
-
-
-def cli(argv: list[str] | None = None) -> dict:
-    """``main`` behind the command-line boundary: a user mistake prints one ``error:`` line, exit code 2."""
-    return run_cli(main, get_args_parser(), argv)
-
+get_args_parser, main, cli = evaluation.entry_points(TASK)
 
 if __name__ == "__main__":
     cli()

@@ -38,11 +38,10 @@ esac
 MODEL="${row[0]}"
 DATA_ROOT="${DATA_ROOT:-datasets/finetune_datasets}"
 FF="$DATA_ROOT/deepfakes_detection/FaceForensics/32_frames"
-if [[ "$TASK" == DfD ]]; then
-  DATA_DEFAULT="$FF/DS_FF++_all_cls/c23"; RUN_NAME=FT_on_FF++_c23_32frames; TEST_PROGRAM=fsvfm/main_test_DfD.py
-else
-  DATA_DEFAULT="$FF/DS_FF++_each_cls/c23/DeepFakes"; RUN_NAME=FT_on_FF++_DF_c23_32frames; TEST_PROGRAM=fsvfm/main_test_DiFF.py
-fi
+# task -> its training folder under $FF and its run name (the test program is fsvfm/main_test_$TASK.py)
+declare -A TRAIN_FOLDER=([DfD]=DS_FF++_all_cls/c23 [DiFF]=DS_FF++_each_cls/c23/DeepFakes)
+declare -A RUN_NAMES=([DfD]=FT_on_FF++_c23_32frames [DiFF]=FT_on_FF++_DF_c23_32frames)
+DATA_DEFAULT="$FF/${TRAIN_FOLDER[$TASK]}"; RUN_NAME="${RUN_NAMES[$TASK]}"; TEST_PROGRAM="fsvfm/main_test_$TASK.py"
 row_setup "${row[1]}" "${row[9]}"
 OUTPUT_DIR="${OUTPUT_DIR:-${OUTPUT_ROOT:-$output_root}/${row[5]}/$RUN_NAME}"
 export NPROC_PER_NODE="${NPROC_PER_NODE:-2}" MASTER_PORT="${MASTER_PORT:-${row[6]}}"

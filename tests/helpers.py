@@ -24,13 +24,21 @@ import torch
 from PIL import Image
 from skimage.data import astronaut
 
-from fsvfm import main_finetune_DfD, main_pretrain, models_fsfm
+from fsvfm import evaluation, main_finetune_DfD, main_pretrain, models_fsfm
 from fsvfm.models_fas import create_fas_model
 from fsvfm.registry import create_model
 from fsvfm.util.checkpoint import save_checkpoint
 from fsvfm.util.naming import DFD_VOCABULARY, UNIFIED_RELEASE_PATH
 from fsvfm.util.norm_stats import STATS_FILENAME, write_mean_std
 from tools.synthetic_data import make_synthetic_pretrain_dataset
+
+
+def run_tests_of(task, argv, also=(), *, boundary: bool = False) -> dict:
+    """The test program of ``task`` on ``argv``: its library ``main`` (errors propagate), or with
+    ``boundary`` its ``cli`` (a user mistake: one line, exit code 2)."""
+    get_args_parser, main, cli = evaluation.entry_points(task, also)
+    return cli(argv) if boundary else main(get_args_parser().parse_args(argv))
+
 
 # ------------------------------------------------------------------------------------ paths
 REPO = Path(__file__).resolve().parents[1]

@@ -25,6 +25,7 @@ from tests.helpers import (
     finetune_argv,
     make_split_tree,
     pretrain_with_main,
+    run_tests_of,
     tiny_classifier,
     write_image,
     write_pretrain_checkpoint,
@@ -99,7 +100,7 @@ def test_finetune_then_test(workspace):
 
     test_root = _make_test_root(root / "tests_root")
     test_out = out / "experiments_test"
-    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
+    report = run_tests_of(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", test_out,
                                                                 "--test_root", str(test_root)))
     assert list(report["results"]) == ["Celeb-DF-v1", "DFDC"]
     assert report["norm_stats"]["source"] == "checkpoint norm_stats" and report["model"] == "vit_small_patch16"
@@ -129,7 +130,7 @@ def test_finetune_then_test(workspace):
             assert point.value == pytest.approx(res[level]["auc"])
 
     # a threshold chosen on the validation folder, applied to each test set
-    thr = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", out / "thr", "--test_root",
+    thr = run_tests_of(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth", out / "thr", "--test_root",
                                              str(test_root), "--metric_mode", "image_val_threshold",
                                              "--finetune_data_path", str(data)))
     v_labels, v_scores, _ = _frame_scores(model, transform, data / "val")
@@ -172,17 +173,19 @@ def test_split_files_finetune_and_list_test(workspace, tmp_path):
     abs_lines = [f"{data / line.split(', ')[0]},{line.split(', ')[1]}"
                  for line in (tmp_path / "val.txt").read_text().splitlines()]
     (tmp_path / "list.txt").write_text("\n".join(abs_lines) + "\n")
-    report = evaluation.cli(DFD_TASK, eval_argv(
+    report = run_tests_of(DFD_TASK, eval_argv(
         out / "checkpoint-0.pth", tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
         "--delimiter_in_split", ","))
     assert report["metric_mode"] == "image" and report["results"]["list"]["num_images"] == 8
     assert "video" not in report["results"]["list"]
 
 
-def test_missing_data_reported_before_training(workspace, tmp_path):
+def test_missing_data_reported_before_training(workspace, tmp_path, capsys):
     _, ckpt, _ = workspace
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(SystemExit) as stop:
         main_finetune_DfD.cli(finetune_argv(ckpt, tmp_path / "nowhere", tmp_path / "out"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and ": error: " in last and str(tmp_path / "nowhere") in last
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
@@ -220,7 +223,7 @@ def test_one_class_test_set_is_reported_and_the_others_still_run(workspace, tmp_
     for img in (test_root / dfdc / "test" / "real").iterdir():
         img.unlink()
     (test_root / dfdc / "test" / "real").rmdir()
-    report = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth",
+    report = run_tests_of(DFD_TASK, eval_argv(out / "checkpoint-min_val_loss.pth",
                                                                 tmp_path / "test", "--test_root", str(test_root)))
     assert report["results"]["DFDC"]["num_images"] == 4 and "both fake=0 and real=1" in report["results"]["DFDC"]["error"]
     assert report["results"]["Celeb-DF-v1"]["num_images"] == 8 and "error" not in report["results"]["Celeb-DF-v1"]
@@ -239,7 +242,7 @@ def test_cls_token_and_bf16_through_the_main(workspace, tmp_path):
     record = json.loads((out / "log.txt").read_text().splitlines()[0])
     assert math.isfinite(record["train_loss"]) and record["train_skipped_batches"] == 0
     # the test program rebuilds pooling and input size from the checkpoint (no --cls_token, no --input_size)
-    report = evaluation.cli(DFD_TASK, ["--resume", str(out / "checkpoint-0.pth"), "--output_dir", str(tmp_path / "t"),
+    report = run_tests_of(DFD_TASK, ["--resume", str(out / "checkpoint-0.pth"), "--output_dir", str(tmp_path / "t"),
                                        "--test_split", str(_list_file(data / "val", tmp_path / "val.txt")),
                                        "--delimiter_in_split", ",", "--num_workers", "0", "--device", "cpu",
                                        "--amp", "bf16"])

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsvfm import evaluation, main_finetune_DfD
+from fsvfm import main_finetune_DfD
 from fsvfm.finetune_setup import load_classifier_from_checkpoint, load_pretrained_encoder
 from fsvfm.losses import RealAnchorConLoss
 from fsvfm.main_test_DfD import DFD_TASK
@@ -26,6 +26,7 @@ from tests.helpers import (
     finetune_argv,
     make_split_tree,
     pretrain_with_main,
+    run_tests_of,
 )
 
 ADAPTER = "vit_small_patch16_fs_adapter"
@@ -120,10 +121,14 @@ def test_train_fc_norm_option(workspace, tmp_path):
     (("--model", "vit_small_patch16", "--trainable_modules", "fs-adapter"), "use --model vit_small_patch16_fs_adapter"),
     (("--model", ADAPTER, "--train_fc_norm"), "--train_fc_norm only applies"),
 ])
-def test_adapter_flag_mistakes_stop_before_training(workspace, tmp_path, extra, match):
+def test_adapter_flag_mistakes_stop_before_training(workspace, tmp_path, extra, match, capsys):
     _, ckpt, data = workspace
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(SystemExit) as stop:
         main_finetune_DfD.cli(finetune_argv(ckpt, data, tmp_path, *extra))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and ": error: " in last and match in last
+    with pytest.raises(ValueError, match=match):  # the library entry raises it
+        main_finetune_DfD.main(main_finetune_DfD.get_args_parser().parse_args(finetune_argv(ckpt, data, tmp_path, *extra)))
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
@@ -161,7 +166,7 @@ def test_adapter_finetune_then_test_from_main_pretrain(tmp_path):
     test_root = tmp_path / "tests_root"
     folder = next(t.folder for t in DIFF_TASK.test_sets if t.name == "DiFF_T2I")
     make_split_tree(test_root / folder, "test", videos=2, frames=2, classes=("fake", "real"))
-    report = evaluation.cli(DIFF_TASK, eval_argv(out / "checkpoint-0.pth", tmp_path / "test",
+    report = run_tests_of(DIFF_TASK, eval_argv(out / "checkpoint-0.pth", tmp_path / "test",
                                                  "--test_root", str(test_root), "--model", ADAPTER))
     assert report["model"] == ADAPTER and report["results"]["DiFF_T2I"]["num_images"] == 8
     # the rebuilt model (reduction 8 from the checkpoint) scores with logits only, as the test program did

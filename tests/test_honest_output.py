@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsvfm import app, evaluation, predict
+from fsvfm import app, predict
 from fsvfm.main_test_DfD import DFD_TASK
 from fsvfm.util.args import set_effective_lr
 from fsvfm.util.checkpoint import load_checkpoint, model_warnings
-from tests.helpers import detector_checkpoint, eval_argv, write_face_image
+from tests.helpers import detector_checkpoint, eval_argv, run_tests_of, write_face_image
 
 DEMO = "this detector was trained by the demo on toy data: its scores mean nothing"
 
@@ -67,7 +67,7 @@ def test_predict_app_and_test_program_say_it(toy, tmp_path, capsys):
     val = path.parent.parent / "data" / "val"
     lines = [f"{f},{0 if 'fake' in f.parent.name else 1}" for f in sorted(val.rglob("*.png"))]
     (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
-    report = evaluation.cli(DFD_TASK, eval_argv(path, tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
+    report = run_tests_of(DFD_TASK, eval_argv(path, tmp_path / "test", "--test_split", str(tmp_path / "list.txt"),
                                                 "--delimiter_in_split", ","))
     assert report["warnings"] == [DEMO, near]
     assert f"WARNING: {DEMO}" in (tmp_path / "test" / "test_results.txt").read_text()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fsvfm.util.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fsvfm"
 
@@ -120,3 +124,28 @@ def test_the_diff_test_program_loads_no_fas_code():
                          timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["fsvfm.tasks.dfd"]
+
+
+ENTRY_MISTAKES = {  # program -> (a mistake only main() can see, the one line it must print)
+    "main_pretrain": ([], "no pre-training data: give at least one --pretrain_data_path"),
+    "main_finetune_DfD": (["--train", "somewhere"], "--train needs --val too"),
+    "main_finetune_FAS": (["--config", "M"], "give --pt_model (a pre-training checkpoint) or --scratch"),
+    "main_test_DfD": ([], "--resume FINE_TUNED_CHECKPOINT is required"),
+    "main_test_DiFF": ([], "--resume FINE_TUNED_CHECKPOINT is required"),
+    "main_test_FAS": (["--config", "M"], "--resume FINE_TUNED_CHECKPOINT is required"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_MISTAKES))
+def test_every_entry_point_has_the_same_shape(name, capsys):
+    """``get_args_parser()``, ``main(args)`` (the library entry: the mistake propagates as a ``UserError``) and
+    ``cli(argv)`` (the same mistake as one ``error:`` line, exit code 2)."""
+    module = importlib.import_module(f"fsvfm.{name}")
+    extra, message = ENTRY_MISTAKES[name]
+    argv = ["--device", "cpu", *extra]
+    with pytest.raises(UserError, match=re.escape(message)):
+        module.main(module.get_args_parser().parse_args(argv))
+    with pytest.raises(SystemExit) as stop:
+        module.cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and ": error: " in err[-1] and message in err[-1]

@@ -13,13 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from fsvfm import evaluation, predict
+from fsvfm import predict
 from fsvfm.metrics import OneClassError, multiclass_metrics
 from fsvfm.registry import create_model
 from fsvfm.tasks import DFD_TASK, UNIFIED_TASK, TestSet
 from fsvfm.util.checkpoint import load_checkpoint
 from fsvfm.util.naming import UNIFIED_RELEASE_PATH, checkpoint_vocabulary
-from tests.helpers import SHARED, UNIFIED_CLASSES, eval_argv, faces_dir, unified_detector_checkpoint
+from tests.helpers import (
+    SHARED,
+    UNIFIED_CLASSES,
+    eval_argv,
+    faces_dir,
+    run_tests_of,
+    unified_detector_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +130,12 @@ def test_finetune_and_test_a_4_class_detector(tmp_path):
     log = [json.loads(line) for line in (ckpt.parent / "log.txt").read_text().splitlines()]
     # the logged validation AUC is the macro AUC of the same checkpoint tested on the val split
     val_task = dataclasses.replace(UNIFIED_TASK, test_sets=(TestSet("val", ".", split="val"),))
-    val = evaluation.cli(val_task, eval_argv(ckpt, tmp_path / "val", "--test_root", str(tmp_path / "data4"),
+    val = run_tests_of(val_task, eval_argv(ckpt, tmp_path / "val", "--test_root", str(tmp_path / "data4"),
                                              "--apply_simple_augment"))
     assert log[-1]["val_auc"] == pytest.approx(val["results"]["val"]["frame"]["macro_auc"], abs=1e-9)
 
     out = tmp_path / "test"
-    report = evaluation.cli(DFD_TASK, eval_argv(ckpt, out, "--task", "Unified", "--test_root", str(tmp_path / "data4")),
+    report = run_tests_of(DFD_TASK, eval_argv(ckpt, out, "--task", "Unified", "--test_root", str(tmp_path / "data4")),
                             also=(UNIFIED_TASK,))
     written = json.loads((out / "test_results.json").read_text())
     assert written["classes"] == list(UNIFIED_CLASSES) and written["metric_mode"] == "multiclass"
@@ -146,4 +153,4 @@ def test_finetune_and_test_a_4_class_detector(tmp_path):
 
     # the binary DfD test refuses it with the fix, rather than mislabelling its classes
     with pytest.raises(ValueError, match="test it with --task Unified"):
-        evaluation.cli(DFD_TASK, eval_argv(ckpt, tmp_path / "t2", "--test_root", str(tmp_path / "data4")))
+        run_tests_of(DFD_TASK, eval_argv(ckpt, tmp_path / "t2", "--test_root", str(tmp_path / "data4")))

@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsvfm import evaluation, main_finetune_DfD, main_finetune_FAS, main_pretrain
+from fsvfm import (
+    main_finetune_DfD,
+    main_finetune_FAS,
+    main_pretrain,
+    main_test_DfD,
+    main_test_DiFF,
+)
 from fsvfm.preprocess import fas_lists
-from fsvfm.tasks import DFD_TASK, DIFF_TASK, UNIFIED_TASK
 from fsvfm.util.cli import run_cli
 from tests.helpers import MODEL_KWARGS, PRETRAIN_OVERRIDES_JSON, REPO, write_pretrain_checkpoint
 from tools.synthetic_data import draw_parsing_map, render_face, render_fas_face
@@ -27,23 +32,18 @@ TINY_FINETUNE = ["--model", "vit_small_patch16", "--model_kwargs", MODEL_KWARGS,
                  "--batch_size", "2", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0"]
 
 
-def _main_of(parser_module):
-    return lambda argv: run_cli(parser_module.main, parser_module.get_args_parser(), argv)
-
-
 # program as the doc names it -> (run(argv), tiny flags appended)
 PROGRAMS = {
-    "fsvfm/main_finetune_DfD.py": (_main_of(main_finetune_DfD), TINY_FINETUNE),
-    "fsvfm/main_test_DfD.py": (lambda a: evaluation.main_for(DFD_TASK, a, also=(UNIFIED_TASK,)),
-                               ["--batch_size", "4", "--num_workers", "0"]),
-    "fsvfm/main_test_DiFF.py": (lambda a: evaluation.main_for(DIFF_TASK, a), ["--batch_size", "4", "--num_workers", "0"]),
-    "fsvfm/main_finetune_FAS.py": (_main_of(main_finetune_FAS), [
+    "fsvfm/main_finetune_DfD.py": (main_finetune_DfD.cli, TINY_FINETUNE),
+    "fsvfm/main_test_DfD.py": (main_test_DfD.cli, ["--batch_size", "4", "--num_workers", "0"]),
+    "fsvfm/main_test_DiFF.py": (main_test_DiFF.cli, ["--batch_size", "4", "--num_workers", "0"]),
+    "fsvfm/main_finetune_FAS.py": (main_finetune_FAS.cli, [
         "--model", "vit_small_patch16", "--model_kwargs", MODEL_KWARGS, "--input_size", "32", "--iters", "2",
         "--eval_freq", "2", "--runs", "1", "--batch_size", "2", "--test_batch_size", "4"]),
-    "fsvfm/main_pretrain.py": (_main_of(main_pretrain), [
+    "fsvfm/main_pretrain.py": (main_pretrain.cli, [
         "--model", "fsfm_vit_small_patch16", "--model_kwargs", PRETRAIN_OVERRIDES_JSON, "--input_size", "32", "--batch_size", "2",
         "--num_workers", "0", "--warmup_epochs", "1"]),
-    "-m fsvfm.preprocess.fas_lists": (_main_of(fas_lists), []),
+    "-m fsvfm.preprocess.fas_lists": (lambda argv: run_cli(fas_lists.main, fas_lists.get_args_parser(), argv), []),
 }
 
 

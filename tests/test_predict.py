@@ -14,14 +14,22 @@ import pytest
 import torch
 from PIL import Image
 
-from fsvfm import evaluation, predict
+from fsvfm import predict
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.predict import Detector
 from fsvfm.preprocess.faces import FaceCropper, square_box
 from fsvfm.preprocess.jobs import Job, Options, Worker
 from fsvfm.preprocess.video import read_frames
 from fsvfm.util.checkpoint import load_checkpoint
-from tests.helpers import detector_checkpoint, eval_argv, face_frame, faces_dir, write_face_image, write_video
+from tests.helpers import (
+    detector_checkpoint,
+    eval_argv,
+    face_frame,
+    faces_dir,
+    run_tests_of,
+    write_face_image,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +104,7 @@ def test_scores_equal_the_test_program(ckpt, inputs, tmp_path):
     assert dict(worker.run(Job("crop_image", str(inputs["photo"]), (str(crop),))).counts) == {"done": 1}
     assert dict(worker.run(Job("crop_video", str(inputs["clip"]), (str(folder / "fake"),), "clip", 4)).counts) == {"done": 4}
     out = tmp_path / "test"
-    evaluation.cli(DFD_TASK, eval_argv(ckpt, out, "--test_root", str(root), "--test_sets", "Celeb-DF-v1"))
+    run_tests_of(DFD_TASK, eval_argv(ckpt, out, "--test_root", str(root), "--test_sets", "Celeb-DF-v1"))
     with open(out / "scores_Celeb-DF-v1_frames.csv", newline="") as fh:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
     assert sorted(rows) == ["clip_frame_0.png", "clip_frame_3.png", "clip_frame_6.png", "clip_frame_9.png",

@@ -31,6 +31,7 @@ from tests.helpers import (
     eval_argv,
     finetune_argv,
     make_split_tree,
+    run_tests_of,
     write_image,
 )
 
@@ -112,7 +113,7 @@ def test_test_program_skips_bad_images_groups_videos_by_folder_and_keeps_going(s
             for f in range(2):
                 write_image(root / _folder("DFD") / "test" / cls / f"v{v}_frame_{f}.png", real, seed=10 * v + f)
     out = tmp_path / "out"
-    report = evaluation.main_for(DFD_TASK, eval_argv(finetuned, out, "--test_root", str(root), "--layer_decay", "0.65",
+    report = run_tests_of(DFD_TASK, boundary=True, argv=eval_argv(finetuned, out, "--test_root", str(root), "--layer_decay", "0.65",
                                                      "--finetune", "x.pth", "--clip_grad", "1", "--data_path", "d"))
     celeb, dfdc, dfd = (report["results"][k] for k in ("Celeb-DF-v1", "DFDC", "DFD"))
     assert celeb["num_images"] == 8 and celeb["skipped_files"] == 2
@@ -128,7 +129,7 @@ def test_test_program_skips_bad_images_groups_videos_by_folder_and_keeps_going(s
         "fake/v0", "fake/v1", "real/v0", "real/v1"}
 
     with pytest.raises(SystemExit) as exit_info:  # only the failing set: nothing could be evaluated
-        evaluation.main_for(DFD_TASK, eval_argv(finetuned, tmp_path / "o2", "--test_root", str(root),
+        run_tests_of(DFD_TASK, boundary=True, argv=eval_argv(finetuned, tmp_path / "o2", "--test_root", str(root),
                                                 "--test_sets", "DFDC"))
     assert exit_info.value.code == 2
 
@@ -151,7 +152,7 @@ def _user_error(capsys, fn, argv) -> str:
 
 def test_user_mistakes_end_with_one_line_and_exit_code_2(setup, tmp_path, capsys):
     root, pretrained, data, finetuned = setup
-    test = lambda argv: evaluation.main_for(DFD_TASK, argv)  # noqa: E731
+    test = lambda argv: run_tests_of(DFD_TASK, boundary=True, argv=argv)  # noqa: E731
     train = lambda argv: run_cli(main_finetune_DfD.main, main_finetune_DfD.get_args_parser(), argv)  # noqa: E731
     out = str(tmp_path / "o")
     missing = tmp_path / "nowhere.pth"

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from fsvfm import evaluation
 from fsvfm.main_test_DfD import DFD_TASK, DFD_TEST_SETS
 from fsvfm.tasks import TestSet
 from tests.helpers import (
@@ -19,6 +18,7 @@ from tests.helpers import (
     finetune_argv,
     free_port,
     make_split_tree,
+    run_tests_of,
     write_image,
     write_pretrain_checkpoint,
 )
@@ -47,7 +47,7 @@ def test_two_process_dist_eval_matches_one_process(tmp_path):
 
     # validation gathered over 2 ranks == the same checkpoint evaluated on the whole set in one process
     val_task = dataclasses.replace(DFD_TASK, test_sets=(TestSet("val", ".", split="val"),), metric_mode="image")
-    one = evaluation.cli(val_task, eval_argv(out / "checkpoint-0.pth", tmp_path / "val1",
+    one = run_tests_of(val_task, eval_argv(out / "checkpoint-0.pth", tmp_path / "val1",
                                                          "--test_root", str(data), "--apply_simple_augment"))
     res = one["results"]["val"]
     assert res["num_images"] == 9
@@ -62,7 +62,7 @@ def test_two_process_dist_eval_matches_one_process(tmp_path):
     argv = eval_argv(out / "checkpoint-0.pth", tmp_path / "t2", "--test_root", str(root), "--dist_eval")
     _torchrun("fsvfm/main_test_DfD.py", argv)
     two = json.loads((tmp_path / "t2" / "test_results.json").read_text())["results"]["WDF"]
-    single = evaluation.cli(DFD_TASK, eval_argv(out / "checkpoint-0.pth", tmp_path / "t1", "--test_root", str(root)))
+    single = run_tests_of(DFD_TASK, eval_argv(out / "checkpoint-0.pth", tmp_path / "t1", "--test_root", str(root)))
     one = single["results"]["WDF"]
     assert two["num_images"] == one["num_images"] == 19
     assert two["video"]["num_videos"] == 7

@@ -151,10 +151,15 @@ class FaceParsingDataset(SkipsUnreadable, Dataset):
         return {"image": img, "parsing_map": parsing_map}
 
 
-def build_pretrain_dataset(roots: Sequence[str | os.PathLike], transform: PretrainTransform) -> Dataset:
-    """One ``FaceParsingDataset`` per root, concatenated (repeated ``--pretrain_data_path``)."""
+def require_roots(roots: Sequence[str | os.PathLike] | None) -> None:
+    """Refuse a run without ``--pretrain_data_path`` (before anything is written)."""
     if not roots:
         raise UsageError("no pre-training data: give at least one --pretrain_data_path")
+
+
+def build_pretrain_dataset(roots: Sequence[str | os.PathLike], transform: PretrainTransform) -> Dataset:
+    """One ``FaceParsingDataset`` per root, concatenated (repeated ``--pretrain_data_path``)."""
+    require_roots(roots)
     datasets = [FaceParsingDataset(root, transform) for root in roots]
     for ds in datasets:
         logger.info("data root %s: %d samples (%d images without a map skipped)", ds.root, len(ds),

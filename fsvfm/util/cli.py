@@ -83,6 +83,16 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def entry_cli(main: Callable[[argparse.Namespace], Any],
+              get_args_parser: Callable[[], argparse.ArgumentParser]) -> Callable[..., Any]:
+    """The ``cli(argv=None)`` of a ``main_*.py``: ``run_cli(main, get_args_parser(), argv)``, so every entry
+    point has the same command-line boundary (one ``error:`` line and exit 2 for a user mistake)."""
+    def cli(argv: Sequence[str] | None = None) -> Any:
+        return run_cli(main, get_args_parser(), argv)
+    cli.__doc__ = f"``{main.__module__}.main`` behind the command-line boundary (``util.cli.run_cli``)."
+    return cli
+
+
 def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
             argv: Sequence[str] | None = None, *, return_code: bool = False) -> Any:
     """Parse ``argv`` (default ``sys.argv[1:]``) with ``parser`` plus ``--debug``, check the device flags
