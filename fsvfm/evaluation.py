@@ -3,8 +3,9 @@ table, class vocabulary, evaluation output and metric mode (``fsvfm.metrics.METR
 
 ``main_test_DfD.py``, ``main_test_DiFF.py`` and ``main_test_FAS.py`` each test one task; the checkpoint is
 rebuilt by the task's ``rebuild``. A metric mode that ``needs_validation`` (a threshold chosen on validation
-data) also gets the predictions on ``--val_split`` / ``--finetune_data_path``'s ``val/``; a task with
-``threshold_data`` (FAS: the training sources' test lists) gets its threshold from those.
+data) also gets the predictions on ``--val_split`` / ``--finetune_data_path``'s ``val/``; a task with a
+``tester`` (FAS) names its own sets, the data its threshold is chosen on (FAS: the training sources' test
+lists) and writes its own summary file.
 
 Outputs in ``--output_dir``: ``test_results.txt`` (appended), ``test_results.json``,
 ``roc_{set}.png``, ``scores_{set}.csv`` (one row per video ``{class folder}/{name before _frame_}``;
@@ -43,17 +44,18 @@ from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
 from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
 from fsvfm.metrics import (
     METRIC_MODES,
+    MetricMode,
     OneClassError,
     ScoredSet,
     VideoGroupingError,
     get_video_level_label_pred,
     roc_points,
 )
-from fsvfm.tasks import FinetuneTask, TestSet
+from fsvfm.tasks import FinetuneTask, Tester, TestSet
 from fsvfm.util import dist
 from fsvfm.util.amp import resolve_amp
 from fsvfm.util.args import default_output_dir, downstream_parents
-from fsvfm.util.checkpoint import load_checkpoint
+from fsvfm.util.checkpoint import load_checkpoint, resolve_checkpoint_path
 from fsvfm.util.cli import USER_ERRORS, entry_cli, one_line
 from fsvfm.util.errors import DataError, UsageError
 from fsvfm.util.fileio import atomic_path, atomic_write_text
@@ -121,7 +123,7 @@ def select_test_sets(table: Sequence[TestSet], root: str, names: Sequence[str] |
     return present
 
 
-def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_classes: int,
+def _test_sets(args: argparse.Namespace, task: FinetuneTask, tester: Tester | None, transform, num_classes: int,
                vocabulary: ClassVocabulary) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
     """``(name, source, build)`` per selected set; ``build()`` makes the data set (it may fail alone)."""
     if args.test and (args.test_split or args.test_sets):
@@ -131,8 +133,8 @@ def _test_sets(args: argparse.Namespace, task: FinetuneTask, transform, num_clas
             raise FileNotFoundError(f"--test {args.test}: folder not found (it holds class folders, e.g. real/, fake/)")
         yield Path(args.test).name, args.test, lambda: TestImageFolder(args.test, transform, vocabulary)
         return
-    if task.test_data is not None and not args.test_split:
-        yield from task.test_data(args, transform)
+    if tester is not None and not args.test_split:
+        yield from tester.sets(transform)
         return
     if args.test_split:
         yield Path(args.test_split).stem, args.test_split, lambda: SplitFileDataset(
@@ -185,8 +187,10 @@ def _stamp() -> str:
     return datetime.datetime.now().strftime("[%Y-%m-%d %H:%M:%S] ")
 
 
-def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict, skipped: int = 0) -> list[str]:
-    """``test_results.txt`` block: header, FRAME-LEVEL line, and a VIDEO-LEVEL line in video mode."""
+def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict, skipped: int = 0,
+                 mode: MetricMode | None = None) -> list[str]:
+    """``test_results.txt`` block: header, FRAME-LEVEL line, the metric ``mode``'s own lines (its ``lines``),
+    and a VIDEO-LEVEL line in video mode."""
     f = metrics["frame"]
     unreadable = f", {skipped} unreadable image(s) skipped" if skipped else ""
     lines = [f"===== {name}: {n_images} test images ({source}){unreadable} ====="]
@@ -205,12 +209,8 @@ def result_lines(name: str, n_images: int, source: str, loss: float, metrics: di
         lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
                      f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
                      f"ACC: {f['acc_at_val_threshold']:.3f}")
-    if "fas" in metrics:
-        v = metrics["fas"]
-        lines.append(f"VIDEO-LEVEL  HTER: {100 * v['hter']:.2f}  AUC: {100 * v['auc']:.2f}  TPR@FPR=1%: "
-                     f"{100 * v['tpr_at_fpr']:.2f}  EER threshold: {v['threshold']:.4f}  ({v['num_videos']} videos)")
-        if "hter_src" in v:
-            lines.append(f"AT SOURCE THRESHOLD {v['threshold_src']:.4f}  HTER: {100 * v['hter_src']:.2f}")
+    if mode is not None and mode.lines is not None:
+        lines += mode.lines(metrics)
     if "video" in metrics and "error" in metrics["video"]:
         lines.append(f"VIDEO-LEVEL  skipped: {metrics['video']['error']}")
     elif "video" in metrics:
@@ -303,8 +303,10 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if ignored:
         logger.info("ignored (fine-tuning flags): %s", " ".join(ignored))
     device = torch.device(args.device)
-    checkpoint = load_checkpoint(args.resume)
-    model, transform, info = task.rebuild(args.resume, device, checkpoint=checkpoint,
+    tester = task.tester(args) if task.tester is not None else None
+    local = resolve_checkpoint_path(args.resume)  # hf:// fetched once; the rebuild gets the file and its content
+    checkpoint = load_checkpoint(local)
+    model, transform, info = task.rebuild(args.resume, device, checkpoint=checkpoint, local=local,
                                           **{k: getattr(args, k, None) for k in REBUILD_KEYS})
     model_name, n_classes = info["model"], int(info.get("nb_classes") or len(task.vocabulary.names))
     vocabulary = run_vocabulary(args, task, checkpoint, n_classes)
@@ -324,10 +326,10 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     val = None
     if METRIC_MODES[args.metric_mode].needs_validation:
         val = evaluate_set(_validation_set(args, vocabulary, transform, n_classes), "Validation:")[1]
-    elif task.threshold_data is not None and not (args.test_split or args.test):
-        held_out = task.threshold_data(args, transform)
+    elif tester is not None and not (args.test_split or args.test):
+        held_out = tester.threshold_data(transform)
         val = None if held_out is None else evaluate_set(held_out, "Threshold data:")[1]
-    for name, source, build in _test_sets(args, task, transform, n_classes, vocabulary):
+    for name, source, build in _test_sets(args, task, tester, transform, n_classes, vocabulary):
         try:
             dataset = build()
             pred, test, skipped = evaluate_set(dataset, f"Test {name}:")
@@ -340,8 +342,8 @@ def _run(args: argparse.Namespace, task: FinetuneTask) -> dict:
     if writer is not None:
         writer.close()
     _finish(args, report, start)
-    if task.test_report is not None and dist.is_main_process():
-        task.test_report(args, report, checkpoint)
+    if tester is not None and dist.is_main_process():
+        tester.report(report, checkpoint)
     return report
 
 
@@ -392,7 +394,7 @@ def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet,
         metrics = METRIC_MODES[args.metric_mode].compute(test, val)
     except OneClassError as e:
         return _set_failed(args, name, source, str(e), **counts) | {"unreadable_files": list(skipped)}
-    lines = result_lines(name, n, source, loss, metrics, len(skipped))
+    lines = result_lines(name, n, source, loss, metrics, len(skipped), METRIC_MODES[args.metric_mode])
     for line in lines:
         logger.info(line)
     if main:

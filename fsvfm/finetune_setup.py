@@ -8,7 +8,8 @@ import argparse
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from fsvfm.util.checkpoint import (
     load_model_weights,
     model_state_from,
     model_warnings,
+    resolve_checkpoint_path,
 )
 from fsvfm.util.dist import unwrap_model
 from fsvfm.util.norm_stats import checkpoint_mean_std
@@ -59,7 +61,7 @@ def _summarise(keys: Iterable[str]) -> str:
 def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
                             new_prefixes: tuple[str, ...] = ("head.", "fc_norm."),
                             head_init_std: float = 2e-5, zero_head_bias: bool | None = None,
-                            strip_prefix: str = "") -> dict[str, list[str]]:
+                            strip_prefix: str = "", state: Mapping[str, torch.Tensor] | None = None) -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into a classifier.
 
     Keys the classifier does not have (decoders, projector, predictor, ``norm`` with global
@@ -69,12 +71,13 @@ def load_pretrained_encoder(model: torch.nn.Module, path: str | os.PathLike,
     ``CheckpointError``. A freshly initialised head gets trunc-normal(std ``head_init_std``) weights
     and a zero bias unless ``zero_head_bias`` is False (None: the model's ``zero_head_bias_on_load``,
     default True; the FS-Adapter keeps its uniform bias). ``strip_prefix`` is removed from the
-    file's keys first. Returns ``{'missing', 'ignored'}``.
+    file's keys first; ``state``: the file's weights when the caller has already read them (``path`` then only
+    names them in messages). Returns ``{'missing', 'ignored'}``.
     """
     new_prefixes = (*new_prefixes, *getattr(model, "new_param_prefixes", ()))
     if zero_head_bias is None:
         zero_head_bias = getattr(model, "zero_head_bias_on_load", True)
-    state = dict(model_state_from(load_checkpoint(path), path))
+    state = dict(model_state_from(load_checkpoint(path), path) if state is None else state)
     if strip_prefix:
         state = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in state.items()}
     own = model.state_dict()
@@ -196,7 +199,7 @@ def _rebuild_args(path: str | os.PathLike, checkpoint: dict, state: dict[str, to
 
 
 def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", *,
-                                    checkpoint: dict | None = None,
+                                    checkpoint: dict | None = None, local: Path | None = None,
                                     **overrides: Any) -> tuple[torch.nn.Module, Callable, dict[str, Any]]:
     """Rebuild a fine-tuned classifier from its checkpoint, in eval mode on ``device``, with the
     test programs' eval transform (PIL image -> normalised tensor [3, S, S]).
@@ -210,9 +213,11 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
     ``norm_stats``, else the statistics file next to it. Returns ``(model, transform, info)`` with
     ``info``: ``model``, ``input_size``, ``nb_classes``, ``mean``, ``std``, ``norm_source``,
     ``eval_transform``. A pre-training checkpoint is a ``CheckpointError`` saying "fine-tune it first".
-    ``checkpoint``: the file's content when the caller has already loaded it (read once).
+    ``checkpoint`` / ``local``: the file's content / the file ``path`` resolved to, when the caller has them
+    (read and resolved once).
     """
-    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    local = resolve_checkpoint_path(path) if local is None else local
+    checkpoint = load_checkpoint(local) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
     args = _rebuild_args(path, checkpoint, state, overrides)
     if args.model not in list_models(family="classifier"):
@@ -220,7 +225,7 @@ def load_classifier_from_checkpoint(path: str | os.PathLike, device: torch.devic
                               f"known: {list_models(family='classifier')}")
     check_model_kwargs({"img_size": args.input_size, "num_classes": args.nb_classes, **args.model_kwargs}, path)
     model = build_for_weights(lambda: build_classifier(args), state, path, args.model)
-    mean, std, source = checkpoint_mean_std(checkpoint, path, imagenet=args.normalize_from_IMN)
+    mean, std, source = checkpoint_mean_std(checkpoint, local, imagenet=args.normalize_from_IMN)
     resize = "resize-256 + centre-crop" if args.apply_simple_augment else "full resize"
     info = {"model": args.model, "input_size": args.input_size, "nb_classes": args.nb_classes, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"{resize} to {args.input_size}", "warnings": model_warnings(checkpoint)}

@@ -189,9 +189,12 @@ MetricFn = Callable[[ScoredSet, "ScoredSet | None"], dict[str, dict[str, float]]
 
 @dataclass(frozen=True)
 class MetricMode:
+    """``lines(metrics)``: the ``test_results.txt`` lines of the mode's own level, after the frame level."""
+
     compute: MetricFn
     needs_validation: bool = False
     description: str = ""
+    lines: Callable[[dict], list[str]] | None = None
 
 
 def image_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
@@ -314,6 +317,17 @@ def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, 
     return {"frame": binary_metrics(test.labels, test.scores, test.preds), "fas": {"num_videos": len(probs), **out}}
 
 
+def fas_result_lines(metrics: dict) -> list[str]:
+    """The FAS figures (percent) of ``fas_video_level``: at the test set's own EER threshold, and at the
+    held-out source threshold when there was one."""
+    v = metrics["fas"]
+    lines = [f"VIDEO-LEVEL  HTER: {100 * v['hter']:.2f}  AUC: {100 * v['auc']:.2f}  TPR@FPR=1%: "
+             f"{100 * v['tpr_at_fpr']:.2f}  EER threshold: {v['threshold']:.4f}  ({v['num_videos']} videos)"]
+    if "hter_src" in v:
+        lines.append(f"AT SOURCE THRESHOLD {v['threshold_src']:.4f}  HTER: {100 * v['hter_src']:.2f}")
+    return lines
+
+
 METRIC_MODES: dict[str, MetricMode] = {
     "image": MetricMode(image_level, description="image-level metrics"),
     "video": MetricMode(frame_and_video_level, description="frame- and video-level metrics"),
@@ -322,5 +336,6 @@ METRIC_MODES: dict[str, MetricMode] = {
     "multiclass": MetricMode(multiclass_level, description="N-class image level: ACC, per-class and macro "
                                                            "one-vs-rest AUC, confusion matrix"),
     "fas": MetricMode(fas_video_level, description="FAS video level: HTER/AUC/TPR@FPR=1% (+ HTER at a "
-                                                   "threshold from held-out source data when given)"),
+                                                   "threshold from held-out source data when given)",
+                      lines=fas_result_lines),
 }

@@ -93,11 +93,11 @@ def test_saturation_wrap_reaches_the_training_sets(tmp_path):
     assert [(real.saturation_wrap, fake.saturation_wrap) for _, real, fake in sets] == [(True, True)] * 4
     assert not fd.build_train_sets(fd.get_protocol("M"), root, [0.5] * 3, [0.2] * 3, 8)[0][1].saturation_wrap
     from fsvfm.main_finetune_FAS import get_args_parser
-    from fsvfm.tasks import FAS_TASK
+    from fsvfm.tasks.fas import build_fas_datasets
     tf = fd.fas_transform(True, [0.5] * 3, [0.2] * 3, 8)
     for flag, want in (([], False), (["--saturation_wrap"], True)):
         args = get_args_parser().parse_args(["--config", "M", "--fas_data_root", str(root), *flag])
-        train, _ = FAS_TASK.build_datasets(args, tf, tf, FAS_TASK.vocabulary)
+        train, _ = build_fas_datasets(args, fd.get_protocol("M"), tf, tf)
         assert {ds.saturation_wrap for _, real, fake in train for ds in (real, fake)} == {want}
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from fsvfm import main_finetune_FAS, main_test_FAS, predict
-from fsvfm.data.fas import fas_transform
+from fsvfm.data.fas import fas_transform, get_protocol
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.metrics import METRIC_MODES, ScoredSet, fas_eer_states, fas_hter_at
 from fsvfm.models_fas import create_fas_model
@@ -39,8 +39,10 @@ from tests.helpers import (
     PRETRAIN_STATS,
     TINY_FSFM,
     TINY_VIT,
+    add_to_cache,
     faces_dir,
     read_report,
+    tiny_classifier,
     write_pretrain_checkpoint,
 )
 from tools.synthetic_data import make_synthetic_fas_tree
@@ -77,11 +79,12 @@ def test_protocol_table_decides_sources_target_and_held_out_data(workspace):
             ("M", ["oulu", "casia", "replay", "celeb"], "msu", ["oulu", "casia", "replay"], 2),
             ("cefa", ["wmca", "surf", "celeb"], "cefa", ["wmca", "surf"], 1)):  # WCS: one image per "video"
         args = engine_fas.fas_parser().parse_args(["--config", config, "--fas_data_root", str(data)])
-        train, test = engine_fas.build_fas_datasets(args, tf, tf)
+        protocol = get_protocol(config)
+        train, test = engine_fas.build_fas_datasets(args, protocol, tf, tf)
         assert [d for d, _, _ in train] == sources
         assert all(set(real.labels) == {1} and set(fake.labels) == {0} for _, real, fake in train)
         assert {Path(p).parts[-4] for p in test.paths} == {target}
-        source, domains = engine_fas.build_source_test_set(args, tf)
+        source, domains = engine_fas.build_source_test_set(protocol, data, tf)
         assert domains == held_out and {Path(p).parts[-4] for p in source.paths} == set(held_out)
         assert len(source) == len(held_out) * 2 * 3 * frames  # live + spoof, 3 videos each
 
@@ -177,7 +180,7 @@ def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     args.amp, args.distributed = "none", False
     task = engine_fas.FAS_TASK
     model = task.build_model(args)
-    engine_fas.FASExperiment.load_encoder(argparse.Namespace(args=args), model)
+    engine_fas.FASExperiment.load_encoder(argparse.Namespace(args=args, pt_state=engine_fas.load_pt_model(pre)[1]), model)
     task.configure_model(model, args)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = engine_fas.fas_optimizer(model, args)
@@ -186,7 +189,7 @@ def test_adapter_step_trains_only_adapter_embedder_classifier(workspace):
     assert trainable == {n for n in before if n.startswith(("embedder.bottleneck_layer_fc", "classifier."))
                          or ".adapter." in n or ".projector." in n}
     tf = fas_transform(True, (0.5,) * 3, (0.5,) * 3, 32)
-    train, _ = task.build_datasets(args, tf, tf, task.vocabulary)
+    train, _ = engine_fas.build_fas_datasets(args, get_protocol("M"), tf, tf)
     stats = train_one_epoch(model, task.make_loss(torch.nn.CrossEntropyLoss(), args), task.build_train_loader(train, args, torch.device("cpu")),
                             optimizer, torch.device("cpu"), 0, NativeScalerWithGradNormCount("cpu", enabled=False),
                             StepConfig("none", print_freq=args.print_freq), lr_at=engine_fas.fas_schedule(args).lr)
@@ -362,6 +365,79 @@ def test_main_test_fas_usage_errors_are_one_line(trained, workspace, tmp_path, c
                            "--output_dir", str(tmp_path / "o"), "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and str(tmp_path / "none") in err[-1]
+
+
+# ------------------------------------------------------------------------------- values travel once
+def _count_calls(monkeypatch, name: str, modules) -> list[tuple]:
+    """Replace ``name`` in each module by one counting wrapper of the original; the list of call arguments."""
+    calls, original = [], getattr(modules[0], name)
+
+    def counted(*a, **kw):
+        calls.append(a)
+        return original(*a, **kw)
+    for module in modules:
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_protocol_and_pt_model_are_resolved_once_per_fine_tuning(workspace, tmp_path, monkeypatch):
+    """Two runs: ``--config`` becomes a protocol once, ``--pt_model`` is read once, and both runs start from the
+    same encoder weights (the file's)."""
+    from fsvfm.data import fas as fas_data
+    _, data, pre = workspace
+    protocols = _count_calls(monkeypatch, "get_protocol", [fas_data, engine_fas])
+    loads, torch_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(Path(f).resolve()) or torch_load(f, *a, **kw))
+    encoders, load_encoder = [], engine_fas.FASExperiment.load_encoder
+
+    def recorded(self, model):
+        load_encoder(self, model)
+        encoders.append({k: v.detach().clone() for k, v in model.backbone.vit.state_dict().items()})
+    monkeypatch.setattr(engine_fas.FASExperiment, "load_encoder", recorded)
+    assert len(main_finetune_FAS.cli(fas_argv(pre, data, tmp_path, "--iters", "2"))["runs"]) == 2
+    assert protocols == [("M",)]
+    assert loads.count(Path(pre).resolve()) == 1
+    pretrained = model_state_from(torch_load(pre, weights_only=False))
+    shared = [k for k in encoders[0] if k in pretrained]
+    assert len(encoders) == 2 and len(shared) == len(encoders[0]) - 2  # all but fc_norm.{weight,bias}
+    assert all(torch.equal(encoders[0][k], encoders[1][k]) and torch.equal(encoders[0][k], pretrained[k])
+               for k in shared)
+
+
+def test_main_test_fas_resolves_protocol_and_checkpoint_once_and_writes_the_fas_lines(trained, workspace, tmp_path,
+                                                                                      cache, monkeypatch):
+    """An ``hf://`` checkpoint is fetched once per test command (the rebuild gets the local file), ``--config``
+    becomes a protocol once, and ``test_results.txt`` holds the FAS lines of ``test_results.json``'s figures."""
+    from fsvfm.data import fas as fas_data
+    from fsvfm.util import checkpoint as checkpoint_io
+    _, data, _ = workspace
+    ckpt = trained / "msu_vit_0_shot_checkpoint_run_1.pth.tar"
+    add_to_cache(cache, "mine/msu_vit_0_shot_checkpoint_run_1.pth.tar", ckpt.read_bytes())
+    protocols = _count_calls(monkeypatch, "get_protocol", [fas_data, engine_fas])
+    fetched = _count_calls(monkeypatch, "resolve_hub_uri", [checkpoint_io])
+    report, tested = _test_fas("hf://Wolowolo/fsfm-3c/mine/msu_vit_0_shot_checkpoint_run_1.pth.tar", data, tmp_path)
+    assert protocols == [("M",)]
+    assert fetched == [("hf://Wolowolo/fsfm-3c/mine/msu_vit_0_shot_checkpoint_run_1.pth.tar",)]
+    assert tested["1"] == read_report(trained / "performance.csv")[1]["1"]
+    fas = report["results"]["msu"]["fas"]
+    lines = [line.split("] ", 1)[1] for line in (tmp_path / "test_results.txt").read_text().splitlines()]
+    block = lines[lines.index(next(x for x in lines if x.startswith("===== msu: "))):][:5]
+    assert block[1].startswith("FRAME-LEVEL  ACC: ") and block[4].startswith("Testing time ")
+    assert block[2:4] == [
+        f"VIDEO-LEVEL  HTER: {100 * fas['hter']:.2f}  AUC: {100 * fas['auc']:.2f}  TPR@FPR=1%: "
+        f"{100 * fas['tpr_at_fpr']:.2f}  EER threshold: {fas['threshold']:.4f}  (6 videos)",
+        f"AT SOURCE THRESHOLD {fas['threshold_src']:.4f}  HTER: {100 * fas['hter_src']:.2f}"]
+
+
+def test_a_classifier_rebuild_fetches_its_hf_path_once(cache, tmp_path, monkeypatch):
+    from fsvfm.finetune_setup import load_classifier_from_checkpoint
+    from fsvfm.util import checkpoint as checkpoint_io
+    src = save_checkpoint(tmp_path / "ft.pth", tiny_classifier().state_dict(), norm_stats={"mean": [0.5] * 3, "std": [0.25] * 3},
+                          args={"model": "vit_small_patch16", "input_size": 32, "model_kwargs": MODEL_KWARGS})
+    add_to_cache(cache, "mine/ft.pth", src.read_bytes())
+    fetched = _count_calls(monkeypatch, "resolve_hub_uri", [checkpoint_io])
+    assert load_classifier_from_checkpoint("hf://Wolowolo/fsfm-3c/mine/ft.pth")[2]["norm_source"] == "checkpoint norm_stats"
+    assert fetched == [("hf://Wolowolo/fsfm-3c/mine/ft.pth",)]
 
 
 # ----------------------------------------------------------------------------------- resume, skips

@@ -96,8 +96,7 @@ def test_the_fas_task_checks_every_list_before_reading_one(tmp_path):
     fas_lists.write_fas_lists(tmp_path / "frames", tmp_path / "fas")
     args = argparse.Namespace(config="C", fas_data_root=str(tmp_path / "fas"))
     with pytest.raises(fd.FASDataError, match=r"^10 list files of --config C not found: .*oulu_real_train\.txt"):
-        engine_fas.build_fas_datasets(args, None, None)
+        engine_fas.build_fas_datasets(args, fd.get_protocol("C"), None, None)
     (tmp_path / "fas/WCS/txt/custom_fake_test.txt").unlink()
-    args.config = "custom"
     with pytest.raises(fd.FASDataError, match=r"custom_fake_test\.txt: list file not found \(.*fas_lists"):
-        engine_fas.build_fas_datasets(args, None, None)
+        engine_fas.build_fas_datasets(args, fd.get_protocol("custom"), None, None)

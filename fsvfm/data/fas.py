@@ -325,7 +325,7 @@ class BalancedSourceBatches(Iterator[tuple[torch.Tensor, torch.Tensor]]):
 
 
 def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, embedded: object = None, *,
-                 finetuned: bool = False) -> tuple[list[float], list[float], str]:
+                 finetuned: bool = False, local: Path | None = None) -> tuple[list[float], list[float], str]:
     """Normalisation statistics ``(mean, std, source)``: ImageNet with ``--normalize_from_IMN``; else ``embedded``
     (a fine-tuned checkpoint's ``norm_stats``); else the first line of ``dirname(checkpoint)/pretrain_ds_mean_std.txt``
     (``hf://`` too). Then, for training from ``--pt_model``, ImageNet as the original (also without a checkpoint).
@@ -333,8 +333,12 @@ def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, e
     ``finetuned`` (scoring a FAS checkpoint, whose folder the original never gives a statistics file): the
     statistics training used instead, i.e. those of the pre-trained release the FAS release started from
     (found locally, or fetched when ``checkpoint`` came from the hub itself), else the VGGFace2 values
-    of every released pre-trained model. The source is logged."""
-    files = [resolve_checkpoint_path(checkpoint).parent / STATS_FILENAME] if checkpoint and not imagenet else []
+    of every released pre-trained model. The source is logged. ``local``: the file ``checkpoint`` resolved to,
+    when the caller has resolved it (``hf://`` is fetched once)."""
+    if checkpoint and not imagenet:
+        files = [(resolve_checkpoint_path(checkpoint) if local is None else Path(local)).parent / STATS_FILENAME]
+    else:
+        files = []
     if not finetuned:
         return resolve_mean_std(imagenet=imagenet, embedded=embedded, files=files,
                                 fallback=(IMAGENET_MEAN, IMAGENET_STD), fallback_name="ImageNet")
@@ -349,10 +353,11 @@ def fas_mean_std(checkpoint: str | os.PathLike | None, imagenet: bool = False, e
     return mean, std, source
 
 
-def fas_training_mean_std(pt_model: str | os.PathLike | None, imagenet: bool,
-                          output_dir: str | os.PathLike) -> tuple[list[float], list[float], str]:
-    """:func:`fas_mean_std` of a training run from ``pt_model``, with the fine-tuning programs' warning when
-    ``output_dir`` already holds a statistics file with other values (left by a run on other data)."""
-    mean, std, source = fas_mean_std(pt_model, imagenet)
+def fas_training_mean_std(pt_model: str | os.PathLike | None, imagenet: bool, output_dir: str | os.PathLike,
+                          local: Path | None = None) -> tuple[list[float], list[float], str]:
+    """:func:`fas_mean_std` of a training run from ``pt_model`` (``local``: the file it resolved to), with the
+    fine-tuning programs' warning when ``output_dir`` already holds a statistics file with other values (left
+    by a run on other data)."""
+    mean, std, source = fas_mean_std(pt_model, imagenet, local=local)
     warn_if_stale(Path(output_dir) / STATS_FILENAME, mean, std, source)
     return mean, std, source

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,7 +32,8 @@ DatasetBuilder = Callable[[argparse.Namespace, Callable, Callable, ClassVocabula
 LoaderBuilder = Callable[[Dataset, argparse.Namespace, torch.device], DataLoader]
 # (criterion matching mixup/smoothing, args) -> loss hook
 LossFactory = Callable[[torch.nn.Module, argparse.Namespace], LossFn]
-# (checkpoint path, device, checkpoint=<its content when already loaded>, **overrides)
+# (checkpoint path, device, checkpoint=<its content when already loaded>, local=<the file the path resolved
+#  to (hf:// fetched) when already resolved>, **overrides)
 #   -> (model in eval mode returning logits [N, C], eval transform, info)
 Rebuilder = Callable[..., "tuple[torch.nn.Module, Callable, dict]"]
 
@@ -39,6 +41,20 @@ Rebuilder = Callable[..., "tuple[torch.nn.Module, Callable, dict]"]
 def plain_loss(criterion: torch.nn.Module, args: argparse.Namespace) -> LossFn:
     """The default loss factory: ``criterion(model(samples), targets)`` (reads no flag)."""
     return criterion_loss(criterion)
+
+
+class Tester(Protocol):
+    """A task's side of its test program, built once per command from its arguments (``FinetuneTask.tester``),
+    so what the task derives from its flags (FAS: the protocol of ``--config``) is derived once."""
+
+    def sets(self, transform: Callable) -> Iterator[tuple[str, str, Callable[[], Dataset]]]:
+        """``(name, source, build)`` per set, when they are not the ``test_sets`` folder table."""
+
+    def threshold_data(self, transform: Callable) -> Dataset | None:
+        """The data a decision threshold is chosen on, or None."""
+
+    def report(self, report: dict, checkpoint: dict) -> None:
+        """The task's own summary file, from ``test_results.json``'s content and the tested checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,8 @@ class FinetuneTask:
     """Everything task-specific of fine-tuning and testing. Defaults = full fine-tuning of a
     ``models_vit`` classifier with cross-entropy (+ mixup) on ``train/`` and ``val/`` folders.
 
+    * ``build_datasets``, ``build_train_loader``: the data hooks (``ClassifierExperiment`` builds its data with
+      both; FAS's experiment builds its sets from its protocol and uses ``build_train_loader``).
     * ``build_model(args)``: the classifier (registry name ``--model``); the keys a pre-training
       checkpoint cannot hold (new heads, adapters) are the model's own (``load_pretrained_encoder``).
     * ``configure_model(model, args)``: runs after the encoder is loaded, before DDP (e.g. freezing).
@@ -70,13 +88,13 @@ class FinetuneTask:
     * ``check_args(args)``: fills the task's argument defaults and refuses usage mistakes (``UsageError``).
     * ``experiment(args, task, device)``: the runner's task side (``finetune_runner.Experiment``).
     * ``output_kind``: the default output folder is ``./checkpoint/$USER/experiments_{output_kind}/``.
-    * ``rebuild(path, device, **overrides)``: a fine-tuned checkpoint of the task, ready for inference
-      (``fsvfm.predict``, the test programs).
+    * ``rebuild(path, device, checkpoint=, local=, **overrides)``: a fine-tuned checkpoint of the task, ready
+      for inference (``fsvfm.predict``, the test programs); a caller that has read (``checkpoint``) or resolved
+      (``local``) the file passes it on, so it is read and resolved once.
     * ``crop_mode``: how ``fsvfm.predict`` cuts faces out of a photo for this task's models.
-    * ``test_flags(parser)``: adds the test program's own flags; ``test_data(args, transform)``: its sets as
-      ``(name, source, build)`` when they are not the ``test_sets`` folder table; ``threshold_data(args,
-      transform)``: the data a decision threshold is chosen on (a data set or None); ``test_report(args,
-      report, checkpoint)``: the task's own summary file after testing.
+    * ``test_flags(parser)``: adds the test program's own flags; ``tester(args)``: the task's side of the test
+      program (a ``Tester``: its sets when they are not the ``test_sets`` folder table, the data a decision
+      threshold is chosen on, its own summary file), built once per command.
     * ``multiclass``: N classes named by ``--classes`` (``vocabulary`` is the default), ``--nb_classes``
       follows them.
     """
@@ -100,9 +118,7 @@ class FinetuneTask:
     output_kind: str = "finetune"
     crop_mode: str = "dlib_square"
     test_flags: Callable[[argparse.ArgumentParser], None] | None = None
-    test_data: Callable | None = None
-    threshold_data: Callable | None = None
-    test_report: Callable | None = None
+    tester: Callable[[argparse.Namespace], Tester] | None = None
     multiclass: bool = False
 
     def vocabulary_for(self, args: argparse.Namespace, split_file: str | None = None) -> ClassVocabulary:

@@ -32,8 +32,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from torch.utils.data import Dataset
 from fsvfm.data.fas import (
     PROTOCOLS,
     BalancedSourceBatches,
+    Protocol,
     build_test_set,
     build_train_sets,
     check_protocol_lists,
@@ -81,6 +83,7 @@ from fsvfm.util.checkpoint import (
     load_model_weights,
     load_optimizer_state,
     model_state_from,
+    resolve_checkpoint_path,
     save_checkpoint,
 )
 from fsvfm.util.errors import UsageError
@@ -119,17 +122,21 @@ def build_fas_model(args: argparse.Namespace) -> nn.Module:
     return create_fas_model(args.model, drop_path=args.drop_path, embed_norm=args.embed_norm, **kwargs)
 
 
-def load_fas_encoder(model: nn.Module, path: str | os.PathLike) -> dict[str, list[str]]:
+def load_fas_encoder(model: nn.Module, path: str | os.PathLike,
+                     state: Mapping[str, torch.Tensor] | None = None) -> dict[str, list[str]]:
     """Load a pre-training checkpoint's encoder into ``model.backbone.vit`` (``fc_norm`` and the
-    adapter's new modules are the only keys it may miss); MCF checkpoints prefix the encoder ``target_encoder.``."""
-    return load_pretrained_encoder(model.backbone.vit, path, strip_prefix="target_encoder.")
+    adapter's new modules are the only keys it may miss); MCF checkpoints prefix the encoder ``target_encoder.``.
+    ``state``: the file's weights when the caller has already read them (``path`` then only names them)."""
+    return load_pretrained_encoder(model.backbone.vit, path, strip_prefix="target_encoder.", state=state)
 
 
-def check_pt_model(path: str | os.PathLike) -> None:
-    """``UsageError`` when ``--pt_model`` is a fine-tuned detector (a classifier head, a task or class
-    names, FAS network weights) rather than a pre-training checkpoint: its head would be dropped silently."""
+def load_pt_model(path: str | os.PathLike) -> tuple[Path, Mapping[str, torch.Tensor]]:
+    """``(local file, weights)`` of ``--pt_model`` (``hf://`` is fetched): resolved and read once per command.
+    ``UsageError`` when it is a fine-tuned detector (a classifier head, a task or class names, FAS network
+    weights) rather than a pre-training checkpoint: its head would be dropped silently."""
     try:
-        checkpoint = load_checkpoint(path)
+        local = resolve_checkpoint_path(path)
+        checkpoint = load_checkpoint(local)
         state = model_state_from(checkpoint, path)
     except CheckpointError as e:
         raise CheckpointError(f"--pt_model: {e}") from e
@@ -142,6 +149,7 @@ def check_pt_model(path: str | os.PathLike) -> None:
     if signs:
         raise UsageError(f"--pt_model {path} is a fine-tuned detector ({', '.join(signs)}), not a pre-training "
                          "checkpoint: give main_pretrain.py's checkpoint (e.g. FS-VFM_ViT-B_VF2_600e/checkpoint-600.pth)")
+    return local, state
 
 
 def configure_fas_model(model: nn.Module, args: argparse.Namespace) -> None:
@@ -200,24 +208,25 @@ def fas_loss(criterion: nn.Module, args: argparse.Namespace, vocabulary: ClassVo
 
 
 # ------------------------------------------------------------------------------------- data
-def build_fas_datasets(args: argparse.Namespace, train_transform, test_transform,
-                       vocabulary: ClassVocabulary = FAS_VOCABULARY) -> tuple[list, Dataset]:
-    """``([(domain, real set, fake set)] of the training sources, target test set)`` of ``--config``
-    under ``--fas_data_root``. Errors (``FASDataError``) name the list file and line."""
-    protocol = get_protocol(args.config)
+def build_fas_datasets(args: argparse.Namespace, protocol: Protocol, train_transform,
+                       test_transform) -> tuple[list, Dataset]:
+    """``([(domain, real set, fake set)] of the training sources, target test set)`` of ``protocol`` (the
+    one ``--config`` names) under ``--fas_data_root``. Errors (``FASDataError``) name the list file and line."""
     check_protocol_lists(protocol, args.fas_data_root)
     return (build_train_sets(protocol, args.fas_data_root, transform=train_transform,
                              saturation_wrap=getattr(args, "saturation_wrap", False)),
             build_test_set(protocol.target, args.fas_data_root, transform=test_transform))
 
 
-def build_source_test_set(args: argparse.Namespace, test_transform) -> tuple[Dataset | None, list[str]]:
-    """The held-out source data a threshold is chosen on: the test lists of the training sources (not the
-    target; CelebA-Spoof has none). ``(None, [])`` when no source has test lists."""
-    domains = source_test_domains(get_protocol(args.config), args.fas_data_root)
+def build_source_test_set(protocol: Protocol, root: str | os.PathLike, test_transform,
+                          domains: list[str] | None = None) -> tuple[Dataset | None, list[str]]:
+    """The held-out source data a threshold is chosen on: the test lists of ``protocol``'s training sources
+    under ``root`` (not the target; CelebA-Spoof has none). ``(None, [])`` when no source has test lists.
+    ``domains``: ``source_test_domains`` when the caller has already found them."""
+    domains = source_test_domains(protocol, root) if domains is None else domains
     if not domains:
         return None, []
-    return build_test_set(domains, args.fas_data_root, transform=test_transform), domains
+    return build_test_set(domains, root, transform=test_transform), domains
 
 
 class IterationChunks:
@@ -271,12 +280,15 @@ def infer_fas_model_name(state: dict[str, torch.Tensor]) -> str:
 
 
 def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu", *,
-                             checkpoint: dict | None = None, **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+                             checkpoint: dict | None = None, local: Path | None = None,
+                             **overrides: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild a FAS checkpoint (ours or a released ``.pth.tar``) for inference: ``(FASLogits(model) in eval
     mode, eval transform PIL -> [3, S, S], info)``; weights load strictly; normalisation from the
     checkpoint's ``norm_stats``, else the statistics file beside it, else those training used (``fas_mean_std``).
-    ``checkpoint``: the file's content when the caller has already loaded it (read once)."""
-    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
+    ``checkpoint`` / ``local``: the file's content / the file ``path`` resolved to, when the caller has them
+    (read and resolved once)."""
+    local = resolve_checkpoint_path(path) if local is None else local
+    checkpoint = load_checkpoint(local) if checkpoint is None else checkpoint
     state = model_state_from(checkpoint, path)
     stored = args_dict(checkpoint)
     name = overrides.get("model") or stored.get("model") or infer_fas_model_name(state)
@@ -290,7 +302,8 @@ def load_fas_from_checkpoint(path: str | os.PathLike, device: torch.device | str
     add_embedder_aliases(state, "embedder.")  # released files may hold either name of the embedder layer
     model = build_for_weights(lambda: create_fas_model(name, embed_norm=stored.get("embed_norm") or "tokens", **kwargs),
                               state, path, name)
-    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"), finetuned=True)
+    mean, std, source = fas_mean_std(path, bool(overrides.get("normalize_from_IMN")), checkpoint.get("norm_stats"),
+                                     finetuned=True, local=local)
     info = {"model": fas_registry_name(name), "input_size": size, "mean": mean, "std": std, "norm_source": source,
             "eval_transform": f"bicubic resize to {size}"}
     return FASLogits(model).to(device).eval(), fas_transform(False, mean, std, size), info
@@ -435,21 +448,21 @@ class FASExperiment:
         self.runs = args.runs
         self.schedule = fas_schedule(args)
         self.step = StepConfig(args.amp, 1, None, args.print_freq)
-        if args.pt_model:
-            check_pt_model(args.pt_model)
+        self.protocol = get_protocol(args.config)
+        # --pt_model is resolved and read once; every run starts from these weights
+        local, self.pt_state = load_pt_model(args.pt_model) if args.pt_model else (None, None)
         check_experiment_folder(args)
-        self.data = self._data()
+        self.data = self._data(local)
 
-    def _data(self) -> _Data:
-        args, task = self.args, self.task
-        mean, std, source = fas_training_mean_std(args.pt_model, args.normalize_from_IMN, args.output_dir)
+    def _data(self, pt_local: Path | None) -> _Data:
+        args, protocol = self.args, self.protocol
+        mean, std, source = fas_training_mean_std(args.pt_model, args.normalize_from_IMN, args.output_dir, pt_local)
         logger.info("normalisation: mean %s std %s (from %s)", mean, std, source)
         if dist.is_main_process():
             record_mean_std(args.output_dir, mean, std)
         train_tf, test_tf = (fas_transform(t, mean, std, args.input_size) for t in (True, False))
-        train, test = task.build_datasets(args, train_tf, test_tf, task.vocabulary)
-        held_out, domains = build_source_test_set(args, test_tf)
-        protocol = get_protocol(args.config)
+        train, test = build_fas_datasets(args, protocol, train_tf, test_tf)
+        held_out, domains = build_source_test_set(protocol, args.fas_data_root, test_tf)
         logger.info("protocol %s: %s -> %s; %s; target test: %d frames; source threshold from %s", args.config,
                     "+".join(protocol.train_sources), protocol.target,
                     ", ".join(f"{d} {len(r)} live/{len(f)} spoof" for d, r, f in train), len(test),  # type: ignore[arg-type]
@@ -463,9 +476,9 @@ class FASExperiment:
 
     def load_encoder(self, model: nn.Module) -> None:
         args = self.args
-        if args.pt_model:
+        if self.pt_state is not None:
             try:
-                load_fas_encoder(model, args.pt_model)
+                load_fas_encoder(model, args.pt_model, self.pt_state)
             except CheckpointError as e:
                 raise CheckpointError(f"--pt_model: {e}; give a pre-training checkpoint of --model {args.model}") from e
         elif args.scratch:
@@ -488,9 +501,12 @@ class FASExperiment:
     def _out(self, name: str) -> Path:
         return Path(self.args.output_dir) / name
 
+    def _checkpoint(self, run: int) -> Path:
+        return checkpoint_path(self.args.output_dir, self.protocol.target, run)
+
     def finished(self, run: int) -> dict | None:
         path = self._out(f"run_{run}_result.json")
-        if not (path.is_file() and checkpoint_path(self.args, run).is_file()):
+        if not (path.is_file() and self._checkpoint(run).is_file()):
             return None
         result = json.loads(path.read_text(encoding="utf-8"))
         logger.info("run %d: finished earlier (HTER %.2f), kept", run, result["hter"])
@@ -507,7 +523,7 @@ class FASExperiment:
             load_optimizer_state(optimizer, ckpt["optimizer"], last)
             scaler.load_state_dict(ckpt.get("scaler") or {})
             start = int(ckpt["epoch"]) + 1
-            best_file = checkpoint_path(self.args, run)  # written at or after that interval: the run's best
+            best_file = self._checkpoint(run)  # written at or after that interval: the run's best
             metrics = load_checkpoint(best_file).get("metrics") if best_file.is_file() else None
             if metrics:
                 self.best = _Best(metrics["hter"], dict(metrics))
@@ -544,7 +560,7 @@ class FASExperiment:
             state = None if data.source is None else {k: v.detach().to("cpu", copy=True)
                                                       for k, v in model.state_dict().items()}
             self.best = _Best(metrics["hter"], metrics, test, state)
-            _save(args, model, data, run, iteration, test, metrics)
+            _save(args, self._checkpoint(run), model, data, run, iteration, test, metrics)
         _log_evaluation(args, run, iteration, train, metrics, self.best, self.start, writer, self._skipped())
         if dist.is_main_process() and interval + 1 < self.schedule.intervals:
             save_checkpoint(self._out(f"run_{run}_last.pth"), model.state_dict(), optimizer=optimizer,
@@ -557,7 +573,7 @@ class FASExperiment:
         hter_src = math.nan
         if data.source is not None:
             if best.state is None:  # resumed after the best evaluation: its weights are in the run's checkpoint
-                best.state = model_state_from(load_checkpoint(checkpoint_path(args, run)))
+                best.state = model_state_from(load_checkpoint(self._checkpoint(run)))
             model.load_state_dict(best.state)
             if best.test is None:   # its target scores too, for the threshold moved onto them
                 best.test, _ = score_fas_set(model, data.test, args, self.device, header=f"Run {run} test:")
@@ -588,19 +604,19 @@ class FASExperiment:
         return {"runs": results, **summary, "output_dir": args.output_dir}
 
 
-def checkpoint_path(args: argparse.Namespace, run: int) -> Path:
+def checkpoint_path(output_dir: str | os.PathLike, target: str, run: int) -> Path:
     """The original's file name: ``{op_dir}/{target}_vit_0_shot_checkpoint_run_{run}.pth.tar``."""
-    return Path(args.output_dir) / f"{get_protocol(args.config).target}_vit_0_shot_checkpoint_run_{run}.pth.tar"
+    return Path(output_dir) / f"{target}_vit_0_shot_checkpoint_run_{run}.pth.tar"
 
 
-def _save(args: argparse.Namespace, model: nn.Module, data: _Data, run: int, iteration: int,
+def _save(args: argparse.Namespace, path: Path, model: nn.Module, data: _Data, run: int, iteration: int,
           test: ScoredSet, m: dict[str, float]) -> None:
     """The original's keys (``best_model_EER`` holds the HTER, S7) plus how to rebuild the model."""
     if not dist.is_main_process():
         return
     frame_acc = 100 * float(np.mean(test.preds == test.labels))
     valid_arg = [m["loss"], frame_acc, m["eer"], m["hter"], m["auc"], m["threshold"], 100 * m["acc"], m["tpr_at_fpr"]]
-    save_checkpoint(checkpoint_path(args, run), model.state_dict(), model_key="state_dict",
+    save_checkpoint(path, model.state_dict(), model_key="state_dict",
                     epoch=(iteration + 1) // args.eval_freq, args=args, model_name=fas_registry_name(args.model),
                     norm_stats=data.norm_stats, task="FAS", valid_arg=valid_arg, best_model_EER=round(m["hter"], 5),
                     best_model_ACER=m["hter"], best_model_ACC=100 * m["acc"], threshold=m["threshold"],
@@ -666,39 +682,46 @@ def fas_test_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(amp="none")  # fp32 as the original, also on CUDA
 
 
-def fas_test_data(args: argparse.Namespace, transform) -> Iterator[tuple[str, str, Any]]:
-    """The target domain's test lists of ``--config``: the test program's one set."""
-    target = get_protocol(args.config).target
-    yield target, str(Path(args.fas_data_root)), lambda: build_test_set(target, args.fas_data_root,
-                                                                         transform=transform)
+class FASTester:
+    """main_test_FAS.py's side (``FinetuneTask.tester``), built once per command: ``--config`` becomes its
+    protocol here, whose target's test lists are tested and whose sources' test lists give the threshold."""
 
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.protocol = args, get_protocol(args.config)
 
-def fas_threshold_data(args: argparse.Namespace, transform) -> Dataset | None:
-    """The training sources' test lists (the source threshold of fine-tuning's report), or None."""
-    return build_source_test_set(args, transform)[0]
+    @cached_property
+    def source_domains(self) -> list[str]:
+        return source_test_domains(self.protocol, self.args.fas_data_root)
 
+    def sets(self, transform) -> Iterator[tuple[str, str, Any]]:
+        """The target domain's test lists: the test program's one set."""
+        target, root = self.protocol.target, self.args.fas_data_root
+        yield target, str(Path(root)), lambda: build_test_set(target, root, transform=transform)
 
-def fas_test_report(args: argparse.Namespace, report: dict, checkpoint: dict) -> None:
-    """``--report_logger_path``: the fine-tuning report's CSV with the tested checkpoint as its one run."""
-    target = get_protocol(args.config).target
-    m = report["results"].get(target, {}).get("fas")
-    if m is None:
-        return
-    result = {"run": int(checkpoint.get("run") or 0), "hter": 100 * m["hter"], "auc": 100 * m["auc"],
-              "tpr": 100 * m["tpr_at_fpr"], "hter_src": 100 * m.get("hter_src", math.nan)}
-    path = args.report_logger_path or str(Path(args.output_dir) / "performance.csv")
-    write_report(path, [result], source_test_domains(get_protocol(args.config), args.fas_data_root))
-    logger.info("wrote %s", path)
+    def threshold_data(self, transform) -> Dataset | None:
+        """The training sources' test lists (the source threshold of fine-tuning's report), or None."""
+        return build_source_test_set(self.protocol, self.args.fas_data_root, transform, self.source_domains)[0]
+
+    def report(self, report: dict, checkpoint: dict) -> None:
+        """``--report_logger_path``: the fine-tuning report's CSV with the tested checkpoint as its one run."""
+        args = self.args
+        m = report["results"].get(self.protocol.target, {}).get("fas")
+        if m is None:
+            return
+        result = {"run": int(checkpoint.get("run") or 0), "hter": 100 * m["hter"], "auc": 100 * m["auc"],
+                  "tpr": 100 * m["tpr_at_fpr"], "hter_src": 100 * m.get("hter_src", math.nan)}
+        path = args.report_logger_path or str(Path(args.output_dir) / "performance.csv")
+        write_report(path, [result], self.source_domains)
+        logger.info("wrote %s", path)
 
 
 # ------------------------------------------------------------------------------------ entry
 # Leave-one-out over domains, balanced per-source batches, iteration intervals and several runs; tested on
 # the held-out domain during training, and by main_test_FAS.py on any target's test lists.
 FAS_TASK = FinetuneTask(
-    "FAS", vocabulary=FAS_VOCABULARY, build_datasets=build_fas_datasets, build_train_loader=fas_train_loader,
+    "FAS", vocabulary=FAS_VOCABULARY, build_train_loader=fas_train_loader,
     build_model=build_fas_model, configure_model=configure_fas_model, make_loss=fas_loss, output_fn=fas_output,
     metric_mode="fas", extra_parsers=(adapter_parser,), rebuild=load_fas_from_checkpoint, parser=fas_parser,
     experiment=FASExperiment, check_args=check_args, output_kind="FAS", crop_mode="fas_aligned",
-    test_flags=fas_test_flags, test_data=fas_test_data, threshold_data=fas_threshold_data,
-    test_report=fas_test_report,
+    test_flags=fas_test_flags, tester=FASTester,
     description="FS-VFM cross-domain face anti-spoofing (FAS): leave-one-out MCIO / WCS protocols")
