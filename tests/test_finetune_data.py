@@ -206,16 +206,16 @@ def test_test_programs_plain_test_folder(tmp_path):
     from fsvfm.tasks import DFD_TASK
     make_split_tree(tmp_path, "holdout", videos=2, frames=2)
     args = evaluation.test_parser(DFD_TASK).parse_args(["--test", str(tmp_path / "holdout"), "--resume", "x"])
-    (name, source, build), = evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY)
+    (name, source, build), = evaluation._test_sets(args, DFD_TASK, None, None, 2, DFD_VOCABULARY)
     ds = build()
     assert (name, source, len(ds)) == ("holdout", str(tmp_path / "holdout"), 8)
     assert fd.dataset_video_names(ds)[0] == "fake_four/fake_four0" and fd.dataset_targets(ds)[-1] == 1
     args.test_split = "list.txt"
     with pytest.raises(fd.UsageError, match="--test .* tests one folder: drop --test_split"):
-        list(evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY))
+        list(evaluation._test_sets(args, DFD_TASK, None, None, 2, DFD_VOCABULARY))
     args.test_split, args.test = None, str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere: folder not found"):
-        list(evaluation._test_sets(args, DFD_TASK, None, 2, DFD_VOCABULARY))
+        list(evaluation._test_sets(args, DFD_TASK, None, None, 2, DFD_VOCABULARY))
 
 
 def test_half_a_folder_pair_is_one_line_before_any_output(tmp_path, capsys):
