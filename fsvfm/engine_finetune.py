@@ -89,7 +89,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: LossFn, data_loader: DataLo
     ``skipped_batches``.
     """
     model.train()
-    accum = max(step.accum_iter, 1)
+    accum = step.accum_iter
     meters = MetricLogger()
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     n_iter = len(data_loader)

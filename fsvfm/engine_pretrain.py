@@ -145,7 +145,7 @@ def train_one_epoch(model: torch.nn.Module, target: torch.nn.Module, ema: EMATar
     model.train()
     metric_logger = MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    num_iters, accum = len(data_loader), max(step.accum_iter, 1)
+    num_iters, accum = len(data_loader), step.accum_iter
     log = StepLog(epoch, num_iters, step.print_freq, metric_logger, log_writer, TB_TAGS, streak)
     device_skip = device_skip_enabled(optimizer, step.amp)
     window_bad = None

@@ -223,13 +223,13 @@ def _prepare(args: argparse.Namespace) -> torch.device:
     logger.info("device %s, amp %s", device, args.amp)
     torch.backends.cudnn.benchmark = True
     warn_if_warmup_too_long(args)
-    args.data_path = args.data_path or []
     return device
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
     """Pre-train (after ``util.startup.start_run``); returns the last epoch's statistics."""
     device = _prepare(args)
+    step = StepConfig.from_args(args)  # refuses --accum_iter/--print_freq below 1 before any work
     # Same seed on every rank for the weights (so each rank's target copy equals rank 0's online
     # network, which DDP broadcasts), then seed + rank for data order and masks.
     seed_everything(args.seed)
@@ -247,7 +247,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     if ema is None:
         logger.info("--ema_mode frozen: the target network keeps its initial weights (the original's behaviour)")
     loss_fn = pretrain_loss(build_cl_loss(args.cl_loss, args.cl_sample), args.weight_sfr, args.weight_cl)
-    step, lr_of = StepConfig.from_args(args), partial(lr_at, args=args)
+    lr_of = partial(lr_at, args=args)
     momentum_of = momentum_at(args.t_momentum, args.epochs)
     log_writer = summary_writer(args)
     log_images = PretrainImageLogger(log_writer, dataset, mean, std, args.patch_size, args.mask_ratio, args.vis_freq)
@@ -295,14 +295,12 @@ def _end_of_epoch(args: argparse.Namespace, epoch: int, stats: dict[str, float],
     loss = stats.get("loss", math.nan)
     improved = epoch > 0 and loss < run.best_loss
     run.best_loss = loss if improved else run.best_loss
-    tags = epoch_checkpoint_tags(epoch, args, improved, "min_pretrain_loss")
-    if epoch in tags:
-        save_pair(args, epoch, epoch, run)
-    for tag in (t for t in tags if t != epoch):
-        if epoch not in tags:
-            save_pair(args, tag, epoch, run)
-        elif dist.is_main_process():    # the same weights as the epoch's set: a second name, not a copy
-            link_checkpoint_set(args.output_dir, epoch, tag)
+    tags = epoch_checkpoint_tags(epoch, args, improved, "min_pretrain_loss")  # [best?, epoch?]
+    if tags:
+        save_pair(args, tags[-1], epoch, run)   # the epoch's set when it has one, else the best
+    for tag in tags[:-1]:                     # the same weights: a second name, not a copy
+        if dist.is_main_process():
+            link_checkpoint_set(args.output_dir, tags[-1], tag)
     if dist.is_main_process():
         record = {f"train_{k}": v for k, v in stats.items()}
         append_json_line(Path(args.output_dir) / "log.txt", {**record, "epoch": epoch})

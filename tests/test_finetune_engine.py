@@ -11,6 +11,7 @@ import torch
 
 from fsvfm.engine_finetune import train_one_epoch
 from fsvfm.util.amp import NativeScalerWithGradNormCount
+from fsvfm.util.errors import UsageError
 from fsvfm.util.lr_sched import lr_at
 from fsvfm.util.train_step import SkipStreak, StepConfig, TrainingDivergedError
 
@@ -131,3 +132,14 @@ def test_consecutive_skips_are_counted_across_epochs():
     assert stats["skipped_batches"] == 11 and streak.count == 11
     with pytest.raises(TrainingDivergedError, match=r"20 consecutive batches \(last: epoch 1 iteration 8"):
         epoch(1, [[-1.0, 0.0]] * 12)
+
+
+@pytest.mark.parametrize("flag", ["accum_iter", "print_freq"])
+def test_step_config_refuses_a_window_or_interval_below_one(flag):
+    """``--accum_iter 0`` or ``--print_freq 0`` is a usage mistake (one line), refused before any work."""
+    args = argparse.Namespace(amp="none", accum_iter=1, clip_grad=None, print_freq=10)
+    setattr(args, flag, 0)
+    with pytest.raises(UsageError, match=f"^--{flag} must be at least 1, got 0$"):
+        StepConfig.from_args(args)
+    assert StepConfig.from_args(argparse.Namespace(amp="none", accum_iter=2, clip_grad=None, print_freq=1)) \
+        == StepConfig("none", 2, None, 1)

@@ -36,7 +36,7 @@ DIFF_TEST_SETS = (
 
 _CLASSIFIER_HOOKS = dict(configure_model=configure_classifier, make_loss=classifier_loss(DFD_VOCABULARY),
                          extra_parsers=(adapter_parser,),
-                         experiment=ClassifierExperiment, check_args=check_trainable_flags, crop_mode="dlib_square")
+                         experiment=ClassifierExperiment, check_args=check_trainable_flags)
 DFD_TASK = FinetuneTask("DfD", test_sets=DFD_TEST_SETS, metric_mode="video", **_CLASSIFIER_HOOKS,
                         description="FS-VFM cross-dataset deepfake detection (DfD)")
 DIFF_TASK = FinetuneTask("DiFF", test_sets=DIFF_TEST_SETS, metric_mode="image", **_CLASSIFIER_HOOKS,

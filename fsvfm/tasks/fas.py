@@ -524,9 +524,10 @@ class FASExperiment:
             scaler.load_state_dict(ckpt.get("scaler") or {})
             start = int(ckpt["epoch"]) + 1
             best_file = self._checkpoint(run)  # written at or after that interval: the run's best
-            metrics = load_checkpoint(best_file).get("metrics") if best_file.is_file() else None
-            if metrics:
-                self.best = _Best(metrics["hter"], dict(metrics))
+            best = load_checkpoint(best_file) if best_file.is_file() else {}
+            if best.get("metrics"):  # its weights too when the source threshold will score them at the end
+                state = model_state_from(best, best_file) if self.data.source is not None else None
+                self.best = _Best(best["metrics"]["hter"], dict(best["metrics"]), None, state)
             logger.info("run %d: resumed from %s (next interval %d)", run, last, start)
         first_iteration = start * self.args.eval_freq
         if dist.is_main_process():
@@ -572,8 +573,6 @@ class FASExperiment:
         m = best.metrics
         hter_src = math.nan
         if data.source is not None:
-            if best.state is None:  # resumed after the best evaluation: its weights are in the run's checkpoint
-                best.state = model_state_from(load_checkpoint(self._checkpoint(run)))
             model.load_state_dict(best.state)
             if best.test is None:   # its target scores too, for the threshold moved onto them
                 best.test, _ = score_fas_set(model, data.test, args, self.device, header=f"Run {run} test:")

@@ -27,7 +27,7 @@ import torch
 from fsvfm.util import dist
 from fsvfm.util.accel import supports_device_skip
 from fsvfm.util.amp import NativeScalerWithGradNormCount
-from fsvfm.util.errors import UserError
+from fsvfm.util.errors import UsageError, UserError
 from fsvfm.util.meters import MetricLogger
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ class StepConfig:
     accum_iter: int = 1
     clip_grad: float | None = None
     print_freq: int = 100
+
+    def __post_init__(self) -> None:
+        for flag in ("accum_iter", "print_freq"):
+            if getattr(self, flag) < 1:
+                raise UsageError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> StepConfig:
@@ -109,7 +114,7 @@ def backward_step(losses: Mapping[str, torch.Tensor], optimizer: torch.optim.Opt
     window_bad = bad if window_bad is None else window_bad | bad
     apply = update and (device_skip or not bool(window_bad))  # the fallback's one sync per update
     with _found_inf(optimizer, window_bad if update and device_skip else None):
-        norm = loss_scaler(losses["loss"] / max(step.accum_iter, 1), optimizer, clip_grad=step.clip_grad,
+        norm = loss_scaler(losses["loss"] / step.accum_iter, optimizer, clip_grad=step.clip_grad,
                            parameters=parameters, update_grad=apply)
     row = step_row(local, sums, bad, norm, window_bad)
     if not update:
