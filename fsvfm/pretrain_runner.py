@@ -27,6 +27,7 @@ from fsvfm.engine_pretrain import EMATarget, pretrain_loss, train_one_epoch
 from fsvfm.losses import build_cl_loss
 from fsvfm.masking import CRFRPCollate
 from fsvfm.models_fsfm import vit_target_network
+from fsvfm.reconstruction import PretrainImageLogger
 from fsvfm.registry import create_model, model_family
 from fsvfm.util import dist
 from fsvfm.util.accel import (
@@ -69,7 +70,6 @@ from fsvfm.util.lr_sched import lr_at, momentum_at, warn_if_warmup_too_long
 from fsvfm.util.norm_stats import resolve_pretrain_mean_std
 from fsvfm.util.seeding import seed_everything
 from fsvfm.util.train_step import SkipStreak, StepConfig
-from fsvfm.visualize import PretrainImageLogger
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Pictures of what the model does: parsing maps with their legend, CRFR-P masks, reconstructions.
 
-A small API shared by the command line, pre-training's TensorBoard images and the web app::
+A small API shared by the command line and the web app (pre-training's TensorBoard grids are
+``fsvfm.reconstruction``, which needs no face stack)::
 
     crop, parsing_map = prepare_face("photo.jpg")          # detect, crop, parse (fsvfm.preprocess)
     pretrained = load_pretrained("checkpoint-1.pth")        # online network + its normalisation
@@ -20,8 +21,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
-from torchvision.utils import make_grid
 
 from fsvfm.data.device import DeviceNormalize
 from fsvfm.masking import NUM_CHOOSABLE_REGIONS, REGION_GROUPS, crfrp_masks
+from fsvfm.preprocess.jobs import Options, Worker
+from fsvfm.preprocess.labels import LAPA_MEANINGS, colorize, label_colours_rgb
+from fsvfm.preprocess.parsing import BACKENDS, crop_for_parsing, resolve_backend, to_parser_input
+from fsvfm.reconstruction import denormalise, masking_views, reconstruct
 from fsvfm.registry import create_model
 from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.checkpoint import (
@@ -49,21 +53,12 @@ from fsvfm.util.fileio import atomic_write_image
 from fsvfm.util.images import UnreadableImageError, read_rgb
 from fsvfm.util.norm_stats import checkpoint_mean_std
 
-if TYPE_CHECKING:
-    from fsvfm.preprocess.jobs import Worker
-
-# The face stack (fsvfm.preprocess: dlib, OpenCV) is imported inside the functions that crop and parse
-# photos, so that pre-training, which only draws its TensorBoard grids here, loads neither.
-
 logger = logging.getLogger(__name__)
 
 REGION_NAMES = tuple(name for name, _ in REGION_GROUPS[:NUM_CHOOSABLE_REGIONS])
 FACE_SIZE, PATCH_SIZE, MASK_RATIO = 224, 16, 0.75       # without a checkpoint: the paper's setting
 PANEL_INCHES = 2.0
-MASK_GREY = 0.5                                          # fill of masked patches in the masked input
-SHADE, SHADE_RGB, REGION_RGB = 0.55, (0.25, 0.25, 0.25), (0.9, 0.15, 0.15)
 FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".gif")      # what --out may end with (OpenCV encodes them)
-TB_IMAGE_TAG, TB_NUM_FACES = "crfrp_reconstruction", 8
 
 
 class VisualizeError(DataError):
@@ -138,8 +133,6 @@ def _read_rgb(image: str | os.PathLike | np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _worker(backend: str) -> Worker:
     """The preprocessing worker (dlib cropper + parser), built once per backend."""
-    from fsvfm.preprocess.jobs import Options, Worker
-    from fsvfm.preprocess.parsing import resolve_backend
     return Worker(Options(backend=resolve_backend(backend)))
 
 
@@ -154,7 +147,6 @@ def prepare_face(image: str | os.PathLike | np.ndarray, backend: str = "auto", c
     when installed, else the landmark parser). Raises ``VisualizeError`` when the image is unreadable,
     holds no face or is refused.
     """
-    from fsvfm.preprocess.parsing import crop_for_parsing, to_parser_input
     rgb = _read_rgb(image)
     where = image if not isinstance(image, np.ndarray) else "the image"
     worker = _worker(backend)
@@ -187,61 +179,6 @@ def region_index(region: str | int) -> int:
     raise VisualizeError(f"unknown region {region!r}; choose from {', '.join(REGION_NAMES)} or all")
 
 
-def patch_pixels(mask: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Patch mask [N, L] -> pixel mask [N, 1, S, S] (S = sqrt(L) * patch_size), same dtype."""
-    g = int(round(mask.shape[1] ** 0.5))
-    grid = mask.reshape(mask.shape[0], 1, g, g)
-    return grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
-
-
-@torch.no_grad()
-def reconstruct(model: torch.nn.Module, imgs: torch.Tensor, img_mask: torch.Tensor) -> torch.Tensor:
-    """Pixel-decoder output of the online network as an image, in the input's normalised space.
-
-    imgs: [N, 3, S, S] normalised, on the model's device; img_mask: [N, L] (1 = masked, the same count in
-    every row; best on the CPU, where the model reads the count). Returns float [N, 3, S, S]. With
-    ``norm_pix_loss`` each predicted patch gets the mean and (unbiased) variance of that patch of
-    ``imgs`` back, as in the loss target and MAE's demo.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        latent, ids_restore = model.forward_encoder(imgs, img_mask)
-        pred = model.forward_decoder(latent, ids_restore).float()
-    finally:
-        model.train(was_training)
-    if model.norm_pix_loss:
-        target = model.patchify(imgs.float())
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6).sqrt() + target.mean(dim=-1, keepdim=True)
-    return model.unpatchify(pred)
-
-
-def masking_views(images: torch.Tensor, img_mask: torch.Tensor, region_mask: torch.Tensor, patch_size: int,
-                  reconstruction: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The panels of a masked face, all float [N, 3, S, S] in [0, 1].
-
-    images: [N, 3, S, S] in [0, 1]; img_mask, region_mask: [N, L] (1 = masked / in the covered
-    region); reconstruction: [N, 3, S, S] in [0, 1] or None. Keys: ``mask`` (masked patches
-    shaded, the covered region red), ``masked`` (what the encoder sees, masked patches grey), and
-    with a reconstruction ``reconstruction`` and ``pasted`` (reconstruction in the masked patches,
-    the input in the visible ones).
-    """
-    masked_px = patch_pixels(img_mask.float(), patch_size).bool()
-    region_px = patch_pixels(region_mask.float(), patch_size).bool()
-    colour = torch.where(region_px, torch.tensor(REGION_RGB).view(1, 3, 1, 1),
-                         torch.tensor(SHADE_RGB).view(1, 3, 1, 1))
-    views = {"mask": torch.where(masked_px, (1 - SHADE) * images + SHADE * colour, images),
-             "masked": torch.where(masked_px, torch.full_like(images, MASK_GREY), images)}
-    if reconstruction is not None:
-        views["reconstruction"] = reconstruction
-        views["pasted"] = torch.where(masked_px, reconstruction, images)
-    return views
-
-
-def _denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
-    return (images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1)
-
-
 def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
                pretrained: Pretrained | None = None, mask_ratio: float | None = None,
                seed: int = 0) -> dict[str, np.ndarray]:
@@ -250,7 +187,6 @@ def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
     face_rgb: (H, W, 3) uint8; parsing_map: (H, W) LaPa labels. Both are resized to the network's
     input size (224 without a model). The CRFR-P mask is drawn with a generator seeded by ``seed``.
     """
-    from fsvfm.preprocess.labels import colorize
     size = pretrained.input_size if pretrained else FACE_SIZE
     patch = pretrained.patch_size if pretrained else PATCH_SIZE
     ratio = mask_ratio if mask_ratio is not None else (pretrained.mask_ratio if pretrained else MASK_RATIO)
@@ -266,7 +202,7 @@ def face_views(face_rgb: np.ndarray, parsing_map: np.ndarray, region: str | int,
     if pretrained is not None:
         dev = pretrained.device
         normed = DeviceNormalize(pretrained.mean, pretrained.std, dev)(pixels)
-        recon = _denormalise(reconstruct(pretrained.model, normed, img_mask).cpu(),
+        recon = denormalise(reconstruct(pretrained.model, normed, img_mask).cpu(),
                              pretrained.mean, pretrained.std)
     views = masking_views(images, img_mask, region_mask, patch, recon)
     views["face"] = images
@@ -290,7 +226,6 @@ def _show(ax, image: np.ndarray, title: str) -> None:
 
 def legend_handles() -> list[Patch]:
     """Matplotlib legend entries of the LaPa labels, from the one colour table (``labels.py``)."""
-    from fsvfm.preprocess.labels import LAPA_MEANINGS, label_colours_rgb
     return [Patch(facecolor=c / 255.0, edgecolor="0.3", label=f"{k} {m}")
             for k, (m, c) in enumerate(zip(LAPA_MEANINGS, label_colours_rgb()))]
 
@@ -337,54 +272,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------ TensorBoard
-class PretrainImageLogger:
-    """Every ``vis_freq`` epochs, a TensorBoard grid of fixed faces: input, CRFR-P mask, reconstruction.
-
-    The faces (evenly spaced over the data set) and their masks (region ``i mod 6`` for face ``i``,
-    seeded) are drawn once, so the grids of different epochs compare like with like. The items'
-    ``image`` is uint8 [3,S,S] as the pre-training workers deliver it (normalised here with
-    ``mean``/``std`` by the engine's ``DeviceNormalize``) or float, already normalised. Rows of the
-    grid: input, mask, reconstruction, reconstruction pasted into the visible patches. Runs only
-    where a SummaryWriter exists (rank 0); off with ``vis_freq = 0``.
-    """
-
-    def __init__(self, writer, dataset, mean, std, patch_size: int, mask_ratio: float, vis_freq: int,
-                 num_faces: int = TB_NUM_FACES, seed: int = 0) -> None:
-        self.writer, self.mean, self.std = writer, list(mean), list(std)
-        self.patch_size, self.vis_freq = patch_size, vis_freq
-        self.images = self.img_mask = self.region_mask = None
-        if writer is None or vis_freq <= 0:
-            return
-        n = min(num_faces, len(dataset))
-        items = [dataset[int(i)] for i in torch.linspace(0, len(dataset) - 1, n).round().long().unique()]
-        self.images = DeviceNormalize(self.mean, self.std, "cpu")(torch.stack([it["image"] for it in items]))
-        gen = torch.Generator().manual_seed(seed)
-        masks = [crfrp_masks(it["parsing_map"], patch_size, mask_ratio, region=i % NUM_CHOOSABLE_REGIONS,
-                             generator=gen)[:2] for i, it in enumerate(items)]
-        self.img_mask = torch.cat([m[0] for m in masks])
-        self.region_mask = torch.cat([m[1] for m in masks])
-
-    def grid(self, model: torch.nn.Module) -> torch.Tensor:
-        """The image grid, float [3, H, W] in [0, 1] (4 rows of the fixed faces)."""
-        dev = next(model.parameters()).device
-        recon = reconstruct(model, self.images.to(dev), self.img_mask).cpu()
-        images = _denormalise(self.images, self.mean, self.std)
-        views = masking_views(images, self.img_mask, self.region_mask, self.patch_size,
-                              _denormalise(recon, self.mean, self.std))
-        rows = [images, views["mask"], views["reconstruction"], views["pasted"]]
-        return make_grid(torch.cat(rows), nrow=len(images), padding=2, pad_value=1.0)
-
-    def __call__(self, model: torch.nn.Module, epoch: int) -> None:
-        if self.images is None or (epoch + 1) % self.vis_freq:
-            return
-        self.writer.add_image(TB_IMAGE_TAG, self.grid(model), epoch)
-        self.writer.flush()
-
-
 # ------------------------------------------------------------------------------------ CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    from fsvfm.preprocess.parsing import BACKENDS
     parser = argparse.ArgumentParser("python -m fsvfm.visualize", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("masking", help="parsing map, CRFR-P masks and (with --checkpoint) reconstructions")
@@ -407,7 +296,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_figure_path(out: str) -> None:
     """``UsageError`` unless ``out`` ends with a format of ``FIGURE_FORMATS`` this OpenCV can write
     (GIF needs OpenCV 4.12 or later)."""
-    import cv2
     suffix = Path(out).suffix.lower()
     if suffix not in FIGURE_FORMATS:
         raise UsageError(f"--out {out}: the figure is written as {', '.join(FIGURE_FORMATS)}; "

@@ -105,9 +105,10 @@ def test_the_package_imports_no_test_or_tool_code():
 @pytest.mark.slow
 def test_importing_pretraining_loads_no_face_stack():
     """A fresh interpreter: pre-training's program loads neither dlib nor OpenCV (the face stack of
-    preprocessing and of visualize's photo cropping)."""
+    preprocessing and of visualize's photo cropping) nor matplotlib (visualize's figures)."""
     code = ("import sys, fsvfm.main_pretrain; "
-            "print(' '.join(m for m in ('dlib', 'cv2', 'fsvfm.preprocess', 'fsvfm.pretrain_runner') if m in sys.modules))")
+            "print(' '.join(m for m in ('dlib', 'cv2', 'matplotlib', 'fsvfm.preprocess', 'fsvfm.visualize', "
+            "'fsvfm.pretrain_runner') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert res.returncode == 0, res.stderr

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fsvfm import visualize
+from fsvfm import reconstruction, visualize
 from fsvfm.data.pretrain import FaceParsingDataset, PretrainTransform
 from fsvfm.main_pretrain import get_args_parser
 from fsvfm.main_pretrain import main as pretrain_main
@@ -58,18 +58,18 @@ def test_masking_views_pixel_exact():
     img_mask[:, [0, 1, 5, 10, 15]] = 1
     region = torch.zeros(2, 16)
     region[:, [0, 1]] = 1
-    v = visualize.masking_views(images, img_mask, region, 4, recon)
-    masked = visualize.patch_pixels(img_mask, 4).bool().expand(-1, 3, -1, -1)
-    in_region = visualize.patch_pixels(region, 4).bool().expand(-1, 3, -1, -1)
+    v = reconstruction.masking_views(images, img_mask, region, 4, recon)
+    masked = reconstruction.patch_pixels(img_mask, 4).bool().expand(-1, 3, -1, -1)
+    in_region = reconstruction.patch_pixels(region, 4).bool().expand(-1, 3, -1, -1)
     assert masked.sum() == 2 * 3 * 5 * 16 and masked[0, 0, :4, :8].all() and not masked[0, 0, :4, 8:12].any()
     assert torch.equal(v["masked"][~masked], images[~masked]) and (v["masked"][masked] == 0.5).all()
     assert torch.equal(v["pasted"][masked], recon[masked]) and torch.equal(v["pasted"][~masked], images[~masked])
     assert torch.equal(v["reconstruction"], recon) and torch.equal(v["mask"][~masked], images[~masked])
-    red = 0.45 * images + 0.55 * torch.tensor(visualize.REGION_RGB).view(1, 3, 1, 1)
-    dark = 0.45 * images + 0.55 * torch.tensor(visualize.SHADE_RGB).view(1, 3, 1, 1)
+    red = 0.45 * images + 0.55 * torch.tensor(reconstruction.REGION_RGB).view(1, 3, 1, 1)
+    dark = 0.45 * images + 0.55 * torch.tensor(reconstruction.SHADE_RGB).view(1, 3, 1, 1)
     assert torch.allclose(v["mask"][in_region], red[in_region])
     assert torch.allclose(v["mask"][masked & ~in_region], dark[masked & ~in_region])
-    assert set(visualize.masking_views(images, img_mask, region, 4)) == {"mask", "masked"}
+    assert set(reconstruction.masking_views(images, img_mask, region, 4)) == {"mask", "masked"}
 
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
@@ -81,7 +81,7 @@ def test_reconstruct_undoes_per_patch_normalisation(monkeypatch, norm_pix_loss):
     if norm_pix_loss:
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     monkeypatch.setattr(model, "forward_decoder", lambda latent, ids: target)
-    out = visualize.reconstruct(model, imgs, torch.zeros(2, 16).index_fill_(1, torch.arange(12), 1))
+    out = reconstruction.reconstruct(model, imgs, torch.zeros(2, 16).index_fill_(1, torch.arange(12), 1))
     assert out.shape == (2, 3, 32, 32) and torch.allclose(out, imgs, atol=1e-4)
     assert model.training                           # the caller's mode is restored
 
@@ -197,8 +197,8 @@ def test_pretraining_writes_loss_scalars_and_image_grid(vis_run):
     tags = acc.Tags()
     assert {"train_loss", "lr", "loss_rec_all", "loss_rec_sfr", "loss_cl"} <= set(tags["scalars"])
     assert [len(acc.Scalars(k)) for k in ("loss_rec_all", "loss_rec_sfr", "loss_cl")] == [4, 4, 4]  # 8 / 2 steps
-    assert tags["images"] == [visualize.TB_IMAGE_TAG]
-    (img,) = acc.Images(visualize.TB_IMAGE_TAG)
+    assert tags["images"] == [reconstruction.TB_IMAGE_TAG]
+    (img,) = acc.Images(reconstruction.TB_IMAGE_TAG)
     assert img.step == 0 and (img.width, img.height) == (8 * 34 + 2, 4 * 34 + 2)   # 8 faces x 4 rows of 32 px
     assert np.asarray(Image.open(io.BytesIO(img.encoded_image_string))).std() > 10
 
@@ -225,12 +225,12 @@ def test_image_logger_frequency_and_off_switch(tmp_path):
     data = make_synthetic_pretrain_dataset(tmp_path, 3, size=32, seed=1)
     ds = FaceParsingDataset(data, PretrainTransform(32, PRETRAIN_MEAN, PRETRAIN_STD))
     model, rec = tiny_fsfm(), _Recorder()
-    log = visualize.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=2)
+    log = reconstruction.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=2)
     for epoch in range(4):
         log(model, epoch)
-    assert rec.images == [(visualize.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 1),
-                          (visualize.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 3)]
-    off = visualize.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=0)
+    assert rec.images == [(reconstruction.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 1),
+                          (reconstruction.TB_IMAGE_TAG, (3, 4 * 34 + 2, 3 * 34 + 2), 3)]
+    off = reconstruction.PretrainImageLogger(rec, ds, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=0)
     off(model, 1)
     assert off.images is None and len(rec.images) == 2
 
@@ -242,8 +242,8 @@ def test_image_logger_normalises_uint8_items_like_the_host_pipeline(tmp_path):
     host = FaceParsingDataset(data, PretrainTransform(32, PRETRAIN_MEAN, PRETRAIN_STD))
     assert raw[0]["image"].dtype == torch.uint8
     model = tiny_fsfm()
-    from_uint8 = visualize.PretrainImageLogger(_Recorder(), raw, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
-    from_float = visualize.PretrainImageLogger(_Recorder(), host, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
+    from_uint8 = reconstruction.PretrainImageLogger(_Recorder(), raw, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
+    from_float = reconstruction.PretrainImageLogger(_Recorder(), host, PRETRAIN_MEAN, PRETRAIN_STD, 8, 0.75, vis_freq=1)
     assert torch.equal(from_uint8.images, from_float.images)
     assert torch.equal(from_uint8.grid(model), from_float.grid(model))
 
