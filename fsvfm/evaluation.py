@@ -44,11 +44,11 @@ from fsvfm.engine_finetune import Predictions, make_eval_loader, predict
 from fsvfm.finetune_runner import add_task_flag, chosen_task, task_parents
 from fsvfm.metrics import (
     METRIC_MODES,
-    MetricMode,
     OneClassError,
     ScoredSet,
     VideoGroupingError,
     get_video_level_label_pred,
+    level_lines,
     roc_points,
 )
 from fsvfm.tasks import FinetuneTask, Tester, TestSet
@@ -187,37 +187,10 @@ def _stamp() -> str:
     return datetime.datetime.now().strftime("[%Y-%m-%d %H:%M:%S] ")
 
 
-def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict, skipped: int = 0,
-                 mode: MetricMode | None = None) -> list[str]:
-    """``test_results.txt`` block: header, FRAME-LEVEL line, the metric ``mode``'s own lines (its ``lines``),
-    and a VIDEO-LEVEL line in video mode."""
-    f = metrics["frame"]
+def result_lines(name: str, n_images: int, source: str, loss: float, metrics: dict, skipped: int = 0) -> list[str]:
+    """``test_results.txt`` block: the set's header, then the lines of each metric level (``metrics.level_lines``)."""
     unreadable = f", {skipped} unreadable image(s) skipped" if skipped else ""
-    lines = [f"===== {name}: {n_images} test images ({source}){unreadable} ====="]
-    if "per_class" in f:  # N classes
-        lines.append(f"IMAGE-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  "
-                     f"macro AUC (one-vs-rest): {f['macro_auc']:.3f}  loss: {loss:.4f}")
-        lines += [f"  {c}: AUC {'-' if v['auc'] is None else format(v['auc'], '.3f')}  recall "
-                  f"{'-' if v['recall'] is None else format(v['recall'], '.3f')}  ({v['num_samples']} images)"
-                  for c, v in f["per_class"].items()]
-        lines.append(f"  confusion matrix (rows true, columns predicted {', '.join(f['classes'])}): "
-                     f"{f['confusion_matrix']}")
-        return lines
-    lines.append(f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
-                 f"EER: {f['eer']:.3f}  loss: {loss:.4f}")
-    if "hter_at_val_threshold" in f:
-        lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
-                     f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
-                     f"ACC: {f['acc_at_val_threshold']:.3f}")
-    if mode is not None and mode.lines is not None:
-        lines += mode.lines(metrics)
-    if "video" in metrics and "error" in metrics["video"]:
-        lines.append(f"VIDEO-LEVEL  skipped: {metrics['video']['error']}")
-    elif "video" in metrics:
-        v = metrics["video"]
-        lines.append(f"VIDEO-LEVEL  Balanced ACC: {v['balanced_acc']:.3f}  AUC: {v['auc']:.3f}  "
-                     f"EER: {v['eer']:.3f}  ({v['num_videos']} videos)")
-    return lines
+    return [f"===== {name}: {n_images} test images ({source}){unreadable} =====", *level_lines(metrics, loss)]
 
 
 def append_results(path: Path, lines: Sequence[str]) -> None:
@@ -394,7 +367,7 @@ def _test_one(args: argparse.Namespace, name: str, source: str, test: ScoredSet,
         metrics = METRIC_MODES[args.metric_mode].compute(test, val)
     except OneClassError as e:
         return _set_failed(args, name, source, str(e), **counts) | {"unreadable_files": list(skipped)}
-    lines = result_lines(name, n, source, loss, metrics, len(skipped), METRIC_MODES[args.metric_mode])
+    lines = result_lines(name, n, source, loss, metrics, len(skipped))
     for line in lines:
         logger.info(line)
     if main:

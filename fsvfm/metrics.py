@@ -189,12 +189,9 @@ MetricFn = Callable[[ScoredSet, "ScoredSet | None"], dict[str, dict[str, float]]
 
 @dataclass(frozen=True)
 class MetricMode:
-    """``lines(metrics)``: the ``test_results.txt`` lines of the mode's own level, after the frame level."""
-
     compute: MetricFn
     needs_validation: bool = False
     description: str = ""
-    lines: Callable[[dict], list[str]] | None = None
 
 
 def image_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, dict[str, float]]:
@@ -317,14 +314,40 @@ def fas_video_level(test: ScoredSet, val: ScoredSet | None = None) -> dict[str, 
     return {"frame": binary_metrics(test.labels, test.scores, test.preds), "fas": {"num_videos": len(probs), **out}}
 
 
-def fas_result_lines(metrics: dict) -> list[str]:
-    """The FAS figures (percent) of ``fas_video_level``: at the test set's own EER threshold, and at the
-    held-out source threshold when there was one."""
-    v = metrics["fas"]
-    lines = [f"VIDEO-LEVEL  HTER: {100 * v['hter']:.2f}  AUC: {100 * v['auc']:.2f}  TPR@FPR=1%: "
-             f"{100 * v['tpr_at_fpr']:.2f}  EER threshold: {v['threshold']:.4f}  ({v['num_videos']} videos)"]
-    if "hter_src" in v:
-        lines.append(f"AT SOURCE THRESHOLD {v['threshold_src']:.4f}  HTER: {100 * v['hter_src']:.2f}")
+def level_lines(metrics: dict, loss: float) -> list[str]:
+    """The ``test_results.txt`` lines of computed ``metrics`` (a mode's ``compute`` output), one block per level
+    present: IMAGE-LEVEL (N classes) or FRAME-LEVEL with ``loss``, the validation-threshold line, the FAS video
+    figures (percent; at the test set's own EER threshold, and at the held-out source threshold when there was
+    one), the VIDEO-LEVEL line."""
+    f = metrics["frame"]
+    lines: list[str] = []
+    if "per_class" in f:  # N classes
+        lines.append(f"IMAGE-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  "
+                     f"macro AUC (one-vs-rest): {f['macro_auc']:.3f}  loss: {loss:.4f}")
+        lines += [f"  {c}: AUC {'-' if v['auc'] is None else format(v['auc'], '.3f')}  recall "
+                  f"{'-' if v['recall'] is None else format(v['recall'], '.3f')}  ({v['num_samples']} images)"
+                  for c, v in f["per_class"].items()]
+        lines.append(f"  confusion matrix (rows true, columns predicted {', '.join(f['classes'])}): "
+                     f"{f['confusion_matrix']}")
+        return lines
+    lines.append(f"FRAME-LEVEL  ACC: {f['acc']:.3f}  Balanced ACC: {f['balanced_acc']:.3f}  AUC: {f['auc']:.3f}  "
+                 f"EER: {f['eer']:.3f}  loss: {loss:.4f}")
+    if "hter_at_val_threshold" in f:
+        lines.append(f"AT VAL THRESHOLD {f['val_threshold']:.4f}  HTER: {f['hter_at_val_threshold']:.4f}  "
+                     f"FAR: {f['far_at_val_threshold']:.4f}  FRR: {f['frr_at_val_threshold']:.4f}  "
+                     f"ACC: {f['acc_at_val_threshold']:.3f}")
+    if "fas" in metrics:
+        v = metrics["fas"]
+        lines.append(f"VIDEO-LEVEL  HTER: {100 * v['hter']:.2f}  AUC: {100 * v['auc']:.2f}  TPR@FPR=1%: "
+                     f"{100 * v['tpr_at_fpr']:.2f}  EER threshold: {v['threshold']:.4f}  ({v['num_videos']} videos)")
+        if "hter_src" in v:
+            lines.append(f"AT SOURCE THRESHOLD {v['threshold_src']:.4f}  HTER: {100 * v['hter_src']:.2f}")
+    if "video" in metrics and "error" in metrics["video"]:
+        lines.append(f"VIDEO-LEVEL  skipped: {metrics['video']['error']}")
+    elif "video" in metrics:
+        v = metrics["video"]
+        lines.append(f"VIDEO-LEVEL  Balanced ACC: {v['balanced_acc']:.3f}  AUC: {v['auc']:.3f}  "
+                     f"EER: {v['eer']:.3f}  ({v['num_videos']} videos)")
     return lines
 
 
@@ -336,6 +359,5 @@ METRIC_MODES: dict[str, MetricMode] = {
     "multiclass": MetricMode(multiclass_level, description="N-class image level: ACC, per-class and macro "
                                                            "one-vs-rest AUC, confusion matrix"),
     "fas": MetricMode(fas_video_level, description="FAS video level: HTER/AUC/TPR@FPR=1% (+ HTER at a "
-                                                   "threshold from held-out source data when given)",
-                      lines=fas_result_lines),
+                                                   "threshold from held-out source data when given)"),
 }
