@@ -35,6 +35,7 @@ import torch
 from fsvfm.registry import create_model
 from fsvfm.util.accel import default_amp, inference_context, prepare_inference, set_fused_attention
 from fsvfm.util.amp import autocast
+from fsvfm.util.args import parse_model_kwargs
 
 
 def _throughput(model, images, amp: str, iters: int, warmup: int) -> float:
@@ -58,7 +59,7 @@ def _throughput(model, images, amp: str, iters: int, warmup: int) -> float:
 
 def _model(bench: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    kwargs = json.loads(bench.model_kwargs) if bench.model_kwargs else {}
+    kwargs = parse_model_kwargs(bench.model_kwargs)
     return create_model(bench.model, num_classes=2, img_size=bench.input_size, **kwargs).to(device).eval()
 
 

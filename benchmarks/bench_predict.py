@@ -36,6 +36,7 @@ from fsvfm.data.finetune import build_transform
 from fsvfm.predict import Detector, expand_inputs, input_type
 from fsvfm.preprocess.video import SEEK_GAP, frame_count, read_frames
 from fsvfm.registry import create_model
+from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.images import read_bgr
 from fsvfm.util.naming import DFD_VOCABULARY
 
@@ -59,7 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def make_detector(bench: argparse.Namespace) -> Detector:
     torch.manual_seed(0)
-    kwargs = json.loads(bench.model_kwargs) if bench.model_kwargs else {}
+    kwargs = parse_model_kwargs(bench.model_kwargs)
     model = create_model(bench.model, num_classes=2, img_size=bench.input_size, **kwargs)
     transform = build_transform(False, Namespace(input_size=bench.input_size, apply_simple_augment=False),
                                 IMAGENET_MEAN, IMAGENET_STD)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsvfm.predict import Detector, reading, save_visualisations, score_key
+from fsvfm.predict import Detector, reading, save_visualisations
 from fsvfm.preprocess.parsing import BACKENDS
 from fsvfm.preprocess.video import VIDEO_EXTENSIONS
 from fsvfm.util.checkpoint import CheckpointError
@@ -151,16 +151,16 @@ def score_table(label: str, record: dict, vocab: ClassVocabulary = DFD_VOCABULAR
         return head + f"No score: {record['error']}."
     what = "video score (mean over faces and frames)" if record["type"] == "video" else "image score (mean over faces)"
     if vocab.binary:
-        pos, neg = vocab.names[vocab.positive], vocab.names[vocab.negative]
-        keys, columns = [score_key(vocab), score_key(vocab, vocab.negative)], [f"P({pos})", f"P({neg})"]
-        verdict = f"**P({pos}) = {record[keys[0]]:.4f}** ({record['label']})"
+        pos = vocab.names[vocab.positive]
+        order, extra = [pos, vocab.names[vocab.negative]], []
+        verdict = f"**P({pos}) = {record['scores'][pos]:.4f}** ({record['label']})"
     else:
-        keys, columns = list(vocab.names), [f"P({c})" for c in vocab.names] + ["class"]
+        order, extra = list(vocab.names), ["class"]
         verdict = f"**{record['label']}** (P({record['label']}) = {record['scores'][record['label']]:.4f})"
+    columns = [f"P({c})" for c in order] + extra
 
     def cells(face: dict) -> list[str]:
-        probs = [face[k] if vocab.binary else face["scores"][k] for k in keys]
-        return [f"{v:.4f}" for v in probs] + ([] if vocab.binary else [face["label"]])
+        return [f"{face['scores'][c]:.4f}" for c in order] + ([face["label"]] if extra else [])
     rows = [f"| {i} | {'-' if f['frame'] is None else f['frame']} | {', '.join(map(str, f['box']))} | "
             + " | ".join(cells(f)) + " |" for i, f in enumerate(record["faces"], start=1)]
     return (head + f"{verdict}, {what}, {len(record['faces'])} face(s)\n\n"

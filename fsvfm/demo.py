@@ -29,6 +29,7 @@ from skimage import data as skdata
 from fsvfm import main_finetune_DfD, main_pretrain
 from fsvfm.preprocess import prepare_pretrain_dataset
 from fsvfm.preprocess.augment import make_variants
+from fsvfm.util.args import parse_model_kwargs
 from fsvfm.util.fileio import atomic_write_image, disk_usage
 from fsvfm.util.log import setup_logging
 from fsvfm.util.naming import IMAGE_EXTENSIONS
@@ -103,7 +104,7 @@ def toy_deepfakes(data_dir: Path, out: Path, val_every: int = 4) -> dict[str, in
 
 def finetune_args(data_dir: Path, pretrained: Path, out_dir: Path, args: argparse.Namespace) -> argparse.Namespace:
     """A short CPU DfD fine-tuning of the demo's pre-trained encoder (the classifier of ``--model``)."""
-    overrides = json.loads(args.model_kwargs or "{}")
+    overrides = parse_model_kwargs(args.model_kwargs)
     kwargs = {k: overrides[k] for k in ("embed_dim", "depth", "num_heads", "patch_size") if k in overrides}
     ns = main_finetune_DfD.get_args_parser().parse_args([
         "--finetune", str(pretrained), "--finetune_data_path", str(data_dir), "--output_dir", str(out_dir),

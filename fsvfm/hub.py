@@ -144,7 +144,7 @@ def pretrained_stats_candidates(path: str | os.PathLike,
                                 fetch: bool | None = None) -> tuple[Release | None, list[Path]]:
     """For a checkpoint of a fine-tuned release: the pre-trained release it started from and the places its
     statistics file may be, in order: the same download folder (or hub snapshot), ``checkpoint/`` here, the hub
-    cache, and (``fetch``) the hub itself (a failed fetch is logged and skipped). ``fetch`` None: only for a
+    cache, and (``fetch``, when the cache has none) the hub itself (a failed fetch is logged and skipped). ``fetch`` None: only for a
     checkpoint that came from the hub (an ``hf://`` path or a file in the hub cache). ``(None, [])`` for other paths."""
     match = finetuned_release_of(path)
     if match is None or match[0].pretrained is None:
@@ -158,9 +158,9 @@ def pretrained_stats_candidates(path: str | os.PathLike,
     if fetch is None:
         hub_cache = Path(constants.HF_HUB_CACHE).absolute() / f"models--{REPO_ID.replace('/', '--')}"
         fetch = str(path).startswith(HUB_SCHEME) or Path(path).absolute().is_relative_to(hub_cache)
-    if isinstance(cached, str):
+    if isinstance(cached, str):  # a cached copy is used as it is: no request to the hub for it
         places.append(Path(cached))
-    if fetch:
+    elif fetch:
         try:
             places.append(hub_file(rel))
         except HubError as e:

@@ -139,15 +139,10 @@ def fas_aligned_crops() -> CropFn:
     return crop
 
 
-# Crop modes by name; the mode a task's training data used is its table entry's ``crop_mode``.
+# Crop modes by name (a new mode is an entry: name -> factory of an RGB array -> [FaceCrop] function); the mode a
+# task's training data used is its table entry's ``crop_mode``.
 CROP_MODES: dict[str, Callable[[], CropFn]] = {"dlib_square": dlib_square_crops, "whole_image": whole_image_crops,
                                                "fas_aligned": fas_aligned_crops}
-
-
-def register_crop_mode(name: str, factory: Callable[[], CropFn]) -> None:
-    """Add a crop mode (``factory()`` returns a function RGB array -> list of ``FaceCrop``); a task uses it by
-    naming it as its ``crop_mode``."""
-    CROP_MODES[name] = factory
 
 
 def crop_mode_for(task: str) -> str:
@@ -174,18 +169,17 @@ def rebuild_classifier(path: str | os.PathLike, apply_simple_augment: bool = Fal
     task = checkpoint.get("task") or stored.get("task") or task_of_weights(checkpoint)
     if task not in TASK_ENTRIES:
         raise UsageError(f"{path}: unknown task {task!r} (known: {sorted(TASK_ENTRIES)})")
-    model, transform, built = get_task(task).rebuild(
+    entry = get_task(task)
+    model, transform, built = entry.rebuild(
         local, checkpoint=checkpoint, apply_simple_augment=apply_simple_augment,
         normalize_from_IMN=stored.get("normalize_from_IMN"))
-    n = int(built.get("nb_classes") or len(get_task(task).vocabulary.names))
-    vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, get_task(task).vocabulary,
-                                                classes)
+    n = int(built.get("nb_classes") or len(entry.vocabulary.names))
+    vocab, vocab_source = checkpoint_vocabulary(checkpoint, [str(path), str(local)], n, entry.vocabulary, classes)
     info = {"checkpoint": str(path), "model": built["model"], "input_size": built["input_size"], "task": task,
             "warnings": model_warnings(checkpoint),
             "norm_stats": {"mean": built["mean"], "std": built["std"], "source": built["norm_source"]},
             "classes": vocab, "classes_source": vocab_source}
     return model, transform, info
-
 
 
 # ------------------------------------------------------------------------------------ inputs

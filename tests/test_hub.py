@@ -214,6 +214,9 @@ def test_pretrained_statistics_are_fetched_only_for_files_from_the_hub(cache, tm
     assert release.name == "FS-VFM_ViT-S_VF2_600e" and fetched == []
     assert places == [tmp_path / "dl" / PRE / STATS_FILENAME, Path("checkpoint") / PRE / STATS_FILENAME,
                       snapshot / PRE / STATS_FILENAME]
+    _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}")  # cached: no request
+    assert fetched == [] and places[-1] == snapshot / PRE / STATS_FILENAME
+    (snapshot / PRE / STATS_FILENAME).unlink()  # not in the cache: an hf:// checkpoint's statistics are fetched
     _, places = hub.pretrained_stats_candidates(f"hf://Wolowolo/fsfm-3c/{fas}")
     assert fetched == [f"{PRE}/{STATS_FILENAME}"] and places[-1] == tmp_path / "fetched.txt"
     _, places = hub.pretrained_stats_candidates(snapshot / fas)

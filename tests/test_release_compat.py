@@ -247,7 +247,9 @@ def no_hub(tmp_path, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("fetched from the hub")
+    from fsvfm.util import hub_io
     monkeypatch.setattr(hub, "hub_file", refuse)
+    monkeypatch.setattr(hub_io, "hub_file", refuse)  # what resolve_hub_uri calls
     return tmp_path / "hub_cache"
 
 

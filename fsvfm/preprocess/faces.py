@@ -238,14 +238,14 @@ class FaceCropper:
         crops = self.crops(bgr, 1)
         return crops[0] if crops else None
 
-    def crops(self, bgr: np.ndarray, max_faces: int = 1, faces: list[Face] | None = None
-              ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    def crops(self, bgr: np.ndarray, max_faces: int = 1, faces: list[Face] | None = None,
+              rgb: np.ndarray | None = None) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
         """``crop`` for the first ``max_faces`` faces in ``face_select`` order (0 = every face), of the
-        faces ``detect`` finds or of those given.
+        faces ``detect`` finds or of those given; ``rgb``: ``bgr`` in RGB when the caller has it already.
 
         Faces whose crop is empty or fails the aligned re-detection are dropped, not replaced.
         """
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1]) if rgb is None else rgb
         faces = self.ranked(self.detect(rgb) if faces is None else faces)
         out = []
         for face in faces[:max_faces] if max_faces > 0 else faces:

@@ -300,8 +300,8 @@ def celeb_stage(cfg) -> Stage:
     return ("celeb chips", make)
 
 
-def require_files(paths: list[Path]) -> None:
-    """Fail before any work when a list file is missing (``FASDataError`` naming it)."""
+def require_lists(paths: list[Path]) -> None:
+    """Fail before any work when a list file is missing (``FASDataError`` naming it, as the list reader does)."""
     for path in paths:
         if not path.is_file():
             read_list_file(path)
@@ -310,7 +310,7 @@ def require_files(paths: list[Path]) -> None:
 def mcio_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
     names = list(MCIO_VIDEOS) + ["celeb"] if dataset == "all" else [dataset]
     if "celeb" in names:
-        require_files([Path(cfg.finetune_data_path_fas) / "MCIO" / "txt" / f"celeb_{c}_train.txt"
+        require_lists([Path(cfg.finetune_data_path_fas) / "MCIO" / "txt" / f"celeb_{c}_train.txt"
                        for c in ("fake", "real")])
     return [celeb_stage(cfg) if n == "celeb" else mcio_video_stage(cfg, n, summary) for n in names]
 
@@ -378,7 +378,7 @@ def wcs_stage(cfg, name: str) -> Stage:
 
 def wcs_stages(cfg, dataset: str, summary: Summary) -> list[Stage]:
     names = list(WCS_SOURCES) if dataset == "all" else [dataset]
-    require_files([Path(cfg.WCS_txt_label) / f"{n}_{kind}.txt" for n in names for kind in WCS_LISTS
+    require_lists([Path(cfg.WCS_txt_label) / f"{n}_{kind}.txt" for n in names for kind in WCS_LISTS
                    if kind not in OPTIONAL_LISTS])
     return [wcs_stage(cfg, n) for n in names]
 

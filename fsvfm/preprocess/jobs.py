@@ -208,12 +208,10 @@ class Worker:
             if frame is None:
                 out.add("unreadable", item, "frame not decodable")
                 continue
-            if self.opts.full_res_detect:
-                crops = self.cropper.crops(frame, 1)
-            else:
-                faces = self.cropper.detect_tracked(np.ascontiguousarray(frame[:, :, ::-1]), prev_side)
-                prev_side = smallest_side(faces)
-                crops = self.cropper.crops(frame, 1, faces)
+            rgb = np.ascontiguousarray(frame[:, :, ::-1])
+            faces = self.cropper.detect_tracked(rgb, None if self.opts.full_res_detect else prev_side)
+            prev_side = smallest_side(faces)
+            crops = self.cropper.crops(frame, 1, faces, rgb=rgb)
             if not crops:
                 out.add("no_face", item)
                 continue

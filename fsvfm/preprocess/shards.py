@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fsvfm.preprocess.jobs import Job, Summary
 from fsvfm.util.errors import DataError, UsageError
-from fsvfm.util.naming import FRAME_SEPARATOR
+from fsvfm.util.naming import FRAME_SEPARATOR, video_name_from_path
 
 VIDEO_KINDS = ("crop_video", "fas_video")
 
@@ -33,7 +33,7 @@ def shard_key(job: Job) -> str:
         return f"video\0{Path(job.dst[0])}\0{job.name}"
     src = Path(job.src)
     if FRAME_SEPARATOR in src.stem:
-        return f"video\0{src.parent}\0{src.stem.rsplit(FRAME_SEPARATOR, 1)[0]}"
+        return f"video\0{src.parent}\0{video_name_from_path(src)}"  # the video rule of the metrics
     return "\0".join((job.kind, job.src, job.name, *job.dst))
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from fsvfm.util.errors import UserError
@@ -183,36 +184,36 @@ def fix_for(name: str) -> str:
     return f"run `python -m fsvfm.hub download {name} --force` to fetch it again"
 
 
+@contextlib.contextmanager
+def _hub_call(repo_id: str, what: str) -> Iterator[None]:
+    """A bounded hub call whose HTTP, file-system and network failures become one ``HubError`` naming the
+    repository and ``what`` was asked for (other exceptions are bugs and propagate)."""
+    from huggingface_hub.utils import HfHubHTTPError
+    try:
+        with _bounded_hub_calls():
+            yield
+    except (HfHubHTTPError, OSError, ValueError) as e:  # LocalEntryNotFoundError is an OSError
+        raise _hub_error(repo_id, what, e) from e
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        raise _hub_error(repo_id, what, e) from e
+
+
 def hub_file(path: str, repo_id: str = REPO_ID, force: bool = False) -> Path:
     """Local path (in the hub cache) of one repository file, downloaded when missing (``force``: again). ``HubError``
     names the repository and the path when it cannot be had."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import HfHubHTTPError
-    try:
-        with _bounded_hub_calls():
-            return Path(hf_hub_download(repo_id=repo_id, filename=path, force_download=force))
-    except (HfHubHTTPError, OSError, ValueError) as e:  # LocalEntryNotFoundError is an OSError
-        raise _hub_error(repo_id, path, e) from e
-    except Exception as e:
-        if not _is_network_error(e):
-            raise
-        raise _hub_error(repo_id, path, e) from e
+    with _hub_call(repo_id, path):
+        return Path(hf_hub_download(repo_id=repo_id, filename=path, force_download=force))
 
 
 def hub_folder(folder: str, repo_id: str = REPO_ID, force: bool = False) -> list[tuple[str, Path]]:
     """``(path in the repository, cached file)`` for every file under ``folder`` (downloaded when missing)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
     folder = folder.strip("/")
-    try:
-        with _bounded_hub_calls():
-            root = Path(snapshot_download(repo_id=repo_id, allow_patterns=[f"{folder}/*"], force_download=force))
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise _hub_error(repo_id, folder + "/", e) from e
-    except Exception as e:
-        if not _is_network_error(e):
-            raise
-        raise _hub_error(repo_id, folder + "/", e) from e
+    with _hub_call(repo_id, folder + "/"):
+        root = Path(snapshot_download(repo_id=repo_id, allow_patterns=[f"{folder}/*"], force_download=force))
     files = sorted(p for p in (root / folder).rglob("*") if p.is_file())
     if not files:
         raise HubError(f"no files under {folder + '/'!r} of the Hugging Face repository {repo_id} "

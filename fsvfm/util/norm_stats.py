@@ -9,6 +9,7 @@ statistics of another data set is refused instead of silently training with them
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -117,16 +118,9 @@ def finetune_mean_std(output_dir: str | os.PathLike, finetune: str | os.PathLike
     if not resumed:
         files.reverse()
     if not imagenet and len(files) == 2:
-        _warn_if_different(files)
+        with contextlib.suppress(StatsFileError):  # an unreadable first file: resolve_mean_std says so
+            warn_if_stale(files[1], *read_mean_std(files[0]), files[0])
     return resolve_mean_std(imagenet=imagenet, files=files)
-
-
-def _warn_if_different(files: Sequence[Path]) -> None:
-    try:
-        first = read_mean_std(files[0])
-    except StatsFileError:
-        return
-    warn_if_stale(files[1], *first, files[0])
 
 
 def warn_if_stale(path: str | os.PathLike, mean: Sequence[float], std: Sequence[float], source: object) -> bool:
