@@ -209,7 +209,8 @@ class Worker:
                 out.add("unreadable", item, "frame not decodable")
                 continue
             rgb = np.ascontiguousarray(frame[:, :, ::-1])
-            faces = self.cropper.detect_tracked(rgb, None if self.opts.full_res_detect else prev_side)
+            faces = (self.cropper.detect(rgb) if self.opts.full_res_detect  # every size in every frame
+                     else self.cropper.detect_tracked(rgb, prev_side))
             prev_side = smallest_side(faces)
             crops = self.cropper.crops(frame, 1, faces, rgb=rgb)
             if not crops:
